@@ -1,0 +1,213 @@
+"""Safe, atomic model files: weights + the full config in one ``.safetensors`` file.
+
+Loading never executes code: safetensors holds only tensors and a string
+metadata table (no pickle), and we parse that table as JSON. Saving writes a
+temporary file next to the target, fsyncs it and renames it over the target,
+so a crash mid-save leaves either the old file or the new one, never a broken
+one.
+
+Models shipped with the package (``napari_unet/models/*.safetensors``) load by
+name, e.g. ``load_model('em-membrane')``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .model import UNet, UNetConfig, build_model
+
+FORMAT = "napari-unet/1"
+META_KEY = "napari_unet"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+SUFFIX = ".safetensors"
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint says about its network (travels with the model as ``model.info``)."""
+
+    model: dict
+    classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    label_mode: str = "semantic"
+    border_class: bool = False
+    normalization: dict = field(default_factory=lambda: {"method": "percentile", "low": 1.0, "high": 99.8})
+    training: dict = field(default_factory=dict)
+    name: str = ""
+    description: str = ""
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be loaded (corrupt, foreign or incompatible)."""
+
+
+def available_models() -> dict[str, Path]:
+    """Models shipped inside the package, by name."""
+    if not MODELS_DIR.is_dir():
+        return {}
+    return {p.name[: -len(SUFFIX)]: p for p in sorted(MODELS_DIR.glob(f"*{SUFFIX}"))}
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = available_models()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    names = ", ".join(shipped) or "none installed"
+    raise FileNotFoundError(f"no model file or shipped model named {str(name_or_path)!r} (shipped models: {names})")
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: UNet,
+    *,
+    info: ModelInfo | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    half: bool = False,
+    **info_fields,
+) -> Path:
+    """Write ``model`` (+ config, + optional optimizer state for resuming) atomically.
+
+    ``half=True`` stores the weights as float16 (half the size; they are cast
+    back to float32 on load).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    if info is None:
+        info = getattr(model, "info", None) or ModelInfo(model=model.config.to_dict())
+    info = ModelInfo(**{**asdict(info), "model": model.config.to_dict(), **info_fields})
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if half and v.is_floating_point():
+            v = v.half()
+        tensors[f"model.{k}"] = v.contiguous()
+    meta = {META_KEY: info.to_json(), "format": FORMAT, "dtype": "float16" if half else "float32"}
+    if optimizer is not None:
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        tensors.update(opt_tensors)
+        meta["optimizer"] = json.dumps(opt_meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, state_meta = {}, {}
+    for pid, st in sd["state"].items():
+        entry = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v.detach().to("cpu").contiguous()
+            else:
+                entry[k] = v
+        state_meta[str(pid)] = entry
+    return tensors, {"param_groups": sd["param_groups"], "state": state_meta, "type": type(optimizer).__name__}
+
+
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    """The metadata of a model file, without loading its weights."""
+    return _read(Path(path), weights=False)[0]
+
+
+def _read(path: Path, weights: bool = True):
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path.name} is a PyTorch pickle file; napari-unet only loads .safetensors model files, because "
+            "unpickling can run arbitrary code. Re-save it with napari_unet.core.checkpoint.save_model"
+        )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read {path.name}: the file is damaged, truncated or not a model file ({e})") from e
+    if META_KEY not in meta:
+        raise CheckpointError(f"{path.name} is a safetensors file but not a napari-unet model (no '{META_KEY}' metadata)")
+    try:
+        raw = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path.name}: its napari-unet metadata is damaged ({e})") from e
+    fmt = raw.get("format", "")
+    if fmt.split("/")[0] != FORMAT.split("/")[0] or int(fmt.split("/")[-1] or 0) > int(FORMAT.split("/")[-1]):
+        raise CheckpointError(f"{path.name} was written by an incompatible version ({fmt!r}); this napari-unet reads {FORMAT!r}")
+    known = {f for f in ModelInfo.__dataclass_fields__}
+    info = ModelInfo(**{k: v for k, v in raw.items() if k in known})
+    opt = json.loads(meta["optimizer"]) if "optimizer" in meta else None
+    return info, tensors, opt
+
+
+def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:
+    """Load a model file (or a shipped model by name). The model carries ``model.info``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file or shipped model.
+    CheckpointError
+        A damaged, foreign (not napari-unet) or incompatible file.
+    """
+    path = resolve_model_path(name_or_path)
+    info, tensors, _ = _read(path)
+    try:
+        cfg = UNetConfig(**info.model)
+        model = build_model(cfg)
+        sd = {k[len("model.") :]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(sd, strict=True)
+    except (TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path.name}: weights do not match the stored architecture ({e})") from e
+    model.info = info
+    if not info.name:
+        info.name = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
+    return model.to(device)
+
+
+def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> bool:
+    """Restore optimizer state saved with the model; False when the file has none."""
+    info, tensors, opt = _read(resolve_model_path(path))
+    if opt is None:
+        return False
+    state = {}
+    for pid, entry in opt["state"].items():
+        st = dict(entry)
+        prefix = f"optim.{pid}."
+        for k, v in tensors.items():
+            if k.startswith(prefix):
+                st[k[len(prefix) :]] = v
+        state[int(pid)] = st
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"optimizer state in {Path(path).name} does not fit this optimizer ({e})") from e
+    return True

@@ -1,0 +1,170 @@
+"""The one label convention used by the CLI, the widgets, the docs and training.
+
+Training labels (what a user paints in napari)
+-----------------------------------------------
+* ``0`` -- **not annotated**. The loss ignores these pixels, so sparse painting
+  on a few slices is valid training data. With ``zero_is_background=True`` a
+  fully annotated image may use 0 for background instead.
+* ``mode='semantic'`` -- value ``k >= 1`` is class ``k - 1``; value 1 (class 0)
+  is the background class.
+* ``mode='instance'`` -- ``1`` is background and every value ``>= 2`` is its own
+  object. The network learns background/foreground (plus an optional border
+  class); the paper's border weights (eq. 2) come from the instances, which is
+  what teaches it to keep touching objects apart.
+
+Predictions (what the network writes)
+-------------------------------------
+Semantic predictions are class indices (0 = background, so it shows as
+transparent in a napari Labels layer); instance predictions are 0 for
+background and 1..N for objects. Adding 1 to a semantic prediction turns it
+into training labels again (0 would otherwise mean "not annotated").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+
+IGNORE = -1
+LabelMode = Literal["semantic", "instance"]
+MODES = ("semantic", "instance")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"label mode must be 'semantic' or 'instance', got {mode!r}")
+
+
+def _as_int_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)):
+            raise ValueError("labels contain NaN or inf; labels must be whole numbers >= 0")
+        if np.any(labels != np.round(labels)):
+            raise ValueError("labels must be whole numbers (0 = not annotated, 1 = background, 2.. = objects/classes)")
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind == "b":
+        labels = labels.astype(np.int64) + 1  # False -> background, True -> class/object
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must be >= 0 (0 = not annotated, 1 = background, 2.. = objects/classes)")
+    return labels
+
+
+def annotated_mask(labels, *, zero_is_background: bool = False) -> np.ndarray:
+    """Boolean mask of the pixels that take part in the loss."""
+    labels = np.asarray(labels)
+    if zero_is_background:
+        return np.ones(labels.shape, dtype=bool)
+    return labels > 0
+
+
+def shift_zero(labels, zero_is_background: bool) -> np.ndarray:
+    """Map 0 to background (1) when the image is fully annotated."""
+    labels = _as_int_labels(labels)
+    if zero_is_background:
+        labels = np.where(labels == 0, 1, labels)
+    return labels
+
+
+def n_classes_for(mode: LabelMode, labels=None, *, border_class: bool = False) -> int:
+    """Number of network outputs needed for ``labels`` in ``mode``."""
+    _check_mode(mode)
+    if mode == "instance":
+        return 3 if border_class else 2
+    if labels is None:
+        return 2
+    m = int(np.max(labels)) if np.size(labels) else 0
+    return max(2, m)
+
+
+def targets_from_labels(
+    labels,
+    *,
+    mode: LabelMode = "semantic",
+    n_classes: int | None = None,
+    zero_is_background: bool = False,
+    border_class: bool = False,
+) -> np.ndarray:
+    """Per-pixel class targets (int64) with ``IGNORE`` (-1) where not annotated.
+
+    Semantic: value k >= 1 -> class k-1. Instance: 1 -> 0 (background), >= 2 -> 1
+    (foreground); with ``border_class`` object pixels on the boundary of their
+    object (touching background or another object) become class 2.
+    """
+    _check_mode(mode)
+    labels = shift_zero(labels, zero_is_background)
+    target = np.full(labels.shape, IGNORE, dtype=np.int64)
+    if mode == "semantic":
+        ann = labels > 0
+        target[ann] = labels[ann] - 1
+        if n_classes is not None and ann.any() and target.max() >= n_classes:
+            raise ValueError(
+                f"labels contain value {int(labels.max())} (class {int(target.max())}) but the model has "
+                f"{n_classes} classes; use values 1..{n_classes} (0 = not annotated)"
+            )
+        return target
+    target[labels == 1] = 0
+    obj = labels >= 2
+    target[obj] = 1
+    if border_class:
+        target[object_boundaries(labels) & obj] = 2
+    return target
+
+
+def object_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Object pixels with a 4-neighbour of a different annotated value (2D or per slice of ND)."""
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape, dtype=bool)
+    for ax in (-1, -2):
+        a = np.moveaxis(labels, ax, -1)
+        o = np.moveaxis(out, ax, -1)
+        diff = (a[..., 1:] != a[..., :-1]) & (a[..., 1:] > 0) & (a[..., :-1] > 0)
+        o[..., 1:] |= diff
+        o[..., :-1] |= diff
+    return out & (labels >= 2)
+
+
+def instances_from_labels(labels, *, mode: LabelMode = "instance", zero_is_background: bool = False) -> np.ndarray:
+    """Object instances (int32, 0 = no object) for the border weight term of one 2D image.
+
+    Instance mode: every value >= 2 is one object. Semantic mode: connected
+    components of each non-background class (values >= 2).
+    """
+    _check_mode(mode)
+    labels = shift_zero(labels, zero_is_background)
+    if mode == "instance":
+        inst = np.where(labels >= 2, labels - 1, 0)
+        return inst.astype(np.int32)
+    inst = np.zeros(labels.shape, dtype=np.int32)
+    nxt = 0
+    for v in np.unique(labels):
+        if v < 2:
+            continue
+        comp, n = ndi.label(labels == v)
+        inst[comp > 0] = comp[comp > 0] + nxt
+        nxt += n
+    return inst
+
+
+def check_pair(image: np.ndarray, labels: np.ndarray, *, channel_axis: int | None = None, name: str = "") -> None:
+    """Raise a ValueError that says what to do when ``labels`` cannot train on ``image``."""
+    ishape = tuple(np.shape(image))
+    if channel_axis is not None:
+        ishape = tuple(s for i, s in enumerate(ishape) if i != channel_axis % len(ishape))
+    lshape = tuple(np.shape(labels))
+    pre = f"{name}: " if name else ""
+    if ishape != lshape:
+        raise ValueError(
+            f"{pre}labels have shape {lshape} but the image has shape {ishape}; "
+            "paint labels on a layer made for this image (same height, width and slices)"
+        )
+    lab = _as_int_labels(labels)
+    if not np.any(lab > 0):
+        raise ValueError(
+            f"{pre}nothing is annotated yet: all labels are 0 (= not annotated). Paint background with 1 "
+            "and objects with 2, 3, ... (or set zero_is_background for fully annotated masks)"
+        )

@@ -1,0 +1,539 @@
+"""Overlap-tile prediction (paper, fig. 2): any image size, mirrored border context, no seams.
+
+A valid-padding U-Net loses ``margin`` pixels of context on each side, so every
+output tile is predicted from an input tile that is ``2 * margin`` larger; at
+the image border that context is mirrored. Max pooling makes the network
+shift-equivariant only in steps of ``2**depth`` pixels, so all tiles start on
+that grid: the tiled result then equals a single whole-image pass (up to
+float rounding), which is what "seamless" means here and what the tests check.
+
+Padded ('same') models are tiled the same way with a fixed context margin that
+is cropped from every tile; their result is near-seamless rather than exact.
+
+:func:`iter_predict` is a generator (one :class:`TileEvent` per tile, returns the
+result) so a GUI can show progress and cancel between tiles; :func:`predict`
+drains it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from .model import UNet, input_size_for_output, margin as valid_margin
+
+Output = Literal["labels", "probabilities", "instances"]
+OUTPUTS = ("labels", "probabilities", "instances")
+
+
+@dataclass(frozen=True)
+class TileEvent:
+    """Progress of :func:`iter_predict`.
+
+    ``kind='tile'``: the output ``region`` (y slice, x slice) of slice ``z`` was
+    written; ``kind='slice'``: slice ``z`` is complete (instances are labelled
+    only then, so the whole plane may change).
+    """
+
+    done: int
+    total: int
+    z: int
+    region: tuple[slice, slice]
+    kind: Literal["tile", "slice"] = "tile"
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one plane go (output = image coordinates)."""
+
+    tile_out: tuple[int, int]
+    tile_in: tuple[int, int]
+    margin: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    pad: tuple[tuple[int, int], tuple[int, int]]
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _positions(size: int, tile: int, stride: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    pos = []
+    p = 0
+    while p + tile < size:
+        pos.append(p)
+        p += stride
+    last = -(-(size - tile) // step) * step  # aligned, covers the end, <= previous + stride
+    if not pos or last > pos[-1]:
+        pos.append(last)
+    return pos
+
+
+def context_margin(model: UNet) -> int:
+    """Mirrored context on each side of a tile: the valid network's own margin,
+    or a fixed ``2**depth``-aligned margin for padded networks."""
+    if model.padding == "valid":
+        return valid_margin(model.depth)
+    step = 2**model.depth
+    return max(step, -(-32 // step) * step)
+
+
+def plan_tiles(shape: tuple[int, int], model: UNet, tile_out: int | tuple[int, int]) -> TilePlan:
+    """Tile positions for a plane of ``shape`` with output tiles of (at least) ``tile_out``."""
+    depth, padding = model.depth, model.padding
+    step = 2**depth
+    m = context_margin(model)
+    if isinstance(tile_out, int):
+        tile_out = (tile_out, tile_out)
+    t_out, t_in = [], []
+    for want, size in zip(tile_out, shape):
+        want = int(want)
+        if want < 1:
+            raise ValueError(f"tile size must be >= 1, got {want}")
+        # never make a tile much larger than the image needs
+        want = min(want, size)
+        if padding == "valid":
+            tin = input_size_for_output(want, depth, "valid")
+            tout = tin - 2 * m
+        else:
+            tout = -(-want // step) * step
+            tin = tout + 2 * m
+        t_out.append(tout)
+        t_in.append(tin)
+    ys = _positions(shape[0], t_out[0], t_out[0] // step * step or step, step)
+    xs = _positions(shape[1], t_out[1], t_out[1] // step * step or step, step)
+    pad = (
+        (m, ys[-1] + t_out[0] + m - shape[0]),
+        (m, xs[-1] + t_out[1] + m - shape[1]),
+    )
+    return TilePlan(tuple(t_out), tuple(t_in), m, tuple(ys), tuple(xs), pad)
+
+
+def mirror_pad(plane: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Mirror (reflect) padding of the last two axes; repeats the reflection for tiny images."""
+    widths = [(0, 0)] * (plane.ndim - 2) + [tuple(pad[0]), tuple(pad[1])]
+    if min(plane.shape[-2:]) < 2:
+        return np.pad(plane, widths, mode="symmetric")
+    return np.pad(plane, widths, mode="reflect")
+
+
+# ----------------------------------------------------------------------------- devices & memory
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'auto'/None -> cuda > mps > cpu."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes we may use for activations on ``device``."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f}
+        avail = info.get("MemAvailable", info["MemTotal"] // 2)
+    except (OSError, KeyError, ValueError):
+        avail = 4 << 30
+    return int(avail * 0.25)
+
+
+def bytes_per_pixel(model: UNet) -> int:
+    """Conservative activation bytes per input pixel for one tile in inference.
+
+    The skip connections (c, c/2, c/4... per input pixel over all levels, ~2c) stay
+    alive while the top level works on ~4c more (conv in/out, concat of 2c); x 4
+    bytes, x 2 for the backend's workspace.
+    """
+    c = model.config.base_channels
+    return int(4 * (2 * c + 4 * c + model.config.in_channels + model.n_classes) * 2)
+
+
+# On a CPU, large tiles fall out of cache (measured in benchmarks/bench_predict.py):
+# throughput beyond ~1000 px tiles drops, while smaller tiles waste more on context.
+CPU_MAX_TILE_IN = 1020
+GPU_MAX_TILE_IN = 2044
+
+
+def auto_tile_size(
+    shape: tuple[int, int],
+    model: UNet,
+    device: torch.device,
+    *,
+    batch_size: int = 1,
+    memory_budget: int | None = None,
+) -> tuple[int, int]:
+    """Output tile size from the memory budget and the image size.
+
+    Small images run as one tile; big ones get the largest tile that fits the
+    budget (and, on a CPU, the cache-friendly maximum).
+    """
+    budget = memory_budget if memory_budget is not None else available_memory(device)
+    m = context_margin(model)
+    bpp = bytes_per_pixel(model) * max(1, batch_size)
+    max_in = int(math.sqrt(max(budget, 1) / bpp))
+    cap = CPU_MAX_TILE_IN if device.type == "cpu" else GPU_MAX_TILE_IN
+    max_in = min(max_in, cap)
+    step = 2**model.depth
+    max_out = max(step, max_in - 2 * m)
+    return (min(shape[0], max_out), min(shape[1], max_out))
+
+
+# ----------------------------------------------------------------------------- input handling
+
+
+def _as_stack(image, channel_axis: int | None, in_channels: int):
+    """Return (getter(z) -> (C, H, W) array, n_slices, spatial shape, is_stack)."""
+    ndim = len(image.shape)
+    if channel_axis is not None:
+        channel_axis = channel_axis % ndim
+        spatial = [s for i, s in enumerate(image.shape) if i != channel_axis]
+        n_ch = image.shape[channel_axis]
+    else:
+        spatial = list(image.shape)
+        n_ch = 1
+    if len(spatial) not in (2, 3):
+        raise ValueError(
+            f"expected a 2D image (Y, X) or a stack (Z, Y, X){' plus a channel axis' if channel_axis is not None else ''},"
+            f" got shape {tuple(image.shape)}"
+        )
+    if channel_axis is None and ndim == 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8:
+        raise ValueError(
+            f"this looks like an RGB image (shape {tuple(image.shape)}); U-Net Segment expects grey images: "
+            "convert to greyscale, or pass channel_axis=-1 for a model trained on colour"
+        )
+    if n_ch != in_channels:
+        raise ValueError(f"the model expects {in_channels} channel(s), the image has {n_ch}")
+    if min(spatial[-2:]) < 1:
+        raise ValueError(f"image is empty (shape {tuple(image.shape)})")
+    is_stack = len(spatial) == 3
+
+    def get(z: int) -> np.ndarray:
+        if channel_axis is None:
+            plane = image[z] if is_stack else image
+            plane = np.asarray(plane)[None]
+        else:
+            arr = image
+            if is_stack:
+                # move the channel axis to position 1 lazily by indexing z first
+                z_axis = 0 if channel_axis != 0 else 1
+                idx = [slice(None)] * ndim
+                idx[z_axis] = z
+                plane = np.asarray(arr[tuple(idx)])
+                c_ax = channel_axis if channel_axis < z_axis else channel_axis - 1
+            else:
+                plane = np.asarray(arr)
+                c_ax = channel_axis
+            plane = np.moveaxis(plane, c_ax, 0)
+        return plane
+
+    n = spatial[0] if is_stack else 1
+    return get, n, tuple(spatial[-2:]), is_stack
+
+
+def intensity_range(image, *, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000, rng_seed: int = 0):
+    """Percentile intensities (lo, hi) of an image or stack, sampling big or lazy stacks."""
+    shape = image.shape
+    n_px = int(np.prod(shape))
+    if n_px <= max_samples and isinstance(image, np.ndarray):
+        arr = image
+    else:
+        # sample whole slices along the first axis (cheap for lazy stacks)
+        n0 = shape[0] if len(shape) >= 3 else 1
+        k = max(1, min(n0, max_samples // max(1, n_px // max(n0, 1))))
+        idx = np.unique(np.linspace(0, n0 - 1, k).round().astype(int)) if n0 > 1 else [None]
+        arr = np.stack([np.asarray(image[i] if i is not None else image) for i in idx])
+        if arr.size > max_samples:
+            rng = np.random.default_rng(rng_seed)
+            arr = rng.choice(arr.ravel(), max_samples, replace=False)
+    arr = np.asarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("the image contains NaN or inf values; replace them (e.g. with 0) before predicting")
+    lo, hi = np.percentile(arr, [low, high])
+    return float(lo), float(hi)
+
+
+def _normalise(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    plane = plane.astype(np.float32, copy=False)
+    scale = 1.0 / (hi - lo) if hi > lo else 1.0
+    return (plane - lo) * scale
+
+
+# ----------------------------------------------------------------------------- prediction
+
+_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
+
+
+def _apply_d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _invert_d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return x
+
+
+def instances_from_semantic(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Instances from a semantic prediction of one plane.
+
+    2 classes: connected components (4-connected) of the foreground, so the
+    background gap the border weights taught the net keeps touching cells apart.
+    3 classes (background, interior, border): components of the interior grown
+    back over the border pixels.
+    """
+    if n_classes >= 3:
+        seeds, _ = ndi.label(labels == 1)
+        fg = labels >= 1
+        if seeds.max() == 0:
+            return seeds.astype(np.uint32)
+        dist, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+        grown = seeds[iy, ix]
+        grown[~fg] = 0
+        return grown.astype(np.uint32)
+    inst, _ = ndi.label(labels >= 1)
+    return inst.astype(np.uint32)
+
+
+def iter_predict(
+    model: UNet,
+    image,
+    *,
+    tile_size: int | tuple[int, int] | None = None,
+    output: Output = "labels",
+    channel_axis: int | None = None,
+    out: np.ndarray | None = None,
+    slices: Sequence[int] | None = None,
+    normalize: bool | tuple[float, float] = True,
+    batch_size: int | None = None,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+    precision: Literal["fp32", "bf16", "fp16"] | None = None,
+    memory_budget: int | None = None,
+) -> Generator[TileEvent, None, np.ndarray]:
+    """Overlap-tile prediction of a 2D image or a (Z, Y, X) stack, slice by slice.
+
+    Parameters
+    ----------
+    model : UNet
+        Trained network (put in eval mode here; moved to ``device``).
+    image : array-like
+        (Y, X) or (Z, Y, X), plus a channel axis if ``channel_axis`` is given.
+        numpy, memmap, dask or zarr: only one slice is read at a time.
+    tile_size : int or (int, int), optional
+        Output tile size; None = automatic from the memory budget and image size.
+    output : {'labels', 'probabilities', 'instances'}
+        Class indices (0 = background), per-class probabilities (class axis
+        first), or instance ids (0 = background, unique over the stack).
+    out : array, optional
+        Where to write (numpy, memmap, zarr, a napari layer's data); must have
+        the result's shape. Written tile by tile, so a caller can show progress.
+    slices : sequence of int, optional
+        Only these slices of a stack (e.g. the one on screen).
+    normalize : bool or (lo, hi)
+        True = 1-99.8 percentile range of the whole image/stack; (lo, hi) = that
+        intensity range (use the training range); False = image already scaled.
+    tta : bool
+        Average the 8 flips/rotations (test-time augmentation).
+    precision : {'fp32', 'bf16', 'fp16'}, optional
+        Autocast dtype; default fp16 on CUDA, fp32 elsewhere.
+
+    Yields
+    ------
+    TileEvent after every tile and after every completed slice.
+
+    Returns
+    -------
+    numpy array (or ``out``) with the result.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    dev = resolve_device(device)
+    getter, n_z, (H, W), is_stack = _as_stack(image, channel_axis, model.config.in_channels)
+    z_list = list(range(n_z)) if slices is None else [int(z) for z in slices]
+    for z in z_list:
+        if not 0 <= z < n_z:
+            raise ValueError(f"slice {z} is out of range for a stack of {n_z} slices")
+
+    if normalize is True:
+        sample = image if channel_axis is None else np.asarray(image)
+        norm = getattr(getattr(model, "info", None), "normalization", None) or {}
+        lo, hi = intensity_range(sample, low=norm.get("low", 1.0), high=norm.get("high", 99.8))
+    elif normalize is False or normalize is None:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = map(float, normalize)
+
+    C = model.n_classes
+    spatial = (n_z, H, W) if is_stack else (H, W)
+    if output == "probabilities":
+        shape, dtype = (C, *spatial), np.float32
+    elif output == "labels":
+        shape, dtype = spatial, (np.uint8 if C < 256 else np.uint16)
+    else:
+        shape, dtype = spatial, np.uint32
+    if out is None:
+        out = np.zeros(shape, dtype=dtype)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} for output={output!r}")
+
+    if precision is None:
+        precision = "fp16" if dev.type == "cuda" else "fp32"
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if amp_dtype is torch.float16 and dev.type == "cpu":
+        amp_dtype = torch.bfloat16
+
+    if tile_size is None:
+        tile = auto_tile_size((H, W), model, dev, batch_size=batch_size or 1, memory_budget=memory_budget)
+    else:
+        tile = tile_size
+    plan = plan_tiles((H, W), model, tile)
+    if batch_size is None:
+        budget = memory_budget if memory_budget is not None else available_memory(dev)
+        per_tile = bytes_per_pixel(model) * plan.tile_in[0] * plan.tile_in[1]
+        batch_size = int(max(1, min(plan.n_tiles, budget // max(per_tile, 1), 8 if dev.type == "cuda" else 1)))
+
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    mem_fmt = torch.channels_last if dev.type in ("cpu", "cuda") else torch.contiguous_format
+    model.to(memory_format=mem_fmt)
+    transforms = _DIHEDRAL if tta else [(0, False)]
+    total = plan.n_tiles * len(z_list)
+    done = 0
+    m = plan.margin
+    (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
+    crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
+    try:
+        for z in z_list:
+            plane = _normalise(getter(z), lo, hi)
+            if not np.all(np.isfinite(plane)):
+                raise ValueError(f"slice {z} contains NaN or inf values; replace them before predicting")
+            padded = mirror_pad(plane, plan.pad)
+            coords = [(y, x) for y in plan.ys for x in plan.xs]
+            labels_plane = None
+            for b0 in range(0, len(coords), batch_size):
+                batch_coords = coords[b0 : b0 + batch_size]
+                batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
+                xt = torch.from_numpy(batch).to(dev).contiguous(memory_format=mem_fmt)
+                with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    prob = None
+                    for k, flip in transforms:
+                        xin = _apply_d4(xt, k, flip) if (k or flip) else xt
+                        logits = model(xin)
+                        p = torch.softmax(logits.float(), dim=1)
+                        p = _invert_d4(p, k, flip) if (k or flip) else p
+                        prob = p if prob is None else prob + p
+                    prob = prob / len(transforms)
+                if crop_y is None:
+                    crop_y = (prob.shape[-2] - toy) // 2
+                    crop_x = (prob.shape[-1] - tox) // 2
+                prob = prob[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
+                if output == "probabilities":
+                    res = prob.cpu().numpy()
+                else:
+                    res = prob.argmax(dim=1).to(torch.uint8 if C < 256 else torch.int16).cpu().numpy()
+                for (y, x), r in zip(batch_coords, res):
+                    hy, hx = min(toy, H - y), min(tox, W - x)
+                    region = (slice(y, y + hy), slice(x, x + hx))
+                    if output == "probabilities":
+                        idx = (slice(None), z, *region) if is_stack else (slice(None), *region)
+                        out[idx] = r[:, :hy, :hx]
+                    else:
+                        idx = (z, *region) if is_stack else region
+                        out[idx] = r[:hy, :hx]
+                    done += 1
+                    yield TileEvent(done, total, z, region, "tile")
+            if output == "instances":
+                plane_idx = (z,) if is_stack else ()
+                labels_plane = np.asarray(out[plane_idx])
+                inst = instances_from_semantic(labels_plane, C)
+                # unique ids over the whole stack: offset by the ids used in earlier slices
+                offset = _max_id_before(out, z, z_list, is_stack)
+                inst[inst > 0] += offset
+                out[plane_idx] = inst
+            yield TileEvent(done, total, z, (slice(0, H), slice(0, W)), "slice")
+    finally:
+        model.train(was_training)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def _max_id_before(out, z: int, z_list: list[int], is_stack: bool) -> int:
+    if not is_stack:
+        return 0
+    prev = [zz for zz in z_list if zz < z]
+    if not prev:
+        return 0
+    return int(max(np.max(np.asarray(out[zz])) for zz in prev))
+
+
+def run(gen: Generator, callback: Callable | None = None):
+    """Drain a core generator synchronously (no threads) and return its result."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(ev)
+
+
+def predict(model: UNet, image, **kwargs) -> np.ndarray:
+    """Overlap-tile prediction without progress events; see :func:`iter_predict`."""
+    return run(iter_predict(model, image, **kwargs))
+
+
+def predict_whole(model: UNet, image: np.ndarray, *, normalize=False) -> np.ndarray:
+    """Class probabilities (C, H, W) of a 2D image from ONE forward pass over the
+    mirrored image; the reference that tiled prediction must equal."""
+    image = np.asarray(image, dtype=np.float32)
+    if normalize is True:
+        lo, hi = intensity_range(image)
+    elif normalize:
+        lo, hi = normalize
+    else:
+        lo, hi = 0.0, 1.0
+    plane = _normalise(image, lo, hi)[None]
+    H, W = plane.shape[-2:]
+    m = context_margin(model)
+    step = 2**model.depth
+    if model.padding == "valid":
+        tin = [input_size_for_output(s, model.depth) for s in (H, W)]
+    else:
+        tin = [-(-s // step) * step + 2 * m for s in (H, W)]
+    padded = mirror_pad(plane, ((m, tin[0] - H - m), (m, tin[1] - W - m)))
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            p = torch.softmax(model(torch.from_numpy(padded[None]).to(next(model.parameters()).device)), dim=1)[0]
+    finally:
+        model.train(was)
+    if model.padding == "same":
+        p = p[:, m : m + H, m : m + W]
+    return p[:, :H, :W].cpu().numpy()
