@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from .io import atomic_write
 from .model import UNet, UNetConfig, build_model
 
 FORMAT = "napari-unet/1"
@@ -82,7 +82,7 @@ def save_model(
     ``half=True`` stores the weights as float16 (half the size; they are cast
     back to float32 on load).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != SUFFIX:
@@ -102,17 +102,8 @@ def save_model(
         tensors.update(opt_tensors)
         meta["optimizer"] = json.dumps(opt_meta)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as fh:
+        fh.write(save(tensors, metadata=meta))
     return path
 
 

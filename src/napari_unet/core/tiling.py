@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from .io import percentiles
 from .model import UNet, input_size_for_output, margin as valid_margin
 
 Output = Literal["labels", "probabilities", "instances"]
@@ -251,26 +252,9 @@ def _as_stack(image, channel_axis: int | None, in_channels: int):
     return get, n, tuple(spatial[-2:]), is_stack
 
 
-def intensity_range(image, *, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000, rng_seed: int = 0):
-    """Percentile intensities (lo, hi) of an image or stack, sampling big or lazy stacks."""
-    shape = image.shape
-    n_px = int(np.prod(shape))
-    if n_px <= max_samples and isinstance(image, np.ndarray):
-        arr = image
-    else:
-        # sample whole slices along the first axis (cheap for lazy stacks)
-        n0 = shape[0] if len(shape) >= 3 else 1
-        k = max(1, min(n0, max_samples // max(1, n_px // max(n0, 1))))
-        idx = np.unique(np.linspace(0, n0 - 1, k).round().astype(int)) if n0 > 1 else [None]
-        arr = np.stack([np.asarray(image[i] if i is not None else image) for i in idx])
-        if arr.size > max_samples:
-            rng = np.random.default_rng(rng_seed)
-            arr = rng.choice(arr.ravel(), max_samples, replace=False)
-    arr = np.asarray(arr, dtype=np.float32)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("the image contains NaN or inf values; replace them (e.g. with 0) before predicting")
-    lo, hi = np.percentile(arr, [low, high])
-    return float(lo), float(hi)
+def intensity_range(image, *, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
+    """Percentile intensities (lo, hi) of an image or stack (sampled when big or lazy)."""
+    return percentiles(image, low, high)
 
 
 def _normalise(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -1,0 +1,87 @@
+"""npe2 reader: TIFF files and folders of TIFF slices, lazily when large.
+
+No Qt, no napari import: the reader returns plain layer data tuples. Large files
+come back as a dask array (over tifffile's zarr store) or a read-only memmap, so
+a stack bigger than RAM opens at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from napari_unet.core.io import TIFF_SUFFIXES, is_tiff, list_tiffs, read_image
+
+
+def _tiff_file(path: Path) -> bool:
+    return path.suffix.lower() in TIFF_SUFFIXES and path.is_file() and is_tiff(path)
+
+
+def _readable(path) -> bool:
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    p = Path(path)
+    if p.is_dir():
+        try:
+            return bool(list_tiffs(p))
+        except OSError:
+            return False
+    return _tiff_file(p)
+
+
+def napari_get_reader(path):
+    """Return :func:`reader_function` when ``path`` is ours, else None (quickly, reading 4 bytes).
+
+    Ours: a TIFF file (checked by suffix and signature) or a folder with TIFF
+    files. A list (napari's "stack" open) is accepted only when every entry is
+    a TIFF file; the files become one stacked layer.
+    """
+    if isinstance(path, (list, tuple)):
+        if not path or not all(isinstance(p, (str, os.PathLike)) and _tiff_file(Path(p)) for p in path):
+            return None
+        return reader_function
+    return reader_function if _readable(path) else None
+
+
+def _as_dask(data):
+    """Wrap a zarr array in dask so napari slices it lazily; numpy and memmaps pass through."""
+    if type(data).__module__.split(".")[0] == "zarr":
+        try:
+            import dask.array as da
+        except ImportError:  # napari can display zarr arrays directly
+            return data
+        return da.from_zarr(data)
+    return data
+
+
+def _layer_name(path: str) -> str:
+    name = Path(path).name
+    for suffix in (*TIFF_SUFFIXES, ".ome"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def layer_data(path) -> tuple:
+    """One image layer data tuple ``(data, kwargs, 'image')`` for a TIFF file, a folder or a list of files."""
+    data, meta = read_image(list(path) if isinstance(path, (list, tuple)) else path)
+    kwargs: dict = {"name": _layer_name(meta.path)}
+    drop = "S" if meta.axes.endswith("S") else ""
+    if "C" in meta.axes and meta.shape[meta.axes.index("C")] > 1:
+        kwargs["channel_axis"] = meta.axes.index("C")
+        drop += "C"
+    kwargs["scale"] = meta.scale(drop=drop)
+    kwargs["metadata"] = {
+        "path": meta.path,
+        "axes": meta.axes,
+        "pixel_size": meta.pixel_size,
+        "z_spacing": meta.z_spacing,
+        "unit": meta.unit,
+        "lazy": meta.lazy,
+    }
+    return _as_dask(data), kwargs, "image"
+
+
+def reader_function(path):
+    """Read a TIFF file, a folder of slices or a list of TIFF files (stacked) into one image layer."""
+    return [layer_data(path)]

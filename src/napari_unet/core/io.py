@@ -1,0 +1,652 @@
+"""TIFF stacks in and label TIFFs out, plus the intensity normalisation.
+
+Reading
+-------
+:func:`read_image` opens a TIFF (multi-page, BigTIFF, ImageJ hyperstack, OME)
+or a folder of 2D TIFF slices and returns ``(array, ImageMeta)``. Files larger
+than :func:`default_lazy_threshold` come back lazily so that a stack bigger
+than RAM opens at once: a read-only ``numpy.memmap`` when the pixels are
+stored uncompressed and contiguously, otherwise a read-only zarr array over
+tifffile's zarr store (needs the optional ``zarr`` package).
+
+Writing
+-------
+:func:`write_labels` writes a zlib-compressed, ImageJ-compatible TIFF
+atomically: a crash mid-write leaves the previous file untouched and no
+half-written file behind.
+
+Normalisation
+-------------
+:func:`percentiles` and :func:`normalize` map intensities to roughly [0, 1]
+with robust percentiles. Compute the percentiles once (on the training image,
+or subsampled on a huge stack) and pass them as ``lo_hi`` so training and
+prediction see the same mapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import numpy as np
+import tifffile
+
+__all__ = [
+    "ImageMeta",
+    "TIFF_SUFFIXES",
+    "as_grey",
+    "default_lazy_threshold",
+    "is_tiff",
+    "list_tiffs",
+    "normalize",
+    "percentiles",
+    "read_image",
+    "write_labels",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+_GIB = 1 << 30
+_UNIT_ALIASES = {"micron": "µm", "microns": "µm", "um": "µm", "\\u00b5m": "µm", "μm": "µm", "µm": "µm"}
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What :func:`read_image` learned about a file besides the pixels.
+
+    ``pixel_size`` is ``(y, x)`` in ``unit`` (``None`` when the file does not
+    say); ``z_spacing`` the distance between slices (``None`` when unknown).
+    ``axes`` uses tifffile's letters, one per array dimension (``Z`` slices,
+    ``C`` channels, ``S`` RGB samples, ``T`` time, ``Q`` unknown).
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    axes: str
+    pixel_size: tuple[float, float] | None = None
+    z_spacing: float | None = None
+    unit: str | None = None
+    lazy: bool = False
+
+    def scale(self, *, drop: str = "") -> tuple[float, ...]:
+        """Per-dimension scale for napari (1.0 where unknown), skipping axes in ``drop``.
+
+        An unknown stack axis (``Q``, ``I``) gets the z spacing when there is one.
+        """
+        py, px = self.pixel_size if self.pixel_size is not None else (1.0, 1.0)
+        z = self.z_spacing if self.z_spacing is not None else 1.0
+        per_axis = {"Y": py, "X": px, "Z": z, "Q": z, "I": z}
+        return tuple(float(per_axis.get(a, 1.0)) for a in self.axes if a not in drop)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def is_tiff(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file that starts with a TIFF signature (reads 4 bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def list_tiffs(folder: str | os.PathLike) -> list[Path]:
+    """TIFF files directly in ``folder``, hidden files skipped, in natural order (2 before 10)."""
+    folder = Path(folder)
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in TIFF_SUFFIXES
+    ]
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def default_lazy_threshold() -> int:
+    """Bytes above which :func:`read_image` reads lazily: 1 GiB or a quarter of free RAM, the smaller."""
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux / macOS
+        return _GIB
+    return int(min(_GIB, max(free // 4, 64 << 20)))
+
+
+def _damaged(path, err: BaseException | None = None) -> ValueError:
+    detail = f" ({type(err).__name__}: {err})" if err is not None else ""
+    return ValueError(f"cannot read {path}: the file is damaged or truncated{detail}")
+
+
+def _check_tiff_file(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if not is_tiff(path):
+        raise ValueError(
+            f"cannot read {path}: not a TIFF file. U-Net Segment reads TIFF stacks (.tif, .tiff, "
+            "OME-TIFF, ImageJ) or a folder of 2D TIFF slices; convert other formats to TIFF first"
+        )
+
+
+# tifffile does not raise for many kinds of damage: it logs a warning and returns what it
+# could parse (fewer pages, a series of the wrong shape). These messages mean the file is broken.
+_DAMAGE_MESSAGES = ("invalid page offset", "corrupt", "failed to reshape", "truncat", "invalid tag", "unexpected end")
+
+
+class _TiffLogCatcher(logging.Filter):
+    """Collects (and silences) tifffile's warnings raised by this thread only."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def filter(self, record):
+        if record.thread != self.thread or record.levelno < logging.WARNING:
+            return True
+        self.messages.append(record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _catch_tifffile_damage(path):
+    """Turn tifffile's damage warnings into a ValueError and keep them off the console."""
+    logger = logging.getLogger("tifffile")
+    catcher = _TiffLogCatcher()
+    logger.addFilter(catcher)
+    try:
+        yield
+    finally:
+        logger.removeFilter(catcher)
+    for msg in catcher.messages:
+        if any(key in msg.lower() for key in _DAMAGE_MESSAGES):
+            raise ValueError(f"cannot read {path}: the file is damaged or truncated ({msg.strip()})")
+
+
+def _check_complete(tif: tifffile.TiffFile, series, path) -> None:
+    """Raise when the pixel data of ``series`` runs past the end of the file (truncated copy)."""
+    size = tif.filehandle.size
+    if series.dataoffset is not None:
+        if series.dataoffset + series.nbytes > size:
+            raise _damaged(path)
+        return
+    for page in series.pages:
+        if page is None:
+            continue
+        offsets = getattr(page, "dataoffsets", ())
+        counts = getattr(page, "databytecounts", ())
+        if any(o + c > size for o, c in zip(offsets, counts)):
+            raise _damaged(path)
+
+
+def _norm_unit(unit) -> str | None:
+    if unit is None:
+        return None
+    if isinstance(unit, bytes):
+        unit = unit.decode("latin-1")
+    unit = str(unit).strip()
+    if not unit or unit.lower() in ("pixel", "pixels", "none"):
+        return None
+    return _UNIT_ALIASES.get(unit.lower(), unit)
+
+
+def _res_to_size(tag) -> float | None:
+    if tag is None:
+        return None
+    value = tag.value
+    num, den = value if isinstance(value, tuple) else (value, 1)
+    if not num or not den:
+        return None
+    return float(den) / float(num)
+
+
+def _pixel_meta(tif: tifffile.TiffFile, page) -> tuple[tuple[float, float] | None, float | None, str | None]:
+    """(pixel size (y, x), z spacing, unit) from OME, ImageJ or plain resolution tags, in that order."""
+    if tif.is_ome and tif.ome_metadata:
+        with contextlib.suppress(ElementTree.ParseError, ValueError, TypeError):
+            root = ElementTree.fromstring(tif.ome_metadata)
+            pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+            if pixels is not None:
+                sx, sy, sz = (pixels.get(f"PhysicalSize{a}") for a in "XYZ")
+                if sx or sy:
+                    sx = float(sx or sy)
+                    sy = float(sy or sx)
+                    unit = _norm_unit(pixels.get("PhysicalSizeXUnit", "µm"))  # OME's default unit
+                    return (sy, sx), (float(sz) if sz else None), unit
+    tags = page.tags
+    sx = _res_to_size(tags.get("XResolution"))
+    sy = _res_to_size(tags.get("YResolution"))
+    if tif.is_imagej:
+        ij = tif.imagej_metadata or {}
+        unit = _norm_unit(ij.get("unit"))
+        spacing = ij.get("spacing")
+        if unit is None:  # ImageJ's "pixel" unit: an uncalibrated image (resolution tags are 1/1)
+            return None, None, None
+        if sx is None and sy is None:
+            return None, (float(spacing) if spacing else None), unit
+        sx = sx if sx is not None else sy
+        sy = sy if sy is not None else sx
+        return (sy, sx), (float(spacing) if spacing else None), unit
+    runit = tags.get("ResolutionUnit")
+    runit = int(runit.value) if runit is not None else 2
+    # Inch-based resolution is almost always a screen DPI default (72, 96, 300), not a pixel size.
+    if runit == 3 and sx is not None:
+        sy = sy if sy is not None else sx
+        return (sy * 1e4, sx * 1e4), None, "µm"  # centimetre -> micrometre
+    return None, None, None
+
+
+def _import_zarr(path):
+    try:
+        import zarr
+    except ImportError as err:  # pragma: no cover - zarr ships with napari
+        raise ImportError(
+            f"{path} is compressed or split and too large to read into memory at once; install the "
+            "'zarr' package to open it lazily, or pass lazy=False if it fits in RAM"
+        ) from err
+    return zarr
+
+
+def _open_lazy(path: Path, contiguous: bool):
+    """A read-only memmap when the pixels are contiguous and uncompressed, else a zarr array."""
+    if contiguous:
+        with contextlib.suppress(ValueError, OSError):
+            return tifffile.memmap(path, series=0, mode="r")
+    zarr = _import_zarr(path)
+    try:
+        arr = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
+    except Exception as err:
+        raise _damaged(path, err) from err
+    if not hasattr(arr, "dtype"):  # a multiscale (pyramid) group: level 0 is full resolution
+        arr = arr["0"]
+    return arr
+
+
+def _probe(path: Path):
+    """(shape, dtype, axes, pixel_size, z, unit, contiguous) of series 0, or a ValueError for a broken file."""
+    _check_tiff_file(path)
+    try:
+        with _catch_tifffile_damage(path), tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+            _check_complete(tif, series, path)
+            pixel_size, z, unit = _pixel_meta(tif, page)
+            contiguous = series.dataoffset is not None
+            return tuple(series.shape), np.dtype(series.dtype), series.axes, pixel_size, z, unit, contiguous
+    except ValueError:
+        raise
+    except Exception as err:  # tifffile raises many kinds for broken headers
+        raise _damaged(path, err) from err
+
+
+def _load(path, **kwargs):
+    try:
+        with _catch_tifffile_damage(path):
+            return tifffile.imread(path, **kwargs)
+    except ValueError:
+        raise
+    except Exception as err:
+        raise _damaged(path, err) from err
+
+
+def _read_file(path: Path, lazy: bool | None, threshold: int):
+    shape, dtype, axes, pixel_size, z, unit, contiguous = _probe(path)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    use_lazy = nbytes > threshold if lazy is None else bool(lazy)
+    if use_lazy:
+        data = _open_lazy(path, contiguous and dtype.isnative)
+    else:
+        data = _load(path, series=0)
+    return data, ImageMeta(str(path), shape, str(dtype), axes, pixel_size, z, unit, use_lazy)
+
+
+def _read_folder(folder: Path, lazy: bool | None, threshold: int):
+    files = list_tiffs(folder)
+    if not files:
+        raise ValueError(
+            f"cannot read {folder}: the folder holds no TIFF files (.tif/.tiff); "
+            "put one 2D TIFF per slice in it, or open a multi-page TIFF instead"
+        )
+    return _read_sequence(files, folder, lazy, threshold)
+
+
+def _read_sequence(files: list[Path], origin: Path, lazy: bool | None, threshold: int):
+    """Stack equally shaped TIFF files along a new first axis (``Z``)."""
+    shape, dtype, axes, pixel_size, z, unit, _ = _probe(files[0])
+    for f in files[1:]:
+        other_shape, other_dtype = _probe(f)[:2]
+        if (other_shape, other_dtype) != (shape, dtype):
+            raise ValueError(
+                f"cannot stack {origin}: slice {f.name!r} is {other_shape} {other_dtype} but {files[0].name!r} "
+                f"is {shape} {dtype}; all slices of a stack must have the same shape and dtype"
+            )
+    full = (len(files), *shape)
+    nbytes = int(np.prod(full, dtype=np.int64)) * dtype.itemsize
+    use_lazy = nbytes > threshold if lazy is None else bool(lazy)
+    if use_lazy:
+        zarr = _import_zarr(origin)
+        data = zarr.open(tifffile.imread([str(f) for f in files], aszarr=True), mode="r")
+    else:
+        data = np.empty(full, dtype)
+        for i, f in enumerate(files):
+            data[i] = _load(f)
+    return data, ImageMeta(str(origin), full, str(dtype), "Z" + axes, pixel_size, z, unit, use_lazy)
+
+
+def read_image(path: str | os.PathLike | list, *, lazy: bool | None = None, lazy_threshold: int | None = None):
+    """Read a TIFF file or a folder of 2D TIFF slices.
+
+    Parameters
+    ----------
+    path
+        A TIFF file (multi-page, BigTIFF, ImageJ hyperstack, OME-TIFF), a folder
+        of equally sized 2D TIFF slices (stacked in natural file-name order), or a
+        list of such files (stacked in the given order).
+    lazy
+        ``None`` (default): lazy when the data is larger than ``lazy_threshold``.
+        ``True``/``False`` force it. A lazy result is a read-only memmap
+        (uncompressed, contiguous TIFF) or a zarr array; index it like numpy.
+    lazy_threshold
+        Bytes; default :func:`default_lazy_threshold` (1 GiB or a quarter of free RAM).
+
+    Returns
+    -------
+    (array, ImageMeta)
+
+    Raises
+    ------
+    ValueError
+        Not a TIFF, a damaged or truncated file, an empty folder, or slices that differ.
+    """
+    threshold = default_lazy_threshold() if lazy_threshold is None else int(lazy_threshold)
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise ValueError("cannot read an empty list of files")
+        files = [Path(p) for p in path]
+        return _read_sequence(files, files[0], lazy, threshold)
+    path = Path(path)
+    if path.is_dir():
+        return _read_folder(path, lazy, threshold)
+    return _read_file(path, lazy, threshold)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _label_dtype(labels: np.ndarray) -> np.ndarray:
+    if labels.dtype.kind == "b":
+        return labels.astype(np.uint8)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ValueError("labels must be whole numbers; got a float array with fractions, NaN or inf")
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.size == 0:
+        raise ValueError("cannot write empty labels (an array with no pixels)")
+    lo, hi = labels.min(), labels.max()
+    if lo < 0:
+        raise ValueError(f"labels must be >= 0, got minimum {lo}")
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if hi <= np.iinfo(dt).max:
+            return labels.astype(dt, copy=False)
+    raise ValueError(f"labels up to {hi} do not fit in 32 bits")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike):
+    """Open a temporary file beside ``path`` for binary writing; on success it is
+    flushed, fsynced and renamed over ``path`` (``os.replace``). On any error the
+    temporary file is removed and an existing ``path`` is left untouched, so a
+    crash never leaves a half-written file that looks complete."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:  # a named file: tifffile wants fh.name to be a path
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable; not possible on every platform.
+    with contextlib.suppress(OSError, AttributeError):
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels,
+    *,
+    pixel_size: tuple[float, float] | float | None = None,
+    z_spacing: float | None = None,
+    unit: str = "µm",
+) -> Path:
+    """Write ``labels`` as a zlib-compressed TIFF, atomically.
+
+    2D ``(Y, X)`` or stacks ``(Z, Y, X)``; the smallest unsigned dtype that holds
+    the values is used. Up to 65535 labels the file is an ImageJ hyperstack
+    (Fiji opens it with its calibration); beyond that ImageJ cannot hold the
+    values and a plain uint32 TIFF is written.
+
+    The data go to a temporary file in the same folder, which is flushed, fsynced
+    and then renamed over ``path`` (``os.replace``), so a crash never leaves a
+    half-written file and never clobbers an existing good one.
+    """
+    path = Path(path)
+    data = _label_dtype(np.asarray(labels))
+    if data.ndim not in (2, 3):
+        raise ValueError(f"labels must be 2D (Y, X) or a stack (Z, Y, X), got shape {data.shape}")
+    if pixel_size is not None and np.ndim(pixel_size) == 0:
+        pixel_size = (float(pixel_size), float(pixel_size))
+    # minisblack: a (Z, Y, 3) stack must never be mistaken for RGB.
+    kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack"}
+    imagej = data.dtype != np.uint32
+    md: dict[str, Any] = {"axes": "ZYX" if data.ndim == 3 else "YX"}
+    kwargs["metadata"] = md
+    if imagej:
+        if pixel_size is not None:
+            md["unit"] = "um" if _norm_unit(unit) == "µm" else unit  # ImageJ wants ASCII
+        if z_spacing is not None:
+            md["spacing"] = float(z_spacing)
+        kwargs["imagej"] = True
+    if pixel_size is not None:
+        py, px = (float(v) for v in pixel_size)
+        if py <= 0 or px <= 0:
+            raise ValueError(f"pixel_size must be > 0, got {pixel_size}")
+        kwargs["resolution"] = (1.0 / px, 1.0 / py)
+        if not imagej:
+            kwargs["resolutionunit"] = "CENTIMETER"
+            kwargs["resolution"] = (1e4 / px, 1e4 / py)  # µm -> pixels per cm
+    with atomic_write(path) as fh:
+        tifffile.imwrite(fh, data, **kwargs)
+    return path
+
+
+# --------------------------------------------------------------------------- intensities
+
+
+def _check_finite(values: np.ndarray, what: str = "image") -> None:
+    if values.dtype.kind in "fc":
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ValueError(
+                f"{what} contains {bad} NaN or inf value(s); replace them (e.g. numpy.nan_to_num or "
+                "Fiji's Process > Math > Remove NaNs) before segmenting"
+            )
+
+
+def _sample_for_percentiles(image, max_samples: int) -> np.ndarray:
+    """A deterministic subsample: evenly spaced planes, then a pixel stride within them.
+
+    Reading whole planes keeps it cheap on memmaps and chunked zarr stores, where
+    scattered single-pixel reads would touch every chunk.
+    """
+    shape = tuple(image.shape)
+    size = int(np.prod(shape, dtype=np.int64))
+    if size <= max_samples:
+        return np.asarray(image)
+    if len(shape) <= 2:
+        step = int(np.ceil(np.sqrt(size / max_samples)))
+        return np.asarray(image[::step, ::step] if len(shape) == 2 else image[::step])
+    planes = int(np.prod(shape[:-2]))
+    plane_size = shape[-2] * shape[-1]
+    n_planes = int(min(planes, max(1, max_samples // plane_size), 64))
+    picks = np.unique(np.linspace(0, planes - 1, n_planes).round().astype(int))
+    step = max(1, int(np.ceil(np.sqrt(len(picks) * plane_size / max_samples))))
+    out = []
+    for flat in picks:
+        idx = np.unravel_index(flat, shape[:-2])
+        plane = image[tuple(int(i) for i in idx)]
+        out.append(np.asarray(plane)[::step, ::step].ravel())
+    return np.concatenate(out)
+
+
+def percentiles(image, low: float = 1.0, high: float = 99.8, *, max_samples: int = 4_000_000) -> tuple[float, float]:
+    """Robust intensity range ``(lo, hi)`` at the ``low`` / ``high`` percentiles.
+
+    Works on numpy arrays, memmaps, zarr and dask arrays; beyond ``max_samples``
+    pixels a deterministic subsample of evenly spaced planes is used, so a huge
+    lazy stack is never read in full.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
+    if int(np.prod(np.shape(image))) == 0:
+        raise ValueError("cannot normalise an empty image (no pixels)")
+    sample = _sample_for_percentiles(image, max_samples)
+    if sample.dtype.kind not in "biuf":
+        raise ValueError(f"image must be numeric, got dtype {sample.dtype}")
+    _check_finite(sample)
+    lo, hi = np.percentile(sample.astype(np.float64, copy=False).ravel(), [low, high])
+    return float(lo), float(hi)
+
+
+def normalize(
+    image,
+    *,
+    low: float = 1.0,
+    high: float = 99.8,
+    lo_hi: tuple[float, float] | None = None,
+    clip: bool = False,
+    eps: float = 1e-6,
+) -> np.ndarray:
+    """Percentile normalisation to float32: ``lo`` -> 0, ``hi`` -> 1.
+
+    Parameters
+    ----------
+    image
+        Any numeric array (uint8, uint16, float...), read in full.
+    low, high
+        Percentiles used when ``lo_hi`` is not given.
+    lo_hi
+        Precomputed ``(lo, hi)`` from :func:`percentiles`; pass the training
+        image's values at prediction time so both see the same mapping.
+    clip
+        Clip the result to [0, 1].
+    eps
+        When ``hi - lo <= eps`` (a constant image) the result is ``image - lo``
+        (zeros for a constant image) instead of a division by ~0.
+
+    Raises
+    ------
+    ValueError
+        NaN or inf in the image, or a non-numeric image.
+    """
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"image must be numeric, got dtype {arr.dtype}")
+    _check_finite(arr)
+    if lo_hi is None:
+        lo, hi = percentiles(arr, low, high)
+    else:
+        lo, hi = (float(v) for v in lo_hi)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"lo_hi must be finite numbers, got {lo_hi}")
+    out = arr.astype(np.float32, copy=True)
+    out -= np.float32(lo)
+    if hi - lo > eps:
+        out *= np.float32(1.0 / (hi - lo))
+    if clip:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert('L')
+
+
+def as_grey(
+    image,
+    *,
+    channel_axis: int | None = None,
+    axes: str | None = None,
+    channel: int | None = None,
+    convert_rgb: bool = False,
+):
+    """Return a grey (single-channel) image of 2 to 4 dimensions.
+
+    An RGB/RGBA image (last axis of length 3 or 4 with uint8 pixels, or an ``S``/``C``
+    axis in ``axes`` from :class:`ImageMeta`, or ``channel_axis``) is refused unless
+    the caller says what to do: ``channel=k`` keeps channel ``k`` (dtype kept),
+    ``convert_rgb=True`` converts to luminance (float32; the mean for other than 3/4
+    channels).
+
+    Raises
+    ------
+    ValueError
+        RGB without an explicit choice, or fewer than 2 / more than 4 dimensions.
+    """
+    shape = tuple(np.shape(image))
+    ndim = len(shape)
+    if channel_axis is None and axes is not None and len(axes) == ndim:
+        for letter in "SC":
+            if letter in axes and shape[axes.index(letter)] > 1:
+                channel_axis = axes.index(letter)
+                break
+    if channel_axis is None and ndim >= 3 and shape[-1] in (3, 4):
+        dtype = getattr(image, "dtype", None)
+        if dtype is not None and np.dtype(dtype) == np.uint8:
+            channel_axis = ndim - 1
+    if channel_axis is not None:
+        channel_axis = channel_axis % ndim
+        n = shape[channel_axis]
+        if channel is not None:
+            if not -n <= channel < n:
+                raise ValueError(f"channel {channel} does not exist; the image has {n} channels (0..{n - 1})")
+            image = np.take(np.asarray(image), channel, axis=channel_axis)
+        elif convert_rgb:
+            arr = np.moveaxis(np.asarray(image), channel_axis, -1).astype(np.float32)
+            if n in (3, 4):
+                image = arr[..., :3] @ _LUMA  # alpha dropped
+            else:
+                image = arr.mean(axis=-1)
+        else:
+            raise ValueError(
+                f"this looks like an RGB image (shape {shape}); U-Net Segment expects grey images — convert "
+                "to greyscale or pick one channel (convert_rgb=True, or channel=0/1/2)"
+            )
+        shape = tuple(np.shape(image))
+        ndim = len(shape)
+    if ndim < 2 or ndim > 4:
+        raise ValueError(
+            f"expected a grey image with 2 to 4 dimensions ((Y, X), (Z, Y, X) or (T, Z, Y, X)), got {ndim}D "
+            f"shape {shape}"
+        )
+    return image

@@ -1,0 +1,129 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core import checkpoint as ck
+from napari_unet.core.checkpoint import CheckpointError, load_model, read_info, save_model
+from napari_unet.core.model import UNet
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return UNet(depth=2, base_channels=4, n_classes=3)
+
+
+def test_round_trip_weights_and_config(tmp_path, net):
+    p = save_model(tmp_path / "m.safetensors", net, classes=["bg", "a", "b"], label_mode="semantic",
+                   training={"steps_done": 7})
+    m = load_model(p)
+    assert m.config == net.config
+    for (k, a), (_, b) in zip(net.state_dict().items(), m.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert m.info.classes == ["bg", "a", "b"] and m.info.training["steps_done"] == 7
+    assert read_info(p).model["depth"] == 2
+    assert m.info.name == "m"
+
+
+def test_suffix_added_and_half_precision(tmp_path, net):
+    p = save_model(tmp_path / "model", net, half=True)
+    assert p.name == "model.safetensors"
+    m = load_model(p)
+    w = net.down[0][0].weight
+    assert m.down[0][0].weight.dtype == torch.float32
+    torch.testing.assert_close(m.down[0][0].weight, w.half().float())
+
+
+def test_crash_mid_save_keeps_old_file(tmp_path, net, monkeypatch):
+    p = save_model(tmp_path / "m.safetensors", net, training={"v": 1})
+    before = p.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(p, UNet(depth=2, base_channels=4, n_classes=3), training={"v": 2})
+    assert p.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]  # no temp file left behind
+
+
+def test_truncated_file_gives_clear_error(tmp_path, net):
+    p = save_model(tmp_path / "m.safetensors", net)
+    data = p.read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged, truncated or not a model file"):
+        load_model(bad)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"hello world, not a model")
+    with pytest.raises(CheckpointError):
+        load_model(junk)
+
+
+def test_foreign_safetensors_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(p), metadata={"framework": "something else"})
+    with pytest.raises(CheckpointError, match="not a napari-unet model"):
+        load_model(p)
+
+
+def test_pickle_crafted_to_run_code_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"state": Evil()}, p)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_model(p)
+    raw = tmp_path / "evil2.safetensors"
+    raw.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        load_model(raw)
+    assert not marker.exists()
+
+
+def test_incompatible_version_and_mismatched_weights(tmp_path, net):
+    from safetensors.torch import load_file, save_file
+
+    p = save_model(tmp_path / "m.safetensors", net)
+    tensors = load_file(str(p))
+    info = read_info(p)
+    info.format = "napari-unet/99"
+    save_file(tensors, str(tmp_path / "future.safetensors"), metadata={"napari_unet": info.to_json()})
+    with pytest.raises(CheckpointError, match="incompatible version"):
+        load_model(tmp_path / "future.safetensors")
+    info = read_info(p)
+    info.model["base_channels"] = 8
+    save_file(tensors, str(tmp_path / "mismatch.safetensors"), metadata={"napari_unet": info.to_json()})
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(tmp_path / "mismatch.safetensors")
+
+
+def test_missing_model_names_shipped_ones(tmp_path):
+    with pytest.raises(FileNotFoundError, match="shipped models"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def test_optimizer_state_round_trip(tmp_path, net):
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.99)
+    net(torch.randn(1, 1, 44, 44)).sum().backward()
+    opt.step()
+    p = save_model(tmp_path / "m.safetensors", net, optimizer=opt)
+    m = load_model(p)
+    opt2 = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.99)
+    assert ck.load_optimizer_state(p, opt2)
+    a = opt.state_dict()["state"][0]["momentum_buffer"]
+    b = opt2.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(a, b)
+    assert np.isclose(opt2.param_groups[0]["momentum"], 0.99)
