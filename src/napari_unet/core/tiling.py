@@ -338,8 +338,8 @@ def iter_predict(
     slices : sequence of int, optional
         Only these slices of a stack (e.g. the one on screen).
     normalize : bool or (lo, hi)
-        True = 1-99.8 percentile range of the whole image/stack; (lo, hi) = that
-        intensity range (use the training range); False = image already scaled.
+        True = percentile range (the model's, default 1-99.8) of each 2D plane, as in
+        training; (lo, hi) = that fixed intensity range; False = image already scaled.
     tta : bool
         Average the 8 flips/rotations (test-time augmentation).
     precision : {'fp32', 'bf16', 'fp16'}, optional
@@ -362,10 +362,12 @@ def iter_predict(
         if not 0 <= z < n_z:
             raise ValueError(f"slice {z} is out of range for a stack of {n_z} slices")
 
+    # Percentiles per 2D plane, as in training: a slice gets the same input whether it
+    # is predicted alone or as part of its stack.
+    norm = getattr(getattr(model, "info", None), "normalization", None) or {}
+    p_low, p_high = norm.get("low", 1.0), norm.get("high", 99.8)
     if normalize is True:
-        sample = image if channel_axis is None else np.asarray(image)
-        norm = getattr(getattr(model, "info", None), "normalization", None) or {}
-        lo, hi = intensity_range(sample, low=norm.get("low", 1.0), high=norm.get("high", 99.8))
+        lo = hi = None
     elif normalize is False or normalize is None:
         lo, hi = 0.0, 1.0
     else:
@@ -413,9 +415,10 @@ def iter_predict(
     crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
     try:
         for z in z_list:
-            plane = _normalise(getter(z), lo, hi)
-            if not np.all(np.isfinite(plane)):
-                raise ValueError(f"slice {z} contains NaN or inf values; replace them before predicting")
+            raw = getter(z)
+            if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
+                raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
+            plane = _normalise(raw, *((lo, hi) if lo is not None else intensity_range(raw, low=p_low, high=p_high)))
             padded = mirror_pad(plane, plan.pad)
             coords = [(y, x) for y in plan.ys for x in plan.xs]
             labels_plane = None

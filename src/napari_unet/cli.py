@@ -1,0 +1,406 @@
+"""``napari-unet``: train, predict and evaluate without napari.
+
+Examples
+--------
+Segment EM membranes with the shipped model::
+
+    napari-unet predict stack.tif -o membranes.tif --model em-membrane
+
+Fine-tune on your own painted labels (0 = not annotated, 1 = background, 2.. = objects)::
+
+    napari-unet train --images stack.tif --labels painted.tif --mode instance \
+        --init em-membrane --steps 500 -o my-model.safetensors
+
+Score a model on held-out slices::
+
+    napari-unet evaluate --model my-model.safetensors --images stack.tif --labels truth.tif --slices 25-29
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+LABEL_HELP = (
+    "Labels: 0 = not annotated (ignored), then with --mode semantic value k>=1 is class k-1; "
+    "with --mode instance 1 = background and every value >= 2 is its own object."
+)
+
+
+def _parse_slices(text: str | None, n: int) -> list[int] | None:
+    """'0-24', '3', '0,2,5-7' -> sorted indices (inclusive ranges)."""
+    if not text:
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.update(range(int(a), int(b) + 1))
+        elif part:
+            out.add(int(part))
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"--slices {text}: slice(s) {sorted(bad)[:5]} out of range for a stack of {n} slice(s)")
+    return sorted(out)
+
+
+def _read(path: str, what: str):
+    from .core.io import read_image
+
+    try:
+        arr, _meta = read_image(path)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {what} {path} does not exist")
+    return arr
+
+
+def _select(arr, slices):
+    import numpy as np
+
+    if slices is None:
+        return arr
+    if arr.ndim != 3:
+        raise ValueError("--slices needs a stack (Z, Y, X)")
+    return np.stack([np.asarray(arr[i]) for i in slices])
+
+
+def _bar(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step" if "train" in desc else "tile", disable=quiet, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    from .core.train import TrainConfig, TrainState, iter_train
+
+    if len(args.images) != len(args.labels):
+        raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
+    images, labels = [], []
+    for ip, lp in zip(args.images, args.labels):
+        im, lab = _read(ip, "image"), _read(lp, "labels")
+        n = im.shape[0] if im.ndim == 3 else 1
+        sl = _parse_slices(args.slices, n)
+        im, lab = _select(im, sl), _select(lab, sl)
+        lab = np.asarray(lab)
+        if args.labels_format == "isbi":
+            lab = _isbi_to_instances(lab)
+        elif args.labels_format == "instances":
+            lab = np.where(lab > 0, lab.astype(np.int64) + 1, 1)
+        images.append(im)
+        labels.append(lab)
+    cfg = TrainConfig(
+        depth=args.depth, base_channels=args.channels, padding=args.padding, label_mode=args.mode,
+        zero_is_background=args.zero_is_background, border_class=args.border_class,
+        w0=args.w0, sigma=args.sigma, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+        batch_size=args.batch_size, tile_size=args.tile_size, augment=not args.no_augment,
+        val_fraction=args.val_fraction, val_every=args.val_every, init=args.init, resume=args.resume,
+        seed=args.seed, device=args.device, precision=args.precision, schedule=args.schedule,
+    )
+    cancel = threading.Event()
+
+    def on_sigint(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nstopping after this step and saving (press Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    gen = iter_train(cfg, images, labels, cancel=cancel)
+    bar = _bar(cfg.steps, "train", args.quiet)
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if ev.kind == "step":
+                bar.n = ev.step
+                bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+                bar.refresh()
+            elif ev.kind == "validation":
+                bar.write(f"step {ev.step}: validation IoU {ev.val_metric:.4f}")
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, old)
+    out = result.save(args.output, which="last" if args.save_last else "best", half=args.half)
+    msg = "stopped early" if result.state is TrainState.STOPPED else "done"
+    print(f"{msg}: {result.steps_done} steps, final loss {result.history[-1][1]:.4f}, "
+          f"best at step {result.best_step}; saved {out}")
+    return 0
+
+
+def _isbi_to_instances(lab):
+    """ISBI 2012 labels (0 = membrane, 255 = cell) -> instance-mode labels (1 = membrane, >= 2 = cells)."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    lab = np.asarray(lab)
+    out = np.ones(lab.shape, dtype=np.int32)
+    planes = [lab] if lab.ndim == 2 else list(lab)
+    for z, p in enumerate(planes):
+        comp, _ = ndi.label(p > 0)
+        tgt = out if lab.ndim == 2 else out[z]
+        tgt[comp > 0] = comp[comp > 0] + 1
+    return out
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from .core.checkpoint import load_model
+    from .core.io import write_labels
+    from .core.tiling import iter_predict
+
+    model = load_model(args.model)
+    image = _read(args.image, "image")
+    n = image.shape[0] if image.ndim == 3 else 1
+    slices = _parse_slices(args.slices, n)
+    if slices is not None:
+        image = _select(image, slices)
+    gen = iter_predict(model, image, output=args.output, tile_size=args.tile_size, tta=args.tta, device=args.device,
+                       precision=args.precision)
+    bar = None
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if bar is None:
+                bar = _bar(ev.total, "predict", args.quiet)
+            if ev.kind == "tile":
+                bar.update(1)
+    except KeyboardInterrupt:
+        print("\ncancelled: nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    out = Path(args.output_path)
+    if args.output == "probabilities":
+        import tifffile
+
+        from .core.io import atomic_write
+
+        with atomic_write(out) as fh:
+            tifffile.imwrite(fh, np.asarray(result, dtype=np.float32), compression="zlib")
+    else:
+        write_labels(out, result)
+    print(f"wrote {out} ({args.output}, shape {tuple(result.shape)})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .core import metrics
+    from .core.checkpoint import load_model
+    from .core.tiling import predict
+
+    model = load_model(args.model)
+    image = _read(args.images, "image")
+    truth = np.asarray(_read(args.labels, "labels"))
+    n = image.shape[0] if image.ndim == 3 else 1
+    slices = _parse_slices(args.slices, n)
+    image, truth = _select(image, slices), _select(truth, slices)
+    if truth.shape != tuple(image.shape):
+        raise ValueError(f"labels have shape {truth.shape} but the image has shape {tuple(image.shape)}")
+    report = evaluate_arrays(model, image, truth, kind=args.kind, tta=args.tta, device=args.device, quiet=args.quiet)
+    report["model"] = str(args.model)
+    report["slices"] = args.slices or "all"
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def evaluate_arrays(model, image, truth, *, kind: str = "auto", tta: bool = False, device=None, quiet=True) -> dict:
+    """Predict ``image`` and score it against ``truth`` (per slice, then averaged).
+
+    kind 'membranes' (ISBI: truth 0 = membrane, >0 = cell): pixel error of
+    membrane vs cell, V_rand and Rand error of the cell segmentation.
+    kind 'instances' (truth 0 = background, 1..N objects): foreground IoU and
+    instance F1 at IoU 0.5.
+    """
+    import numpy as np
+
+    from .core import metrics
+    from .core.tiling import iter_predict, run
+
+    truth = np.asarray(truth)
+    if kind == "auto":
+        kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
+    output = "labels" if kind == "membranes" else "instances"
+    gen = iter_predict(model, image, output=output, tta=tta, device=device)
+    bar = None
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            pred = stop.value
+            break
+        if bar is None:
+            bar = _bar(ev.total, "predict", quiet)
+        if ev.kind == "tile":
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    planes_p = [pred] if pred.ndim == 2 else list(pred)
+    planes_t = [truth] if truth.ndim == 2 else list(truth)
+    rows = []
+    for p, t in zip(planes_p, planes_t):
+        if kind == "membranes":
+            cells_pred = p != 0  # class 0 = membrane (background of the cell instances)
+            cells_true = t != 0
+            seg_p = metrics.segmentation_from_membranes(cells_pred)
+            seg_t = metrics.segmentation_from_membranes(cells_true)
+            rows.append({
+                "pixel_error": metrics.pixel_error(cells_pred, cells_true),
+                "v_rand": metrics.vrand(seg_p, seg_t),
+                "rand_error": metrics.rand_error(seg_p, seg_t),
+            })
+        else:
+            f1 = metrics.instance_f1(p, t, iou_threshold=0.5)
+            rows.append({
+                "foreground_iou": float(metrics.iou(p > 0, t > 0, n_classes=2)[1]),
+                "instance_f1": f1["f1"],
+                "precision": f1["precision"],
+                "recall": f1["recall"],
+            })
+    keys = rows[0].keys()
+    return {"kind": kind, "n_slices": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in keys},
+            "per_slice": rows}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def cmd_models(args) -> int:
+    from .core.checkpoint import available_models, read_info
+
+    shipped = available_models()
+    if not shipped:
+        print("no models are shipped with this installation")
+    for name, path in shipped.items():
+        info = read_info(path)
+        m = info.model
+        print(f"{name}: {info.description or ''} [{info.label_mode}, classes {info.classes}, depth {m['depth']}, "
+              f"{m['base_channels']} channels, {m['padding']}]")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="U-Net Segment: train, predict and evaluate U-Nets (Ronneberger et al. 2015) on TIFF images.",
+        epilog=LABEL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("train", help="train or fine-tune a U-Net on labelled TIFFs", epilog=LABEL_HELP)
+    t.add_argument("--images", nargs="+", required=True, help="image TIFF(s) (2D or stacks) or folders of slices")
+    t.add_argument("--labels", nargs="+", required=True, help="labels TIFF(s), one per image, same shape")
+    t.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    t.add_argument("--mode", choices=["semantic", "instance"], default="instance",
+                   help="how to read the labels (default: instance)")
+    t.add_argument("--labels-format", choices=["ours", "isbi", "instances"], default="ours",
+                   help="ours = the convention below; isbi = 0 membrane / 255 cell; instances = 0 background, 1..N objects")
+    t.add_argument("--slices", help="use only these slices of every stack, e.g. 0-24")
+    t.add_argument("--init", help="start from a model file or shipped model name (fine-tune); default: scratch")
+    t.add_argument("--resume", help="continue a run saved with --save-last")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="sgd = paper (momentum 0.99)")
+    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--tile-size", type=int, default=572, help="input tile side (valid sizes: 188, 204, ... 572 for depth 4)")
+    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--channels", type=int, default=64, help="base channels (paper: 64; 16 trains 10x faster on a CPU)")
+    t.add_argument("--padding", choices=["valid", "same"], default="valid")
+    t.add_argument("--w0", type=float, default=10.0, help="border weight w0 (eq. 2)")
+    t.add_argument("--sigma", type=float, default=5.0, help="border weight sigma in px (eq. 2)")
+    t.add_argument("--border-class", action="store_true", help="instance mode: learn a third 'border' class")
+    t.add_argument("--zero-is-background", action="store_true", help="labels are complete: 0 means background")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of annotated slices")
+    t.add_argument("--val-every", type=int, default=50)
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--half", action="store_true", help="store weights as float16")
+    t.add_argument("--save-last", action="store_true", help="save the last state (+ optimizer, for --resume) instead of the best")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="overlap-tile prediction of a TIFF image or stack")
+    pr.add_argument("image", help="image TIFF (2D or stack) or folder of slices")
+    pr.add_argument("-o", "--output-path", required=True, help="TIFF to write")
+    pr.add_argument("--model", default="em-membrane", help="model file or shipped model name (see `napari-unet models`)")
+    pr.add_argument("--output", choices=["labels", "instances", "probabilities"], default="labels")
+    pr.add_argument("--slices", help="only these slices, e.g. 25-29")
+    pr.add_argument("--tile-size", type=int, default=None, help="output tile side (default: automatic)")
+    pr.add_argument("--tta", action="store_true", help="average 8 flips/rotations")
+    pr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                    help="bf16 is faster on recent CPUs/GPUs (agreement with fp32 in docs/benchmarks.md)")
+    common(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="score a model against ground truth")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--images", required=True)
+    ev.add_argument("--labels", required=True,
+                    help="ground truth: ISBI style (0 membrane, 255 cell) or instances (0 background, 1..N)")
+    ev.add_argument("--kind", choices=["auto", "membranes", "instances"], default="auto")
+    ev.add_argument("--slices")
+    ev.add_argument("--tta", action="store_true")
+    ev.add_argument("--json", help="also write the report to this file")
+    common(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    mo = sub.add_parser("models", help="list the models shipped with napari-unet")
+    mo.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\naborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,591 @@
+"""Training as in the paper, as a generator a GUI can watch and stop.
+
+``iter_train(config, images, labels)`` samples tiles around annotated pixels
+of any slice of any stack, deforms them elastically, and minimises the
+pixel-wise softmax cross-entropy weighted by eq. 2 (class balance + border
+weights) with SGD, momentum 0.99 (Adam optional). It yields a
+:class:`TrainEvent` after every step (and after validation / preview passes)
+and returns a :class:`TrainResult` holding the last and best weights.
+
+Stopping: set ``cancel`` (a ``threading.Event``) and the run ends cleanly
+after the current step, returning its result; closing the generator also
+stops it (without a result). GPU memory is released on exit.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import math
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import augment as aug
+from .checkpoint import ModelInfo, load_model, load_optimizer_state, read_info, resolve_model_path, save_model
+from .labels import IGNORE, annotated_mask, check_pair, n_classes_for, targets_from_labels
+from .model import UNet, UNetConfig, input_size_for_output, is_valid_size, nearest_valid_sizes
+from .tiling import context_margin, intensity_range, predict, resolve_device
+from .weights import weight_map
+
+
+class TrainState(enum.Enum):
+    IDLE = "idle"
+    TRAINING = "training"
+    DONE = "done"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (stored in the model file).
+
+    Defaults follow the paper: depth 4, 64 channels, valid convolutions, SGD
+    with momentum 0.99, batch 1 of a large (572 px) tile, elastic deformation
+    on a 3x3 grid with sigma 10 px, eq. 2 weights with w0 = 10, sigma = 5 px.
+    """
+
+    # network (ignored when starting from a checkpoint, whose architecture wins)
+    depth: int = 4
+    base_channels: int = 64
+    padding: Literal["valid", "same"] = "valid"
+    dropout: float = 0.5
+    # labels (see core/labels.py)
+    label_mode: Literal["semantic", "instance"] = "semantic"
+    n_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    zero_is_background: bool = False
+    border_class: bool = False
+    # loss weights, eq. 2
+    w0: float = 10.0
+    sigma: float = 5.0
+    class_balance: bool = True
+    border_weights: bool = True
+    # optimisation
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    steps: int = 1000
+    batch_size: int = 1
+    tile_size: int = 572  # input tile side (valid sizes only for 'valid' nets)
+    # augmentation
+    augment: bool = True
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0
+    flips: bool = True
+    intensity: bool = True
+    # normalisation: percentiles of each image
+    norm_low: float = 1.0
+    norm_high: float = 99.8
+    # validation / preview
+    val_fraction: float = 0.0
+    val_every: int = 50
+    preview_every: int = 0
+    log_every: int = 1
+    # start
+    init: str | None = None  # None = scratch; a model file or shipped model name = fine-tune
+    resume: str | None = None  # a model file saved with optimizer state
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+
+    def __post_init__(self):
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["class_names"] = list(self.class_names) if self.class_names else None
+        return d
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One step (or validation / preview pass) of :func:`iter_train`."""
+
+    kind: Literal["step", "validation", "preview", "finished"]
+    step: int
+    total: int
+    loss: float
+    lr: float
+    elapsed: float
+    eta: float
+    val_metric: float | None = None
+    preview: np.ndarray | None = None
+    preview_where: tuple[int, int] | None = None  # (pair index, slice)
+    state: TrainState = TrainState.TRAINING
+    device: str = "cpu"
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves behind; CPU copies of the weights, so GPU memory is free."""
+
+    model: UNet
+    best_state: dict
+    last_state: dict
+    info: ModelInfo
+    state: TrainState
+    steps_done: int
+    history: list[tuple[int, float]] = field(default_factory=list)
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int = 0
+    best_metric: float | None = None
+    optimizer_state: dict | None = None
+
+    def best_model(self) -> UNet:
+        m = copy.deepcopy(self.model)
+        m.load_state_dict(self.best_state)
+        m.info = self.info
+        return m
+
+    def last_model(self) -> UNet:
+        m = copy.deepcopy(self.model)
+        m.load_state_dict(self.last_state)
+        m.info = self.info
+        return m
+
+    def save(self, path, *, which: Literal["best", "last"] = "best", half: bool = False):
+        model = self.best_model() if which == "best" else self.last_model()
+        opt = None
+        if which == "last" and self.optimizer_state is not None:
+            opt = _OptimizerShim(self.optimizer_state)
+        return save_model(path, model, info=self.info, optimizer=opt, half=half)
+
+
+class _OptimizerShim:
+    """Lets save_model store an optimizer state_dict captured earlier."""
+
+    def __init__(self, sd):
+        self._sd = sd
+
+    def state_dict(self):
+        return self._sd
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Slice:
+    image: np.ndarray  # (C, H, W) float32 normalised
+    target: np.ndarray  # (H, W) int64, IGNORE where not annotated
+    weights: np.ndarray  # (H, W) float32
+    where: tuple[int, int]  # (pair index, z)
+    n_annotated: int
+    annotated_idx: np.ndarray  # flat indices of annotated pixels
+
+
+def _as_pairs(images, labels) -> list[tuple]:
+    if isinstance(images, (list, tuple)) != isinstance(labels, (list, tuple)):
+        raise ValueError("give images and labels both as arrays or both as lists of the same length")
+    if not isinstance(images, (list, tuple)):
+        images, labels = [images], [labels]
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label arrays; give one labels array per image")
+    if not images:
+        raise ValueError("no training data: give at least one image with labels")
+    return list(zip(images, labels))
+
+
+def _prepare(pairs, config: TrainConfig, n_classes: int, in_channels: int, channel_axis) -> list[_Slice]:
+    out = []
+    for i, (img, lab) in enumerate(pairs):
+        name = f"pair {i}" if len(pairs) > 1 else ""
+        lab = np.asarray(lab)
+        check_pair(img, lab, channel_axis=channel_axis, name=name)
+        if lab.ndim not in (2, 3):
+            raise ValueError(f"{name + ': ' if name else ''}expected 2D (Y, X) or a stack (Z, Y, X), got labels of shape {lab.shape}")
+        planes = [lab] if lab.ndim == 2 else list(lab)
+        for z, lab_z in enumerate(planes):
+            ann = annotated_mask(lab_z, zero_is_background=config.zero_is_background)
+            if not ann.any():
+                continue
+            if channel_axis is None:
+                im = np.asarray(img if lab.ndim == 2 else img[z], dtype=np.float32)[None]
+            else:
+                arr = np.moveaxis(np.asarray(img), channel_axis, 0)
+                im = np.asarray(arr if lab.ndim == 2 else arr[:, z], dtype=np.float32)
+            if not np.all(np.isfinite(im)):
+                raise ValueError(f"{name + ': ' if name else ''}the image contains NaN or inf values; replace them before training")
+            if im.shape[0] != in_channels:
+                raise ValueError(f"the model expects {in_channels} channel(s), the image has {im.shape[0]}")
+            # per-slice percentiles, exactly as tiling.iter_predict does at prediction time
+            lo, hi = intensity_range(im, low=config.norm_low, high=config.norm_high)
+            im = (im - lo) / (hi - lo if hi > lo else 1.0)
+            target = targets_from_labels(
+                lab_z, mode=config.label_mode, n_classes=n_classes,
+                zero_is_background=config.zero_is_background, border_class=config.border_class,
+            )
+            w = weight_map(
+                lab_z, w0=config.w0, sigma=config.sigma, mode=config.label_mode,
+                zero_is_background=config.zero_is_background, class_balance=config.class_balance,
+                border=config.border_weights,
+            )
+            idx = np.flatnonzero(target.ravel() != IGNORE)
+            out.append(_Slice(im.astype(np.float32), target, w.astype(np.float32), (i, z), len(idx), idx))
+    if not out:
+        raise ValueError("nothing is annotated yet: paint background with 1 and objects with 2, 3, ...")
+    return out
+
+
+def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.abs(idx) % period
+    return np.where(idx >= n, period - idx, idx)
+
+
+def _crop(s: _Slice, oy: int, ox: int, t_in: int, t_out: int, m: int):
+    """Input crop (mirrored outside the image) and label/weight crops (0 = ignored outside)."""
+    H, W = s.target.shape
+    ys = np.arange(oy - m, oy - m + t_in)
+    xs = np.arange(ox - m, ox - m + t_in)
+    img = s.image[:, _reflect(ys, H)[:, None], _reflect(xs, W)[None, :]]
+    tgt = np.full((t_in, t_in), IGNORE, dtype=np.int64)
+    wts = np.zeros((t_in, t_in), dtype=np.float32)
+    iy = (ys >= 0) & (ys < H)
+    ix = (xs >= 0) & (xs < W)
+    if iy.any() and ix.any():
+        y0, y1 = np.flatnonzero(iy)[[0, -1]]
+        x0, x1 = np.flatnonzero(ix)[[0, -1]]
+        tgt[y0 : y1 + 1, x0 : x1 + 1] = s.target[ys[y0] : ys[y1] + 1, xs[x0] : xs[x1] + 1]
+        wts[y0 : y1 + 1, x0 : x1 + 1] = s.weights[ys[y0] : ys[y1] + 1, xs[x0] : xs[x1] + 1]
+    return img, tgt, wts
+
+
+def _sample_batch(slices, probs, config: TrainConfig, t_in: int, t_out: int, m: int, rng: np.random.Generator):
+    imgs, tgts, wtss = [], [], []
+    for _ in range(config.batch_size):
+        s = slices[rng.choice(len(slices), p=probs)]
+        H, W = s.target.shape
+        flat = s.annotated_idx[rng.integers(len(s.annotated_idx))]
+        cy, cx = divmod(int(flat), W)
+        oy = cy - int(rng.integers(0, t_out))
+        ox = cx - int(rng.integers(0, t_out))
+        img, tgt, wts = _crop(s, oy, ox, t_in, t_out, m)
+        if config.augment:
+            if config.elastic_sigma > 0:
+                # labels shifted by +1 so IGNORE (-1) -> 0 survives nearest interpolation
+                d = aug.elastic_deform(
+                    img, (tgt + 1).astype(np.int32), wts, rng=rng, grid=config.elastic_grid, sigma=config.elastic_sigma
+                )
+                img, tgt, wts = d.image, d.labels.astype(np.int64) - 1, d.weights
+            if config.flips:
+                img, tgt, wts = aug.random_flip_rot(rng, img, tgt, wts)
+            if config.intensity:
+                img = aug.intensity_jitter(img, rng)
+        c = (t_in - t_out) // 2
+        imgs.append(np.ascontiguousarray(img, dtype=np.float32))
+        tgts.append(np.ascontiguousarray(tgt[c : c + t_out, c : c + t_out]))
+        wtss.append(np.ascontiguousarray(wts[c : c + t_out, c : c + t_out], dtype=np.float32))
+    return np.stack(imgs), np.stack(tgts), np.stack(wtss)
+
+
+def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise softmax cross-entropy weighted by eq. 2, averaged over annotated pixels."""
+    ce = F.cross_entropy(logits.float(), target.clamp_min(0), reduction="none")
+    ann = target != IGNORE
+    n = ann.sum().clamp_min(1)
+    return (ce * weights * ann).sum() / n
+
+
+# ----------------------------------------------------------------------------- metrics on annotated pixels
+
+
+def annotated_iou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
+    """Mean IoU over the classes present in the annotation, on annotated pixels only."""
+    ann = target != IGNORE
+    p, t = pred[ann], target[ann]
+    ious = []
+    for c in range(n_classes):
+        tc, pc = t == c, p == c
+        if not tc.any():
+            continue
+        ious.append((tc & pc).sum() / max((tc | pc).sum(), 1))
+    return float(np.mean(ious)) if ious else float("nan")
+
+
+# ----------------------------------------------------------------------------- main loop
+
+
+def _build(config: TrainConfig, n_classes: int, in_channels: int) -> tuple[UNet, ModelInfo | None, str]:
+    note = ""
+    if config.resume:
+        model = load_model(config.resume)
+        return model, model.info, "resumed"
+    if config.init:
+        model = load_model(config.init)
+        info = model.info
+        if model.config.in_channels != in_channels:
+            raise ValueError(
+                f"the starting model expects {in_channels} input channel(s) but got {model.config.in_channels}; "
+                "train from scratch instead"
+            )
+        if model.n_classes != n_classes:
+            old = model.head
+            model.head = torch.nn.Conv2d(old.in_channels, n_classes, 1)
+            torch.nn.init.normal_(model.head.weight, 0.0, math.sqrt(2.0 / old.in_channels))
+            torch.nn.init.zeros_(model.head.bias)
+            model.config = replace(model.config, n_classes=n_classes)
+            note = f"fine-tuning {info.name}: new {n_classes}-class head (was {old.out_channels})"
+        else:
+            note = f"fine-tuning {info.name}"
+        return model, info, note
+    model = UNet(in_channels, n_classes, config.depth, config.base_channels, config.padding, config.dropout)
+    return model, None, "from scratch"
+
+
+def iter_train(
+    config: TrainConfig,
+    images,
+    labels,
+    *,
+    channel_axis: int | None = None,
+    val_images=None,
+    val_labels=None,
+    preview: tuple[int, int] | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train (or fine-tune) a U-Net on painted labels; yields events, returns a TrainResult.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    images, labels : array or list of arrays
+        (Y, X) or (Z, Y, X) each (lazy arrays fine: only annotated slices are read).
+        Labels follow core/labels.py: 0 = not annotated.
+    val_images, val_labels : optional
+        A separate validation set; otherwise ``config.val_fraction`` of the
+        annotated slices is held out (at least one, when two or more exist).
+    preview : (pair index, slice), optional
+        Slice to predict every ``config.preview_every`` steps (event kind 'preview').
+    cancel : threading.Event, optional
+        Set it to stop after the current step; the result is returned as usual.
+    """
+    t_start = time.perf_counter()
+    pairs = _as_pairs(images, labels)
+    in_channels = 1 if channel_axis is None else int(np.shape(pairs[0][0])[channel_axis])
+    if config.resume:
+        n_classes = read_info(resolve_model_path(config.resume)).model["n_classes"]
+    elif config.n_classes is not None:
+        n_classes = config.n_classes
+    elif config.label_mode == "semantic":
+        n_classes = max(n_classes_for("semantic", np.asarray(lab), border_class=config.border_class) for _, lab in pairs)
+    else:
+        n_classes = n_classes_for("instance", border_class=config.border_class)
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model, start_info, start_note = _build(config, n_classes, in_channels)
+    n_classes = model.n_classes
+    depth, padding = model.depth, model.padding
+
+    t_in = int(config.tile_size)
+    if padding == "valid" and not is_valid_size(t_in, depth):
+        lo, hi = nearest_valid_sizes(t_in, depth)
+        raise ValueError(
+            f"tile size {t_in} gives no valid output for depth {depth}; nearest valid sizes are "
+            f"{lo if lo is not None else ''}{' and ' if lo is not None else ''}{hi}"
+        )
+    if padding == "same":
+        step = 2**depth
+        t_in = max(step, t_in // step * step)
+    t_out = model.output_size(t_in)
+    m = (t_in - t_out) // 2
+
+    slices = _prepare(pairs, config, n_classes, in_channels, channel_axis)
+    if val_images is not None:
+        val = _prepare(_as_pairs(val_images, val_labels), config, n_classes, in_channels, channel_axis)
+    elif config.val_fraction > 0 and len(slices) >= 2:
+        k = max(1, int(round(len(slices) * config.val_fraction)))
+        order = rng.permutation(len(slices))
+        val = [slices[i] for i in sorted(order[:k])]
+        slices = [slices[i] for i in sorted(order[k:])]
+    else:
+        val = []
+    counts = np.array([s.n_annotated for s in slices], dtype=np.float64)
+    probs = counts / counts.sum()
+
+    dev = resolve_device(config.device)
+    precision = config.precision or ("bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    mem_fmt = torch.channels_last if dev.type in ("cpu", "cuda") else torch.contiguous_format
+    model.to(dev).to(memory_format=mem_fmt)
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step0 = 0
+    if config.resume:
+        load_optimizer_state(config.resume, opt)
+        step0 = int((start_info.training or {}).get("steps_done", 0))
+        for g in opt.param_groups:
+            g["lr"] = config.lr
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16 and dev.type == "cuda")
+    lr0 = config.lr
+
+    def lr_at(step: int) -> float:
+        if config.schedule == "cosine":
+            return lr0 * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+        return lr0
+
+    classes = list(config.class_names) if config.class_names else _default_class_names(config, n_classes)
+    info = ModelInfo(
+        model=model.config.to_dict(),
+        classes=classes,
+        label_mode=config.label_mode,
+        border_class=config.border_class,
+        normalization={"method": "percentile", "low": config.norm_low, "high": config.norm_high},
+        training={"config": config.to_dict(), "start": start_note, "tile_in": t_in, "tile_out": t_out,
+                  "n_train_slices": len(slices), "n_val_slices": len(val), "device": str(dev)},
+        name=(start_info.name if start_info is not None and config.resume else ""),
+    )
+
+    history: list[tuple[int, float]] = []
+    val_history: list[tuple[int, float]] = []
+    best_state = _cpu_state(model)
+    best_metric: float | None = None
+    best_step = step0
+    ema = None
+    state = TrainState.TRAINING
+    step = step0
+    last_loss = float("nan")
+
+    def snapshot_result(st: TrainState) -> TrainResult:
+        training = dict(info.training, steps_done=step, best_step=best_step, best_metric=best_metric,
+                        final_loss=last_loss, state=st.value, seconds=round(time.perf_counter() - t_start, 1))
+        res_info = replace(info, training=training)
+        cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
+        cpu_model.info = res_info
+        return TrainResult(
+            model=cpu_model, best_state=best_state, last_state=_cpu_state(model), info=res_info, state=st,
+            steps_done=step, history=history, val_history=val_history, best_step=best_step,
+            best_metric=best_metric, optimizer_state=_cpu_opt_state(opt),
+        )
+
+    try:
+        model.train()
+        while step < config.steps:
+            if cancel is not None and cancel.is_set():
+                state = TrainState.STOPPED
+                break
+            lr = lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y, w = _sample_batch(slices, probs, config, t_in, t_out, m, rng)
+            xt = torch.from_numpy(x).to(dev).contiguous(memory_format=mem_fmt)
+            yt = torch.from_numpy(y).to(dev)
+            wt = torch.from_numpy(w).to(dev)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(xt)
+            loss = weighted_loss(logits, yt, wt)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {loss.item()} at step {step + 1}; lower the learning rate (now {lr:g})"
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            last_loss = float(loss.item())
+            history.append((step, last_loss))
+            ema = last_loss if ema is None else 0.95 * ema + 0.05 * last_loss
+            if not val and (best_metric is None or -ema > best_metric) and step - step0 >= min(20, config.steps):
+                best_metric, best_step, best_state = -ema, step, _cpu_state(model)
+            elapsed = time.perf_counter() - t_start
+            per_step = elapsed / max(step - step0, 1)
+            eta = per_step * (config.steps - step)
+            if step % max(config.log_every, 1) == 0 or step == config.steps:
+                yield TrainEvent("step", step, config.steps, last_loss, lr, elapsed, eta, device=str(dev))
+            if val and (step % config.val_every == 0 or step == config.steps):
+                metric = _validate(model, val, n_classes, dev, precision)
+                model.train()
+                val_history.append((step, metric))
+                if best_metric is None or metric > best_metric:
+                    best_metric, best_step, best_state = metric, step, _cpu_state(model)
+                yield TrainEvent("validation", step, config.steps, last_loss, lr, time.perf_counter() - t_start, eta,
+                                 val_metric=metric, device=str(dev))
+            if preview is not None and config.preview_every and step % config.preview_every == 0:
+                pv = _preview(model, pairs[preview[0]][0], preview[1], dev, channel_axis, config)
+                model.train()
+                yield TrainEvent("preview", step, config.steps, last_loss, lr, time.perf_counter() - t_start, eta,
+                                 preview=pv, preview_where=tuple(preview), device=str(dev))
+        else:
+            state = TrainState.DONE
+        if best_metric is None:
+            best_state, best_step = _cpu_state(model), step
+        result = snapshot_result(state)
+        yield TrainEvent("finished", step, config.steps, last_loss, lr_at(step), time.perf_counter() - t_start, 0.0,
+                         val_metric=best_metric if val else None, state=state, device=str(dev))
+        return result
+    finally:
+        model.to("cpu")
+        del opt
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _default_class_names(config: TrainConfig, n_classes: int) -> list[str]:
+    if config.label_mode == "instance":
+        return ["background", "object", "border"][:n_classes]
+    return ["background"] + [f"class {i}" for i in range(1, n_classes)]
+
+
+def _cpu_state(model: UNet) -> dict:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _cpu_opt_state(opt) -> dict:
+    sd = opt.state_dict()
+    return {
+        "state": {k: {kk: (vv.detach().to("cpu", copy=True) if torch.is_tensor(vv) else vv) for kk, vv in st.items()}
+                  for k, st in sd["state"].items()},
+        "param_groups": copy.deepcopy(sd["param_groups"]),
+    }
+
+
+def _validate(model: UNet, val: list[_Slice], n_classes: int, dev, precision) -> float:
+    scores = []
+    for s in val:
+        pred = predict(model, s.image[0] if s.image.shape[0] == 1 else s.image,
+                       channel_axis=None if s.image.shape[0] == 1 else 0, normalize=False, device=dev,
+                       precision=precision)
+        scores.append(annotated_iou(pred, s.target, n_classes))
+    return float(np.nanmean(scores)) if scores else float("nan")
+
+
+def _preview(model: UNet, image, z: int, dev, channel_axis, config: TrainConfig) -> np.ndarray:
+    """Labels of one slice, normalised as in training."""
+    if channel_axis is None:
+        plane = np.asarray(image[z] if len(np.shape(image)) == 3 else image)
+        ca = None
+    else:
+        arr = np.moveaxis(np.asarray(image), channel_axis, 0)
+        plane, ca = (arr[:, z] if arr.ndim == 4 else arr), 0
+    lo, hi = intensity_range(plane, low=config.norm_low, high=config.norm_high)
+    return predict(model, plane, channel_axis=ca, normalize=(lo, hi), device=dev, output="labels")
+
+
+def train(config: TrainConfig, images, labels, **kwargs) -> TrainResult:
+    """Run :func:`iter_train` to the end without events."""
+    from .tiling import run
+
+    return run(iter_train(config, images, labels, **kwargs))

@@ -1,0 +1,143 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.checkpoint import load_model, save_model
+from napari_unet.core.model import UNet
+from napari_unet.core.tiling import predict
+from napari_unet.core.train import TrainConfig, TrainState, annotated_iou, iter_train, train, weighted_loss
+
+TINY = dict(depth=2, base_channels=8, tile_size=124, optimizer="adam", lr=3e-3, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def nuclei(dsb):
+    """Two DSB images in instance mode (1 = background, >= 2 nuclei), cropped to 128 px
+    (images 18 and 47: ~20 nuclei each in the crop, some touching)."""
+    img, inst = dsb
+    idx = [18, 47]
+    crop = inst[idx, :128, :128]
+    lab = np.where(crop > 0, crop.astype(np.int32) + 1, 1)
+    return img[idx, :128, :128], lab
+
+
+def drain(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def test_training_learns_nuclei(nuclei):
+    img, lab = nuclei
+    events, res = drain(iter_train(TrainConfig(label_mode="instance", steps=60, **TINY), img, lab))
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.step for e in steps] == list(range(1, 61))
+    assert events[-1].kind == "finished" and events[-1].state is TrainState.DONE
+    assert res.state is TrainState.DONE and res.steps_done == 60
+    first = np.mean([l for _, l in res.history[:10]])
+    last = np.mean([l for _, l in res.history[-10:]])
+    assert last < 0.7 * first
+    pred = predict(res.best_model(), img[0])
+    fg_iou = annotated_iou(pred, (lab[0] >= 2).astype(np.int64), 2)
+    assert fg_iou > 0.6  # far above chance after 60 tiny steps
+    assert all(e.eta >= 0 for e in steps)
+
+
+def test_sparse_labels_only_annotated_pixels_count(nuclei):
+    img, lab = nuclei
+    sparse = np.zeros_like(lab)
+    sparse[0, 40:60, :] = lab[0, 40:60, :]  # one painted stripe on one slice
+    res = train(TrainConfig(label_mode="instance", steps=5, **TINY), img, sparse)
+    assert res.info.training["n_train_slices"] == 1
+
+
+def test_weighted_loss_ignores_unannotated_pixels():
+    logits = torch.zeros(1, 2, 4, 4)
+    target = torch.full((1, 4, 4), -1, dtype=torch.int64)
+    target[0, 0, 0] = 1
+    w = torch.ones(1, 4, 4)
+    loss = weighted_loss(logits, target, w)
+    assert loss.item() == pytest.approx(np.log(2), rel=1e-5)
+    w[0, 1:, :] = 100.0  # weights of ignored pixels must not matter
+    assert weighted_loss(logits, target, w).item() == pytest.approx(np.log(2), rel=1e-5)
+
+
+def test_reproducible_with_seed_on_cpu(nuclei):
+    img, lab = nuclei
+    cfg = TrainConfig(label_mode="instance", steps=4, seed=3, **TINY)
+    a, b = train(cfg, img, lab), train(cfg, img, lab)
+    assert [l for _, l in a.history] == [l for _, l in b.history]
+    c = train(TrainConfig(label_mode="instance", steps=4, seed=4, **TINY), img, lab)
+    assert [l for _, l in a.history] != [l for _, l in c.history]
+
+
+def test_cancel_stops_after_current_step_and_returns_result(nuclei):
+    img, lab = nuclei
+    cancel = threading.Event()
+    gen = iter_train(TrainConfig(label_mode="instance", steps=1000, **TINY), img, lab, cancel=cancel)
+    for ev in gen:
+        if ev.step == 3:
+            cancel.set()
+            break
+    events, res = drain(gen)
+    assert res.state is TrainState.STOPPED and res.steps_done == 3
+    assert events[-1].state is TrainState.STOPPED
+    # best and last states are both kept
+    assert set(res.best_state) == set(res.last_state)
+
+
+def test_validation_preview_best_state_and_semantic_mode(nuclei):
+    img, inst = nuclei
+    sem = np.where(inst >= 2, 2, 1)  # semantic: 1 = background class, 2 = nucleus class
+    cfg = TrainConfig(label_mode="semantic", steps=6, val_every=3, val_fraction=0.5, preview_every=2, **TINY)
+    events, res = drain(iter_train(cfg, img, sem, preview=(0, 1)))
+    vals = [e for e in events if e.kind == "validation"]
+    assert [e.step for e in vals] == [3, 6] and all(0 <= e.val_metric <= 1 for e in vals)
+    previews = [e for e in events if e.kind == "preview"]
+    assert len(previews) == 3 and previews[0].preview.shape == (128, 128)
+    assert res.best_step in (3, 6) and res.best_metric == max(v.val_metric for v in vals)
+    assert res.info.training["n_val_slices"] == 1
+    assert res.model.n_classes == 2
+
+
+def test_save_fine_tune_new_head_and_resume(tmp_path, nuclei):
+    img, lab = nuclei
+    res = train(TrainConfig(label_mode="instance", steps=3, **TINY), img, lab)
+    best = res.save(tmp_path / "a.safetensors")
+    last = res.save(tmp_path / "b.safetensors", which="last")
+    m = load_model(best)
+    assert m.info.label_mode == "instance" and m.info.training["steps_done"] == 3
+    # fine-tune with a 3-class (border) head: the head is re-initialised, the rest kept
+    ft = train(TrainConfig(label_mode="instance", border_class=True, steps=2, init=str(best), **TINY), img, lab)
+    assert ft.model.n_classes == 3
+    torch.testing.assert_close(ft.model.down[0][0].weight.shape, m.down[0][0].weight.shape)
+    assert "new 3-class head" in ft.info.training["start"]
+    # resume continues the step count with the optimizer state
+    rs = train(TrainConfig(label_mode="instance", steps=5, resume=str(last), **TINY), img, lab)
+    assert rs.steps_done == 5 and len(rs.history) == 2
+
+
+def test_bad_input_messages(nuclei):
+    img, lab = nuclei
+    cfg = TrainConfig(label_mode="instance", steps=1, **TINY)
+    with pytest.raises(ValueError, match="nothing is annotated"):
+        train(cfg, img, np.zeros_like(lab))
+    with pytest.raises(ValueError, match="shape"):
+        train(cfg, img, lab[:, :100])
+    with pytest.raises(ValueError, match="tile size 122 gives no valid output.*120 and 124"):
+        train(TrainConfig(**{**TINY, "tile_size": 122}), img, lab)
+    bad = img.astype(np.float32)
+    bad[0, 5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train(cfg, bad, lab)
+    with pytest.raises(ValueError, match="one labels array per image"):
+        train(cfg, [img, img], [lab])
+    with pytest.raises(ValueError, match="learning rate"):
+        TrainConfig(lr=-1)
+    with pytest.raises(ValueError, match="class"):
+        train(TrainConfig(label_mode="semantic", n_classes=2, steps=1, **TINY), img, np.where(lab > 3, 3, lab))

@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import _parse_slices, main
+
+
+@pytest.fixture
+def em_files(tmp_path, isbi):
+    img, lab, _ = isbi
+    ip, lp = tmp_path / "em.tif", tmp_path / "em-labels.tif"
+    tifffile.imwrite(ip, img[:3, :128, :160])
+    tifffile.imwrite(lp, lab[:3, :128, :160])
+    return ip, lp
+
+
+def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
+    ip, lp = em_files
+    model = tmp_path / "m.safetensors"
+    rc = main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0-1",
+               "--steps", "3", "--depth", "2", "--channels", "4", "--tile-size", "92", "-o", str(model), "-q"])
+    assert rc == 0 and model.exists()
+    assert "saved" in capsys.readouterr().out
+    out = tmp_path / "pred.tif"
+    assert main(["predict", str(ip), "-o", str(out), "--model", str(model), "--slices", "2", "-q"]) == 0
+    pred = tifffile.imread(out)
+    assert pred.reshape(-1, 160).shape == (128, 160) and pred.max() <= 1
+    rep = tmp_path / "r.json"
+    assert main(["evaluate", "--model", str(model), "--images", str(ip), "--labels", str(lp), "--slices", "2",
+                 "--json", str(rep), "-q"]) == 0
+    report = json.loads(rep.read_text())
+    assert report["kind"] == "membranes" and 0 <= report["pixel_error"] <= 1 and 0 <= report["v_rand"] <= 1
+    probs = tmp_path / "p.tif"
+    assert main(["predict", str(ip), "-o", str(probs), "--model", str(model), "--output", "probabilities", "-q"]) == 0
+    assert tifffile.imread(probs).shape == (2, 3, 128, 160)
+
+
+def test_errors_are_clear_and_exit_nonzero(tmp_path, em_files, capsys):
+    ip, lp = em_files
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(ip.read_bytes()[:2000])
+    assert main(["predict", str(bad), "-o", str(tmp_path / "x.tif"), "--model", "nope-model"]) == 2
+    assert "no model file or shipped model named 'nope-model'" in capsys.readouterr().err
+    assert main(["train", "--images", str(ip), "--labels", str(lp), "--steps", "1", "--depth", "2",
+                 "--channels", "4", "--tile-size", "90", "-o", str(tmp_path / "m")]) == 2
+    assert "nearest valid sizes" in capsys.readouterr().err
+    empty = tmp_path / "empty.tif"
+    tifffile.imwrite(empty, np.zeros((3, 128, 160), np.uint8))
+    assert main(["train", "--images", str(ip), "--labels", str(empty), "--steps", "1", "--depth", "2",
+                 "--channels", "4", "--tile-size", "92", "-o", str(tmp_path / "m")]) == 2
+    assert "nothing is annotated" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_parse_slices():
+    assert _parse_slices("0-2,5", 10) == [0, 1, 2, 5]
+    assert _parse_slices(None, 3) is None
+    with pytest.raises(ValueError, match="out of range"):
+        _parse_slices("0-30", 30)
+
+
+def test_help_runs_as_console_script():
+    r = subprocess.run([sys.executable, "-m", "napari_unet.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "train" in r.stdout and "0 = not annotated" in r.stdout
