@@ -17,9 +17,17 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-# napari tests draw layers: they need an X server (Xvfb) and a Qt binding (PyQt6, from the testing extra).
+# napari tests draw layers: they need an X server (Xvfb), a Qt binding (PyQt6, from the testing extra)
+# and the X11/xcb libraries Qt6's xcb platform plugin loads; apt-get installs whichever are missing.
+QT_DEBS := xvfb xauth libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 \
+	libxcb-shape0 libxcb-xkb1 libxcb-randr0 libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 libdbus-1-3
 xvfb:
-	@command -v xvfb-run >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth >/dev/null)
+	@command -v dpkg >/dev/null 2>&1 || exit 0; \
+	missing=$$(for p in $(QT_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing for the GUI tests:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 test: $(STAMP) xvfb
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest -p no:cacheprovider

@@ -1,0 +1,114 @@
+"""Screenshots for docs/user-guide.md: run `xvfb-run -a .venv/bin/python docs/make_screenshots.py`.
+
+Every picture shows the plugin's own sample data (ISBI 2012 EM crop) going
+through the loop the guide describes: paint -> weight map -> deformation ->
+train -> predict. Images are palette-quantised to stay well under 300 KB.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "images"
+SIZE = (1280, 760)
+
+
+def wait(app, cond, timeout=600.0):
+    t0 = time.perf_counter()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.01)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("gave up waiting")
+    for _ in range(20):  # let the canvas and the plot catch up
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def shot(viewer, app, name: str, dock=None) -> Path:
+    from PIL import Image
+
+    if dock is not None:
+        dock.raise_()
+    wait(app, lambda: True)
+    path = OUT / name
+    viewer.screenshot(str(path), canvas_only=False)
+    img = Image.open(path).convert("RGB")
+    img = img.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    img.save(path, optimize=True)
+    print(f"{path.relative_to(OUT.parent.parent)}: {img.size[0]}x{img.size[1]}, {path.stat().st_size // 1024} KB")
+    return path
+
+
+def main():
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(title="U-Net Segment")
+    viewer.window.resize(*SIZE)
+    app = QApplication.instance()
+    viewer.open_sample("napari-unet", "em")
+    image, truth = viewer.layers["EM (ISBI 2012)"], viewer.layers["EM labels"]
+    truth.visible = False
+    viewer.dims.set_current_step(0, 2)
+
+    # 1. annotate + live weight map: sparse painting copied from the sample labels
+    dock_a, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
+    annotate.image.value = image
+    labels = annotate._on_new_labels()
+    sl = (2, slice(60, 190), slice(50, 200))
+    labels.data[sl] = truth.data[sl]
+    labels.events.paint(value=[])
+    labels.refresh()
+    dock_w, wmap = viewer.window.add_plugin_dock_widget("napari-unet", "Weight map preview", tabify=True)
+    wmap.labels.value = labels
+    wmap._update()
+    viewer.camera.zoom = 2.2
+    viewer.camera.center = (0, 125, 125)
+    shot(viewer, app, "annotate-weight-map.png", dock_w)
+    viewer.layers["weight map"].visible = False
+
+    # 2. elastic deformation preview
+    dock_d, deform = viewer.window.add_plugin_dock_widget("napari-unet", "Deformation preview", tabify=True)
+    deform.image.value, deform.labels.value = image, labels
+    deform.sigma.value = 15.0
+    deform.seed.value = 3
+    deform._update()
+    viewer.layers["deformed labels"].visible = False
+    viewer.camera.zoom = 2.0
+    shot(viewer, app, "deformation-preview.png", dock_d)
+    for name in ("deformed image", "deformed labels", "deformed weights", "displacement vectors", "deformation grid"):
+        viewer.layers.remove(name)
+    deform.live.value = False
+
+    # 3. train on the fully annotated sample labels (small net, a short CPU run)
+    dock_t, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train", tabify=False)
+    train.pairs[0].image.value, train.pairs[0].labels.value = image, truth
+    train.start.value = "scratch"
+    train.device.value = "cpu"
+    train.depth.value, train.base_channels.value, train.tile_size.value = 3, 8, 188
+    train.steps.value, train.preview_every.value = 150, 50
+    job = train._on_train()
+    wait(app, lambda: not job.running)
+    viewer.layers["prediction preview"].opacity = 0.5
+    shot(viewer, app, "train.png", dock_t)
+
+    # 4. predict the whole stack with the model just trained
+    dock_p, pred = viewer.window.add_plugin_dock_widget("napari-unet", "Predict", tabify=True)
+    pred.image.value = image
+    pred.where.value = "whole stack"
+    pred.device.value = "cpu"
+    viewer.layers["prediction preview"].visible = False
+    labels.visible = False
+    job = pred._on_predict()
+    wait(app, lambda: not job.running)
+    shot(viewer, app, "predict.png", dock_p)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Live elastic-deformation preview: what training sees (image, labels and weights deformed together)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, Slider
+
+from ._workers import current_plane, follow_layers, layer_choices, show_plane
+
+IMAGE_LAYER, LABELS_LAYER, WEIGHTS_LAYER = "deformed image", "deformed labels", "deformed weights"
+GRID_LAYER, VECTORS_LAYER = "deformation grid", "displacement vectors"
+GRID_LINES = 9  # lines of the warped grid overlay per direction
+
+
+class DeformationWidget(Container):
+    """Seeded elastic deformation (paper section 3.1) of the slice on screen, updated as sliders move.
+
+    Shows the deformed image, labels and weight map as three layers (updated in
+    place), the coarse control-point displacements as vectors and a warped grid.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
+        super().__init__()
+        from qtpy.QtCore import QTimer
+
+        self.viewer = viewer
+        self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
+        self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
+        self.grid = Slider(label="grid points", min=2, max=10, value=3)
+        self.sigma = FloatSlider(label="sigma (px)", min=0.0, max=40.0, step=0.5, value=10.0)
+        self.seed = Slider(label="seed", min=0, max=999, value=0)
+        self.mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
+        self.live = CheckBox(text="show live", value=True)
+        self.status = Label(value="")
+        self.extend([self.image, self.labels, self.grid, self.sigma, self.seed, self.mode, self.live, self.status])
+        self.last_ms = float("nan")
+        self.n_updates = 0
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(100)  # follow a dragged slider without queueing every value
+        self._timer.timeout.connect(self._update)
+        for w in (self.image, self.labels, self.grid, self.sigma, self.seed, self.mode, self.live):
+            w.changed.connect(self._schedule)
+        viewer.dims.events.current_step.connect(self._schedule)
+        follow_layers(viewer, self)
+
+        def cleanup(*_, timer=self._timer, slot=self._schedule):
+            timer.stop()
+            try:
+                viewer.dims.events.current_step.disconnect(slot)
+            except Exception:  # noqa: BLE001 - viewer already closed
+                pass
+
+        self.native.destroyed.connect(cleanup)
+        self._schedule()
+
+    def _schedule(self, *_):
+        try:
+            self._timer.start()
+        except RuntimeError:
+            pass
+
+    def _update(self):
+        """Deform the slice on screen with the current seed and show the results."""
+        from napari.utils.notifications import show_warning
+
+        from napari_unet.core.augment import coarse_displacements, dense_displacement, elastic_deform
+        from napari_unet.core.weights import weight_map
+
+        img_layer, lab_layer = self.image.value, self.labels.value
+        if not self.live.value or img_layer is None or img_layer not in self.viewer.layers:
+            return None
+        if getattr(img_layer, "rgb", False) or img_layer.ndim not in (2, 3):
+            self.status.value = "choose a grey 2D image or (Z, Y, X) stack"
+            return None
+        plane, idx = current_plane(self.viewer, img_layer)
+        labels = weights = None
+        if lab_layer is not None and lab_layer in self.viewer.layers:
+            if tuple(lab_layer.data.shape) != tuple(img_layer.data.shape):
+                show_warning(f"deformation preview: labels {tuple(lab_layer.data.shape)} do not match the image "
+                             f"{tuple(img_layer.data.shape)}; choose the labels painted on this image")
+            else:
+                labels, _ = current_plane(self.viewer, lab_layer)
+                labels = labels.astype(np.int32, copy=False)
+                weights = weight_map(labels, mode=self.mode.value)
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(int(self.seed.value))
+        try:
+            coarse = coarse_displacements(rng, int(self.grid.value), float(self.sigma.value))
+            dense = dense_displacement(coarse, plane.shape)
+            d = elastic_deform(plane.astype(np.float32), labels, weights, rng=rng, grid=int(self.grid.value),
+                               sigma=float(self.sigma.value), displacement=dense)
+        except ValueError as e:
+            self.status.value = str(e)
+            return None
+        self.last_ms = 1000 * (time.perf_counter() - t0)
+
+        lo, hi = (float(v) for v in img_layer.contrast_limits)
+        show_plane(self.viewer, IMAGE_LAYER, d.image, img_layer, idx, colormap="gray", contrast_limits=(lo, hi))
+        if d.labels is not None:
+            show_plane(self.viewer, LABELS_LAYER, np.asarray(d.labels), img_layer, idx, kind="labels", opacity=0.4)
+            wmax = float(d.weights.max()) if d.weights.size else 1.0
+            show_plane(self.viewer, WEIGHTS_LAYER, d.weights, img_layer, idx, colormap="magma", opacity=0.6,
+                       blending="additive", contrast_limits=(0.0, max(wmax, 1e-3)), visible=False)
+        self._show_grid(coarse, dense, plane.shape, img_layer, idx)
+        where = f"slice {idx[0]}" if idx else "image"
+        self.status.value = f"{where}: seed {self.seed.value}, max shift {np.abs(dense).max():.1f} px, " \
+                            f"{self.last_ms:.0f} ms"
+        self.n_updates += 1
+        return d
+
+    def _show_grid(self, coarse, dense, shape, like, idx):
+        """Control-point vectors and a warped grid (straight input lines as they appear deformed)."""
+        H, W = shape
+        gy, gx = coarse.shape[1:]
+        ys, xs = np.meshgrid(np.linspace(0, H - 1, gy), np.linspace(0, W - 1, gx), indexing="ij")
+        pos = np.stack([ys.ravel(), xs.ravel()], axis=1)
+        # output pixel p samples the input at p + d(p): a straight input line shows up near p - d(p)
+        vec = -np.stack([coarse[0].ravel(), coarse[1].ravel()], axis=1)
+        lead = np.asarray(idx, dtype=float)
+        pad = lambda a, zero=False: np.concatenate(  # noqa: E731
+            [np.broadcast_to(0.0 if zero else lead, (len(a), len(idx))), a], axis=1)
+        vectors = np.stack([pad(pos), pad(vec, zero=True)], axis=1)
+        paths = []
+        t = np.linspace(0, 1, 64)
+        for f in np.linspace(0, 1, GRID_LINES):
+            for pts in (np.stack([np.full_like(t, f * (H - 1)), t * (W - 1)], 1),
+                        np.stack([t * (H - 1), np.full_like(t, f * (W - 1))], 1)):
+                iy, ix = pts[:, 0].round().astype(int), pts[:, 1].round().astype(int)
+                warped = pts - np.stack([dense[0][iy, ix], dense[1][iy, ix]], 1)
+                paths.append(pad(warped))
+        active = self.viewer.layers.selection.active
+        kw = dict(scale=like.scale, translate=like.translate)
+        for name in (VECTORS_LAYER, GRID_LAYER):
+            if name in self.viewer.layers and self.viewer.layers[name].ndim != len(idx) + 2:
+                self.viewer.layers.remove(name)
+        if VECTORS_LAYER in self.viewer.layers:
+            self.viewer.layers[VECTORS_LAYER].data = vectors
+        else:
+            self.viewer.add_vectors(vectors, name=VECTORS_LAYER, edge_color="cyan", edge_width=2, length=1.0,
+                                    vector_style="arrow", **kw)
+        if GRID_LAYER in self.viewer.layers:
+            self.viewer.layers[GRID_LAYER].data = paths
+        else:
+            self.viewer.add_shapes(paths, shape_type="path", name=GRID_LAYER, edge_color="yellow", edge_width=1,
+                                   opacity=0.6, **kw)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active

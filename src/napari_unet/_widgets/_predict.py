@@ -1,0 +1,235 @@
+"""Predict: overlap-tile prediction written straight into a layer, tile by tile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+
+from . import _state
+from ._workers import Job, Throttle, check_image_layer, current_index, error_text, follow_layers, layer_choices
+
+MODEL_FILE = "model file…"
+OUTPUTS = {"semantic labels": "labels", "instances": "instances", "probability map": "probabilities"}
+CURRENT, STACK = "current slice", "whole stack"
+
+
+class PredictWidget(Container):
+    """Pick a model (just trained, shipped or a file) and an image; watch the result fill in."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
+        super().__init__()
+        self.viewer = viewer
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors", visible=False)
+        self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
+        self.output = ComboBox(label="output", choices=list(OUTPUTS), value="semantic labels")
+        self.where = ComboBox(label="predict", choices=[CURRENT, STACK], value=CURRENT)
+        self.tta = CheckBox(text="test-time augmentation (8 flips/rotations)", value=False)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.predict_button = PushButton(text="Predict")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        row = Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False)
+        row.margins = (0, 0, 0, 0)
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.extend([self.model, self.model_file, self.image, self.output, self.where, self.tta, self.device, row,
+                     self.status])
+
+        self.job: Job | None = None
+        self.layer = None
+        self.done = self.total = 0
+        self.progress = None
+        self._closed = False
+        self._refresh = Throttle(0.1)  # at most 10 layer refreshes per second
+
+        self.model.changed.connect(lambda v: setattr(self.model_file, "visible", v == MODEL_FILE))
+        self.predict_button.changed.connect(self._on_predict)
+        self.cancel_button.changed.connect(self._on_cancel)
+        _state.events.models_changed.connect(self._on_models_changed)
+        follow_layers(viewer, self)
+        self.native.destroyed.connect(_stopper(self))
+        self.model_file.visible = self.model.value == MODEL_FILE
+
+    def _model_choices(self, *_):
+        from napari_unet.core.checkpoint import available_models
+
+        return [*_state.TRAINED_MODELS, *available_models(), MODEL_FILE]
+
+    def _on_models_changed(self):
+        if self._closed:
+            return
+        try:
+            self.model.reset_choices()
+            if _state.JUST_TRAINED in _state.TRAINED_MODELS:
+                self.model.value = _state.JUST_TRAINED
+        except RuntimeError:
+            pass
+
+    def load(self):
+        """The chosen UNet (raises FileNotFoundError / CheckpointError / ValueError with a user message)."""
+        from napari_unet.core.checkpoint import load_model
+
+        name = self.model.value
+        if name in _state.TRAINED_MODELS:
+            return _state.TRAINED_MODELS[name]
+        if name == MODEL_FILE:
+            path = Path(str(self.model_file.value))
+            if not path.is_file():
+                raise FileNotFoundError(f"choose a model file (.safetensors); {str(path)!r} is not a file")
+            return load_model(path)
+        return load_model(name)
+
+    def _on_predict(self, *_):
+        """Create the output layer, then fill it from a worker; returns the Job or None."""
+        from napari.utils import progress
+        from napari.utils.notifications import show_error, show_warning
+
+        from napari_unet.core.tiling import iter_predict, resolve_device
+
+        from ._workers import gui_threads, start_worker
+
+        if self.job is not None and self.job.running:
+            show_warning("a prediction is already running: press Cancel first, or wait for it to finish")
+            return None
+        if "train" in _state.RUNNING:
+            show_warning("training is running: stop it (Train > Stop) or wait for it to finish, then predict. "
+                         "Training shows a live prediction preview meanwhile")
+            return None
+        layer = self.image.value
+        try:
+            check_image_layer(layer)
+            model = self.load()
+        except (ValueError, FileNotFoundError) as e:
+            show_error(f"cannot predict: {e}")
+            return None
+        if model.config.in_channels != 1:
+            show_error(f"the model expects {model.config.in_channels} channels; this widget predicts grey images. "
+                       "Use the command line (napari-unet predict --channel-axis) for multichannel images")
+            return None
+
+        output = OUTPUTS[self.output.value]
+        data = layer.data  # read-only for the worker; numpy, dask and zarr are read one slice at a time
+        spatial = tuple(data.shape)
+        idx = current_index(self.viewer, layer)
+        slices = [idx[0]] if (self.where.value == CURRENT and idx) else None
+        C = model.n_classes
+        if output == "probabilities":
+            out = np.zeros((C, *spatial), dtype=np.float32)
+        elif output == "labels":
+            out = np.zeros(spatial, dtype=np.uint8 if C < 256 else np.uint16)
+        else:
+            out = np.zeros(spatial, dtype=np.uint32)
+        self.layer = self._output_layer(layer, output, out, model)
+        self.probabilities = out if output == "probabilities" else None
+
+        self.job = job = Job("predict")
+        try:
+            gen = iter_predict(model, data, output=output, out=out, slices=slices, tta=bool(self.tta.value),
+                               device=self.device.value)
+        except (ValueError, RuntimeError) as e:
+            show_error(f"cannot predict: {e}")
+            return None
+        self.done, self.total = 0, 0
+        self.progress = progress(total=0, desc="U-Net prediction")
+        self._set_running(True)
+        self.status.value = "predicting…"
+        _state.RUNNING["predict"] = job
+        on_cpu = resolve_device(self.device.value).type == "cpu"
+        job.worker = start_worker(gen, yielded=self._on_tile, returned=self._on_result, errored=self._on_error,
+                                  finished=self._on_finished, aborted=self._on_aborted,
+                                  threads=gui_threads() if on_cpu else None)
+        return job
+
+    def _output_layer(self, image, output: str, out: np.ndarray, model):
+        """A fresh layer whose data IS ``out`` (the worker writes, the GUI thread refreshes)."""
+        name = f"{image.name} " + {"labels": "prediction", "instances": "instances",
+                                   "probabilities": "probability"}[output]
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        kw = dict(name=name, scale=image.scale, translate=image.translate,
+                  metadata={"model": getattr(getattr(model, "info", None), "name", ""), "output": output})
+        if output == "probabilities":
+            fg = 1 if out.shape[0] > 1 else 0  # class axis first: show the foreground channel
+            kw["metadata"]["probabilities"] = out
+            return self.viewer.add_image(out[fg], colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.7,
+                                         blending="additive", **kw)
+        return self.viewer.add_labels(out, opacity=0.6, **kw)
+
+    def _on_tile(self, ev):
+        if self._closed:
+            return
+        # status first: the progress bar and refresh below may process queued
+        # events (the returned/finished slots) before they return
+        self.done, self.total = ev.done, ev.total
+        refresh = ev.kind == "slice" or self._refresh()
+        if refresh:
+            self.status.value = f"{ev.done} of {ev.total} tiles"
+        if self.progress is not None:
+            if self.progress.total != ev.total:
+                self.progress.total = ev.total
+            self.progress.update(ev.done - self.progress.n)
+        if refresh and self.layer is not None and self.layer in self.viewer.layers:
+            self.layer.refresh()
+
+    def _on_result(self, out):
+        if self._closed or self.layer is None:
+            return
+        if self.layer in self.viewer.layers:
+            self.layer.refresh()
+        self.status.value = f"done: {self.total} tiles"
+
+    def _on_error(self, exc):
+        from napari.utils.notifications import show_error
+
+        show_error(f"prediction failed: {error_text(exc)}")
+        if not self._closed:
+            self.status.value = f"failed: {error_text(exc)}"
+
+    def _on_aborted(self, *_):
+        from napari.utils.notifications import show_info
+
+        msg = f"prediction cancelled: {self.done} of {self.total} tiles kept"
+        show_info(msg)
+        if not self._closed:
+            self.status.value = msg
+            if self.layer is not None and self.layer in self.viewer.layers:
+                self.layer.refresh()
+
+    def _on_finished(self, *_):
+        if not self._closed:
+            self._set_running(False)
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+        if _state.RUNNING.get("predict") is self.job:
+            _state.RUNNING.pop("predict", None)
+        if self.job is not None:
+            self.job.worker = None
+
+    def _on_cancel(self, *_):
+        """Stop after the current tile; what is written stays in the layer."""
+        if self.job is not None and self.job.running:
+            self.job.stop(quit=True)
+
+    def _set_running(self, running: bool):
+        self.predict_button.enabled = not running
+        self.cancel_button.enabled = running
+
+
+def _stopper(widget):
+    holder = {"widget": widget}
+
+    def stop(*_):
+        w = holder.pop("widget", None)
+        if w is None:
+            return
+        w._closed = True
+        _state.events.models_changed.disconnect(w._on_models_changed)
+        if w.job is not None:
+            w.job.stop(quit=True)
+            if _state.RUNNING.get("predict") is w.job:
+                _state.RUNNING.pop("predict", None)
+
+    return stop

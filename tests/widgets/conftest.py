@@ -1,0 +1,37 @@
+"""GUI test fixtures: a viewer with the plugin's own sample data, and widgets docked through the manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    from napari_unet._widgets import _state
+
+    _state.clear()
+    yield
+    _state.clear()
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def em_viewer(viewer):
+    """A viewer with the EM sample (image + instance labels) opened through the manifest."""
+    viewer.open_sample("napari-unet", "em")
+    return viewer
+
+
+@pytest.fixture
+def tiny_em():
+    """A small crop of the EM sample with sparse labels (2 slices annotated)."""
+    from napari_unet._sample_data import load_em_sample
+
+    image, labels = load_em_sample()
+    return np.ascontiguousarray(image[:3, :128, :128]), np.ascontiguousarray(labels[:3, :128, :128])

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+from widget_helpers import dock, paint
+
+pytestmark = pytest.mark.gui
+
+
+def test_new_training_labels_matches_image(em_viewer):
+    image = em_viewer.layers["EM (ISBI 2012)"]
+    image.scale = (2.0, 1.5, 1.5)
+    w = dock(em_viewer, "Annotate")
+    w.image.value = image
+    labels = w._on_new_labels()
+    assert labels.data.shape == image.data.shape
+    assert tuple(labels.scale) == tuple(image.scale)
+    assert not labels.data.any()  # 0 = not annotated
+    assert labels.mode == "paint" and labels.selected_label in (1, 2) and labels.brush_size == 10
+    assert em_viewer.layers.selection.active.name == labels.name
+    assert "0 = not annotated" in w.help.value and "1 = background" in w.help.value
+    # a second click never overwrites the first layer
+    again = w._on_new_labels()
+    assert again.name != labels.name and labels.name in em_viewer.layers
+
+
+def test_rgb_and_4d_are_refused_with_a_message(viewer, monkeypatch):
+    from napari_unet._widgets import _annotate
+
+    msgs = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", msgs.append)
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="rgb", rgb=True)
+    viewer.add_image(np.zeros((2, 2, 32, 32), np.uint8), name="4d")
+    w = dock(viewer, "Annotate")
+    n = len(viewer.layers)
+    for name in ("rgb", "4d"):
+        w.image.value = viewer.layers[name]
+        assert w._on_new_labels() is None
+    assert len(viewer.layers) == n
+    assert "RGB" in msgs[0] and "grey" in msgs[0]
+    assert "(Z, Y, X)" in msgs[1]
+    assert _annotate  # the module stays importable
+
+
+def test_painting_updates_weight_map(em_viewer, qtbot):
+    image = em_viewer.layers["EM (ISBI 2012)"]
+    w = dock(em_viewer, "Annotate")
+    w.image.value = image
+    labels = w._on_new_labels()
+    prev = dock(em_viewer, "Weight map preview")
+    prev.labels.value = labels
+    em_viewer.dims.set_current_step(0, 3)
+    em_viewer.layers.selection.active = labels
+    # two touching objects with background between them: border weights appear
+    paint(labels, 3, 1, (20, 80, 20, 80))
+    paint(labels, 3, 2, (30, 70, 30, 48))
+    paint(labels, 3, 3, (30, 70, 52, 70))
+    qtbot.waitUntil(lambda: "weight map" in em_viewer.layers and em_viewer.layers["weight map"].data.max() > 1,
+                    timeout=5000)
+    wm = em_viewer.layers["weight map"]
+    assert wm.data.shape == (1, 256, 256)
+    assert wm.translate[0] == 3 * image.scale[0]  # shown on the painted slice only
+    gap = wm.data[0, 50, 50]  # background pixel between the two objects
+    assert gap > wm.data[0, 25, 25]  # ... weighs more than background far from both
+    assert wm.data[0, 0, 0] == 0  # not annotated -> weight 0
+    assert em_viewer.layers.selection.active.name == labels.name  # painting goes on
+    print(f"\nweight map update: {prev.last_ms:.1f} ms for a 256x256 slice")
+    # the border term toggle changes the map
+    before = prev.n_updates
+    prev.border.value = False
+    qtbot.waitUntil(lambda: prev.n_updates > before, timeout=5000)
+    assert em_viewer.layers["weight map"].data[0, 50, 50] < gap
+    # painting more updates it again, and moving to another slice follows
+    before = prev.n_updates
+    em_viewer.dims.set_current_step(0, 5)
+    qtbot.waitUntil(lambda: prev.n_updates > before, timeout=5000)
+    assert em_viewer.layers["weight map"].translate[0] == 5 * image.scale[0]
+    assert not em_viewer.layers["weight map"].data.any()
+
+
+def test_weight_map_on_sample_labels_is_fast_enough_to_feel_live(em_viewer, qtbot):
+    prev = dock(em_viewer, "Weight map preview")
+    prev.labels.value = em_viewer.layers["EM labels"]
+    prev._update()
+    assert em_viewer.layers["weight map"].data.max() > 1
+    print(f"\nweight map of a full EM slice (256x256, ~35 cells): {prev.last_ms:.1f} ms")
