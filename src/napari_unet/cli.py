@@ -106,6 +106,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, tile_size=args.tile_size, augment=not args.no_augment,
         val_fraction=args.val_fraction, val_every=args.val_every, init=args.init, resume=args.resume,
         seed=args.seed, device=args.device, precision=args.precision, schedule=args.schedule,
+        keep_prior=args.keep_prior,
     )
     cancel = threading.Event()
 
@@ -335,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ours = the convention below; isbi = 0 membrane / 255 cell; instances = 0 background, 1..N objects")
     t.add_argument("--slices", help="use only these slices of every stack, e.g. 0-24")
     t.add_argument("--init", help="start from a model file or shipped model name (fine-tune); default: scratch")
+    t.add_argument("--keep-prior", type=float, default=0.0, metavar="W",
+                   help="with --init: weight of a loss keeping the starting model's prediction on unannotated "
+                        "pixels, so sparse strokes correct it without it forgetting the rest (try 1)")
     t.add_argument("--resume", help="continue a run saved with --save-last")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")

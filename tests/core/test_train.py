@@ -141,3 +141,40 @@ def test_bad_input_messages(nuclei):
         TrainConfig(lr=-1)
     with pytest.raises(ValueError, match="class"):
         train(TrainConfig(label_mode="semantic", n_classes=2, steps=1, **TINY), img, np.where(lab > 3, 3, lab))
+
+
+def test_prior_loss_is_zero_for_the_teacher_and_ignores_annotated_pixels():
+    from napari_unet.core.train import prior_loss
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(1, 2, 8, 8, generator=g)
+    target = torch.full((1, 8, 8), -1)
+    assert prior_loss(t, t, target).item() == pytest.approx(0.0, abs=1e-6)
+    s = torch.randn(1, 2, 8, 8, generator=g)
+    assert prior_loss(s, t, target).item() > 0
+    target[:] = 0  # everything annotated: the prior has nothing to say
+    assert prior_loss(s, t, target).item() == 0.0
+    target[0, :4] = -1  # only the unannotated half counts
+    s2 = s.clone()
+    s2[..., 4:, :] = 100.0  # wildly different on annotated pixels: no effect
+    assert prior_loss(s2, t, target).item() == pytest.approx(prior_loss(s, t, target).item(), rel=1e-5)
+
+
+def test_keep_prior_keeps_the_starting_model_where_nobody_painted(tmp_path, nuclei):
+    """Fine-tuning on a few strokes: with keep_prior the unpainted pixels keep the starting
+    model's prediction far better than without (the forgetting measured in docs/accuracy.md)."""
+    img, lab = nuclei
+    start = train(TrainConfig(label_mode="instance", steps=40, **TINY), img, lab).best_model()
+    path = save_model(tmp_path / "start.safetensors", start)
+    before = predict(start, img[1])
+    strokes = np.zeros_like(lab)
+    strokes[0, 60:64, :] = lab[0, 60:64, :]  # one 4 px stripe on one slice
+    changed = {}
+    for keep in (0.0, 1.0):
+        cfg = TrainConfig(label_mode="instance", steps=30, init=str(path), keep_prior=keep,
+                          **{**TINY, "lr": 1e-2})
+        res = train(cfg, img, strokes)
+        if keep:
+            assert "keeping its prediction" in res.info.training["start"]
+        changed[keep] = float((predict(res.last_model(), img[1]) != before).mean())
+    assert changed[1.0] < 0.5 * changed[0.0], changed

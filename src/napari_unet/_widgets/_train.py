@@ -20,6 +20,7 @@ from . import _state
 from ._workers import Job, check_image_layer, current_index, error_text, follow_layers, layer_choices, show_plane
 
 PREVIEW_LAYER = "prediction preview"
+FINE_TUNE_LR = 1e-4
 SCRATCH, PRETRAINED, CHECKPOINT = "scratch", "pretrained", "checkpoint file"
 
 
@@ -83,6 +84,11 @@ class TrainWidget(Container):
         self.start = ComboBox(label="start from", choices=starts, value=starts[0] if shipped else SCRATCH)
         self.pretrained = ComboBox(label="pretrained", choices=shipped or [""], visible=bool(shipped))
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.safetensors", visible=False)
+        self.keep_prior = CheckBox(
+            text="keep what the model knows where I did not paint", value=True,
+            tooltip="fine-tuning: unpainted pixels keep the starting model's prediction (distillation), so a few "
+                    "strokes correct the model instead of making it forget the rest",
+        )
         self.label_mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
 
         dev = resolve_device("auto").type
@@ -120,7 +126,8 @@ class TrainWidget(Container):
         self.status = Label(value="idle")
         self.status.native.setWordWrap(True)
 
-        self.extend([self.pairs_box, self.start, self.pretrained, self.checkpoint, self.label_mode, self.steps,
+        self.extend([self.pairs_box, self.start, self.pretrained, self.checkpoint, self.keep_prior, self.label_mode,
+                     self.steps,
                      self.lr, self.tile_size, self.augment, self.device, self.show_advanced, self.advanced,
                      run_row, self.status])
         from ._plot import LossPlot
@@ -169,10 +176,16 @@ class TrainWidget(Container):
             self.pairs_box.remove(self.pairs.pop())
 
     def _on_start_changed(self, value=None, *_):
+        from napari_unet.core.tiling import resolve_device
+
         self.pretrained.visible = value == PRETRAINED
         self.checkpoint.visible = value == CHECKPOINT
+        self.keep_prior.visible = value != SCRATCH
         # a pretrained model fixes the architecture: depth / channels are ignored then
         self.depth.enabled = self.base_channels.enabled = value == SCRATCH
+        # fine-tuning wants a 10x lower rate than training from scratch (docs/accuracy.md)
+        scratch_lr = defaults_for(resolve_device(self.device.value or "auto").type)["lr"]
+        self.lr.value = scratch_lr if value == SCRATCH else FINE_TUNE_LR
 
     def _on_device_changed(self, value=None, *_):
         from napari_unet.core.tiling import resolve_device
@@ -180,6 +193,8 @@ class TrainWidget(Container):
         d = defaults_for(resolve_device(value or "auto").type)
         for k in ("depth", "base_channels", "tile_size", "optimizer", "lr", "steps", "batch_size"):
             getattr(self, k).value = d[k]
+        if self.start.value != SCRATCH:
+            self.lr.value = FINE_TUNE_LR
 
     def config(self):
         """The frozen TrainConfig for the current settings (raises ValueError with a user message)."""
@@ -206,6 +221,7 @@ class TrainWidget(Container):
             tile_size=tile, augment=bool(self.augment.value), val_fraction=float(self.val_fraction.value),
             val_every=int(self.val_every.value), preview_every=int(self.preview_every.value),
             init=init, seed=int(self.seed.value), device=self.device.value,
+            keep_prior=1.0 if (init is not None and self.keep_prior.value) else 0.0,
         )
 
     def training_data(self):
