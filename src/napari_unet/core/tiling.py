@@ -170,10 +170,25 @@ def bytes_per_pixel(model: UNet) -> int:
     return int(4 * (2 * c + 4 * c + model.config.in_channels + model.n_classes) * 2)
 
 
-# On a CPU, large tiles fall out of cache (measured in benchmarks/bench_predict.py):
-# throughput beyond ~1000 px tiles drops, while smaller tiles waste more on context.
-CPU_MAX_TILE_IN = 1020
+# On a CPU a valid depth-4 net computes (T_in / T_out)^2 input pixels per output pixel
+# (2.17x at 572 -> 388, 1.6x at 876 -> 692, 1.39x at 1212 -> 1028), while the dense conv
+# throughput peaks around 384-512 px tiles and falls once a tile's activations leave the
+# cache (176 GFLOP/s at 384^2, 124 at 1024^2 on an idle 2-core Xeon). The tile sweep in
+# benchmarks/bench_predict.py puts the optimum at 700-876 px input (a 2048^2 image in
+# 3 x 3 tiles of 876 -> 692); 1212 px tiles were 1.6x slower.
+CPU_MAX_TILE_IN = 956
 GPU_MAX_TILE_IN = 2044
+
+
+def _balanced(size: int, max_out: int) -> int:
+    """Smallest tile that covers ``size`` with as few tiles as ``max_out`` allows.
+
+    Tiles of exactly ``max_out`` would leave a mostly-empty last row and column
+    (2048 px at 836 px tiles: 3 tiles, the last one 45% used); splitting the
+    image evenly over the same number of tiles computes up to a third less.
+    """
+    n = -(-size // max(1, max_out))
+    return min(size, -(-size // n))
 
 
 def auto_tile_size(
@@ -186,8 +201,9 @@ def auto_tile_size(
 ) -> tuple[int, int]:
     """Output tile size from the memory budget and the image size.
 
-    Small images run as one tile; big ones get the largest tile that fits the
-    budget (and, on a CPU, the cache-friendly maximum).
+    Small images run as one tile; big ones are split evenly into the fewest
+    tiles no larger than the budget (and, on a CPU, the cache-friendly maximum)
+    allows.
     """
     budget = memory_budget if memory_budget is not None else available_memory(device)
     m = context_margin(model)
@@ -197,7 +213,7 @@ def auto_tile_size(
     max_in = min(max_in, cap)
     step = 2**model.depth
     max_out = max(step, max_in - 2 * m)
-    return (min(shape[0], max_out), min(shape[1], max_out))
+    return (_balanced(shape[0], max_out), _balanced(shape[1], max_out))
 
 
 # ----------------------------------------------------------------------------- input handling
@@ -413,6 +429,8 @@ def iter_predict(
     m = plan.margin
     (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
     crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
+    need_softmax = output == "probabilities" or len(transforms) > 1
+    lab_dtype = torch.uint8 if C < 256 else torch.int16
     try:
         for z in z_list:
             raw = getter(z)
@@ -424,25 +442,36 @@ def iter_predict(
             labels_plane = None
             for b0 in range(0, len(coords), batch_size):
                 batch_coords = coords[b0 : b0 + batch_size]
-                batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
+                if len(batch_coords) == 1:
+                    y, x = batch_coords[0]
+                    batch = padded[None, :, y : y + tiy, x : x + tix]  # a view: one copy below
+                else:
+                    batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
                 xt = torch.from_numpy(batch).to(dev).contiguous(memory_format=mem_fmt)
                 with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     prob = None
                     for k, flip in transforms:
                         xin = _apply_d4(xt, k, flip) if (k or flip) else xt
                         logits = model(xin)
+                        if crop_y is None:
+                            crop_y = (logits.shape[-2] - toy) // 2
+                            crop_x = (logits.shape[-1] - tox) // 2
+                        if not (k or flip):
+                            # crop before the softmax: padded nets predict their context too
+                            logits = logits[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
+                        if not need_softmax:
+                            prob = logits  # argmax(logits) == argmax(softmax(logits))
+                            break
                         p = torch.softmax(logits.float(), dim=1)
-                        p = _invert_d4(p, k, flip) if (k or flip) else p
-                        prob = p if prob is None else prob + p
-                    prob = prob / len(transforms)
-                if crop_y is None:
-                    crop_y = (prob.shape[-2] - toy) // 2
-                    crop_x = (prob.shape[-1] - tox) // 2
-                prob = prob[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
+                        if k or flip:
+                            p = _invert_d4(p, k, flip)[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
+                        prob = p if prob is None else prob.add_(p)
+                    if len(transforms) > 1:
+                        prob = prob / len(transforms)
                 if output == "probabilities":
                     res = prob.cpu().numpy()
                 else:
-                    res = prob.argmax(dim=1).to(torch.uint8 if C < 256 else torch.int16).cpu().numpy()
+                    res = prob.argmax(dim=1).to(lab_dtype).cpu().numpy()
                 for (y, x), r in zip(batch_coords, res):
                     hy, hx = min(toy, H - y), min(tox, W - x)
                     region = (slice(y, y + hy), slice(x, x + hx))
