@@ -1,0 +1,305 @@
+"""Build docs/accuracy.md and docs/images/accuracy_*.png from the shipped models and the benchmark results.
+
+    python scripts/make_accuracy_report.py            # runs `napari-unet evaluate` on both held-out sets
+    python scripts/make_accuracy_report.py --reuse    # reuse benchmarks/_work/eval_*.json
+
+Inputs: the shipped models, the shared data, ``benchmarks/_work/train_*.json``
+(written by scripts/train_models.py) and ``benchmarks/_work/ft_*.json``
+(written by benchmarks/bench_finetune.py). The narrative around the tables is
+in ``NOTES`` below; every number in the tables comes from those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "_work"
+IMAGES = ROOT / "docs" / "images"
+DATA = Path("/work/shared/data")
+ISBI = DATA / "isbi2012"
+DSB = DATA / "dsb2018_nuclei_256"
+
+ARM_NAMES = {
+    "rf": "random forest (ilastik-style)",
+    "scratch": "U-Net from scratch (balance + border weights + augmentation)",
+    "plain": "U-Net from scratch, plain (no balance, no border weights, no augmentation)",
+    "noaug": "U-Net from scratch, no augmentation",
+    "nobal": "U-Net from scratch, no class balance / border weights",
+    "ft": "U-Net fine-tuned from the shipped model (same kind)",
+    "ftlow": "U-Net fine-tuned from the shipped model, Adam 2e-5",
+    "ftnobal": "U-Net fine-tuned from the shipped model, no class balance / border weights",
+    "ftx": "U-Net fine-tuned from the other shipped model (other domain)",
+}
+
+
+def evaluate(reuse: bool) -> dict:
+    jobs = {
+        "em": ["--model", "em-membrane", "--images", str(ISBI / "train-volume.tif"),
+               "--labels", str(ISBI / "train-labels.tif"), "--kind", "membranes", "--slices", "25-29"],
+        "nuclei": ["--model", "nuclei", "--images", str(DSB / "images.tif"),
+                   "--labels", str(DSB / "labels_instance.tif"), "--kind", "instances", "--slices", "80-99"],
+    }
+    out = {}
+    for k, a in jobs.items():
+        path = WORK / f"eval_{k}.json"
+        if not (reuse and path.exists()):
+            cmd = [sys.executable, "-m", "napari_unet.cli", "evaluate", *a, "--device", "cpu", "-q", "--json", str(path)]
+            print(" ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        out[k] = json.loads(path.read_text())
+    return out
+
+
+def example_figure(path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.tiling import predict
+
+    em_img = tifffile.imread(ISBI / "train-volume.tif", key=27)
+    em_gt = tifffile.imread(ISBI / "train-labels.tif", key=27)
+    em_pred = predict(load_model("em-membrane"), em_img, output="labels")
+    nu_img = tifffile.imread(DSB / "images.tif", key=95)
+    nu_gt = tifffile.imread(DSB / "labels_instance.tif", key=95)
+    nu_pred = predict(load_model("nuclei"), nu_img, output="instances")
+    rng = np.random.default_rng(1)
+    cmap = matplotlib.colors.ListedColormap(np.vstack([[0, 0, 0], rng.uniform(0.25, 1, (512, 3))]))
+    fig, ax = plt.subplots(2, 3, figsize=(11, 7.4))
+    ax[0, 0].imshow(em_img, cmap="gray")
+    ax[0, 1].imshow(em_gt == 0, cmap="gray_r")
+    ax[0, 2].imshow(em_pred == 0, cmap="gray_r")
+    ax[0, 0].set_title("ISBI 2012 slice 27 (held out)")
+    ax[0, 1].set_title("ground truth membranes")
+    ax[0, 2].set_title("em-membrane prediction")
+    ax[1, 0].imshow(nu_img, cmap="gray")
+    ax[1, 1].imshow(nu_gt % 511 + (nu_gt > 0), cmap=cmap, interpolation="nearest", vmin=0, vmax=512)
+    ax[1, 2].imshow(nu_pred % 511 + (nu_pred > 0), cmap=cmap, interpolation="nearest", vmin=0, vmax=512)
+    ax[1, 0].set_title("DSB 2018 image 95 (held out)")
+    ax[1, 1].set_title(f"ground truth ({int(nu_gt.max())} nuclei)")
+    ax[1, 2].set_title(f"nuclei prediction ({len(np.unique(nu_pred)) - 1} instances)")
+    for a in ax.ravel():
+        a.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def load_ft() -> dict:
+    res = {}
+    for p in sorted(WORK.glob("ft_*_*.json")):
+        d = json.loads(p.read_text())
+        res.setdefault(d["dataset"], {})[d["arm"]] = d
+    return res
+
+
+def curve_figure(ft: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"ft": ("C0", "o-"), "ftlow": ("C9", "o--"), "ftnobal": ("C3", "P-"), "ftx": ("C4", "s-"), "scratch": ("C1", "^-"), "plain": ("C7", "v--"),
+              "noaug": ("C5", "d--"), "nobal": ("C6", "x--")}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
+    for ax, which, title in zip(axes, ("em", "nuclei"), ("ISBI 2012 (membrane IoU, slices 28-29)",
+                                                         "DSB 2018 (nucleus IoU, images 85-99)")):
+        arms = ft.get(which, {})
+        for arm, d in arms.items():
+            rows = d["rows"]
+            if arm == "rf":
+                r = rows[0]
+                ax.axhline(r["iou"], color="C2", ls=":", label=ARM_NAMES["rf"])
+                continue
+            c, st = styles.get(arm, ("k", ".-"))
+            ax.plot([r["minutes"] for r in rows], [r["iou"] for r in rows], st, color=c, label=ARM_NAMES[arm])
+        ax.set_xlabel("training budget (CPU minutes, 1 thread)")
+        ax.set_ylabel("IoU on held-out images")
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    handles = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def ft_table(ft: dict, which: str) -> str:
+    arms = ft.get(which, {})
+    if not arms:
+        return "_not measured_\n"
+    budgets = sorted({r["minutes"] for a, d in arms.items() if a != "rf" for r in d["rows"]})
+    head = "| method | " + " | ".join(f"{b:g} min" for b in budgets) + " |\n"
+    head += "|---|" + "---:|" * len(budgets) + "\n"
+    lines = []
+    for arm in ("rf", "plain", "nobal", "noaug", "scratch", "ftx", "ft", "ftlow", "ftnobal"):
+        if arm not in arms:
+            continue
+        rows = arms[arm]["rows"]
+        if arm == "rf":
+            r = rows[0]
+            cell = f"{r['iou']:.3f}" + (f" (F1 {r['f1']:.2f})" if "f1" in r else "")
+            lines.append(f"| {ARM_NAMES[arm]}, fit in {r['minutes']:.2f} min | " + " | ".join([cell] * len(budgets)) + " |")
+            continue
+        by = {r["minutes"]: r for r in rows}
+        cells = []
+        for b in budgets:
+            r = by.get(b)
+            cells.append("" if r is None else f"{r['iou']:.3f}" + (f" (F1 {r['f1']:.2f})" if "f1" in r else ""))
+        lines.append(f"| {ARM_NAMES[arm]} | " + " | ".join(cells) + " |")
+    frac = next(iter(arms.values()))["scribble_fraction"]
+    return head + "\n".join(lines) + f"\n\nScribbles cover {100 * frac:.1f}% of the pixels of the training images.\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reuse", action="store_true")
+    args = ap.parse_args(argv)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    ev = evaluate(args.reuse)
+    example_figure(IMAGES / "accuracy_examples.png")
+    ft = load_ft()
+    curve_figure(ft, IMAGES / "accuracy_finetune.png")
+    train = {p.stem[len("train_"):]: json.loads(p.read_text()) for p in WORK.glob("train_*.json")}
+    stage1 = json.loads((WORK / "stage1_em.json").read_text())
+    em, nu = ev["em"], ev["nuclei"]
+    ok = lambda c: "yes" if c else "**no**"  # noqa: E731
+    tr_em2, tr_nu = json.loads((WORK / "stage2_em.json").read_text()), train["nuclei-border"]
+    tr_nu2 = train["nuclei"]  # the 2-class variant (paper), kept for comparison
+    row = lambda name, d: (f"| {name} | {d['extra']['steps_done']} | {d['extra']['cpu_minutes']} | "  # noqa: E731
+                           f"{round((d['extra'].get('wall_seconds') or 0) / 60, 1)} | ")
+    em_h = lambda d: (f"pixel error {d['heldout']['pixel_error']:.4f}, V_rand {d['heldout']['v_rand']:.4f}")  # noqa: E731
+    nu_h = lambda d: (f"IoU {d['heldout']['foreground_iou']:.4f}, F1 {d['heldout']['instance_f1']:.4f}")  # noqa: E731
+    training_rows = "\n".join([
+        row("`em-membrane` (shipped): class balance + eq. 2 (w0 = 3), Adam 1e-3 cosine, 348 px tiles", stage1) + em_h(stage1)
+        + f" (threshold {stage1['extra']['threshold']}) |",
+        row("stage 2 (not shipped): + 2500 steps plain cross-entropy, lr 3e-4", tr_em2) + em_h(tr_em2)
+        + f" (threshold {tr_em2['extra']['threshold']}) |",
+        row("nuclei, 2 classes (paper: background / nucleus, eq. 2 w0 = 10)", tr_nu2) + nu_h(tr_nu2) + " |",
+        row("`nuclei` (shipped): 3 classes (+ 1 px border class), eq. 2 w0 = 10", tr_nu) + nu_h(tr_nu) + " |",
+    ])
+    text = NOTES_HEAD.format(
+        em_pe=em["pixel_error"], em_vr=em["v_rand"], em_re=em["rand_error"],
+        em_pe_ok=ok(em["pixel_error"] <= 0.055), em_vr_ok=ok(em["v_rand"] >= 0.95),
+        nu_iou=nu["foreground_iou"], nu_f1=nu["instance_f1"], nu_p=nu["precision"], nu_r=nu["recall"],
+        nu_f1_ok=ok(nu["instance_f1"] >= 0.90), training_rows=training_rows,
+        em_t=stage1["extra"]["threshold"],
+        em_slices="\n".join(f"| {z} | {r['pixel_error']:.4f} | {r['v_rand']:.4f} | {r['rand_error']:.4f} |"
+                            for z, r in zip(range(25, 30), em["per_slice"])),
+    )
+    text += "\n## Fine-tuning from sparse scribbles\n\n" + NOTES_FT
+    text += "\n### ISBI 2012 (membrane IoU on slices 28-29; scribbles on 25-27)\n\n" + ft_table(ft, "em")
+    text += "\n### DSB 2018 (nucleus IoU, instance F1@0.5 in brackets, images 85-99; scribbles on 80-84)\n\n"
+    text += ft_table(ft, "nuclei")
+    text += "\n![IoU vs CPU time](images/accuracy_finetune.png)\n\n" + NOTES_TAIL
+    (ROOT / "docs" / "accuracy.md").write_text(text)
+    print("wrote docs/accuracy.md, docs/images/accuracy_examples.png, docs/images/accuracy_finetune.png")
+
+
+NOTES_HEAD = """# Accuracy of the shipped models
+
+Generated by `scripts/make_accuracy_report.py` (do not edit by hand). Models trained by
+`scripts/train_models.py`; fine-tuning curves by `benchmarks/bench_finetune.py`. All on a shared
+2-core CPU (no GPU), one torch thread per job.
+
+## Held-out results (`napari-unet evaluate`)
+
+| model | held-out data | metric | value | target | met |
+|---|---|---|---:|---:|---|
+| `em-membrane` | ISBI 2012 slices 25-29 | pixel error | {em_pe:.4f} | <= 0.055 | {em_pe_ok} |
+| | | V_rand | {em_vr:.4f} | >= 0.95 | {em_vr_ok} |
+| | | Rand error (1 - adapted Rand F) | {em_re:.4f} | | |
+| `nuclei` | DSB 2018 images 80-99 | foreground IoU | {nu_iou:.4f} | | |
+| | | instance F1 @ IoU 0.5 | {nu_f1:.4f} | >= 0.90 | {nu_f1_ok} |
+| | | precision / recall | {nu_p:.3f} / {nu_r:.3f} | | |
+
+The paper's pixel error, 0.0611, is on the hidden ISBI test set (30 other slices, an ensemble-free
+64-channel network, 10 h on a GPU): a reference, not the same split. Our held-out slices come from the
+same volume as the training slices, which makes them easier than the official test set.
+
+Per-slice, `em-membrane`:
+
+| slice | pixel error | V_rand | Rand error |
+|---|---:|---:|---:|
+{em_slices}
+
+Reproduce: `napari-unet evaluate --model em-membrane --images train-volume.tif --labels train-labels.tif
+--kind membranes --slices 25-29` and `napari-unet evaluate --model nuclei --images images.tif --labels
+labels_instance.tif --kind instances --slices 80-99`.
+
+![held-out examples](images/accuracy_examples.png)
+
+## Training
+
+| run | steps done | CPU minutes | wall minutes (shared CPU) | held-out (fp16 file) |
+|---|---:|---:|---:|---|
+{training_rows}
+
+`em-membrane`: the membrane/cell decision threshold was calibrated on training slices (0, 4, ..., 24)
+and folded into the head bias: the model predicts "cell" where p(cell) > {em_t}.
+See the model cards (`src/napari_unet/models/*.md`) for the full recipe and the reasons behind it.
+"""
+
+NOTES_FT = """A user paints a few strokes, trains for a fixed CPU budget and looks at new images. Scribbles
+are drawn from the ground truth: thin strokes along skeletons of eroded objects and background (EM:
+1 px strokes along membranes, 3 px strokes inside 40 cells per slice; nuclei: 3 px strokes inside 60% of
+the nuclei and along the background), never whole masks. Budgets are *process CPU time* with one torch
+thread, including the weight-map preparation, so they do not depend on the load of the shared machine.
+The random forest gets the same scribbles: `multiscale_basic_features` (intensity, edges, texture,
+sigma 1-16) and 100 trees; its column is the same at every budget (its fit takes the time in the row).
+U-Net arms: depth 4, 16 channels, valid, Adam (1e-3 from scratch, 1e-4 fine-tuning), constant rate,
+252 px tiles; the 0-minute point of the fine-tuned arm is the shipped model as it is.
+"""
+
+NOTES_TAIL = """### What the curves say
+
+Numbers at 5 CPU minutes (IoU on held-out images; the target of issue 4 is "fine-tuned U-Net beats the
+random forest by >= 0.05 IoU at 5 min"):
+
+| | random forest | U-Net scratch | shipped model, no training | fine-tuned, Adam 1e-4 | fine-tuned, Adam 2e-5 | fine-tuned, no balance |
+|---|---:|---:|---:|---:|---:|---:|
+| ISBI membranes | 0.488 | 0.425 | 0.641 | 0.594 (+0.11 vs RF: **met**) | 0.621 (+0.13) | not run |
+| DSB nuclei | 0.668 | 0.638 | 0.821 | 0.586 (-0.08: **missed**) | 0.672 (+0.00) | 0.705 (+0.04: missed) |
+
+* **A pretrained start is what beats the random forest**, and most of its lead is there before any
+  training: the shipped models alone score 0.641 (EM) and 0.821 (nuclei) against the forest's 0.488
+  and 0.668. From scratch the U-Net ends *below* the forest at 5 CPU minutes (0.43 / 0.64). The
+  scratch runs are unstable at a constant Adam rate of 1e-3 on 3-5 scribbled images: nuclei peaked
+  at 0.775 after 30 s and then drifted down, and the curves wander by +-0.05 between snapshots. Class
+  balance + border weights + augmentation did *not* turn the scratch runs around here (plain:
+  0.49 / 0.69 at 5 min; with one run per arm the difference is within the noise).
+* **Fine-tuning on scribbles of the same kind of data made the shipped models worse**, fast (nuclei
+  0.82 -> 0.67 after 30 s at Adam 1e-4). Scribbles supervise object interiors and far background
+  only, never the boundaries, so nothing holds the boundary where it was; class balance over the
+  annotated pixels weights the object strokes ~4x (there are 4x more background stroke pixels),
+  which fattens objects; and the shipped nuclei model's third class (nucleus border) never occurs in
+  strokes, so it is unlearned and touching nuclei merge (F1 0.78 -> 0.44). A 5x lower rate (2e-5)
+  or plain cross-entropy (no balance) slow the damage (0.672 / 0.705 at 5 min) but do not stop it.
+* Fine-tuning from the *other* domain (nuclei -> EM, EM -> nuclei) behaves like training from scratch
+  (0.55 / 0.66 at 5 min): no useful transfer at these budgets.
+* Practical advice that follows: on data like the shipped model's, use it as it is; to fine-tune,
+  paint strokes *across* boundaries (a few complete objects, which is what the border class and the
+  border weights need), keep the rate low (<= 2e-5) and stop early (the 30 s or 1 min point is the best one
+  in every fine-tuned nuclei curve). Measuring those recommendations is the next step; it was not done
+  for lack of CPU time, nor were several seeds per arm or the 15-minute budget.
+
+All runs: one seed (0), one set of scribbles per data set (`benchmarks/_work/scribbles_*.tif`).
+Raw numbers: `benchmarks/_work/ft_*.json`, `eval_*.json`, `train_*.json`, `stage*_em.json`.
+"""
+
+if __name__ == "__main__":
+    main()
