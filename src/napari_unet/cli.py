@@ -174,6 +174,7 @@ def cmd_predict(args) -> int:
     if slices is not None:
         image = _select(image, slices)
     gen = iter_predict(model, image, output=args.output, tile_size=args.tile_size, tta=args.tta, device=args.device,
+                       min_size=args.min_size,
                        precision=args.precision)
     bar = None
     try:
@@ -225,7 +226,8 @@ def cmd_evaluate(args) -> int:
     image, truth = _select(image, slices), _select(truth, slices)
     if truth.shape != tuple(image.shape):
         raise ValueError(f"labels have shape {truth.shape} but the image has shape {tuple(image.shape)}")
-    report = evaluate_arrays(model, image, truth, kind=args.kind, tta=args.tta, device=args.device, quiet=args.quiet)
+    report = evaluate_arrays(model, image, truth, kind=args.kind, tta=args.tta, device=args.device, quiet=args.quiet,
+                             min_size=args.min_size)
     report["model"] = str(args.model)
     report["slices"] = args.slices or "all"
     text = json.dumps(report, indent=2)
@@ -235,7 +237,8 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def evaluate_arrays(model, image, truth, *, kind: str = "auto", tta: bool = False, device=None, quiet=True) -> dict:
+def evaluate_arrays(model, image, truth, *, kind: str = "auto", tta: bool = False, device=None, quiet=True,
+                    min_size: int | None = None) -> dict:
     """Predict ``image`` and score it against ``truth`` (per slice, then averaged).
 
     kind 'membranes' (ISBI: truth 0 = membrane, >0 = cell): pixel error of
@@ -252,7 +255,7 @@ def evaluate_arrays(model, image, truth, *, kind: str = "auto", tta: bool = Fals
     if kind == "auto":
         kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
     output = "labels" if kind == "membranes" else "instances"
-    gen = iter_predict(model, image, output=output, tta=tta, device=device)
+    gen = iter_predict(model, image, output=output, tta=tta, device=device, min_size=min_size)
     bar = None
     while True:
         try:
@@ -306,7 +309,8 @@ def cmd_models(args) -> int:
         info = read_info(path)
         m = info.model
         print(f"{name}: {info.description or ''} [{info.label_mode}, classes {info.classes}, depth {m['depth']}, "
-              f"{m['base_channels']} channels, {m['padding']}]")
+              f"{m['base_channels']} channels, {m['padding']}"
+              + (f", post-processing {info.postprocess}" if info.postprocess else "") + "]")
     return 0
 
 
@@ -371,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--slices", help="only these slices, e.g. 25-29")
     pr.add_argument("--tile-size", type=int, default=None, help="output tile side (default: automatic)")
     pr.add_argument("--tta", action="store_true", help="average 8 flips/rotations")
+    pr.add_argument("--min-size", type=int, default=None, metavar="PX",
+                    help="--output instances: drop objects smaller than PX pixels (default: the model's own, "
+                         "see `napari-unet models`)")
     pr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                     help="bf16 is faster on recent CPUs/GPUs (agreement with fp32 in docs/benchmarks.md)")
     common(pr)
@@ -384,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--kind", choices=["auto", "membranes", "instances"], default="auto")
     ev.add_argument("--slices")
     ev.add_argument("--tta", action="store_true")
+    ev.add_argument("--min-size", type=int, default=None, metavar="PX",
+                    help="instances: drop predicted objects smaller than PX pixels (default: the model's own)")
     ev.add_argument("--json", help="also write the report to this file")
     common(ev)
     ev.set_defaults(func=cmd_evaluate)

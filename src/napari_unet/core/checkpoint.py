@@ -40,6 +40,8 @@ class ModelInfo:
     training: dict = field(default_factory=dict)
     name: str = ""
     description: str = ""
+    # defaults for turning the network's output into labels, e.g. {"min_size": 30} for instances
+    postprocess: dict = field(default_factory=dict)
     format: str = FORMAT
 
     def to_json(self) -> str:
