@@ -104,11 +104,15 @@ def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...],
         (kind == "labels") == isinstance(viewer.layers[name], Labels)
     ):
         layer = viewer.layers[name]
-        layer.translate = translate
-        layer.scale = scale
+        # each assignment refreshes the layer: set only what changed (the preview of a
+        # running training comes every few steps, on the GUI thread)
+        if not np.array_equal(layer.translate, translate):
+            layer.translate = translate
+        if not np.array_equal(layer.scale, scale):
+            layer.scale = scale
         layer.data = data
         for k, v in kwargs.items():
-            if k not in ("colormap", "name"):
+            if k not in ("colormap", "name") and getattr(layer, k, None) != v:
                 setattr(layer, k, v)
     else:
         if name in viewer.layers:
