@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -253,6 +254,21 @@ def test_atomic_write_into_new_file_leaves_nothing_on_crash(tmp_path, monkeypatc
     with pytest.raises(RuntimeError):
         io.write_labels(tmp_path / "new.tif", np.ones((3, 4), np.uint8))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    # mkstemp creates 0600 files; a saved label file must be readable like any other file the user
+    # writes (umask), and overwriting keeps the permissions the user gave the file.
+    umask = os.umask(0o022)
+    try:
+        new = io.write_labels(tmp_path / "new.tif", np.ones((3, 4), np.uint8))
+        assert stat.S_IMODE(os.stat(new).st_mode) == 0o644
+        os.chmod(new, 0o664)
+        io.write_labels(new, np.full((3, 4), 2, np.uint8))
+        assert stat.S_IMODE(os.stat(new).st_mode) == 0o664
+    finally:
+        os.umask(umask)
 
 
 # --------------------------------------------------------------------------- normalisation

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -403,6 +404,29 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
     raise ValueError(f"labels up to {hi} do not fit in 32 bits")
 
 
+def _mode_for(path: Path) -> int:
+    """Permissions for a file written to ``path``: those of the file it replaces,
+    else what ``open()`` would give (0o666 minus the process umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux reports it without touching it; elsewhere os.umask is the only way (set and restore).
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike):
     """Open a temporary file beside ``path`` for binary writing; on success it is
@@ -418,6 +442,7 @@ def atomic_write(path: str | os.PathLike):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; the result should look like open() made it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
