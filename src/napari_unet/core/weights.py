@@ -97,20 +97,18 @@ def class_balance_weights(targets: np.ndarray, *, class_balance: bool = True) ->
     ``class_balance=False`` every annotated pixel weighs 1.
     """
     targets = np.asarray(targets)
-    ann = targets != IGNORE
-    out = np.zeros(targets.shape, dtype=np.float32)
-    if not class_balance:
-        out[ann] = 1.0
-        return out
-    t = targets[ann]
-    if t.size == 0:
-        return out
-    counts = np.bincount(t)
+    if targets.size == 0:
+        return np.zeros(targets.shape, dtype=np.float32)
+    # one look-up table indexed by target + 1 (IGNORE = -1 -> entry 0 -> weight 0): no boolean masks
+    shifted = targets.ravel() + 1
+    counts = np.bincount(shifted)
+    counts[0] = 0
+    n_ann = int(counts.sum())
+    lut = np.zeros(counts.shape, dtype=np.float32)
     present = counts > 0
-    lut = np.zeros(counts.shape, dtype=np.float64)
-    lut[present] = t.size / (present.sum() * counts[present])
-    out[ann] = lut[t]
-    return out
+    if n_ann:
+        lut[present] = (n_ann / (present.sum() * counts[present])) if class_balance else 1.0
+    return lut.take(shifted).reshape(targets.shape)
 
 
 # --------------------------------------------------------------------------- border term, fast
