@@ -117,6 +117,15 @@ def test_save_fine_tune_new_head_and_resume(tmp_path, nuclei):
     assert ft.model.n_classes == 3
     torch.testing.assert_close(ft.model.down[0][0].weight.shape, m.down[0][0].weight.shape)
     assert "new 3-class head" in ft.info.training["start"]
+    # fine-tuning that 3-class model again keeps its border class and head without being told to,
+    # so keep_prior can distil from it (a 2-class config would throw the head away)
+    third = tmp_path / "c.safetensors"
+    ft.save(third)
+    again = train(TrainConfig(label_mode="instance", steps=1, init=str(third), keep_prior=1.0, **TINY), img, lab)
+    assert again.model.n_classes == 3 and again.info.border_class
+    assert "new" not in again.info.training["start"] and "keep_prior=1" in again.info.training["start"]
+    assert TrainConfig(border_class=None, init=str(best)).settled().border_class is False
+    assert TrainConfig(border_class=False, init=str(third)).settled().border_class is False
     # resume continues the step count with the optimizer state
     rs = train(TrainConfig(label_mode="instance", steps=5, resume=str(last), **TINY), img, lab)
     assert rs.steps_done == 5 and len(rs.history) == 2
@@ -161,20 +170,23 @@ def test_prior_loss_is_zero_for_the_teacher_and_ignores_annotated_pixels():
 
 
 def test_keep_prior_keeps_the_starting_model_where_nobody_painted(tmp_path, nuclei):
-    """Fine-tuning on a few strokes: with keep_prior the unpainted pixels keep the starting
-    model's prediction far better than without (the forgetting measured in docs/accuracy.md)."""
+    """Fine-tuning on a few strokes: a user paints one 4 px stripe of background. Without keep_prior
+    the model forgets every nucleus (strokes never show it one); with it, the unpainted pixels keep
+    the starting model's prediction (the forgetting measured at real size in docs/accuracy.md)."""
     img, lab = nuclei
-    start = train(TrainConfig(label_mode="instance", steps=40, **TINY), img, lab).best_model()
-    path = save_model(tmp_path / "start.safetensors", start)
+    start = train(TrainConfig(label_mode="instance", steps=150, **TINY), img, lab).last_model()
     before = predict(start, img[1])
+    truth = lab[1] > 1
+    assert (before == 1).sum() > 0.6 * truth.sum()  # a start that really finds nuclei (IoU ~0.8)
+    path = save_model(tmp_path / "start.safetensors", start)
     strokes = np.zeros_like(lab)
-    strokes[0, 60:64, :] = lab[0, 60:64, :]  # one 4 px stripe on one slice
-    changed = {}
+    strokes[0, 60:64, :] = 1  # background only
+    kept = {}
     for keep in (0.0, 1.0):
-        cfg = TrainConfig(label_mode="instance", steps=30, init=str(path), keep_prior=keep,
-                          **{**TINY, "lr": 1e-2})
-        res = train(cfg, img, strokes)
+        res = train(TrainConfig(label_mode="instance", steps=30, init=str(path), keep_prior=keep, **TINY), img, strokes)
         if keep:
             assert "keeping its prediction" in res.info.training["start"]
-        changed[keep] = float((predict(res.last_model(), img[1]) != before).mean())
-    assert changed[1.0] < 0.5 * changed[0.0], changed
+        after = predict(res.last_model(), img[1])
+        kept[keep] = float(((after == 1) & (before == 1)).sum() / (before == 1).sum())
+    # measured with 1 and 2 threads, seeds 0/1, lr 3e-3 and 1e-2: without 0.0 every time, with 0.27-0.65
+    assert kept[0.0] < 0.05 and kept[1.0] > 0.2, kept
