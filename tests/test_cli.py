@@ -4,9 +4,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import tifffile
 
 from napari_unet.cli import _parse_slices, main
+from napari_unet.core.checkpoint import read_info
 
 
 @pytest.fixture
@@ -35,8 +37,18 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     report = json.loads(rep.read_text())
     assert report["kind"] == "membranes" and 0 <= report["pixel_error"] <= 1 and 0 <= report["v_rand"] <= 1
     probs = tmp_path / "p.tif"
-    assert main(["predict", str(ip), "-o", str(probs), "--model", str(model), "--output", "probabilities", "-q"]) == 0
+    assert main(["predict", str(ip), "-o", str(probs), "--model", str(model), "--kind", "probabilities", "-q"]) == 0
     assert tifffile.imread(probs).shape == (2, 3, 128, 160)
+    # fine-tuning from a model: unset options follow the widget (rate 10x lower, keep_prior on)
+    ft = tmp_path / "ft.safetensors"
+    assert main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0",
+                 "--steps", "1", "--tile-size", "92", "--init", str(model), "-o", str(ft), "-q"]) == 0
+    cfg = read_info(ft).training["config"]
+    assert cfg["lr"] == 1e-4 and cfg["keep_prior"] == 1.0 and cfg["border_class"] is False
+    assert cfg["optimizer"] == ("sgd" if torch.cuda.is_available() else "adam")  # the device's recipe
+    # the output kind is --kind; '-o instances' would silently make a file called 'instances'
+    assert main(["predict", str(ip), "-o", "instances", "--model", str(model), "-q"]) == 2
+    assert "--kind instances" in capsys.readouterr().err
 
 
 def test_errors_are_clear_and_exit_nonzero(tmp_path, em_files, capsys):

@@ -99,6 +99,15 @@ def cmd_train(args) -> int:
             lab = np.where(lab > 0, lab.astype(np.int64) + 1, 1)
         images.append(im)
         labels.append(lab)
+    # unset options follow the device and the start, as in the Train widget (core.train.recommended_settings)
+    from .core.tiling import resolve_device
+    from .core.train import recommended_settings
+
+    rec = recommended_settings(resolve_device(args.device).type, fine_tune=bool(args.init or args.resume))
+    for opt, key in (("depth", "depth"), ("channels", "base_channels"), ("tile_size", "tile_size"),
+                     ("optimizer", "optimizer"), ("lr", "lr"), ("steps", "steps"), ("keep_prior", "keep_prior")):
+        if getattr(args, opt) is None:
+            setattr(args, opt, rec[key])
     cfg = TrainConfig(
         depth=args.depth, base_channels=args.channels, padding=args.padding, label_mode=args.mode,
         zero_is_background=args.zero_is_background, border_class=args.border_class,
@@ -167,13 +176,17 @@ def cmd_predict(args) -> int:
     from .core.io import write_labels
     from .core.tiling import iter_predict
 
+    kinds = ("labels", "instances", "probabilities")
+    if Path(args.output).stem in kinds and not Path(args.output).suffix:
+        raise ValueError(f"-o/--output is the TIFF to write, not {args.output!r}: choose the kind of output with "
+                         f"--kind {Path(args.output).stem} and give a file name, e.g. -o result.tif")
     model = load_model(args.model)
     image = _read(args.image, "image")
     n = image.shape[0] if image.ndim == 3 else 1
     slices = _parse_slices(args.slices, n)
     if slices is not None:
         image = _select(image, slices)
-    gen = iter_predict(model, image, output=args.output, tile_size=args.tile_size, tta=args.tta, device=args.device,
+    gen = iter_predict(model, image, output=args.kind, tile_size=args.tile_size, tta=args.tta, device=args.device,
                        min_size=args.min_size,
                        precision=args.precision)
     bar = None
@@ -194,8 +207,8 @@ def cmd_predict(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    out = Path(args.output_path)
-    if args.output == "probabilities":
+    out = Path(args.output)
+    if args.kind == "probabilities":
         import tifffile
 
         from .core.io import atomic_write
@@ -204,7 +217,7 @@ def cmd_predict(args) -> int:
             tifffile.imwrite(fh, np.asarray(result, dtype=np.float32), compression="zlib")
     else:
         write_labels(out, result)
-    print(f"wrote {out} ({args.output}, shape {tuple(result.shape)})")
+    print(f"wrote {out} ({args.kind}, shape {tuple(result.shape)})")
     return 0
 
 
@@ -340,22 +353,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ours = the convention below; isbi = 0 membrane / 255 cell; instances = 0 background, 1..N objects")
     t.add_argument("--slices", help="use only these slices of every stack, e.g. 0-24")
     t.add_argument("--init", help="start from a model file or shipped model name (fine-tune); default: scratch")
-    t.add_argument("--keep-prior", type=float, default=0.0, metavar="W",
+    t.add_argument("--keep-prior", type=float, default=None, metavar="W",
                    help="with --init: weight of a loss keeping the starting model's prediction on unannotated "
-                        "pixels, so sparse strokes correct it without it forgetting the rest (try 1)")
+                        "pixels, so sparse strokes correct it without it forgetting the rest (default: 1 with "
+                        "--init, 0 from scratch; 0 = the paper's plain fine-tuning)")
     t.add_argument("--resume", help="continue a run saved with --save-last")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="sgd = paper (momentum 0.99)")
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: 1000 on CUDA, 500 on CPU)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 1e-3 from scratch, 1e-4 with --init/--resume)")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                   help="sgd = the paper (momentum 0.99; default on CUDA); adam converges in fewer steps "
+                        "(default on CPU)")
     t.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
     t.add_argument("--batch-size", type=int, default=1)
-    t.add_argument("--tile-size", type=int, default=572, help="input tile side (valid sizes: 188, 204, ... 572 for depth 4)")
-    t.add_argument("--depth", type=int, default=4)
-    t.add_argument("--channels", type=int, default=64, help="base channels (paper: 64; 16 trains 10x faster on a CPU)")
+    t.add_argument("--tile-size", type=int, default=None,
+                   help="INPUT tile side for training (valid sizes 188, 204, ... 572 for depth 4; default: 572 "
+                        "on CUDA, 316 on CPU). Not the same as predict's --tile-size, which is the output side")
+    t.add_argument("--depth", type=int, default=None, help="network depth (default 4; ignored with --init)")
+    t.add_argument("--channels", type=int, default=None,
+                   help="base channels (the paper: 64, default on CUDA; 16, default on CPU, trains ~10x faster; "
+                        "ignored with --init)")
     t.add_argument("--padding", choices=["valid", "same"], default="valid")
     t.add_argument("--w0", type=float, default=10.0, help="border weight w0 (eq. 2)")
     t.add_argument("--sigma", type=float, default=5.0, help="border weight sigma in px (eq. 2)")
-    t.add_argument("--border-class", action="store_true", help="instance mode: learn a third 'border' class")
+    t.add_argument("--border-class", action=argparse.BooleanOptionalAction, default=None,
+                   help="instance mode: learn a third 'border' class (default: as the --init model has it, "
+                        "e.g. on for nuclei; off from scratch)")
     t.add_argument("--zero-is-background", action="store_true", help="labels are complete: 0 means background")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of annotated slices")
@@ -369,17 +392,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="overlap-tile prediction of a TIFF image or stack")
     pr.add_argument("image", help="image TIFF (2D or stack) or folder of slices")
-    pr.add_argument("-o", "--output-path", required=True, help="TIFF to write")
-    pr.add_argument("--model", default="em-membrane", help="model file or shipped model name (see `napari-unet models`)")
-    pr.add_argument("--output", choices=["labels", "instances", "probabilities"], default="labels")
+    pr.add_argument("-o", "--output", "--output-path", dest="output", required=True,
+                    help="TIFF to write (as train's -o: the file this command makes)")
+    pr.add_argument("--model", required=True,
+                    help="model file or shipped model name: em-membrane, nuclei (see `napari-unet models`)")
+    pr.add_argument("--kind", choices=["labels", "instances", "probabilities"], default="labels",
+                    help="labels: class per pixel (0 = background); instances: one id per object; "
+                         "probabilities: one float map per class")
     pr.add_argument("--slices", help="only these slices, e.g. 25-29")
-    pr.add_argument("--tile-size", type=int, default=None, help="output tile side (default: automatic)")
+    pr.add_argument("--tile-size", type=int, default=None,
+                    help="OUTPUT tile side in px (default: automatic from free memory); train's --tile-size is "
+                         "the input side")
     pr.add_argument("--tta", action="store_true", help="average 8 flips/rotations")
     pr.add_argument("--min-size", type=int, default=None, metavar="PX",
-                    help="--output instances: drop objects smaller than PX pixels (default: the model's own, "
+                    help="--kind instances: drop objects smaller than PX pixels (default: the model's own, "
                          "see `napari-unet models`)")
     pr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                    help="bf16 is faster on recent CPUs/GPUs (agreement with fp32 in docs/benchmarks.md)")
+                    help="default: bf16 on CUDA GPUs that support it, else fp32. bf16 halves memory and is "
+                         "faster on GPUs; on CPUs it is often slower (measured in docs/benchmarks.md)")
     common(pr)
     pr.set_defaults(func=cmd_predict)
 

@@ -106,7 +106,8 @@ class PredictWidget(Container):
             return None
         if model.config.in_channels != 1:
             show_error(f"the model expects {model.config.in_channels} channels; this widget predicts grey images. "
-                       "Use the command line (napari-unet predict --channel-axis) for multichannel images")
+                       "For multichannel images use Python: napari_unet.core.tiling.predict(model, image, "
+                       "channel_axis=0)")
             return None
 
         output = OUTPUTS[self.output.value]

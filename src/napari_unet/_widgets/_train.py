@@ -20,24 +20,15 @@ from . import _state
 from ._workers import Job, check_image_layer, current_index, error_text, follow_layers, layer_choices, show_plane
 
 PREVIEW_LAYER = "prediction preview"
-FINE_TUNE_LR = 1e-4
+FINE_TUNE_LR = 1e-4  # = core.train.FINE_TUNE_LR (kept here so importing the widget loads no torch)
 SCRATCH, PRETRAINED, CHECKPOINT = "scratch", "pretrained", "checkpoint file"
 
 
 def defaults_for(device: str) -> dict:
-    """Settings that finish in minutes on the device the user has.
+    """The settings for a device type: core.train.recommended_settings (shared with the CLI)."""
+    from napari_unet.core.train import recommended_settings
 
-    CUDA: the paper (depth 4, 64 channels, 572 px tiles, SGD with momentum 0.99).
-    CPU / MPS: the same depth-4 valid architecture (so it keeps the paper's
-    context and can be fine-tuned later on a GPU) but 16 base channels (~16x
-    fewer FLOPs), 316 px input tiles (132 px output: the 184 px of context a
-    depth-4 valid net needs make smaller tiles mostly context; measured
-    ~0.12 s per step on 2 CPU cores) and Adam at 1e-3, which converges in a
-    few hundred steps where SGD at batch 1 needs thousands.
-    """
-    if device == "cuda":
-        return dict(depth=4, base_channels=64, tile_size=572, optimizer="sgd", lr=1e-3, steps=1000, batch_size=1)
-    return dict(depth=4, base_channels=16, tile_size=316, optimizer="adam", lr=1e-3, steps=500, batch_size=1)
+    return recommended_settings(device)
 
 
 def _devices() -> list[str]:
