@@ -79,3 +79,26 @@ def test_parse_slices():
 def test_help_runs_as_console_script():
     r = subprocess.run([sys.executable, "-m", "napari_unet.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout and "0 = not annotated" in r.stdout
+
+
+def test_train_crash_saves_the_steps_done(tmp_path, em_files, monkeypatch, capsys):
+    import napari_unet.core.train as core_train
+
+    real, calls = core_train.weighted_loss, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated device failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core_train, "weighted_loss", failing)
+    ip, lp = em_files
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--steps", "5",
+                 "--depth", "2", "--channels", "4", "--tile-size", "92", "-o", str(out), "-q"]) == 1
+    assert "simulated device failure" in capsys.readouterr().err
+    kept = tmp_path / "m-crashed.safetensors"
+    assert not out.exists() and kept.exists()
+    info = read_info(kept)
+    assert info.training["state"] == "crashed" and info.training["steps_done"] == 2

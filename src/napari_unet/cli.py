@@ -141,6 +141,12 @@ def cmd_train(args) -> int:
                 bar.refresh()
             elif ev.kind == "validation":
                 bar.write(f"step {ev.step}: validation IoU {ev.val_metric:.4f}")
+            elif ev.kind == "crashed" and ev.result is not None:
+                # keep what was trained; the error itself is raised by the next next(gen)
+                out = Path(args.output)
+                kept = ev.result.save(out.with_name(out.stem.removesuffix(".safetensors") + "-crashed"),
+                                      which="last", half=args.half)
+                bar.write(f"training crashed at step {ev.step}; the weights so far are saved in {kept}")
     finally:
         bar.close()
         signal.signal(signal.SIGINT, old)
@@ -443,6 +449,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\naborted", file=sys.stderr)
         return 130
+    except (RuntimeError, OSError, MemoryError) as e:  # a device or disk failing mid-run: no traceback wall
+        hint = ""
+        if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+            hint = " (lower --tile-size or --batch-size, or use --device cpu)"
+        print(f"error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

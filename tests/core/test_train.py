@@ -190,3 +190,42 @@ def test_keep_prior_keeps_the_starting_model_where_nobody_painted(tmp_path, nucl
         kept[keep] = float(((after == 1) & (before == 1)).sum() / (before == 1).sum())
     # measured with 1 and 2 threads, seeds 0/1, lr 3e-3 and 1e-2: without 0.0 every time, with 0.27-0.65
     assert kept[0.0] < 0.05 and kept[1.0] > 0.2, kept
+
+
+class _Vanishing:
+    """A lazy stack whose file disappears mid-run (a network drive, an unplugged disk)."""
+
+    def __init__(self, a):
+        self.a, self.shape, self.dtype, self.ndim, self.gone = a, a.shape, a.dtype, a.ndim, False
+
+    def __len__(self):
+        return len(self.a)
+
+    def __getitem__(self, key):
+        if self.gone:
+            raise OSError("stack.tif: the file went away")
+        return self.a[key]
+
+    def __array__(self, dtype=None, copy=None):
+        return self[...].astype(dtype) if dtype is not None else self[...]
+
+
+def test_a_crash_is_an_event_that_keeps_the_weights(tmp_path, nuclei):
+    """A crash mid-run arrives as a 'crashed' event (state CRASHED) carrying the error and the weights
+    trained so far, then the error itself is raised: nothing trained is lost."""
+    img, lab = nuclei
+    stack = _Vanishing(img)
+    cfg = TrainConfig(label_mode="instance", steps=20, preview_every=4, **TINY)
+    gen = iter_train(cfg, stack, lab, preview=(0, 1))
+    events = []
+    with pytest.raises(OSError, match="went away"):
+        for ev in gen:
+            events.append(ev)
+            if ev.kind == "step" and ev.step == 2:
+                stack.gone = True  # the preview at step 4 reads the stack again
+    crash = events[-1]
+    assert crash.kind == "crashed" and crash.state is TrainState.CRASHED and isinstance(crash.error, OSError)
+    assert crash.result.steps_done == 4 and crash.result.state is TrainState.CRASHED
+    saved = load_model(crash.result.save(tmp_path / "kept.safetensors", which="last"))
+    assert saved.info.training["state"] == "crashed" and saved.info.training["steps_done"] == 4
+    torch.testing.assert_close(saved.state_dict(), crash.result.last_state)

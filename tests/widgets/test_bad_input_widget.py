@@ -107,6 +107,25 @@ def test_train_crash_from_a_bad_checkpoint_is_reported(em_viewer, qtbot, tmp_pat
     assert w.train_button.enabled and w.status.value.startswith("crashed")
 
 
+def test_train_crash_mid_run_keeps_the_weights(em_viewer, qtbot, monkeypatch, messages):
+    """A crash at step 2 of 6 (here: the live preview fails) is reported, and the two trained
+    steps stay usable: Save model is enabled and Predict lists the model."""
+    from napari_unet._widgets import _state
+
+    def broken_preview(*args, **kwargs):
+        raise OSError("the image file went away")
+
+    monkeypatch.setattr("napari_unet.core.train._preview", broken_preview)
+    w = dock(em_viewer, "Train")
+    tiny(w, steps=6)
+    w.preview_every.value = 2
+    job = w._on_train()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert "went away" in messages["error"][-1] and "2 steps before the crash are kept" in messages["error"][-1]
+    assert w.result is not None and w.result.steps_done == 2 and w.save_button.enabled
+    assert _state.JUST_TRAINED in _state.TRAINED_MODELS
+
+
 def test_predict_without_model_file_or_image(viewer, messages):
     p = dock(viewer, "Predict")
     assert p._on_predict() is None

@@ -294,6 +294,11 @@ class TrainWidget(Container):
         elif ev.kind == "validation":
             self.plot.add_val(ev.step, ev.val_metric)
             self.status.value = f"step {ev.step}: validation IoU {ev.val_metric:.3f}"
+        elif ev.kind == "crashed" and ev.result is not None:
+            # the error itself arrives next (errored); keep the weights trained until now
+            self.result = ev.result
+            _state.register_model(_state.JUST_TRAINED, ev.result.best_model())
+            self.save_button.enabled = True
         elif ev.kind == "preview" and ev.preview is not None:
             like, idx = self._preview_like
             if like in self.viewer.layers:
@@ -322,8 +327,12 @@ class TrainWidget(Container):
         if self._closed:
             show_error(f"training failed: {error_text(exc)}")
             return
-        self.status.value = f"crashed: {error_text(exc)}"
-        show_error(f"training failed: {error_text(exc)}")
+        kept = ""
+        if self.result is not None and self.result.state.value == "crashed":
+            kept = (f" The weights of the {self.result.steps_done} steps before the crash are kept: "
+                    f"Save model, or use '{_state.JUST_TRAINED}' in Predict.")
+        self.status.value = f"crashed: {error_text(exc)}.{kept}"
+        show_error(f"training failed: {error_text(exc)}.{kept}")
 
     def _on_finished(self, *_):
         if not self._closed:

@@ -162,7 +162,7 @@ class TrainConfig:
 class TrainEvent:
     """One step (or validation / preview pass) of :func:`iter_train`."""
 
-    kind: Literal["step", "validation", "preview", "finished"]
+    kind: Literal["step", "validation", "preview", "finished", "crashed"]
     step: int
     total: int
     loss: float
@@ -174,6 +174,10 @@ class TrainEvent:
     preview_where: tuple[int, int] | None = None  # (pair index, slice)
     state: TrainState = TrainState.TRAINING
     device: str = "cpu"
+    # kind 'crashed': the exception (raised again by the next ``next()``) and the weights trained until
+    # then (best and last, None when no step finished), so a crash at step 900 of 1000 loses nothing
+    error: BaseException | None = None
+    result: TrainResult | None = None
 
 
 @dataclass
@@ -615,6 +619,18 @@ def iter_train(
         yield TrainEvent("finished", step, config.steps, last_loss, lr_at(step), time.perf_counter() - t_start, 0.0,
                          val_metric=best_metric if val else None, state=state, device=str(dev))
         return result
+    except Exception as exc:
+        partial = None
+        if step > step0:
+            try:
+                if best_metric is None:
+                    best_state, best_step = _cpu_state(model), step
+                partial = snapshot_result(TrainState.CRASHED)
+            except Exception:  # noqa: BLE001 -- the first error is the one to report
+                partial = None
+        yield TrainEvent("crashed", step, config.steps, last_loss, lr_at(step), time.perf_counter() - t_start, 0.0,
+                         state=TrainState.CRASHED, device=str(dev), error=exc, result=partial)
+        raise
     finally:
         model.to("cpu")
         del opt, teacher
