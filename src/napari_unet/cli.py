@@ -113,6 +113,7 @@ def cmd_train(args) -> int:
         zero_is_background=args.zero_is_background, border_class=args.border_class,
         w0=args.w0, sigma=args.sigma, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
         batch_size=args.batch_size, tile_size=args.tile_size, augment=not args.no_augment,
+        elastic_grid=args.elastic_grid, elastic_sigma=args.elastic_sigma,
         val_fraction=args.val_fraction, val_every=args.val_every, init=args.init, resume=args.resume,
         seed=args.seed, device=args.device, precision=args.precision, schedule=args.schedule,
         keep_prior=args.keep_prior,
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--padding", choices=["valid", "same"], default="valid")
     t.add_argument("--w0", type=float, default=10.0, help="border weight w0 (eq. 2)")
     t.add_argument("--sigma", type=float, default=5.0, help="border weight sigma in px (eq. 2)")
+    t.add_argument("--elastic-grid", type=int, default=3, help="elastic deformation control points per side (paper 3)")
+    t.add_argument("--elastic-sigma", type=float, default=10.0,
+                   help="elastic deformation displacement std in px (paper 10)")
     t.add_argument("--border-class", action=argparse.BooleanOptionalAction, default=None,
                    help="instance mode: learn a third 'border' class (default: as the --init model has it, "
                         "e.g. on for nuclei; off from scratch)")

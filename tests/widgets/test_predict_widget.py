@@ -66,6 +66,7 @@ def test_current_slice_probability_map_and_instances(em_viewer, qtbot, tiny_mode
     assert prob.data[4].max() > 0 and not prob.data[3].any()  # only the slice on screen
     full = predict(tiny_model, image.data, output="probabilities", slices=[4], device="cpu")
     np.testing.assert_allclose(prob.data[4], full[1, 4], atol=1e-5)
+    assert not w.to_labels_button.enabled  # a probability map is not labels
 
     w.output.value = "instances"
     job = w._on_predict()
@@ -74,6 +75,17 @@ def test_current_slice_probability_map_and_instances(em_viewer, qtbot, tiny_mode
     ref = predict(tiny_model, image.data, output="instances", slices=[4], device="cpu")
     np.testing.assert_array_equal(inst.data, ref)
     assert not inst.data[0].any()
+
+    # correct it: the prediction becomes training labels (+1), only on the slice that was predicted
+    from napari_unet.core.labels import annotated_mask
+
+    assert w.to_labels_button.enabled
+    fix = w._on_to_labels()
+    assert fix.name == "EM (ISBI 2012) instances to correct", repr(fix.name)
+    assert em_viewer.layers.selection.active.name == fix.name  # selected, ready to paint
+    np.testing.assert_array_equal(fix.data[4], ref[4].astype(np.uint32) + 1)
+    assert not np.delete(fix.data, 4, axis=0).any()  # other slices stay 'not annotated'
+    assert annotated_mask(fix.data).sum() == 256 * 256 and fix.mode == "paint"
 
 
 def test_cancel_keeps_finished_tiles_and_says_so(em_viewer, qtbot, tiny_model, monkeypatch):

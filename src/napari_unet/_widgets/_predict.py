@@ -30,15 +30,22 @@ class PredictWidget(Container):
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.to_labels_button = PushButton(
+            text="Correct it: to training labels", enabled=False,
+            tooltip="copy the finished prediction into a new Labels layer in the training convention "
+                    "(1 = background, 2.. = objects or classes), ready to paint over the mistakes and retrain",
+        )
         row = Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False)
         row.margins = (0, 0, 0, 0)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.extend([self.model, self.model_file, self.image, self.output, self.where, self.tta, self.device, row,
-                     self.status])
+                     self.to_labels_button, self.status])
 
         self.job: Job | None = None
         self.layer = None
+        self.predicted_slices = None  # what the last run covered: None = all, else the slice indices
+        self.complete = False  # the last run finished every tile
         self.done = self.total = 0
         self.progress = None
         self._closed = False
@@ -47,6 +54,7 @@ class PredictWidget(Container):
         self.model.changed.connect(lambda v: setattr(self.model_file, "visible", v == MODEL_FILE))
         self.predict_button.changed.connect(self._on_predict)
         self.cancel_button.changed.connect(self._on_cancel)
+        self.to_labels_button.changed.connect(self._on_to_labels)
         _state.events.models_changed.connect(self._on_models_changed)
         follow_layers(viewer, self)
         self.native.destroyed.connect(_stopper(self))
@@ -123,6 +131,7 @@ class PredictWidget(Container):
         else:
             out = np.zeros(spatial, dtype=np.uint32)
         self.layer = self._output_layer(layer, output, out, model)
+        self.predicted_slices, self.complete = slices, False
         self.probabilities = out if output == "probabilities" else None
 
         self.job = job = Job("predict")
@@ -179,7 +188,34 @@ class PredictWidget(Container):
             return
         if self.layer in self.viewer.layers:
             self.layer.refresh()
+        self.complete = True
         self.status.value = f"done: {self.total} tiles"
+
+    def _on_to_labels(self, *_):
+        """The finished prediction as training labels (+1: 0 stays 'not annotated'); returns the layer."""
+        from napari.layers import Labels
+        from napari.utils.notifications import show_info, show_warning
+
+        layer = self.layer
+        if not (isinstance(layer, Labels) and layer in self.viewer.layers and self.complete):
+            show_warning("predict semantic labels or instances first and let the run finish; then the prediction "
+                         "can become training labels")
+            return None
+        pred = np.asarray(layer.data)
+        lab = np.zeros(pred.shape, dtype=np.uint32)  # slices that were not predicted stay 'not annotated'
+        where = (slice(None),) if self.predicted_slices is None else (self.predicted_slices,)
+        lab[where] = pred[where].astype(np.uint32) + 1
+        name = f"{layer.name} to correct"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        new = self.viewer.add_labels(lab, name=name, scale=layer.scale, translate=layer.translate)
+        layer.visible = False
+        self.viewer.layers.selection.active = new
+        new.mode = "paint"
+        kind = "objects" if layer.metadata.get("output") == "instances" else "classes"
+        show_info(f"'{name}': 1 = background, 2.. = {kind}. Paint over the mistakes (0 erases a pixel from "
+                  f"training), then choose it as the labels in Train")
+        return new
 
     def _on_error(self, exc):
         from napari.utils.notifications import show_error
@@ -217,6 +253,9 @@ class PredictWidget(Container):
     def _set_running(self, running: bool):
         self.predict_button.enabled = not running
         self.cancel_button.enabled = running
+        from napari.layers import Labels
+
+        self.to_labels_button.enabled = not running and isinstance(self.layer, Labels)
 
 
 def _stopper(widget):

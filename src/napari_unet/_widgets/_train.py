@@ -95,8 +95,15 @@ class TrainWidget(Container):
         self.show_advanced = CheckBox(text="advanced settings", value=False)
         self.optimizer = ComboBox(label="optimizer", choices=["adam", "sgd"], value=d["optimizer"])
         self.batch_size = SpinBox(label="batch size", min=1, max=64, value=d["batch_size"])
-        self.w0 = FloatSpinBox(label="w0", min=0.0, max=100.0, value=10.0)
-        self.sigma = FloatSpinBox(label="sigma (px)", min=0.5, max=50.0, value=5.0)
+        self.w0 = FloatSpinBox(label="border w0", min=0.0, max=100.0, value=10.0,
+                               tooltip="eq. 2: weight of the gaps between touching objects (paper 10)")
+        self.sigma = FloatSpinBox(label="border sigma (px)", min=0.5, max=50.0, value=5.0,
+                                  tooltip="eq. 2: width of the border weight (paper 5 px)")
+        self.elastic_grid = SpinBox(label="deformation grid", min=2, max=10, value=3,
+                                    tooltip="elastic deformation: control points per side (paper 3 x 3)")
+        self.elastic_sigma = FloatSpinBox(label="deformation sigma (px)", min=0.0, max=50.0, value=10.0,
+                                          tooltip="elastic deformation: std of the control-point displacements "
+                                                  "(paper 10 px); lower it if the Deformation preview tears labels")
         self.depth = SpinBox(label="depth", min=1, max=6, value=d["depth"])
         self.base_channels = SpinBox(label="base channels", min=2, max=256, value=d["base_channels"])
         self.val_fraction = FloatSpinBox(label="validation fraction", min=0.0, max=0.9, step=0.05, value=0.0)
@@ -104,7 +111,8 @@ class TrainWidget(Container):
         self.preview_every = SpinBox(label="preview every N steps", min=0, max=100_000, value=25,
                                      tooltip="predict the slice on screen every N steps (0 = never)")
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
-        self.advanced = Container(widgets=[self.optimizer, self.batch_size, self.w0, self.sigma, self.depth,
+        self.advanced = Container(widgets=[self.optimizer, self.batch_size, self.w0, self.sigma, self.elastic_grid,
+                                           self.elastic_sigma, self.depth,
                                            self.base_channels, self.val_fraction, self.val_every,
                                            self.preview_every, self.seed], visible=False)
 
@@ -208,6 +216,7 @@ class TrainWidget(Container):
         return TrainConfig(
             depth=depth, base_channels=int(self.base_channels.value), label_mode=self.label_mode.value,
             w0=float(self.w0.value), sigma=float(self.sigma.value), optimizer=self.optimizer.value,
+            elastic_grid=int(self.elastic_grid.value), elastic_sigma=float(self.elastic_sigma.value),
             lr=float(self.lr.value), steps=int(self.steps.value), batch_size=int(self.batch_size.value),
             tile_size=tile, augment=bool(self.augment.value), val_fraction=float(self.val_fraction.value),
             val_every=int(self.val_every.value), preview_every=int(self.preview_every.value),
