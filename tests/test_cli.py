@@ -15,8 +15,8 @@ from napari_unet.core.checkpoint import read_info
 def em_files(tmp_path, isbi):
     img, lab, _ = isbi
     ip, lp = tmp_path / "em.tif", tmp_path / "em-labels.tif"
-    tifffile.imwrite(ip, img[:3, :128, :160])
-    tifffile.imwrite(lp, lab[:3, :128, :160])
+    tifffile.imwrite(ip, img[:3, :128, :160], photometric="minisblack")
+    tifffile.imwrite(lp, lab[:3, :128, :160], photometric="minisblack")
     return ip, lp
 
 
@@ -61,7 +61,7 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, em_files, capsys):
                  "--channels", "4", "--tile-size", "90", "-o", str(tmp_path / "m")]) == 2
     assert "nearest valid sizes" in capsys.readouterr().err
     empty = tmp_path / "empty.tif"
-    tifffile.imwrite(empty, np.zeros((3, 128, 160), np.uint8))
+    tifffile.imwrite(empty, np.zeros((3, 128, 160), np.uint8), photometric="minisblack")
     assert main(["train", "--images", str(ip), "--labels", str(empty), "--steps", "1", "--depth", "2",
                  "--channels", "4", "--tile-size", "92", "-o", str(tmp_path / "m")]) == 2
     assert "nothing is annotated" in capsys.readouterr().err

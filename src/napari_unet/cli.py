@@ -221,7 +221,8 @@ def cmd_predict(args) -> int:
         from .core.io import atomic_write
 
         with atomic_write(out) as fh:
-            tifffile.imwrite(fh, np.asarray(result, dtype=np.float32), compression="zlib")
+            # minisblack: a class axis of 3 must not be stored as RGB
+            tifffile.imwrite(fh, np.asarray(result, dtype=np.float32), compression="zlib", photometric="minisblack")
     else:
         write_labels(out, result)
     print(f"wrote {out} ({args.kind}, shape {tuple(result.shape)})")

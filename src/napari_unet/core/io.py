@@ -32,6 +32,7 @@ import re
 import stat
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,12 +266,22 @@ def _open_lazy(path: Path, contiguous: bool):
         with contextlib.suppress(ValueError, OSError):
             return tifffile.memmap(path, series=0, mode="r")
     zarr = _import_zarr(path)
+    store = None
     try:
-        arr = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
+        store = tifffile.imread(path, aszarr=True, series=0)
+        arr = zarr.open(store, mode="r")
     except Exception as err:
+        if store is not None:
+            store.close()
         raise _damaged(path, err) from err
     if not hasattr(arr, "dtype"):  # a multiscale (pyramid) group: level 0 is full resolution
         arr = arr["0"]
+    return _close_with(arr, store)
+
+
+def _close_with(arr, store):
+    """Close the TIFF file behind a lazy array when the array goes away (no leaked file handles)."""
+    weakref.finalize(arr, store.close)
     return arr
 
 
@@ -337,7 +348,8 @@ def _read_sequence(files: list[Path], origin: Path, lazy: bool | None, threshold
     use_lazy = nbytes > threshold if lazy is None else bool(lazy)
     if use_lazy:
         zarr = _import_zarr(origin)
-        data = zarr.open(tifffile.imread([str(f) for f in files], aszarr=True), mode="r")
+        store = tifffile.imread([str(f) for f in files], aszarr=True)
+        data = _close_with(zarr.open(store, mode="r"), store)
     else:
         data = np.empty(full, dtype)
         for i, f in enumerate(files):
