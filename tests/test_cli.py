@@ -46,9 +46,12 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     cfg = read_info(ft).training["config"]
     assert cfg["lr"] == 1e-4 and cfg["keep_prior"] == 1.0 and cfg["border_class"] is False
     assert cfg["optimizer"] == ("sgd" if torch.cuda.is_available() else "adam")  # the device's recipe
-    # the output kind is --kind; '-o instances' would silently make a file called 'instances'
-    assert main(["predict", str(ip), "-o", "instances", "--model", str(model), "-q"]) == 2
-    assert "--kind instances" in capsys.readouterr().err
+    # the output kind is --kind; the old '--output instances' must not silently write something else
+    for argv in (["-o", "instances"], ["--output", "instances", "-o", str(tmp_path / "x.tif")]):
+        with pytest.raises(SystemExit) as exc:
+            main(["predict", str(ip), "--model", str(model), "-q", *argv])
+        assert exc.value.code == 2 and "--kind instances" in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists()
 
 
 def test_errors_are_clear_and_exit_nonzero(tmp_path, em_files, capsys):
@@ -102,3 +105,23 @@ def test_train_crash_saves_the_steps_done(tmp_path, em_files, monkeypatch, capsy
     assert not out.exists() and kept.exists()
     info = read_info(kept)
     assert info.training["state"] == "crashed" and info.training["steps_done"] == 2
+
+
+def test_resume_continues_the_saved_run(tmp_path, em_files, capsys):
+    """--resume takes the saved run's settings (not the device's defaults), and a run with nothing
+    left to do says so instead of a traceback."""
+    ip, lp = em_files
+    common = ["--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0", "-q"]
+    run = tmp_path / "run.safetensors"
+    assert main(["train", *common, "--optimizer", "sgd", "--lr", "5e-3", "--steps", "2", "--depth", "2",
+                 "--channels", "4", "--tile-size", "92", "--save-last", "-o", str(run)]) == 0
+    more = tmp_path / "more.safetensors"
+    assert main(["train", *common, "--resume", str(run), "--steps", "3", "--save-last", "-o", str(more)]) == 0
+    cfg = read_info(more).training["config"]
+    assert (cfg["optimizer"], cfg["lr"], cfg["depth"], cfg["tile_size"]) == ("sgd", 5e-3, 2, 92)
+    assert read_info(more).training["steps_done"] == 3
+    capsys.readouterr()
+    assert main(["train", *common, "--resume", str(more), "--steps", "3", "-o", str(tmp_path / "same")]) == 0
+    assert "no step ran" in capsys.readouterr().out
+    assert main(["train", *common, "--resume", str(more), "--border-class", "-o", str(tmp_path / "x")]) == 2
+    assert "trained without a border class" in capsys.readouterr().err

@@ -31,6 +31,20 @@ LABEL_HELP = (
 )
 
 
+class _OutputPath(argparse.Action):
+    """predict's -o/--output: the file to write. Older commands used --output for the kind of output,
+    so a kind name, or the option given twice, is refused instead of silently writing the wrong thing."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)!r} and {values!r}): -o/--output "
+                         "is the TIFF to write; choose the kind of output with --kind labels|instances|probabilities")
+        if values in ("labels", "instances", "probabilities"):
+            parser.error(f"{option_string} {values}: -o/--output is the TIFF to write; the kind of output is now "
+                         f"--kind {values} (e.g. -o result.tif --kind {values})")
+        setattr(namespace, self.dest, values)
+
+
 def _parse_slices(text: str | None, n: int) -> list[int] | None:
     """'0-24', '3', '0,2,5-7' -> sorted indices (inclusive ranges)."""
     if not text:
@@ -103,11 +117,19 @@ def cmd_train(args) -> int:
     from .core.tiling import resolve_device
     from .core.train import recommended_settings
 
-    rec = recommended_settings(resolve_device(args.device).type, fine_tune=bool(args.init or args.resume))
+    rec = recommended_settings(resolve_device(args.device).type, fine_tune=bool(args.init))
+    if args.resume:  # --resume continues the saved run: its own settings, not the device's defaults
+        from .core.checkpoint import read_info, resolve_model_path
+
+        rec = {**rec, **(read_info(resolve_model_path(args.resume)).training or {}).get("config", {})}
+        if args.schedule is None:
+            args.schedule = rec.get("schedule", "constant")
     for opt, key in (("depth", "depth"), ("channels", "base_channels"), ("tile_size", "tile_size"),
                      ("optimizer", "optimizer"), ("lr", "lr"), ("steps", "steps"), ("keep_prior", "keep_prior")):
         if getattr(args, opt) is None:
             setattr(args, opt, rec[key])
+    if args.schedule is None:
+        args.schedule = "constant"
     cfg = TrainConfig(
         depth=args.depth, base_channels=args.channels, padding=args.padding, label_mode=args.mode,
         zero_is_background=args.zero_is_background, border_class=args.border_class,
@@ -143,18 +165,22 @@ def cmd_train(args) -> int:
             elif ev.kind == "validation":
                 bar.write(f"step {ev.step}: validation IoU {ev.val_metric:.4f}")
             elif ev.kind == "crashed" and ev.result is not None:
-                # keep what was trained; the error itself is raised by the next next(gen)
+                # keep what was trained (the best weights: the last ones may be what made the loss NaN);
+                # the error itself is raised by the next next(gen)
                 out = Path(args.output)
-                kept = ev.result.save(out.with_name(out.stem.removesuffix(".safetensors") + "-crashed"),
-                                      which="last", half=args.half)
-                bar.write(f"training crashed at step {ev.step}; the weights so far are saved in {kept}")
+                try:
+                    kept = ev.result.save(out.with_name(out.stem.removesuffix(".safetensors") + "-crashed"),
+                                          half=args.half)
+                    bar.write(f"training crashed at step {ev.step}; the best weights so far are saved in {kept}")
+                except OSError as save_err:
+                    bar.write(f"training crashed at step {ev.step}, and saving its weights failed too: {save_err}")
     finally:
         bar.close()
         signal.signal(signal.SIGINT, old)
     out = result.save(args.output, which="last" if args.save_last else "best", half=args.half)
     msg = "stopped early" if result.state is TrainState.STOPPED else "done"
-    print(f"{msg}: {result.steps_done} steps, final loss {result.history[-1][1]:.4f}, "
-          f"best at step {result.best_step}; saved {out}")
+    loss = f"final loss {result.history[-1][1]:.4f}, " if result.history else "no step ran this time, "
+    print(f"{msg}: {result.steps_done} steps, {loss}best at step {result.best_step}; saved {out}")
     return 0
 
 
@@ -183,10 +209,6 @@ def cmd_predict(args) -> int:
     from .core.io import write_labels
     from .core.tiling import iter_predict
 
-    kinds = ("labels", "instances", "probabilities")
-    if Path(args.output).stem in kinds and not Path(args.output).suffix:
-        raise ValueError(f"-o/--output is the TIFF to write, not {args.output!r}: choose the kind of output with "
-                         f"--kind {Path(args.output).stem} and give a file name, e.g. -o result.tif")
     model = load_model(args.model)
     image = _read(args.image, "image")
     n = image.shape[0] if image.ndim == 3 else 1
@@ -365,22 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --init: weight of a loss keeping the starting model's prediction on unannotated "
                         "pixels, so sparse strokes correct it without it forgetting the rest (default: 1 with "
                         "--init, 0 from scratch; 0 = the paper's plain fine-tuning)")
-    t.add_argument("--resume", help="continue a run saved with --save-last")
+    t.add_argument("--resume", help="continue a run saved with --save-last (unset options: that run's settings)")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: 1000 on CUDA, 500 on CPU)")
     t.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: 1e-3 from scratch, 1e-4 with --init/--resume)")
     t.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="sgd = the paper (momentum 0.99; default on CUDA); adam converges in fewer steps "
                         "(default on CPU)")
-    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    t.add_argument("--schedule", choices=["constant", "cosine"], default=None,
+                   help="learning-rate schedule (default: constant; with --resume, the saved run's)")
     t.add_argument("--batch-size", type=int, default=1)
     t.add_argument("--tile-size", type=int, default=None,
                    help="INPUT tile side for training (valid sizes 188, 204, ... 572 for depth 4; default: 572 "
                         "on CUDA, 316 on CPU). Not the same as predict's --tile-size, which is the output side")
-    t.add_argument("--depth", type=int, default=None, help="network depth (default 4; ignored with --init)")
+    t.add_argument("--depth", type=int, default=None, help="network depth (default 4; ignored with --init/--resume)")
     t.add_argument("--channels", type=int, default=None,
                    help="base channels (the paper: 64, default on CUDA; 16, default on CPU, trains ~10x faster; "
-                        "ignored with --init)")
+                        "ignored with --init/--resume)")
     t.add_argument("--padding", choices=["valid", "same"], default="valid")
     t.add_argument("--w0", type=float, default=10.0, help="border weight w0 (eq. 2)")
     t.add_argument("--sigma", type=float, default=5.0, help="border weight sigma in px (eq. 2)")
@@ -403,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="overlap-tile prediction of a TIFF image or stack")
     pr.add_argument("image", help="image TIFF (2D or stack) or folder of slices")
-    pr.add_argument("-o", "--output", "--output-path", dest="output", required=True,
+    pr.add_argument("-o", "--output", "--output-path", dest="output", required=True, action=_OutputPath,
                     help="TIFF to write (as train's -o: the file this command makes)")
     pr.add_argument("--model", required=True,
                     help="model file or shipped model name: em-membrane, nuclei (see `napari-unet models`)")
@@ -457,7 +480,8 @@ def main(argv=None) -> int:
     except (RuntimeError, OSError, MemoryError) as e:  # a device or disk failing mid-run: no traceback wall
         hint = ""
         if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
-            hint = " (lower --tile-size or --batch-size, or use --device cpu)"
+            hint = (" (lower --tile-size or --batch-size, or use --device cpu)" if args.func is cmd_train
+                    else " (give a smaller --tile-size, or use --device cpu)")
         print(f"error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
         return 1
 

@@ -158,8 +158,10 @@ class PredictWidget(Container):
                                    "probabilities": "probability"}[output]
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
+        info = getattr(model, "info", None)
         kw = dict(name=name, scale=image.scale, translate=image.translate,
-                  metadata={"model": getattr(getattr(model, "info", None), "name", ""), "output": output})
+                  metadata={"model": getattr(info, "name", ""), "output": output,
+                            "label_mode": getattr(info, "label_mode", "")})
         if output == "probabilities":
             fg = 1 if out.shape[0] > 1 else 0  # class axis first: show the foreground channel
             kw["metadata"]["probabilities"] = out
@@ -205,16 +207,18 @@ class PredictWidget(Container):
         lab = np.zeros(pred.shape, dtype=np.uint32)  # slices that were not predicted stay 'not annotated'
         where = (slice(None),) if self.predicted_slices is None else (self.predicted_slices,)
         lab[where] = pred[where].astype(np.uint32) + 1
-        name = f"{layer.name} to correct"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        new = self.viewer.add_labels(lab, name=name, scale=layer.scale, translate=layer.translate)
+        # a second press makes another layer (napari numbers the name): earlier corrections are never replaced
+        new = self.viewer.add_labels(lab, name=f"{layer.name} to correct", scale=layer.scale,
+                                     translate=layer.translate)
         layer.visible = False
         self.viewer.layers.selection.active = new
         new.mode = "paint"
         kind = "objects" if layer.metadata.get("output") == "instances" else "classes"
-        show_info(f"'{name}': 1 = background, 2.. = {kind}. Paint over the mistakes (0 erases a pixel from "
+        show_info(f"'{new.name}': 1 = background, 2.. = {kind}. Paint over the mistakes (0 erases a pixel from "
                   f"training), then choose it as the labels in Train")
+        if layer.metadata.get("output") == "labels" and layer.metadata.get("label_mode") == "instance":
+            show_warning("these are semantic labels of an instance model: all objects share one value, so "
+                         "training in instance mode would see one big object. Predict 'instances' first for that")
         return new
 
     def _on_error(self, exc):
@@ -255,7 +259,7 @@ class PredictWidget(Container):
         self.cancel_button.enabled = running
         from napari.layers import Labels
 
-        self.to_labels_button.enabled = not running and isinstance(self.layer, Labels)
+        self.to_labels_button.enabled = not running and self.complete and isinstance(self.layer, Labels)
 
 
 def _stopper(widget):

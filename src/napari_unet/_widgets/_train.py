@@ -292,7 +292,8 @@ class TrainWidget(Container):
         """A TrainEvent from the worker (GUI thread): plot, progress, status, preview."""
         if self._closed:
             return
-        self.last_event = ev
+        if ev.kind != "crashed":  # a crashed event's traceback holds the whole training frame
+            self.last_event = ev
         if ev.kind == "step":
             self.plot.add_loss(ev.step, ev.loss)
             eta = f"{ev.eta / 60:.1f} min" if ev.eta >= 60 else f"{ev.eta:.0f} s"
