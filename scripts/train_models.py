@@ -12,7 +12,7 @@ continuing from the file of the stage before (``--init``, a warm restart of the 
     python scripts/train_models.py nuclei --border-class --init nuc1.safetensors --steps 12000 --lr 3e-4 \
         --max-minutes 40 --out nuc2.safetensors
 
-Every stage finished its full schedule inside the budget (em: 19.6 + 60.5 CPU min; nuclei:
+Every stage finished its full schedule inside the budget (em: 19.6 + 29.8 CPU min; nuclei:
 12.4 + 26.5), so no budget cut one short. A later stage was shipped only when it scored better on
 *training* data (em: the threshold-calibration score on slices 0, 4, ..., 24; nuclei: instance F1 on
 images 60-79). Also tried and *not* shipped (numbers in docs/accuracy.md): ``nuclei`` without
