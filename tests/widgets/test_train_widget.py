@@ -23,7 +23,12 @@ def tiny(w, steps=12, preview_every=4):
 def test_train_plots_loss_previews_and_keeps_gui_alive(em_viewer, qtbot, tmp_path):
     from napari_unet._widgets import _state
 
-    w = dock(em_viewer, "Train")
+    from napari_unet._widgets._workers import TORCH_WARM
+
+    with GapMeter() as dock_gap:  # docking starts torch's one-time lazy imports in a thread
+        w = dock(em_viewer, "Train")
+        qtbot.waitUntil(TORCH_WARM.is_set, timeout=60_000)
+    record_gap("docking Train (one-time torch imports)", dock_gap.longest, dock_gap.ticks)
     assert w.pairs[0].image.value.name == "EM (ISBI 2012)"
     assert w.pairs[0].labels.value.name == "EM labels"
     tiny(w)

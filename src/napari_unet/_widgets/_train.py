@@ -17,7 +17,16 @@ from magicgui.widgets import (
 )
 
 from . import _state
-from ._workers import Job, check_image_layer, current_index, error_text, follow_layers, layer_choices, show_plane
+from ._workers import (
+    Job,
+    check_image_layer,
+    current_index,
+    error_text,
+    follow_layers,
+    layer_choices,
+    show_plane,
+    warm_up_torch,
+)
 
 PREVIEW_LAYER = "prediction preview"
 FINE_TUNE_LR = 1e-4  # = core.train.FINE_TUNE_LR (kept here so importing the widget loads no torch)
@@ -60,6 +69,8 @@ class TrainWidget(Container):
         super().__init__()
         from napari_unet.core.checkpoint import available_models
         from napari_unet.core.tiling import resolve_device
+
+        warm_up_torch()  # torch's lazy imports now, not in the middle of the first training run
 
         self.viewer = viewer
         self.pairs_box = Container(labels=False)

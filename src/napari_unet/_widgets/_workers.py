@@ -127,6 +127,34 @@ def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...],
 # ----------------------------------------------------------------------------- workers
 
 
+TORCH_WARM = threading.Event()
+_warm_lock = threading.Lock()
+_warm_started = False
+
+
+def warm_up_torch() -> None:
+    """Import, once and in a daemon thread, what torch imports lazily at the first optimizer.
+
+    ``torch.optim.*(...)`` imports ``torch._dynamo`` (sympy, torch.distributed: ~1.5 s here) on
+    first use; done by the training worker, those imports held the GIL in chunks that froze the
+    viewer for up to ~300 ms right after Train was pressed. The Train widget starts this when it
+    docks, so the cost falls while the user is still setting up; ``TORCH_WARM`` is set when done.
+    """
+    global _warm_started
+    with _warm_lock:
+        if _warm_started:
+            return
+        _warm_started = True
+
+    def run():
+        try:
+            import torch._dynamo  # noqa: F401
+        finally:
+            TORCH_WARM.set()
+
+    threading.Thread(target=run, name="napari-unet-torch-warm-up", daemon=True).start()
+
+
 def gui_threads() -> int:
     """Torch CPU threads for a worker: all cores but one, which stays free for the GUI thread.
 
