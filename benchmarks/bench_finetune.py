@@ -269,7 +269,8 @@ def main(argv=None):
     frac = float((scrib > 0).mean())
     log(f"{args.which}: scribbles cover {100 * frac:.2f}% of {len(s['train'])} images "
         f"({int((scrib == 1).sum())} background px, {int((scrib >= 2).sum())} object px)")
-    tifffile.imwrite(WORK / f"scribbles_{args.which}.tif", scrib.astype(np.uint16), compression="zlib",
+    tag = "" if args.seed == 0 else f"_seed{args.seed}"  # other seeds draw other scribbles: keep both
+    tifffile.imwrite(WORK / f"scribbles_{args.which}{tag}.tif", scrib.astype(np.uint16), compression="zlib",
                      photometric="minisblack")
     test_img, test_truth = img[s["test"]], truth[s["test"]]
     budgets = [float(b) for b in args.budgets.split(",")]
