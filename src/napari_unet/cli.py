@@ -442,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--kind instances: drop objects smaller than PX pixels (default: the model's own, "
                          "see `napari-unet models`)")
     pr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                    help="default: bf16 on CUDA GPUs that support it, else fp32. bf16 halves memory and is "
-                         "faster on GPUs; on CPUs it is often slower (measured in docs/benchmarks.md)")
+                    help="default: bf16 on CUDA GPUs that support it, else fp32. On CPUs bf16 depends on the "
+                         "chip: 2.4x faster than fp32 on an AMD EPYC with avx512_bf16, slower on an Intel Xeon; "
+                         "labels agree 99.6 %% with fp32 (docs/benchmarks.md). Try it on yours")
     common(pr)
     pr.set_defaults(func=cmd_predict)
 
