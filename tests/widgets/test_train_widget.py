@@ -28,7 +28,8 @@ def test_train_plots_loss_previews_and_keeps_gui_alive(em_viewer, qtbot, tmp_pat
     with GapMeter() as dock_gap:  # docking starts torch's one-time lazy imports in a thread
         w = dock(em_viewer, "Train")
         qtbot.waitUntil(TORCH_WARM.is_set, timeout=60_000)
-    record_gap("docking Train (one-time torch imports)", dock_gap.longest, dock_gap.ticks)
+    if dock_gap.ticks >= 2:  # 0 when an earlier test already did the one-time imports
+        record_gap("docking Train (one-time torch imports)", dock_gap.longest, dock_gap.ticks)
     assert w.pairs[0].image.value.name == "EM (ISBI 2012)"
     assert w.pairs[0].labels.value.name == "EM labels"
     tiny(w)
