@@ -117,19 +117,16 @@ def cmd_train(args) -> int:
     from .core.tiling import resolve_device
     from .core.train import recommended_settings
 
-    rec = recommended_settings(resolve_device(args.device).type, fine_tune=bool(args.init))
+    rec = {"schedule": "constant", **recommended_settings(resolve_device(args.device).type, fine_tune=bool(args.init))}
     if args.resume:  # --resume continues the saved run: its own settings, not the device's defaults
         from .core.checkpoint import read_info, resolve_model_path
 
-        rec = {**rec, **(read_info(resolve_model_path(args.resume)).training or {}).get("config", {})}
-        if args.schedule is None:
-            args.schedule = rec.get("schedule", "constant")
+        rec.update((read_info(resolve_model_path(args.resume)).training or {}).get("config", {}))
     for opt, key in (("depth", "depth"), ("channels", "base_channels"), ("tile_size", "tile_size"),
-                     ("optimizer", "optimizer"), ("lr", "lr"), ("steps", "steps"), ("keep_prior", "keep_prior")):
+                     ("optimizer", "optimizer"), ("lr", "lr"), ("steps", "steps"), ("keep_prior", "keep_prior"),
+                     ("schedule", "schedule")):
         if getattr(args, opt) is None:
             setattr(args, opt, rec[key])
-    if args.schedule is None:
-        args.schedule = "constant"
     cfg = TrainConfig(
         depth=args.depth, base_channels=args.channels, padding=args.padding, label_mode=args.mode,
         zero_is_background=args.zero_is_background, border_class=args.border_class,
@@ -390,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="continue a run saved with --save-last (unset options: that run's settings)")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: 1000 on CUDA, 500 on CPU)")
     t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 1e-3 from scratch, 1e-4 with --init/--resume)")
+                   help="learning rate (default: 1e-3 from scratch, 1e-4 with --init, the saved run's with --resume)")
     t.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="sgd = the paper (momentum 0.99; default on CUDA); adam converges in fewer steps "
                         "(default on CPU)")

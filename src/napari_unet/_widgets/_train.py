@@ -29,15 +29,14 @@ from ._workers import (
 )
 
 PREVIEW_LAYER = "prediction preview"
-FINE_TUNE_LR = 1e-4  # = core.train.FINE_TUNE_LR (kept here so importing the widget loads no torch)
 SCRATCH, PRETRAINED, CHECKPOINT = "scratch", "pretrained", "checkpoint file"
 
 
-def defaults_for(device: str) -> dict:
+def defaults_for(device: str, fine_tune: bool = False) -> dict:
     """The settings for a device type: core.train.recommended_settings (shared with the CLI)."""
     from napari_unet.core.train import recommended_settings
 
-    return recommended_settings(device)
+    return recommended_settings(device, fine_tune=fine_tune)
 
 
 def _devices() -> list[str]:
@@ -194,17 +193,15 @@ class TrainWidget(Container):
         # a pretrained model fixes the architecture: depth / channels are ignored then
         self.depth.enabled = self.base_channels.enabled = value == SCRATCH
         # fine-tuning wants a 10x lower rate than training from scratch (docs/accuracy.md)
-        scratch_lr = defaults_for(resolve_device(self.device.value or "auto").type)["lr"]
-        self.lr.value = scratch_lr if value == SCRATCH else FINE_TUNE_LR
+        dev = resolve_device(self.device.value or "auto").type
+        self.lr.value = defaults_for(dev, fine_tune=value != SCRATCH)["lr"]
 
     def _on_device_changed(self, value=None, *_):
         from napari_unet.core.tiling import resolve_device
 
-        d = defaults_for(resolve_device(value or "auto").type)
+        d = defaults_for(resolve_device(value or "auto").type, fine_tune=self.start.value != SCRATCH)
         for k in ("depth", "base_channels", "tile_size", "optimizer", "lr", "steps", "batch_size"):
             getattr(self, k).value = d[k]
-        if self.start.value != SCRATCH:
-            self.lr.value = FINE_TUNE_LR
 
     def config(self):
         """The frozen TrainConfig for the current settings (raises ValueError with a user message)."""

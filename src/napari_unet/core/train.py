@@ -157,9 +157,8 @@ class TrainConfig:
         if self.border_class is not None:
             return self
         border = False
-        start = self.init
-        if start and self.label_mode == "instance":
-            info = read_info(resolve_model_path(start))
+        if self.init and self.label_mode == "instance":
+            info = read_info(resolve_model_path(self.init))
             border = bool(info.border_class) and info.label_mode == "instance"
         return replace(self, border_class=border)
 
@@ -562,14 +561,17 @@ def iter_train(
     last_loss = float("nan")
 
     def snapshot_result(st: TrainState) -> TrainResult:
-        training = dict(info.training, steps_done=step, best_step=best_step, best_metric=best_metric,
+        last_state = _cpu_state(model)
+        # no best tracked yet (too few steps, no validation): the last weights are the best there are
+        b_state, b_step = (best_state, best_step) if best_metric is not None else (last_state, step)
+        training = dict(info.training, steps_done=step, best_step=b_step, best_metric=best_metric,
                         final_loss=last_loss, state=st.value, seconds=round(time.perf_counter() - t_start, 1))
         res_info = replace(info, training=training)
         cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
         cpu_model.info = res_info
         return TrainResult(
-            model=cpu_model, best_state=best_state, last_state=_cpu_state(model), info=res_info, state=st,
-            steps_done=step, history=history, val_history=val_history, best_step=best_step,
+            model=cpu_model, best_state=b_state, last_state=last_state, info=res_info, state=st,
+            steps_done=step, history=history, val_history=val_history, best_step=b_step,
             best_metric=best_metric, optimizer_state=_cpu_opt_state(opt),
         )
 
@@ -627,8 +629,6 @@ def iter_train(
                                  preview=pv, preview_where=tuple(preview), device=str(dev))
         else:
             state = TrainState.DONE
-        if best_metric is None:
-            best_state, best_step = _cpu_state(model), step
         result = snapshot_result(state)
         yield TrainEvent("finished", step, config.steps, last_loss, lr_at(step), time.perf_counter() - t_start, 0.0,
                          val_metric=best_metric if val else None, state=state, device=str(dev))
@@ -646,8 +646,6 @@ def iter_train(
         partial = None
         if step > step0:
             try:
-                if best_metric is None:
-                    best_state, best_step = _cpu_state(model), step
                 partial = snapshot_result(TrainState.CRASHED)
             except Exception:  # noqa: BLE001 -- the first error is the one to report
                 partial = None
