@@ -64,10 +64,8 @@ def evaluate(reuse: bool) -> dict:
                "--labels", str(ISBI / "train-labels.tif"), "--kind", "membranes", "--slices", "25-29"],
         "nuclei": ["--model", "nuclei", "--images", str(DSB / "images.tif"),
                    "--labels", str(DSB / "labels_instance.tif"), "--kind", "instances", "--slices", "80-99"],
-        "nuclei_nofilter": ["--model", "nuclei", "--images", str(DSB / "images.tif"),
-                            "--labels", str(DSB / "labels_instance.tif"), "--kind", "instances",
-                            "--slices", "80-99", "--min-size", "0"],
     }
+    jobs["nuclei_nofilter"] = [*jobs["nuclei"], "--min-size", "0"]
     out = {}
     for k, a in jobs.items():
         path = WORK / f"eval_{k}.json"
@@ -116,9 +114,9 @@ def example_figure(path: Path):
     plt.close(fig)
 
 
-def load_ft() -> dict:
+def load_ft(folder: Path = WORK) -> dict:
     res = {}
-    for p in sorted(WORK.glob("ft_*_*.json")):
+    for p in sorted(folder.glob("ft_*_*.json")):
         d = json.loads(p.read_text())
         res.setdefault(d["dataset"], {})[d["arm"]] = d
     return res
@@ -199,10 +197,7 @@ def at_budget(ft: dict, which: str, arm: str, minutes: float = 5.0):
 
 def replicate_table(ft0: dict, minutes: float = 5.0) -> str:
     """The headline comparison again with other scribbles and another seed (benchmarks/_work/seed1)."""
-    rep = {}
-    for p in sorted((WORK / "seed1").glob("ft_*_*.json")):
-        d = json.loads(p.read_text())
-        rep.setdefault(d["dataset"], {})[d["arm"]] = d
+    rep = load_ft(WORK / "seed1")
     if not rep:
         return ""
     lines = ["| data | seed | scribbles | random forest | fine-tuned + keep_prior | lead |", "|---|---:|---:|---:|---:|---:|"]
