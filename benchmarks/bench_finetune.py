@@ -42,7 +42,6 @@ plus instance F1 at IoU 0.5 for nuclei.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import threading
 import time
@@ -56,7 +55,9 @@ from skimage.morphology import skeletonize
 
 from napari_unet.core import metrics
 from napari_unet.core.checkpoint import load_model, read_info, resolve_model_path
-from napari_unet.core.tiling import instances_from_semantic, predict
+from napari_unet.core.labels import instances_from_semantic, isbi_to_instances
+from napari_unet.core.tiling import predict
+from napari_unet.core.events import run
 from napari_unet.core.train import TrainConfig, iter_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,9 +80,7 @@ def load(which: str):
     if which == "em":
         img = tifffile.imread(DATA / "isbi2012" / "train-volume.tif")
         raw = tifffile.imread(DATA / "isbi2012" / "train-labels.tif")
-        from napari_unet.cli import _isbi_to_instances
-
-        return img, _isbi_to_instances(raw), raw
+        return img, isbi_to_instances(raw), raw
     img = tifffile.imread(DATA / "dsb2018_nuclei_256" / "images.tif")
     inst = tifffile.imread(DATA / "dsb2018_nuclei_256" / "labels_instance.tif").astype(np.int32)
     return img, np.where(inst > 0, inst + 1, 1).astype(np.int32), inst
@@ -176,29 +175,24 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         w0=s["w0"], sigma=5.0,
         class_balance=arm not in ("plain", "nobal", "ftnobal"), border_weights=arm not in ("plain", "nobal", "ftnobal"),
         optimizer="adam", lr=(2e-5 if arm == "ftlow" else 1e-4) if init else 1e-3, schedule="constant", steps=100_000, batch_size=1,
-        tile_size=252, augment=arm not in ("plain", "noaug"), init=init, seed=seed, device="cpu",
+        tile_in=252, augment=arm not in ("plain", "noaug"), init=init, seed=seed, device="cpu",
         keep_prior=1.0 if arm == "ftkeep" else 0.0,
     )
     budgets = sorted(budgets_min)
     snaps = []
     cancel = threading.Event()
-    gen = iter_train(cfg, img, scrib, cancel=cancel)
     c0 = time.process_time()  # includes data preparation (weight maps), as a user would wait for it
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration:
-            break
-        frame = gen.gi_frame
+
+    def watch(ev):
         cpu = time.process_time() - c0
         while len(snaps) < len(budgets) and cpu >= budgets[len(snaps)] * 60:
-            # iter_train returns its weights only at the end; read the live model from the paused
-            # generator's frame so one run gives the whole curve (read-only, between steps)
-            m = frame.f_locals["model"]
-            snaps.append((budgets[len(snaps)], ev.step, copy.deepcopy(m.state_dict())))
+            # the weights at each CPU budget, from the event's snapshot: one run gives the whole curve
+            snaps.append((budgets[len(snaps)], ev.step, ev.snapshot()))
             log(f"{which}/{arm}: {budgets[len(snaps) - 1]} min CPU at step {ev.step} (wall {ev.elapsed:.0f}s)")
         if len(snaps) == len(budgets):
             cancel.set()
+
+    run(iter_train(cfg, img, scrib, cancel=cancel), watch)
     rows = []
     n_classes = 3 if border_class else 2
     if init and arm in ("ft", "ftlow", "ftnobal", "ftkeep"):  # the shipped model as it is, before any fine-tuning

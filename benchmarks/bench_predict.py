@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section  # noqa: E402
 
 from napari_unet.core import tiling  # noqa: E402
-from napari_unet.core.model import UNet, input_size_for_output, output_size  # noqa: E402
+from napari_unet.core.model import UNet, input_size_for_output  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 2048
@@ -138,7 +138,7 @@ def main() -> None:
     def ours(output, **kw):
         def f():
             res[(output, kw.get("precision", "fp32"))] = tiling.predict(
-                valid, img, output=output, tile_size=kw.get("tile_size"), normalize=False,
+                valid, img, output=output, tile_out=kw.get("tile_out"), normalize=False,
                 precision=kw.get("precision"), device="cpu",
             )
 
@@ -201,7 +201,7 @@ def main() -> None:
         return f
 
     sweep_t = interleaved({t: tile_fwd(t) for t in sweep_out}, max(2, ROUNDS))
-    auto = tiling.auto_tile_size((SIZE, SIZE), valid, torch.device("cpu"))
+    auto = tiling.auto_tile_out((SIZE, SIZE), valid, torch.device("cpu"))
     plan = tiling.plan_tiles((SIZE, SIZE), valid, auto)
 
     # ------------------------------------------------------------------ report

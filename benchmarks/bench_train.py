@@ -5,7 +5,7 @@ step (388 x 388 output), SGD with momentum, eq. 2 weights, elastic deformation +
 intensity jitter, instance-mode ISBI 2012 labels. The FLOP bound is the FLOPs of one
 forward + backward pass (counted with ``torch.utils.flop_counter``, about 3x the forward)
 at the best dense throughput of the padded twin measured in the same run. The time spent
-sampling (crop + augmentation, ``train._sample_batch``) is measured by wrapping that
+sampling (crop + augmentation, ``sampling.sample_batch``) is measured by wrapping that
 function from here; nothing in the library changes.
 
 Run: ``python benchmarks/bench_train.py`` (writes the ``train`` section of docs/benchmarks.md).
@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section  # noqa: E402
-from bench_predict import DATA, dense_throughput, flops, med, nets  # noqa: E402
+from bench_predict import DATA, dense_throughput, flops, nets  # noqa: E402
 
-from napari_unet.cli import _isbi_to_instances  # noqa: E402
-from napari_unet.core import train as train_mod  # noqa: E402
+from napari_unet.core import sampling  # noqa: E402
+from napari_unet.core.labels import isbi_to_instances  # noqa: E402
 from napari_unet.core.model import output_size  # noqa: E402
 from napari_unet.core.train import TrainConfig, iter_train  # noqa: E402
 
@@ -39,14 +39,14 @@ N_SLICES = 6  # weight maps are computed once per slice before the first step; k
 
 def main() -> None:
     vol = tifffile.imread(DATA / "isbi2012" / "train-volume.tif")[:N_SLICES]
-    lab = _isbi_to_instances(tifffile.imread(DATA / "isbi2012" / "train-labels.tif")[:N_SLICES])
+    lab = isbi_to_instances(tifffile.imread(DATA / "isbi2012" / "train-labels.tif")[:N_SLICES])
     tile = 572
     t_out = output_size(tile, 4)
-    cfg = TrainConfig(depth=4, base_channels=16, label_mode="instance", tile_size=tile, batch_size=1,
+    cfg = TrainConfig(depth=4, base_channels=16, label_mode="instance", tile_in=tile, batch_size=1,
                       steps=STEPS, device="cpu", seed=0, log_every=1)
 
     sample_times: list[float] = []
-    orig = train_mod._sample_batch
+    orig = sampling.sample_batch
 
     def timed_sample(*a, **kw):
         t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def main() -> None:
         sample_times.append(time.perf_counter() - t0)
         return r
 
-    train_mod._sample_batch = timed_sample
+    sampling.sample_batch = timed_sample
     stamps: list[float] = []
     try:
         gen = iter_train(cfg, vol, lab)
@@ -62,7 +62,7 @@ def main() -> None:
             if ev.kind == "step":
                 stamps.append(time.perf_counter())
     finally:
-        train_mod._sample_batch = orig
+        sampling.sample_batch = orig
     step_times = np.diff(stamps)[SKIP - 1 :]  # step k's time = stamp k - stamp k-1
     samp = np.array(sample_times[SKIP : SKIP + len(step_times)])
     t_step = float(np.median(step_times))

@@ -26,7 +26,8 @@ def headless(steps: int, seed: int = 0) -> dict:
     from napari_unet.core import metrics
     from napari_unet.core.checkpoint import available_models
     from napari_unet.core.io import write_labels
-    from napari_unet.core.tiling import iter_predict, run
+    from napari_unet.core.events import run
+    from napari_unet.core.tiling import iter_predict
     from napari_unet.core.train import TrainConfig, iter_train
 
     image, labels = load_em_sample()  # (8, 256, 256) EM, instance labels: 1 = membrane, >= 2 cells
@@ -36,7 +37,7 @@ def headless(steps: int, seed: int = 0) -> dict:
         label_mode="instance",
         depth=4,
         base_channels=16,
-        tile_size=252,
+        tile_in=252,
         optimizer="adam",
         lr=1e-3 if not shipped else 1e-4,
         steps=steps,
@@ -47,15 +48,12 @@ def headless(steps: int, seed: int = 0) -> dict:
     print(f"training on slices {train_z} of the sample EM stack ({'fine-tuning em-membrane' if shipped else 'from scratch'}), "
           f"{steps} steps", flush=True)
     t0 = time.perf_counter()
-    gen = iter_train(cfg, image[train_z], labels[train_z])
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def show(ev):
         if ev.kind == "step" and (ev.step % 10 == 0 or ev.step == ev.total):
             print(f"  step {ev.step:4d}/{ev.total}  loss {ev.loss:.4f}  eta {ev.eta:5.0f} s", flush=True)
+
+    result = run(iter_train(cfg, image[train_z], labels[train_z]), show)
     t_train = time.perf_counter() - t0
     model = result.best_model()
     OUT.mkdir(exist_ok=True)

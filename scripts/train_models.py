@@ -58,11 +58,14 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_unet.cli import _isbi_to_instances, evaluate_arrays
 from napari_unet.core import metrics
 from napari_unet.core.checkpoint import load_model, save_model
+from napari_unet.core.evaluate import evaluate_arrays
+from napari_unet.core.events import run
+from napari_unet.core.labels import isbi_to_instances
 from napari_unet.core.tiling import predict
 from napari_unet.core.train import TrainConfig, iter_train
+from napari_unet.core.weights import W0
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"  # ../shared beside the repository
@@ -91,7 +94,7 @@ def em_config(args) -> TrainConfig:
         w0=args.w0 if args.w0 is not None else 3.0, sigma=5.0,
         class_balance=not args.plain_loss, border_weights=not args.plain_loss,
         optimizer="adam", lr=args.lr, schedule="cosine", steps=args.steps, batch_size=1,
-        tile_size=args.tile or 348, augment=True, elastic_grid=3, elastic_sigma=10.0, flips=True, intensity=True,
+        tile_in=args.tile or 348, augment=True, elastic_grid=3, elastic_sigma=10.0, flips=True, intensity=True,
         init=args.init, seed=args.seed, device="cpu", log_every=10,
     )
 
@@ -101,9 +104,9 @@ def nuclei_config(args) -> TrainConfig:
         depth=4, base_channels=16, padding="valid", dropout=0.5,
         label_mode="instance", border_class=args.border_class,
         class_names=("background", "nucleus", "border") if args.border_class else ("background", "nucleus"),
-        w0=args.w0 if args.w0 is not None else 10.0, sigma=5.0, class_balance=True, border_weights=True,
+        w0=args.w0 if args.w0 is not None else W0, sigma=5.0, class_balance=True, border_weights=True,
         optimizer="adam", lr=args.lr, schedule="cosine", steps=args.steps, batch_size=1,
-        tile_size=args.tile or 252, augment=True, elastic_grid=3, elastic_sigma=10.0, flips=True, intensity=True,
+        tile_in=args.tile or 252, augment=True, elastic_grid=3, elastic_sigma=10.0, flips=True, intensity=True,
         init=args.init, seed=args.seed, device="cpu", log_every=10,
     )
 
@@ -112,28 +115,24 @@ def run_budget(config, images, labels, *, max_cpu_s: float, snapshot_s: float, s
                max_wall_s: float = float("inf")):
     """Drive iter_train until done or ``max_cpu_s`` of process CPU time; snapshot now and then."""
     cancel = threading.Event()
-    gen = iter_train(config, images, labels, cancel=cancel)
-    c0, last_snap = time.process_time(), time.process_time()
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value, time.process_time() - c0
+    c0 = time.process_time()
+    last_snap = [c0]
+
+    def watch(ev):
         cpu = time.process_time() - c0
         if ev.kind == "step" and ev.step % 50 == 0:
             log(f"step {ev.step}/{ev.total} loss {ev.loss:.4f} lr {ev.lr:.2e} wall {ev.elapsed:.0f}s cpu {cpu:.0f}s")
         if cpu > max_cpu_s or ev.elapsed > max_wall_s:
             cancel.set()
-        if time.process_time() - last_snap > snapshot_s and ev.kind == "step":
-            # iter_train hands weights back only at the end: read the live model from the paused
-            # generator's frame (between steps, read-only) so a killed run still leaves a file
-            gen_frame = gen.gi_frame
-            model = gen_frame.f_locals.get("model") if gen_frame is not None else None
-            if model is not None:
-                save_model(snapshot_path, model, half=False, name="snapshot",
-                           description=f"snapshot at step {ev.step}")
-                log(f"snapshot -> {snapshot_path} (step {ev.step})")
-            last_snap = time.process_time()
+        if time.process_time() - last_snap[0] > snapshot_s and ev.kind == "step":
+            # a copy of the live weights, so a killed run still leaves a file
+            save_model(snapshot_path, ev.snapshot_model(), half=False, name="snapshot",
+                       description=f"snapshot at step {ev.step}")
+            log(f"snapshot -> {snapshot_path} (step {ev.step})")
+            last_snap[0] = time.process_time()
+
+    result = run(iter_train(config, images, labels, cancel=cancel), watch)
+    return result, time.process_time() - c0
 
 
 def calibrate_em(model, img, lab, slices, log) -> tuple[float, dict]:
@@ -200,7 +199,7 @@ def main(argv=None):
     if args.which == "em":
         img, lab = load_isbi()
         cfg = em_config(args)
-        train_img, train_lab = img[EM_TRAIN], _isbi_to_instances(lab[EM_TRAIN])
+        train_img, train_lab = img[EM_TRAIN], isbi_to_instances(lab[EM_TRAIN])
     else:
         img, inst = load_dsb()
         cfg = nuclei_config(args)

@@ -24,7 +24,7 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     ip, lp = em_files
     model = tmp_path / "m.safetensors"
     rc = main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0-1",
-               "--steps", "3", "--depth", "2", "--channels", "4", "--tile-size", "92", "-o", str(model), "-q"])
+               "--steps", "3", "--depth", "2", "--channels", "4", "--tile-in", "92", "-o", str(model), "-q"])
     assert rc == 0 and model.exists()
     assert "saved" in capsys.readouterr().out
     out = tmp_path / "pred.tif"
@@ -42,7 +42,7 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     # fine-tuning from a model: unset options follow the widget (rate 10x lower, keep_prior on)
     ft = tmp_path / "ft.safetensors"
     assert main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0",
-                 "--steps", "1", "--tile-size", "92", "--init", str(model), "-o", str(ft), "-q"]) == 0
+                 "--steps", "1", "--tile-in", "92", "--init", str(model), "-o", str(ft), "-q"]) == 0
     cfg = read_info(ft).training["config"]
     assert cfg["lr"] == 1e-4 and cfg["keep_prior"] == 1.0 and cfg["border_class"] is False
     assert cfg["optimizer"] == ("sgd" if torch.cuda.is_available() else "adam")  # the device's recipe
@@ -61,12 +61,12 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, em_files, capsys):
     assert main(["predict", str(bad), "-o", str(tmp_path / "x.tif"), "--model", "nope-model"]) == 2
     assert "no model file or shipped model named 'nope-model'" in capsys.readouterr().err
     assert main(["train", "--images", str(ip), "--labels", str(lp), "--steps", "1", "--depth", "2",
-                 "--channels", "4", "--tile-size", "90", "-o", str(tmp_path / "m")]) == 2
+                 "--channels", "4", "--tile-in", "90", "-o", str(tmp_path / "m")]) == 2
     assert "nearest valid sizes" in capsys.readouterr().err
     empty = tmp_path / "empty.tif"
     tifffile.imwrite(empty, np.zeros((3, 128, 160), np.uint8), photometric="minisblack")
     assert main(["train", "--images", str(ip), "--labels", str(empty), "--steps", "1", "--depth", "2",
-                 "--channels", "4", "--tile-size", "92", "-o", str(tmp_path / "m")]) == 2
+                 "--channels", "4", "--tile-in", "92", "-o", str(tmp_path / "m")]) == 2
     assert "nothing is annotated" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
     assert not (tmp_path / "x.tif").exists()
@@ -99,7 +99,7 @@ def test_train_crash_saves_the_steps_done(tmp_path, em_files, monkeypatch, capsy
     ip, lp = em_files
     out = tmp_path / "m.safetensors"
     assert main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--steps", "5",
-                 "--depth", "2", "--channels", "4", "--tile-size", "92", "-o", str(out), "-q"]) == 1
+                 "--depth", "2", "--channels", "4", "--tile-in", "92", "-o", str(out), "-q"]) == 1
     assert "simulated device failure" in capsys.readouterr().err
     kept = tmp_path / "m-crashed.safetensors"
     assert not out.exists() and kept.exists()
@@ -114,11 +114,11 @@ def test_resume_continues_the_saved_run(tmp_path, em_files, capsys):
     common = ["--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0", "-q"]
     run = tmp_path / "run.safetensors"
     assert main(["train", *common, "--optimizer", "sgd", "--lr", "5e-3", "--steps", "2", "--depth", "2",
-                 "--channels", "4", "--tile-size", "92", "--save-last", "-o", str(run)]) == 0
+                 "--channels", "4", "--tile-in", "92", "--save-last", "-o", str(run)]) == 0
     more = tmp_path / "more.safetensors"
     assert main(["train", *common, "--resume", str(run), "--steps", "3", "--save-last", "-o", str(more)]) == 0
     cfg = read_info(more).training["config"]
-    assert (cfg["optimizer"], cfg["lr"], cfg["depth"], cfg["tile_size"]) == ("sgd", 5e-3, 2, 92)
+    assert (cfg["optimizer"], cfg["lr"], cfg["depth"], cfg["tile_in"]) == ("sgd", 5e-3, 2, 92)
     assert read_info(more).training["steps_done"] == 3
     capsys.readouterr()
     assert main(["train", *common, "--resume", str(more), "--steps", "3", "-o", str(tmp_path / "same")]) == 0

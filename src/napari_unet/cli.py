@@ -90,13 +90,44 @@ def _bar(total: int, desc: str, quiet: bool):
                 dynamic_ncols=True)
 
 
+class _TileBar:
+    """A progress callback for tile events: the bar opens at the first event (which knows the total)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, ev) -> None:
+        if self.bar is None:
+            self.bar = _bar(ev.total, "predict", self.quiet)
+        if ev.kind == "tile":
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _TileSize(argparse.Action):
+    """The old --tile-size: train's input side, predict's output side. Still accepted, with a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--tile-in" if self.dest == "tile_in" else "--tile-out"
+        side = "input" if self.dest == "tile_in" else "output"
+        print(f"warning: --tile-size is deprecated; it is the {side} tile side here: use {new} {values}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 # ----------------------------------------------------------------------------- train
 
 
 def cmd_train(args) -> int:
     import numpy as np
 
-    from .core.train import TrainConfig, TrainState, iter_train
+    from .core.device import resolve_device
+    from .core.events import TrainState, run
+    from .core.labels import isbi_to_instances
+    from .core.train import TrainConfig, iter_train, recommended_settings
 
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
@@ -108,21 +139,18 @@ def cmd_train(args) -> int:
         im, lab = _select(im, sl), _select(lab, sl)
         lab = np.asarray(lab)
         if args.labels_format == "isbi":
-            lab = _isbi_to_instances(lab)
+            lab = isbi_to_instances(lab)
         elif args.labels_format == "instances":
             lab = np.where(lab > 0, lab.astype(np.int64) + 1, 1)
         images.append(im)
         labels.append(lab)
     # unset options follow the device and the start, as in the Train widget (core.train.recommended_settings)
-    from .core.tiling import resolve_device
-    from .core.train import recommended_settings
-
     rec = {"schedule": "constant", **recommended_settings(resolve_device(args.device).type, fine_tune=bool(args.init))}
     if args.resume:  # --resume continues the saved run: its own settings, not the device's defaults
         from .core.checkpoint import read_info, resolve_model_path
 
-        rec.update((read_info(resolve_model_path(args.resume)).training or {}).get("config", {}))
-    for opt, key in (("depth", "depth"), ("channels", "base_channels"), ("tile_size", "tile_size"),
+        rec.update(TrainConfig.saved_settings((read_info(resolve_model_path(args.resume)).training or {}).get("config", {})))
+    for opt, key in (("depth", "depth"), ("channels", "base_channels"), ("tile_in", "tile_in"),
                      ("optimizer", "optimizer"), ("lr", "lr"), ("steps", "steps"), ("keep_prior", "keep_prior"),
                      ("schedule", "schedule")):
         if getattr(args, opt) is None:
@@ -130,12 +158,14 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(
         depth=args.depth, base_channels=args.channels, padding=args.padding, label_mode=args.mode,
         zero_is_background=args.zero_is_background, border_class=args.border_class,
-        w0=args.w0, sigma=args.sigma, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
-        batch_size=args.batch_size, tile_size=args.tile_size, augment=not args.no_augment,
-        elastic_grid=args.elastic_grid, elastic_sigma=args.elastic_sigma,
+        optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+        batch_size=args.batch_size, tile_in=args.tile_in, augment=not args.no_augment,
         val_fraction=args.val_fraction, val_every=args.val_every, init=args.init, resume=args.resume,
         seed=args.seed, device=args.device, precision=args.precision, schedule=args.schedule,
         keep_prior=args.keep_prior,
+        # unset: TrainConfig's own defaults (the paper's)
+        **{k: v for k, v in dict(w0=args.w0, sigma=args.sigma, elastic_grid=args.elastic_grid,
+                                  elastic_sigma=args.elastic_sigma).items() if v is not None},
     )
     cancel = threading.Event()
 
@@ -145,32 +175,29 @@ def cmd_train(args) -> int:
         cancel.set()
         print("\nstopping after this step and saving (press Ctrl-C again to abort without saving)", file=sys.stderr)
 
-    old = signal.signal(signal.SIGINT, on_sigint)
-    gen = iter_train(cfg, images, labels, cancel=cancel)
     bar = _bar(cfg.steps, "train", args.quiet)
-    try:
-        while True:
+
+    def on_event(ev):
+        if ev.kind == "step":
+            bar.n = ev.step
+            bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+            bar.refresh()
+        elif ev.kind == "validation":
+            bar.write(f"step {ev.step}: validation IoU {ev.val_metric:.4f}")
+        elif ev.kind == "crashed" and ev.result is not None:
+            # keep what was trained (the best weights: the last ones may be what made the loss NaN);
+            # the error itself is raised when run() resumes the generator
+            out = Path(args.output)
             try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if ev.kind == "step":
-                bar.n = ev.step
-                bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
-                bar.refresh()
-            elif ev.kind == "validation":
-                bar.write(f"step {ev.step}: validation IoU {ev.val_metric:.4f}")
-            elif ev.kind == "crashed" and ev.result is not None:
-                # keep what was trained (the best weights: the last ones may be what made the loss NaN);
-                # the error itself is raised by the next next(gen)
-                out = Path(args.output)
-                try:
-                    kept = ev.result.save(out.with_name(out.stem.removesuffix(".safetensors") + "-crashed"),
-                                          half=args.half)
-                    bar.write(f"training crashed at step {ev.step}; the best weights so far are saved in {kept}")
-                except OSError as save_err:
-                    bar.write(f"training crashed at step {ev.step}, and saving its weights failed too: {save_err}")
+                kept = ev.result.save(out.with_name(out.stem.removesuffix(".safetensors") + "-crashed"),
+                                      half=args.half)
+                bar.write(f"training crashed at step {ev.step}; the best weights so far are saved in {kept}")
+            except OSError as save_err:
+                bar.write(f"training crashed at step {ev.step}, and saving its weights failed too: {save_err}")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = run(iter_train(cfg, images, labels, cancel=cancel), on_event)
     finally:
         bar.close()
         signal.signal(signal.SIGINT, old)
@@ -181,21 +208,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _isbi_to_instances(lab):
-    """ISBI 2012 labels (0 = membrane, 255 = cell) -> instance-mode labels (1 = membrane, >= 2 = cells)."""
-    import numpy as np
-    from scipy import ndimage as ndi
-
-    lab = np.asarray(lab)
-    out = np.ones(lab.shape, dtype=np.int32)
-    planes = [lab] if lab.ndim == 2 else list(lab)
-    for z, p in enumerate(planes):
-        comp, _ = ndi.label(p > 0)
-        tgt = out if lab.ndim == 2 else out[z]
-        tgt[comp > 0] = comp[comp > 0] + 1
-    return out
-
-
 # ----------------------------------------------------------------------------- predict
 
 
@@ -204,6 +216,7 @@ def cmd_predict(args) -> int:
 
     from .core.checkpoint import load_model
     from .core.io import write_labels
+    from .core.events import run
     from .core.tiling import iter_predict
 
     model = load_model(args.model)
@@ -212,27 +225,16 @@ def cmd_predict(args) -> int:
     slices = _parse_slices(args.slices, n)
     if slices is not None:
         image = _select(image, slices)
-    gen = iter_predict(model, image, output=args.kind, tile_size=args.tile_size, tta=args.tta, device=args.device,
-                       min_size=args.min_size,
-                       precision=args.precision)
-    bar = None
+    gen = iter_predict(model, image, output=args.kind, tile_out=args.tile_out, tta=args.tta, device=args.device,
+                       min_size=args.min_size, precision=args.precision)
+    bar = _TileBar(args.quiet)
     try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if bar is None:
-                bar = _bar(ev.total, "predict", args.quiet)
-            if ev.kind == "tile":
-                bar.update(1)
+        result = run(gen, bar)
     except KeyboardInterrupt:
         print("\ncancelled: nothing was written", file=sys.stderr)
         return 130
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     out = Path(args.output)
     if args.kind == "probabilities":
         import tifffile
@@ -254,9 +256,8 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from .core import metrics
     from .core.checkpoint import load_model
-    from .core.tiling import predict
+    from .core.evaluate import evaluate_arrays
 
     model = load_model(args.model)
     image = _read(args.images, "image")
@@ -266,8 +267,12 @@ def cmd_evaluate(args) -> int:
     image, truth = _select(image, slices), _select(truth, slices)
     if truth.shape != tuple(image.shape):
         raise ValueError(f"labels have shape {truth.shape} but the image has shape {tuple(image.shape)}")
-    report = evaluate_arrays(model, image, truth, kind=args.kind, tta=args.tta, device=args.device, quiet=args.quiet,
-                             min_size=args.min_size)
+    bar = _TileBar(args.quiet)
+    try:
+        report = evaluate_arrays(model, image, truth, kind=args.kind, tta=args.tta, device=args.device,
+                                 min_size=args.min_size, progress=bar)
+    finally:
+        bar.close()
     report["model"] = str(args.model)
     report["slices"] = args.slices or "all"
     text = json.dumps(report, indent=2)
@@ -275,65 +280,6 @@ def cmd_evaluate(args) -> int:
     if args.json:
         Path(args.json).write_text(text + "\n")
     return 0
-
-
-def evaluate_arrays(model, image, truth, *, kind: str = "auto", tta: bool = False, device=None, quiet=True,
-                    min_size: int | None = None) -> dict:
-    """Predict ``image`` and score it against ``truth`` (per slice, then averaged).
-
-    kind 'membranes' (ISBI: truth 0 = membrane, >0 = cell): pixel error of
-    membrane vs cell, V_rand and Rand error of the cell segmentation.
-    kind 'instances' (truth 0 = background, 1..N objects): foreground IoU and
-    instance F1 at IoU 0.5.
-    """
-    import numpy as np
-
-    from .core import metrics
-    from .core.tiling import iter_predict, run
-
-    truth = np.asarray(truth)
-    if kind == "auto":
-        kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
-    output = "labels" if kind == "membranes" else "instances"
-    gen = iter_predict(model, image, output=output, tta=tta, device=device, min_size=min_size)
-    bar = None
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            pred = stop.value
-            break
-        if bar is None:
-            bar = _bar(ev.total, "predict", quiet)
-        if ev.kind == "tile":
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    planes_p = [pred] if pred.ndim == 2 else list(pred)
-    planes_t = [truth] if truth.ndim == 2 else list(truth)
-    rows = []
-    for p, t in zip(planes_p, planes_t):
-        if kind == "membranes":
-            cells_pred = p != 0  # class 0 = membrane (background of the cell instances)
-            cells_true = t != 0
-            seg_p = metrics.segmentation_from_membranes(cells_pred)
-            seg_t = metrics.segmentation_from_membranes(cells_true)
-            rows.append({
-                "pixel_error": metrics.pixel_error(cells_pred, cells_true),
-                "v_rand": metrics.vrand(seg_p, seg_t),
-                "rand_error": metrics.rand_error(seg_p, seg_t),
-            })
-        else:
-            f1 = metrics.instance_f1(p, t, iou_threshold=0.5)
-            rows.append({
-                "foreground_iou": float(metrics.iou(p > 0, t > 0, n_classes=2)[1]),
-                "instance_f1": f1["f1"],
-                "precision": f1["precision"],
-                "recall": f1["recall"],
-            })
-    keys = rows[0].keys()
-    return {"kind": kind, "n_slices": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in keys},
-            "per_slice": rows}
 
 
 # ----------------------------------------------------------------------------- models
@@ -394,18 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["constant", "cosine"], default=None,
                    help="learning-rate schedule (default: constant; with --resume, the saved run's)")
     t.add_argument("--batch-size", type=int, default=1)
-    t.add_argument("--tile-size", type=int, default=None,
+    t.add_argument("--tile-in", type=int, default=None,
                    help="INPUT tile side for training (valid sizes 188, 204, ... 572 for depth 4; default: 572 "
-                        "on CUDA, 316 on CPU). Not the same as predict's --tile-size, which is the output side")
+                        "on CUDA, 316 on CPU)")
+    t.add_argument("--tile-size", dest="tile_in", type=int, action=_TileSize, help=argparse.SUPPRESS)
     t.add_argument("--depth", type=int, default=None, help="network depth (default 4; ignored with --init/--resume)")
     t.add_argument("--channels", type=int, default=None,
                    help="base channels (the paper: 64, default on CUDA; 16, default on CPU, trains ~10x faster; "
                         "ignored with --init/--resume)")
     t.add_argument("--padding", choices=["valid", "same"], default="valid")
-    t.add_argument("--w0", type=float, default=10.0, help="border weight w0 (eq. 2)")
-    t.add_argument("--sigma", type=float, default=5.0, help="border weight sigma in px (eq. 2)")
-    t.add_argument("--elastic-grid", type=int, default=3, help="elastic deformation control points per side (paper 3)")
-    t.add_argument("--elastic-sigma", type=float, default=10.0,
+    t.add_argument("--w0", type=float, default=None, help="border weight w0 (eq. 2; default 10, the paper)")
+    t.add_argument("--sigma", type=float, default=None,
+                   help="border weight sigma in px (eq. 2; default 5, the paper)")
+    t.add_argument("--elastic-grid", type=int, default=None,
+                   help="elastic deformation control points per side (paper 3)")
+    t.add_argument("--elastic-sigma", type=float, default=None,
                    help="elastic deformation displacement std in px (paper 10)")
     t.add_argument("--border-class", action=argparse.BooleanOptionalAction, default=None,
                    help="instance mode: learn a third 'border' class (default: as the --init model has it, "
@@ -414,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of annotated slices")
     t.add_argument("--val-every", type=int, default=50)
-    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="default: bf16 on CUDA GPUs that support it, else fp32 (as predict)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--half", action="store_true", help="store weights as float16")
     t.add_argument("--save-last", action="store_true", help="save the last state (+ optimizer, for --resume) instead of the best")
@@ -431,9 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="labels: class per pixel (0 = background); instances: one id per object; "
                          "probabilities: one float map per class")
     pr.add_argument("--slices", help="only these slices, e.g. 25-29")
-    pr.add_argument("--tile-size", type=int, default=None,
-                    help="OUTPUT tile side in px (default: automatic from free memory); train's --tile-size is "
-                         "the input side")
+    pr.add_argument("--tile-out", type=int, default=None,
+                    help="OUTPUT tile side in px (default: automatic from free memory)")
+    pr.add_argument("--tile-size", dest="tile_out", type=int, action=_TileSize, help=argparse.SUPPRESS)
     pr.add_argument("--tta", action="store_true", help="average 8 flips/rotations")
     pr.add_argument("--min-size", type=int, default=None, metavar="PX",
                     help="--kind instances: drop objects smaller than PX pixels (default: the model's own, "
@@ -478,8 +428,8 @@ def main(argv=None) -> int:
     except (RuntimeError, OSError, MemoryError) as e:  # a device or disk failing mid-run: no traceback wall
         hint = ""
         if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
-            hint = (" (lower --tile-size or --batch-size, or use --device cpu)" if args.func is cmd_train
-                    else " (give a smaller --tile-size, or use --device cpu)")
+            hint = (" (lower --tile-in or --batch-size, or use --device cpu)" if args.func is cmd_train
+                    else " (give a smaller --tile-out, or use --device cpu)")
         print(f"error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
         return 1
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.core import io
+from napari_unet.core import intensity, io, planes
 
 
 @pytest.fixture
@@ -61,8 +61,8 @@ def test_imagej_hyperstack_channels(tmp_path):
     assert arr.shape == (3, 2, 16, 16) and meta.axes == "ZCYX"
     assert meta.scale(drop="C") == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="pick one channel"):
-        io.as_grey(arr, axes=meta.axes)
-    assert io.as_grey(arr, axes=meta.axes, channel=1).shape == (3, 16, 16)
+        planes.as_grey(arr, axes=meta.axes)
+    assert planes.as_grey(arr, axes=meta.axes, channel=1).shape == (3, 16, 16)
 
 
 def test_ome_pixel_size(tmp_path, stack):
@@ -276,30 +276,30 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
 
 def test_normalize_uint8_and_uint16():
     ramp8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    out = io.normalize(ramp8, low=0, high=100)
+    out = intensity.normalize(ramp8, low=0, high=100)
     assert out.dtype == np.float32
     assert out.min() == pytest.approx(0.0) and out.max() == pytest.approx(1.0)
     ramp16 = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)
-    np.testing.assert_allclose(io.normalize(ramp16, low=0, high=100), out, atol=1e-6)
-    default = io.normalize(ramp16)  # 1 / 99.8 percentiles: slightly beyond [0, 1] at the extremes
+    np.testing.assert_allclose(intensity.normalize(ramp16, low=0, high=100), out, atol=1e-6)
+    default = intensity.normalize(ramp16)  # 1 / 99.8 percentiles: slightly beyond [0, 1] at the extremes
     assert default.min() < 0 < 1 < default.max()
-    assert io.normalize(ramp16, clip=True).max() == 1.0
+    assert intensity.normalize(ramp16, clip=True).max() == 1.0
 
 
 def test_normalize_float_and_precomputed_percentiles():
     rng = np.random.default_rng(1)
     train = rng.normal(100, 10, (64, 64)).astype(np.float32)
     test = rng.normal(120, 10, (64, 64))
-    lo, hi = io.percentiles(train, 1, 99)
-    out = io.normalize(test, lo_hi=(lo, hi))
+    lo, hi = intensity.percentiles(train, 1, 99)
+    out = intensity.normalize(test, lo_hi=(lo, hi))
     np.testing.assert_allclose(out, (test - lo) / (hi - lo), rtol=1e-5, atol=1e-5)
     # The brighter test image keeps its offset (same mapping as training), unlike its own percentiles.
-    assert out.mean() > 0.8 > 0.6 > io.normalize(test).mean()
+    assert out.mean() > 0.8 > 0.6 > intensity.normalize(test).mean()
 
 
 def test_normalize_constant_image_has_no_nan():
     for dtype in (np.uint8, np.uint16, np.float32):
-        out = io.normalize(np.full((8, 8), 42, dtype))
+        out = intensity.normalize(np.full((8, 8), 42, dtype))
         assert np.isfinite(out).all() and (out == 0).all()
 
 
@@ -308,9 +308,9 @@ def test_normalize_rejects_nan_and_inf(bad):
     img = np.ones((8, 8), np.float32)
     img[3, 3] = bad
     with pytest.raises(ValueError, match="NaN or inf"):
-        io.normalize(img)
+        intensity.normalize(img)
     with pytest.raises(ValueError, match="NaN or inf"):
-        io.percentiles(img)
+        intensity.percentiles(img)
 
 
 def test_percentiles_subsample_lazy_stack(tmp_path):
@@ -318,11 +318,11 @@ def test_percentiles_subsample_lazy_stack(tmp_path):
     stack = rng.integers(0, 4000, (20, 64, 64), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
     lazy, _ = io.read_image(tmp_path / "s.tif", lazy=True)
-    full = io.percentiles(stack, 1, 99.8)
-    sub = io.percentiles(lazy, 1, 99.8, max_samples=5000)
+    full = intensity.percentiles(stack, 1, 99.8)
+    sub = intensity.percentiles(lazy, 1, 99.8, max_samples=5000)
     assert sub == pytest.approx(full, abs=0.02 * 4000)
     with pytest.raises(ValueError, match="0 <= low < high <= 100"):
-        io.percentiles(stack, 50, 10)
+        intensity.percentiles(stack, 50, 10)
 
 
 # --------------------------------------------------------------------------- grey
@@ -331,29 +331,29 @@ def test_percentiles_subsample_lazy_stack(tmp_path):
 def test_as_grey_refuses_rgb_with_advice():
     rgb = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match=r"this looks like an RGB image \(shape \(32, 32, 3\)\); U-Net Segment"):
-        io.as_grey(rgb)
+        planes.as_grey(rgb)
     rgba = np.zeros((2, 32, 32, 4), np.uint8)
     with pytest.raises(ValueError, match="convert to greyscale or pick one channel"):
-        io.as_grey(rgba)
+        planes.as_grey(rgba)
 
 
 def test_as_grey_converts_or_picks_when_asked():
     rgb = np.zeros((4, 5, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
-    grey = io.as_grey(rgb, convert_rgb=True)
+    grey = planes.as_grey(rgb, convert_rgb=True)
     assert grey.shape == (4, 5) and grey.dtype == np.float32
     assert grey[0, 0] == pytest.approx(0.299 * 100 + 0.587 * 200 + 0.114 * 50)
-    assert (io.as_grey(rgb, channel=1) == 200).all()
+    assert (planes.as_grey(rgb, channel=1) == 200).all()
     chan_first = np.stack([np.full((6, 7), v, np.uint16) for v in (1, 2)])
-    assert (io.as_grey(chan_first, channel_axis=0, channel=-1) == 2).all()
+    assert (planes.as_grey(chan_first, channel_axis=0, channel=-1) == 2).all()
     with pytest.raises(ValueError, match="channel 5 does not exist"):
-        io.as_grey(rgb, channel=5)
+        planes.as_grey(rgb, channel=5)
 
 
 def test_as_grey_passes_grey_and_checks_dimensions():
     grey = np.zeros((3, 16, 16), np.uint16)
-    assert io.as_grey(grey) is grey
-    assert io.as_grey(np.zeros((16, 16, 3), np.uint16)).shape == (16, 16, 3)  # uint16 stack of 16 slices
+    assert planes.as_grey(grey) is grey
+    assert planes.as_grey(np.zeros((16, 16, 3), np.uint16)).shape == (16, 16, 3)  # uint16 stack of 16 slices
     for shape in [(10,), (2, 2, 2, 4, 4)]:
         with pytest.raises(ValueError, match="2 to 4 dimensions"):
-            io.as_grey(np.zeros(shape, np.float32))
+            planes.as_grey(np.zeros(shape, np.float32))

@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unet.core.device import resolve_device
+from napari_unet.core.events import TileEvent
 from napari_unet.core.model import UNet
 from napari_unet.core.tiling import (
-    TileEvent,
-    auto_tile_size,
+    auto_tile_out,
     iter_predict,
     plan_tiles,
     predict,
     predict_whole,
-    resolve_device,
 )
 
 
@@ -33,16 +33,16 @@ def test_tiled_equals_whole_image(net, em, shape):
     img = np.tile(em[0], reps)[: shape[0], : shape[1]]
     ref = predict_whole(net, img)
     for tile in (None, 64, (40, 100)):
-        p = predict(net, img, tile_size=tile, output="probabilities", normalize=False)
+        p = predict(net, img, tile_out=tile, output="probabilities", normalize=False)
         assert p.shape == ref.shape
         np.testing.assert_allclose(p, ref, atol=2e-5)
-    lab = predict(net, img, tile_size=48, output="labels", normalize=False)
+    lab = predict(net, img, tile_out=48, output="labels", normalize=False)
     assert (lab == ref.argmax(0)).mean() > 0.9999
 
 
 def test_stack_slice_by_slice_equals_whole(net, em):
     stack = em[:, :200, :300]
-    p = predict(net, stack, tile_size=72, output="probabilities", normalize=False)
+    p = predict(net, stack, tile_out=72, output="probabilities", normalize=False)
     assert p.shape == (3, 3, 200, 300)
     for z in range(3):
         np.testing.assert_allclose(p[:, z], predict_whole(net, stack[z]), atol=2e-5)
@@ -53,7 +53,7 @@ def test_same_padding_model_tiles_near_seamlessly(em):
     m = UNet(depth=2, base_channels=4, padding="same", dropout=0.0).eval()
     img = em[0, :300, :280]
     ref = predict_whole(m, img)
-    p = predict(m, img, tile_size=64, output="probabilities", normalize=False)
+    p = predict(m, img, tile_out=64, output="probabilities", normalize=False)
     np.testing.assert_allclose(p, ref, atol=1e-4)
 
 
@@ -62,13 +62,13 @@ def test_tiles_start_on_pooling_grid(net):
     step = 2**net.depth
     assert all(y % step == 0 for y in plan.ys) and all(x % step == 0 for x in plan.xs)
     assert plan.ys[-1] + plan.tile_out[0] >= 1001
-    assert plan.tile_in[0] - plan.tile_out[0] == 2 * plan.margin
+    assert plan.tile_in[0] - plan.tile_out[0] == 2 * plan.context
 
 
 def test_events_progress_and_out_array_written_tile_by_tile(net, em):
     img = em[0, :200, :200]
     out = np.full((200, 200), 255, dtype=np.uint8)
-    gen = iter_predict(net, img, tile_size=64, out=out, normalize=False)
+    gen = iter_predict(net, img, tile_out=64, out=out, normalize=False)
     events = []
     while True:
         try:
@@ -87,7 +87,7 @@ def test_events_progress_and_out_array_written_tile_by_tile(net, em):
 def test_cancel_between_tiles_keeps_done_part(net, em):
     img = em[0, :256, :256]
     out = np.full((256, 256), 255, dtype=np.uint8)
-    gen = iter_predict(net, img, tile_size=64, out=out, normalize=False)
+    gen = iter_predict(net, img, tile_out=64, out=out, normalize=False)
     first = next(gen)
     gen.close()  # what a GUI worker's quit() does
     done = out[first.region]
@@ -114,7 +114,7 @@ def test_instances_are_unique_over_the_stack():
 
 
 def test_three_class_instances_grow_over_border():
-    from napari_unet.core.tiling import instances_from_semantic
+    from napari_unet.core.labels import instances_from_semantic
 
     sem = np.zeros((20, 30), np.uint8)
     sem[2:10, 2:12] = 2
@@ -169,12 +169,12 @@ def test_slices_subset_and_bad_input(net, em):
         predict(net, em[0, :64, :64], out=np.zeros((10, 10), np.uint8))
 
 
-def test_auto_tile_size_respects_memory_budget(net):
+def test_auto_tile_out_respects_memory_budget(net):
     dev = resolve_device("cpu")
-    small = auto_tile_size((5000, 5000), net, dev, memory_budget=50 << 20)
-    big = auto_tile_size((5000, 5000), net, dev, memory_budget=8 << 30)
+    small = auto_tile_out((5000, 5000), net, dev, memory_budget=50 << 20)
+    big = auto_tile_out((5000, 5000), net, dev, memory_budget=8 << 30)
     assert small[0] < big[0] <= 5000
-    assert auto_tile_size((100, 120), net, dev, memory_budget=8 << 30) == (100, 120)  # one tile
+    assert auto_tile_out((100, 120), net, dev, memory_budget=8 << 30) == (100, 120)  # one tile
 
 
 def test_lazy_array_like_input(net, em):
@@ -194,7 +194,7 @@ def test_lazy_array_like_input(net, em):
 
 
 def test_instances_min_size_drops_specks_and_renumbers():
-    from napari_unet.core.tiling import instances_from_semantic
+    from napari_unet.core.labels import instances_from_semantic
 
     sem = np.zeros((40, 40), np.uint8)
     sem[2:12, 2:12] = 1  # 100 px

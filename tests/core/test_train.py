@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from napari_unet.core.checkpoint import load_model, save_model
-from napari_unet.core.model import UNet
 from napari_unet.core.tiling import predict
-from napari_unet.core.train import TrainConfig, TrainState, annotated_iou, iter_train, train, weighted_loss
+from napari_unet.core.events import TrainState
+from napari_unet.core.losses import annotated_iou, weighted_loss
+from napari_unet.core.train import TrainConfig, iter_train, train
 
-TINY = dict(depth=2, base_channels=8, tile_size=124, optimizer="adam", lr=3e-3, dropout=0.0)
+TINY = dict(depth=2, base_channels=8, tile_in=124, optimizer="adam", lr=3e-3, dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_bad_input_messages(nuclei):
     with pytest.raises(ValueError, match="shape"):
         train(cfg, img, lab[:, :100])
     with pytest.raises(ValueError, match="tile size 122 gives no valid output.*120 and 124"):
-        train(TrainConfig(**{**TINY, "tile_size": 122}), img, lab)
+        train(TrainConfig(**{**TINY, "tile_in": 122}), img, lab)
     bad = img.astype(np.float32)
     bad[0, 5, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -153,7 +154,7 @@ def test_bad_input_messages(nuclei):
 
 
 def test_prior_loss_is_zero_for_the_teacher_and_ignores_annotated_pixels():
-    from napari_unet.core.train import prior_loss
+    from napari_unet.core.losses import prior_loss
 
     g = torch.Generator().manual_seed(0)
     t = torch.randn(1, 2, 8, 8, generator=g)

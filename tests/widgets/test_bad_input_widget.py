@@ -19,7 +19,7 @@ def messages(monkeypatch):
 def tiny(w, steps=4):
     w.start.value = "scratch"
     w.device.value = "cpu"
-    w.depth.value, w.base_channels.value, w.tile_size.value = 2, 4, 124
+    w.depth.value, w.base_channels.value, w.tile_in.value = 2, 4, 124
     w.steps.value, w.preview_every.value = steps, 0
 
 
@@ -51,7 +51,7 @@ def test_train_refuses_rgb_4d_wrong_shape_and_empty_labels(viewer, messages):
 def test_invalid_tile_size_names_the_nearest_valid_sizes(em_viewer, messages):
     w = dock(em_viewer, "Train")
     tiny(w)
-    w.tile_size.value = 122
+    w.tile_in.value = 122
     assert w._on_train() is None
     assert "nearest valid sizes are 120 and 124" in messages["error"][-1]
 

@@ -13,7 +13,7 @@ def tiny(w, steps=12, preview_every=4):
     w.device.value = "cpu"
     w.depth.value = 2
     w.base_channels.value = 4
-    w.tile_size.value = 124
+    w.tile_in.value = 124
     w.steps.value = steps
     w.preview_every.value = preview_every
     w.optimizer.value = "adam"
@@ -109,3 +109,17 @@ def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot):
     assert job.cancel.is_set()
     qtbot.waitUntil(lambda: not job.running, timeout=30_000)
     assert "train" not in _state.RUNNING
+
+
+def test_settings_come_from_the_config_and_the_weight_map_preview(em_viewer):
+    from napari_unet.core.train import LIMITS
+
+    w = dock(em_viewer, "Train")
+    assert (w.steps.min, w.steps.max) == LIMITS["steps"]
+    w.depth.value = 3
+    assert w.tile_in.step == 8  # valid input tiles of a depth-3 net are 2**3 apart
+    w.depth.value = 4
+    assert w.tile_in.step == 16
+    preview = dock(em_viewer, "Weight map preview")
+    preview.w0.value, preview.sigma.value = 4.5, 7.0
+    assert (w.w0.value, w.sigma.value) == (4.5, 7.0)

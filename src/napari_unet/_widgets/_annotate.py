@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
-from ._workers import check_image_layer, follow_layers, layer_choices
+from ._layers import check_image_layer, follow_layers, layer_choices
 
 CONVENTION = (
     "<b>Label values</b><br>"

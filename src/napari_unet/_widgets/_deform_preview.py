@@ -7,7 +7,7 @@ import time
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, Slider
 
-from ._workers import current_plane, follow_layers, layer_choices, show_plane
+from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane
 
 IMAGE_LAYER, LABELS_LAYER, WEIGHTS_LAYER = "deformed image", "deformed labels", "deformed weights"
 GRID_LAYER, VECTORS_LAYER = "deformation grid", "displacement vectors"
@@ -23,13 +23,15 @@ class DeformationWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
         super().__init__()
-        from qtpy.QtCore import QTimer
+        from napari_unet.core.train import LIMITS, TrainConfig
 
         self.viewer = viewer
         self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
         self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
-        self.grid = Slider(label="grid points", min=2, max=10, value=3)
-        self.sigma = FloatSlider(label="sigma (px)", min=0.0, max=40.0, step=0.5, value=10.0)
+        grid_lo, grid_hi = LIMITS["elastic_grid"]
+        self.grid = Slider(label="grid points", min=grid_lo, max=grid_hi, value=TrainConfig.default("elastic_grid"))
+        self.sigma = FloatSlider(label="sigma (px)", min=0.0, max=40.0, step=0.5,
+                                 value=TrainConfig.default("elastic_sigma"))
         self.seed = Slider(label="seed", min=0, max=999, value=0)
         self.mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
         self.live = CheckBox(text="show live", value=True)
@@ -37,30 +39,13 @@ class DeformationWidget(Container):
         self.extend([self.image, self.labels, self.grid, self.sigma, self.seed, self.mode, self.live, self.status])
         self.last_ms = float("nan")
         self.n_updates = 0
-        self._timer = QTimer()
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(100)  # follow a dragged slider without queueing every value
-        self._timer.timeout.connect(self._update)
+        # 100 ms: follow a dragged slider without queueing every value
+        self._debounce = Debounce(viewer, self, self._update, ms=100)
+        self._schedule = self._debounce.schedule
         for w in (self.image, self.labels, self.grid, self.sigma, self.seed, self.mode, self.live):
             w.changed.connect(self._schedule)
-        viewer.dims.events.current_step.connect(self._schedule)
         follow_layers(viewer, self)
-
-        def cleanup(*_, timer=self._timer, slot=self._schedule):
-            timer.stop()
-            try:
-                viewer.dims.events.current_step.disconnect(slot)
-            except Exception:  # noqa: BLE001 - viewer already closed
-                pass
-
-        self.native.destroyed.connect(cleanup)
         self._schedule()
-
-    def _schedule(self, *_):
-        try:
-            self._timer.start()
-        except RuntimeError:
-            pass
 
     def _update(self):
         """Deform the slice on screen with the current seed and show the results."""

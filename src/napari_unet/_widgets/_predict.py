@@ -8,18 +8,21 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
 from . import _state
-from ._workers import Job, Throttle, check_image_layer, current_index, error_text, follow_layers, layer_choices
+from ._layers import check_image_layer, current_index, follow_layers, layer_choices
+from ._workers import Job, JobWidget, Throttle, error_text
 
 MODEL_FILE = "model file…"
 OUTPUTS = {"semantic labels": "labels", "instances": "instances", "probability map": "probabilities"}
 CURRENT, STACK = "current slice", "whole stack"
 
 
-class PredictWidget(Container):
+class PredictWidget(JobWidget, Container):
     """Pick a model (just trained, shipped or a file) and an image; watch the result fill in."""
 
     def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
         super().__init__()
+        from napari_unet.core.device import available_devices
+
         self.viewer = viewer
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors", visible=False)
@@ -27,7 +30,7 @@ class PredictWidget(Container):
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="semantic labels")
         self.where = ComboBox(label="predict", choices=[CURRENT, STACK], value=CURRENT)
         self.tta = CheckBox(text="test-time augmentation (8 flips/rotations)", value=False)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.to_labels_button = PushButton(
@@ -47,8 +50,6 @@ class PredictWidget(Container):
         self.predicted_slices = None  # what the last run covered: None = all, else the slice indices
         self.complete = False  # the last run finished every tile
         self.done = self.total = 0
-        self.progress = None
-        self._closed = False
         self._refresh = Throttle(0.1)  # at most 10 layer refreshes per second
 
         self.model.changed.connect(lambda v: setattr(self.model_file, "visible", v == MODEL_FILE))
@@ -57,13 +58,16 @@ class PredictWidget(Container):
         self.to_labels_button.changed.connect(self._on_to_labels)
         _state.events.models_changed.connect(self._on_models_changed)
         follow_layers(viewer, self)
-        self.native.destroyed.connect(_stopper(self))
+        self._stop_on_close()
         self.model_file.visible = self.model.value == MODEL_FILE
 
     def _model_choices(self, *_):
         from napari_unet.core.checkpoint import available_models
 
         return [*_state.TRAINED_MODELS, *available_models(), MODEL_FILE]
+
+    def _on_close(self):
+        _state.events.models_changed.disconnect(self._on_models_changed)
 
     def _on_models_changed(self):
         if self._closed:
@@ -91,12 +95,9 @@ class PredictWidget(Container):
 
     def _on_predict(self, *_):
         """Create the output layer, then fill it from a worker; returns the Job or None."""
-        from napari.utils import progress
         from napari.utils.notifications import show_error, show_warning
 
-        from napari_unet.core.tiling import iter_predict, resolve_device
-
-        from ._workers import gui_threads, start_worker
+        from napari_unet.core.tiling import allocate_output, iter_predict
 
         if self.job is not None and self.job.running:
             show_warning("a prediction is already running: press Cancel first, or wait for it to finish")
@@ -123,13 +124,7 @@ class PredictWidget(Container):
         spatial = tuple(data.shape)
         idx = current_index(self.viewer, layer)
         slices = [idx[0]] if (self.where.value == CURRENT and idx) else None
-        C = model.n_classes
-        if output == "probabilities":
-            out = np.zeros((C, *spatial), dtype=np.float32)
-        elif output == "labels":
-            out = np.zeros(spatial, dtype=np.uint8 if C < 256 else np.uint16)
-        else:
-            out = np.zeros(spatial, dtype=np.uint32)
+        out = allocate_output(output, model.n_classes, spatial)
         self.layer = self._output_layer(layer, output, out, model)
         self.predicted_slices, self.complete = slices, False
         self.probabilities = out if output == "probabilities" else None
@@ -142,15 +137,9 @@ class PredictWidget(Container):
             show_error(f"cannot predict: {e}")
             return None
         self.done, self.total = 0, 0
-        self.progress = progress(total=0, desc="U-Net prediction")
-        self._set_running(True)
-        self.status.value = "predicting…"
-        _state.RUNNING["predict"] = job
-        on_cpu = resolve_device(self.device.value).type == "cpu"
-        job.worker = start_worker(gen, yielded=self._on_tile, returned=self._on_result, errored=self._on_error,
-                                  finished=self._on_finished, aborted=self._on_aborted,
-                                  threads=gui_threads() if on_cpu else None)
-        return job
+        return self._run_job(job, gen, self.device.value, total=0, desc="U-Net prediction", status="predicting…",
+                             yielded=self._on_tile, returned=self._on_result, errored=self._on_error,
+                             aborted=self._on_aborted)
 
     def _output_layer(self, image, output: str, out: np.ndarray, model):
         """A fresh layer whose data IS ``out`` (the worker writes, the GUI thread refreshes)."""
@@ -238,17 +227,6 @@ class PredictWidget(Container):
             if self.layer is not None and self.layer in self.viewer.layers:
                 self.layer.refresh()
 
-    def _on_finished(self, *_):
-        if not self._closed:
-            self._set_running(False)
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None
-        if _state.RUNNING.get("predict") is self.job:
-            _state.RUNNING.pop("predict", None)
-        if self.job is not None:
-            self.job.worker = None
-
     def _on_cancel(self, *_):
         """Stop after the current tile; what is written stays in the layer."""
         if self.job is not None and self.job.running:
@@ -260,20 +238,3 @@ class PredictWidget(Container):
         from napari.layers import Labels
 
         self.to_labels_button.enabled = not running and self.complete and isinstance(self.layer, Labels)
-
-
-def _stopper(widget):
-    holder = {"widget": widget}
-
-    def stop(*_):
-        w = holder.pop("widget", None)
-        if w is None:
-            return
-        w._closed = True
-        _state.events.models_changed.disconnect(w._on_models_changed)
-        if w.job is not None:
-            w.job.stop(quit=True)
-            if _state.RUNNING.get("predict") is w.job:
-                _state.RUNNING.pop("predict", None)
-
-    return stop

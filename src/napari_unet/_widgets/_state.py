@@ -20,6 +20,7 @@ RUNNING: dict[str, Any] = {}
 
 class _Events:
     models_changed = Signal()
+    weights_changed = Signal(float, float)  # the weight-map preview's (w0, sigma), for Train
 
 
 events = _Events()

@@ -17,16 +17,8 @@ from magicgui.widgets import (
 )
 
 from . import _state
-from ._workers import (
-    Job,
-    check_image_layer,
-    current_index,
-    error_text,
-    follow_layers,
-    layer_choices,
-    show_plane,
-    warm_up_torch,
-)
+from ._layers import check_image_layer, current_index, follow_layers, layer_choices, show_plane
+from ._workers import Job, JobWidget, error_text, warm_up_torch
 
 PREVIEW_LAYER = "prediction preview"
 SCRATCH, PRETRAINED, CHECKPOINT = "scratch", "pretrained", "checkpoint file"
@@ -34,20 +26,10 @@ SCRATCH, PRETRAINED, CHECKPOINT = "scratch", "pretrained", "checkpoint file"
 
 def defaults_for(device: str, fine_tune: bool = False) -> dict:
     """The settings for a device type: core.train.recommended_settings (shared with the CLI)."""
+    from napari_unet.core.device import resolve_device
     from napari_unet.core.train import recommended_settings
 
-    return recommended_settings(device, fine_tune=fine_tune)
-
-
-def _devices() -> list[str]:
-    import torch
-
-    devs = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devs.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devs.append("mps")
-    return devs
+    return recommended_settings(resolve_device(device or "auto").type, fine_tune=fine_tune)
 
 
 class PairRow(Container):
@@ -61,13 +43,14 @@ class PairRow(Container):
         self.margins = (0, 0, 0, 0)
 
 
-class TrainWidget(Container):
+class TrainWidget(JobWidget, Container):
     """Pick image/labels pairs, a starting model and a few settings; train; watch; stop; save."""
 
     def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
         super().__init__()
         from napari_unet.core.checkpoint import available_models
-        from napari_unet.core.tiling import resolve_device
+        from napari_unet.core.device import available_devices
+        from napari_unet.core.train import LIMITS, TrainConfig
 
         warm_up_torch()  # torch's lazy imports now, not in the middle of the first training run
 
@@ -92,35 +75,43 @@ class TrainWidget(Container):
         )
         self.label_mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
 
-        dev = resolve_device("auto").type
-        d = defaults_for(dev)
-        self.steps = SpinBox(label="steps", min=1, max=100_000, value=d["steps"])
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=d["lr"])
+        d = defaults_for("auto")
+
+        def limits(name: str) -> dict:  # spin box range from core.train.LIMITS; value: the device's or the config's
+            lo, hi = LIMITS[name]
+            return dict(min=lo, max=hi, value=d.get(name, TrainConfig.default(name)))
+
+        self.steps = SpinBox(label="steps", **limits("steps"))
+        self.lr = FloatSpinBox(label="learning rate", step=1e-4, **limits("lr"))
         self.lr.native.setDecimals(6)
-        self.tile_size = SpinBox(label="tile size (input)", min=44, max=2044, step=4, value=d["tile_size"],
-                                 tooltip="input tile side; a valid size for the depth (depth 4: 188 + 16k)")
-        self.augment = CheckBox(text="augmentation (elastic, flips, intensity)", value=True)
-        self.device = ComboBox(label="device", choices=_devices(), value="auto")
+        self.tile_in = SpinBox(label="tile size (input)", **limits("tile_in"),
+                               tooltip="input tile side; a valid size for the depth (depth 4: 188 + 16k)")
+        self.augment = CheckBox(text="augmentation (elastic, flips, intensity)", value=TrainConfig.default("augment"))
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
 
         self.show_advanced = CheckBox(text="advanced settings", value=False)
         self.optimizer = ComboBox(label="optimizer", choices=["adam", "sgd"], value=d["optimizer"])
-        self.batch_size = SpinBox(label="batch size", min=1, max=64, value=d["batch_size"])
-        self.w0 = FloatSpinBox(label="border w0", min=0.0, max=100.0, value=10.0,
-                               tooltip="eq. 2: weight of the gaps between touching objects (paper 10)")
-        self.sigma = FloatSpinBox(label="border sigma (px)", min=0.5, max=50.0, value=5.0,
-                                  tooltip="eq. 2: width of the border weight (paper 5 px)")
-        self.elastic_grid = SpinBox(label="deformation grid", min=2, max=10, value=3,
+        self.batch_size = SpinBox(label="batch size", **limits("batch_size"))
+        self.w0 = FloatSpinBox(label="border w0", **limits("w0"),
+                               tooltip="eq. 2: weight of the gaps between touching objects (paper 10); "
+                                       "follows the Weight map preview")
+        self.sigma = FloatSpinBox(label="border sigma (px)", **limits("sigma"),
+                                  tooltip="eq. 2: width of the border weight (paper 5 px); follows the Weight map "
+                                          "preview")
+        self.elastic_grid = SpinBox(label="deformation grid", **limits("elastic_grid"),
                                     tooltip="elastic deformation: control points per side (paper 3 x 3)")
-        self.elastic_sigma = FloatSpinBox(label="deformation sigma (px)", min=0.0, max=50.0, value=10.0,
+        self.elastic_sigma = FloatSpinBox(label="deformation sigma (px)", **limits("elastic_sigma"),
                                           tooltip="elastic deformation: std of the control-point displacements "
                                                   "(paper 10 px); lower it if the Deformation preview tears labels")
-        self.depth = SpinBox(label="depth", min=1, max=6, value=d["depth"])
-        self.base_channels = SpinBox(label="base channels", min=2, max=256, value=d["base_channels"])
-        self.val_fraction = FloatSpinBox(label="validation fraction", min=0.0, max=0.9, step=0.05, value=0.0)
-        self.val_every = SpinBox(label="validate every N steps", min=1, max=100_000, value=50)
-        self.preview_every = SpinBox(label="preview every N steps", min=0, max=100_000, value=25,
+        self.depth = SpinBox(label="depth", **limits("depth"))
+        self.base_channels = SpinBox(label="base channels", **limits("base_channels"))
+        self.val_fraction = FloatSpinBox(label="validation fraction", step=0.05, **limits("val_fraction"))
+        self.val_every = SpinBox(label="validate every N steps", **limits("val_every"))
+        # 25, not the config's 0 (never): in the widget the preview is what the user watches
+        self.preview_every = SpinBox(label="preview every N steps", **{**limits("preview_every"), "value": 25},
                                      tooltip="predict the slice on screen every N steps (0 = never)")
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.seed = SpinBox(label="seed", **limits("seed"))
+        self._on_depth_changed()
         self.advanced = Container(widgets=[self.optimizer, self.batch_size, self.w0, self.sigma, self.elastic_grid,
                                            self.elastic_sigma, self.depth,
                                            self.base_channels, self.val_fraction, self.val_every,
@@ -137,7 +128,7 @@ class TrainWidget(Container):
 
         self.extend([self.pairs_box, self.start, self.pretrained, self.checkpoint, self.keep_prior, self.label_mode,
                      self.steps,
-                     self.lr, self.tile_size, self.augment, self.device, self.show_advanced, self.advanced,
+                     self.lr, self.tile_in, self.augment, self.device, self.show_advanced, self.advanced,
                      run_row, self.status])
         from ._plot import LossPlot
 
@@ -145,9 +136,7 @@ class TrainWidget(Container):
         self.native.layout().addWidget(self.plot.native)
 
         self.job: Job | None = None
-        self._closed = False  # the Qt widget is gone: slots only clean up
         self.result = None
-        self.progress = None
         self.last_event = None
         self._on_add_pair()
 
@@ -156,11 +145,13 @@ class TrainWidget(Container):
         self.start.changed.connect(self._on_start_changed)
         self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
         self.device.changed.connect(self._on_device_changed)
+        self.depth.changed.connect(self._on_depth_changed)
+        _state.events.weights_changed.connect(self._on_weights_changed)
         self.train_button.changed.connect(self._on_train)
         self.stop_button.changed.connect(self._on_stop)
         self.save_button.changed.connect(lambda *_: self._on_save())
         follow_layers(viewer, self)
-        self.native.destroyed.connect(_stopper(self))
+        self._stop_on_close()
         self._on_start_changed(self.start.value)
 
     # ------------------------------------------------------------------ settings
@@ -184,28 +175,38 @@ class TrainWidget(Container):
         if len(self.pairs) > 1:
             self.pairs_box.remove(self.pairs.pop())
 
-    def _on_start_changed(self, value=None, *_):
-        from napari_unet.core.tiling import resolve_device
+    def _on_close(self):
+        _state.events.weights_changed.disconnect(self._on_weights_changed)
 
+    def _on_weights_changed(self, w0: float, sigma: float):
+        """The Weight map preview's w0 / sigma: what the user looked at is what training uses."""
+        if not self._closed:
+            self.w0.value, self.sigma.value = w0, sigma
+
+    def _on_depth_changed(self, *_):
+        """Valid input tiles of a depth-d net are ``2**d`` apart: the tile box steps by that."""
+        from napari_unet.core.model import min_input_size
+
+        depth = int(self.depth.value)
+        self.tile_in.step = 2**depth
+        self.tile_in.min = min_input_size(depth)
+
+    def _on_start_changed(self, value=None, *_):
         self.pretrained.visible = value == PRETRAINED
         self.checkpoint.visible = value == CHECKPOINT
         self.keep_prior.visible = value != SCRATCH
         # a pretrained model fixes the architecture: depth / channels are ignored then
         self.depth.enabled = self.base_channels.enabled = value == SCRATCH
         # fine-tuning wants a 10x lower rate than training from scratch (docs/accuracy.md)
-        dev = resolve_device(self.device.value or "auto").type
-        self.lr.value = defaults_for(dev, fine_tune=value != SCRATCH)["lr"]
+        self.lr.value = defaults_for(self.device.value, fine_tune=value != SCRATCH)["lr"]
 
     def _on_device_changed(self, value=None, *_):
-        from napari_unet.core.tiling import resolve_device
-
-        d = defaults_for(resolve_device(value or "auto").type, fine_tune=self.start.value != SCRATCH)
-        for k in ("depth", "base_channels", "tile_size", "optimizer", "lr", "steps", "batch_size"):
+        d = defaults_for(value, fine_tune=self.start.value != SCRATCH)
+        for k in ("depth", "base_channels", "tile_in", "optimizer", "lr", "steps", "batch_size"):
             getattr(self, k).value = d[k]
 
     def config(self):
         """The frozen TrainConfig for the current settings (raises ValueError with a user message)."""
-        from napari_unet.core.model import is_valid_size, nearest_valid_sizes
         from napari_unet.core.train import TrainConfig
 
         init = None
@@ -216,17 +217,13 @@ class TrainWidget(Container):
             if not path.is_file():
                 raise ValueError(f"choose a model file to start from (now {str(path)!r}), or start from scratch")
             init = str(path)
-        tile, depth = int(self.tile_size.value), int(self.depth.value)
-        if init is None and not is_valid_size(tile, depth):
-            lo, hi = nearest_valid_sizes(tile, depth)
-            near = f"{lo} and {hi}" if lo is not None else f"{hi}"
-            raise ValueError(f"tile size {tile} gives no valid output for depth {depth}; nearest valid sizes are {near}")
+        # TrainConfig checks every value (e.g. a tile size that is not valid for the depth)
         return TrainConfig(
-            depth=depth, base_channels=int(self.base_channels.value), label_mode=self.label_mode.value,
+            depth=int(self.depth.value), base_channels=int(self.base_channels.value), label_mode=self.label_mode.value,
             w0=float(self.w0.value), sigma=float(self.sigma.value), optimizer=self.optimizer.value,
             elastic_grid=int(self.elastic_grid.value), elastic_sigma=float(self.elastic_sigma.value),
             lr=float(self.lr.value), steps=int(self.steps.value), batch_size=int(self.batch_size.value),
-            tile_size=tile, augment=bool(self.augment.value), val_fraction=float(self.val_fraction.value),
+            tile_in=int(self.tile_in.value), augment=bool(self.augment.value), val_fraction=float(self.val_fraction.value),
             val_every=int(self.val_every.value), preview_every=int(self.preview_every.value),
             init=init, seed=int(self.seed.value), device=self.device.value,
             keep_prior=1.0 if (init is not None and self.keep_prior.value) else 0.0,
@@ -261,14 +258,9 @@ class TrainWidget(Container):
 
     def _on_train(self, *_):
         """Check everything on the GUI thread, then start the worker (returns the Job or None)."""
-        from napari.utils import progress
         from napari.utils.notifications import show_error, show_warning
 
         from napari_unet.core.train import iter_train
-
-        from napari_unet.core.tiling import resolve_device
-
-        from ._workers import gui_threads, start_worker
 
         if self.job is not None and self.job.running:
             show_warning("training is already running: press Stop first, or wait for it to finish")
@@ -283,18 +275,12 @@ class TrainWidget(Container):
             show_error(str(e))
             return None
 
-        self.job = job = Job("train")
+        job = Job("train")
         self.result = None
         self.plot.clear()
         gen = iter_train(config, images, labels, preview=preview, cancel=job.cancel)
-        self.progress = progress(total=config.steps, desc="U-Net training")
-        self._set_running(True)
-        self.status.value = "starting…"
-        _state.RUNNING["train"] = job
-        on_cpu = resolve_device(config.device).type == "cpu"
-        job.worker = start_worker(gen, yielded=self._on_event, returned=self._on_result, errored=self._on_error,
-                                  finished=self._on_finished, threads=gui_threads() if on_cpu else None)
-        return job
+        return self._run_job(job, gen, config.device, total=config.steps, desc="U-Net training", status="starting…",
+                             yielded=self._on_event, returned=self._on_result, errored=self._on_error)
 
     def _on_event(self, ev):
         """A TrainEvent from the worker (GUI thread): plot, progress, status, preview."""
@@ -352,17 +338,6 @@ class TrainWidget(Container):
         self.status.value = f"crashed: {error_text(exc)}.{kept}"
         show_error(f"training failed: {error_text(exc)}.{kept}")
 
-    def _on_finished(self, *_):
-        if not self._closed:
-            self._set_running(False)
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None
-        if _state.RUNNING.get("train") is self.job:
-            _state.RUNNING.pop("train", None)
-        if self.job is not None:
-            self.job.worker = None  # drop the generator (and its model/tensors) now
-
     def _on_stop(self, *_):
         """Finish the current step and keep the result (best and last weights)."""
         if self.job is not None and self.job.running:
@@ -398,20 +373,3 @@ class TrainWidget(Container):
         self.train_button.enabled = not running
         self.stop_button.enabled = running
         self.save_button.enabled = (not running) and self.result is not None
-
-
-def _stopper(widget):
-    """Closing the widget (or napari) stops training: holds the Job, not the widget."""
-    holder = {"widget": widget}
-
-    def stop(*_):
-        w = holder.pop("widget", None)
-        if w is not None:
-            w._closed = True
-        job = getattr(w, "job", None)
-        if job is not None:
-            job.stop(quit=True)
-            if _state.RUNNING.get("train") is job:
-                _state.RUNNING.pop("train", None)
-
-    return stop

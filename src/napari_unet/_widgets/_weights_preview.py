@@ -6,7 +6,8 @@ import time
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label
 
-from ._workers import DEBOUNCE_MS, current_plane, follow_layers, layer_choices, show_plane
+from . import _state
+from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane
 
 LAYER_NAME = "weight map"
 
@@ -21,13 +22,13 @@ class WeightMapWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
         super().__init__()
-        from qtpy.QtCore import QTimer
+        from napari_unet.core.weights import SIGMA, W0
 
         self.viewer = viewer
         self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
         self.mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
-        self.w0 = FloatSlider(label="w0", min=0.0, max=30.0, step=0.5, value=10.0)
-        self.sigma = FloatSlider(label="sigma (px)", min=1.0, max=20.0, step=0.5, value=5.0)
+        self.w0 = FloatSlider(label="w0", min=0.0, max=30.0, step=0.5, value=W0)
+        self.sigma = FloatSlider(label="sigma (px)", min=1.0, max=20.0, step=0.5, value=SIGMA)
         self.class_balance = CheckBox(text="class balance", value=True)
         self.border = CheckBox(text="border term", value=True)
         self.live = CheckBox(text="show live", value=True)
@@ -37,17 +38,16 @@ class WeightMapWidget(Container):
         self._connected = None
         self.last_ms = float("nan")
         self.n_updates = 0
-        self._timer = QTimer()
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self._update)
+        self._debounce = Debounce(viewer, self, self._update)
+        self._schedule = self._debounce.schedule
 
         self.labels.changed.connect(self._on_labels_changed)
         for w in (self.mode, self.w0, self.sigma, self.class_balance, self.border, self.live):
             w.changed.connect(self._schedule)
-        viewer.dims.events.current_step.connect(self._schedule)
+        # the w0 / sigma tried here are the ones to train with: the Train widget follows them
+        for w in (self.w0, self.sigma):
+            w.changed.connect(self._share_weights)
         follow_layers(viewer, self)
-        self.native.destroyed.connect(_make_cleanup(viewer, self._schedule, self._timer))
         self._on_labels_changed(self.labels.value)
 
     # ------------------------------------------------------------------ events
@@ -62,12 +62,8 @@ class WeightMapWidget(Container):
                 ev.connect(self._schedule)
         self._schedule()
 
-    def _schedule(self, *_):
-        """(Re)start the debounce timer; the map is computed once painting pauses."""
-        try:
-            self._timer.start()
-        except RuntimeError:  # Qt object deleted
-            pass
+    def _share_weights(self, *_):
+        _state.events.weights_changed.emit(float(self.w0.value), float(self.sigma.value))
 
     def _update(self):
         """Compute w(x) for the slice on screen and show it in the 'weight map' layer."""
@@ -99,16 +95,3 @@ class WeightMapWidget(Container):
 def _paint_events(layer):
     evs = layer.events
     return [getattr(evs, n) for n in ("paint", "data", "set_data", "labels_update") if hasattr(evs, n)]
-
-
-def _make_cleanup(viewer, slot, timer):
-    """Disconnect from the viewer when the widget is destroyed (holds no reference to the widget)."""
-
-    def cleanup(*_):
-        try:
-            viewer.dims.events.current_step.disconnect(slot)
-        except Exception:  # noqa: BLE001 - viewer already closed
-            pass
-        timer.stop()
-
-    return cleanup

@@ -1,128 +1,19 @@
-"""The thin layer between widgets and core generators.
+"""Threads and jobs: the thin layer between widgets and core generators.
 
 Workers get plain arrays and frozen configs (never a layer or a widget) and
 run a core generator in a :func:`napari.qt.threading.create_worker` thread;
 widgets touch layers only in the worker's signal slots, on the GUI thread.
-Also: choosing layers, checking them, and reading the slice on screen.
+:class:`JobWidget` is the job lifecycle Train and Predict share (start, progress,
+finish, stop when the widget closes). Layers: :mod:`._layers`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 
-import numpy as np
-
-DEBOUNCE_MS = 200  # paint -> preview delay: long enough to skip mid-stroke updates, short enough to feel live
-
-
-# ----------------------------------------------------------------------------- layer choices
-
-
-def layer_choices(viewer, kind: str) -> Callable:
-    """A magicgui ``choices`` callable listing the viewer's layers of one kind ('image' or 'labels')."""
-
-    def choices(widget=None):
-        from napari.layers import Image, Labels
-
-        cls = Image if kind == "image" else Labels
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, cls)]
-
-    return choices
-
-
-def follow_layers(viewer, container) -> None:
-    """Refresh the container's layer pickers when layers are added, removed or renamed."""
-
-    def reset(event=None):
-        try:
-            container.reset_choices()
-        except RuntimeError:  # the Qt widget is gone
-            pass
-
-    viewer.layers.events.inserted.connect(reset)
-    viewer.layers.events.removed.connect(reset)
-    viewer.layers.events.moved.connect(reset)
-
-    def disconnect():
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
-            ev.disconnect(reset)
-
-    container.native.destroyed.connect(lambda *_: disconnect())
-
-
-def check_image_layer(layer, what: str = "image") -> None:
-    """Raise ValueError (user-facing) unless ``layer`` is a grey 2D image or a (Z, Y, X) stack."""
-    if layer is None:
-        raise ValueError(f"no {what} layer chosen: open an image (File > Open, or File > Open Sample > U-Net Segment)")
-    if getattr(layer, "rgb", False):
-        raise ValueError(
-            f"{layer.name!r} is an RGB image; U-Net Segment works on grey images. Convert it first "
-            "(right-click the layer > Split RGB, then use one channel)"
-        )
-    if getattr(layer, "multiscale", False):
-        raise ValueError(f"{layer.name!r} is a multiscale (pyramid) image; open its full-resolution level as a plain layer")
-    if layer.ndim not in (2, 3):
-        raise ValueError(
-            f"{layer.name!r} has {layer.ndim} dimensions {tuple(layer.data.shape)}; expected a 2D image (Y, X) or "
-            "a stack (Z, Y, X). Split channels or time points into separate layers first"
-        )
-
-
-def current_index(viewer, layer) -> tuple[int, ...]:
-    """Indices of the leading (non-YX) axes of ``layer`` at the slice on screen, clipped to the data."""
-    shape = layer.data.shape
-    lead = len(shape) - 2
-    if lead <= 0:
-        return ()
-    pt = layer.world_to_data(viewer.dims.point)
-    pt = np.asarray(pt)[-len(shape):]
-    return tuple(int(np.clip(round(float(p)), 0, s - 1)) for p, s in zip(pt[:lead], shape[:lead]))
-
-
-def current_plane(viewer, layer) -> tuple[np.ndarray, tuple[int, ...]]:
-    """The 2D (Y, X) plane of ``layer`` on screen (a copy) and its leading indices."""
-    idx = current_index(viewer, layer)
-    return np.array(layer.data[idx] if idx else layer.data), idx
-
-
-def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...], kind: str = "image", **kwargs):
-    """Show one 2D plane as layer ``name`` placed at slice ``idx`` of layer ``like``; update in place if it exists.
-
-    The layer holds (1, ..., 1, Y, X) data translated to the slice, so a preview of
-    one slice shows on that slice only and costs one plane of memory, not a stack.
-    """
-    data = plane.reshape((1,) * len(idx) + plane.shape)
-    scale = np.asarray(like.scale, dtype=float)
-    translate = np.asarray(like.translate, dtype=float).copy()
-    translate[: len(idx)] += np.asarray(idx, dtype=float) * scale[: len(idx)]
-    from napari.layers import Labels
-
-    active = viewer.layers.selection.active
-    if name in viewer.layers and viewer.layers[name].data.ndim == data.ndim and (
-        (kind == "labels") == isinstance(viewer.layers[name], Labels)
-    ):
-        layer = viewer.layers[name]
-        # each assignment refreshes the layer: set only what changed (the preview of a
-        # running training comes every few steps, on the GUI thread)
-        if not np.array_equal(layer.translate, translate):
-            layer.translate = translate
-        if not np.array_equal(layer.scale, scale):
-            layer.scale = scale
-        layer.data = data
-        for k, v in kwargs.items():
-            if k not in ("colormap", "name") and getattr(layer, k, None) != v:
-                setattr(layer, k, v)
-    else:
-        if name in viewer.layers:
-            viewer.layers.remove(name)
-        add = viewer.add_labels if kind == "labels" else viewer.add_image
-        layer = add(data, name=name, scale=scale, translate=translate, **kwargs)
-    if active is not None and active in viewer.layers:
-        viewer.layers.selection.active = active  # keep painting on the labels layer
-    return layer
-
+from . import _state
 
 # ----------------------------------------------------------------------------- workers
 
@@ -212,6 +103,16 @@ class Job:
         # slot sets ``worker = None`` once everything has been shown
         return self.worker is not None
 
+    def release(self) -> None:
+        """No longer block the other widget's jobs (see ``_state.RUNNING``)."""
+        if _state.RUNNING.get(self.name) is self:
+            _state.RUNNING.pop(self.name, None)
+
+    def finish(self) -> None:
+        """Everything the worker sent has been shown: drop the generator (and its model/tensors) now."""
+        self.release()
+        self.worker = None
+
     def stop(self, *, quit: bool = False) -> None:
         """Ask the generator to end after the current step (``quit``: also drop the rest)."""
         self.cancel.set()
@@ -243,3 +144,58 @@ class Throttle:
             self._last = now
             return True
         return False
+
+
+class JobWidget:
+    """Mixin for a dock widget that runs one :class:`Job` at a time (Train, Predict).
+
+    The widget defines ``_set_running(bool)``; it calls :meth:`_run_job` to start a
+    generator and :meth:`_stop_on_close` once in ``__init__``.
+    """
+
+    job: Job | None = None
+    progress = None
+    _closed = False  # the Qt widget is gone: slots only clean up
+
+    def _run_job(self, job: Job, gen: Generator, device, *, total: int, desc: str, status: str, **slots) -> Job:
+        """Show a progress bar and start ``gen`` in a worker; ``slots``: yielded, returned, errored, aborted."""
+        from napari.utils import progress
+
+        from napari_unet.core.device import resolve_device
+
+        self.job = job
+        self.progress = progress(total=total, desc=desc)
+        self._set_running(True)
+        self.status.value = status
+        _state.RUNNING[job.name] = job
+        threads = gui_threads() if resolve_device(device).type == "cpu" else None
+        job.worker = start_worker(gen, finished=self._on_finished, threads=threads, **slots)
+        return job
+
+    def _on_finished(self, *_):
+        if not self._closed:
+            self._set_running(False)
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+        if self.job is not None:
+            self.job.finish()
+
+    def _on_close(self) -> None:
+        """Called once when the Qt widget is destroyed, before its job is stopped."""
+
+    def _stop_on_close(self) -> None:
+        """Closing the widget (or napari) stops its job; the slot holds the widget only until then."""
+        holder = {"widget": self}
+
+        def stop(*_):
+            w = holder.pop("widget", None)
+            if w is None:
+                return
+            w._closed = True
+            w._on_close()
+            if w.job is not None:
+                w.job.stop(quit=True)
+                w.job.release()
+
+        self.native.destroyed.connect(stop)

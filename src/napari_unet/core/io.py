@@ -1,4 +1,4 @@
-"""TIFF stacks in and label TIFFs out, plus the intensity normalisation.
+"""TIFF stacks in and label TIFFs out (intensities: :mod:`.intensity`; channels: :mod:`.planes`).
 
 Reading
 -------
@@ -14,13 +14,6 @@ Writing
 :func:`write_labels` writes a zlib-compressed, ImageJ-compatible TIFF
 atomically: a crash mid-write leaves the previous file untouched and no
 half-written file behind.
-
-Normalisation
--------------
-:func:`percentiles` and :func:`normalize` map intensities to roughly [0, 1]
-with robust percentiles. Compute the percentiles once (on the training image,
-or subsampled on a huge stack) and pass them as ``lo_hi`` so training and
-prediction see the same mapping.
 """
 
 from __future__ import annotations
@@ -44,12 +37,9 @@ import tifffile
 __all__ = [
     "ImageMeta",
     "TIFF_SUFFIXES",
-    "as_grey",
     "default_lazy_threshold",
     "is_tiff",
     "list_tiffs",
-    "normalize",
-    "percentiles",
     "read_image",
     "write_labels",
 ]
@@ -516,174 +506,3 @@ def write_labels(
     with atomic_write(path) as fh:
         tifffile.imwrite(fh, data, **kwargs)
     return path
-
-
-# --------------------------------------------------------------------------- intensities
-
-
-def _check_finite(values: np.ndarray, what: str = "image") -> None:
-    if values.dtype.kind in "fc":
-        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
-        if bad:
-            raise ValueError(
-                f"{what} contains {bad} NaN or inf value(s); replace them (e.g. numpy.nan_to_num or "
-                "Fiji's Process > Math > Remove NaNs) before segmenting"
-            )
-
-
-def _sample_for_percentiles(image, max_samples: int) -> np.ndarray:
-    """A deterministic subsample: evenly spaced planes, then a pixel stride within them.
-
-    Reading whole planes keeps it cheap on memmaps and chunked zarr stores, where
-    scattered single-pixel reads would touch every chunk.
-    """
-    shape = tuple(image.shape)
-    size = int(np.prod(shape, dtype=np.int64))
-    if size <= max_samples:
-        return np.asarray(image)
-    if len(shape) <= 2:
-        step = int(np.ceil(np.sqrt(size / max_samples)))
-        return np.asarray(image[::step, ::step] if len(shape) == 2 else image[::step])
-    planes = int(np.prod(shape[:-2]))
-    plane_size = shape[-2] * shape[-1]
-    n_planes = int(min(planes, max(1, max_samples // plane_size), 64))
-    picks = np.unique(np.linspace(0, planes - 1, n_planes).round().astype(int))
-    step = max(1, int(np.ceil(np.sqrt(len(picks) * plane_size / max_samples))))
-    out = []
-    for flat in picks:
-        idx = np.unravel_index(flat, shape[:-2])
-        plane = image[tuple(int(i) for i in idx)]
-        out.append(np.asarray(plane)[::step, ::step].ravel())
-    return np.concatenate(out)
-
-
-def percentiles(image, low: float = 1.0, high: float = 99.8, *, max_samples: int = 4_000_000) -> tuple[float, float]:
-    """Robust intensity range ``(lo, hi)`` at the ``low`` / ``high`` percentiles.
-
-    Works on numpy arrays, memmaps, zarr and dask arrays; beyond ``max_samples``
-    pixels a deterministic subsample of evenly spaced planes is used, so a huge
-    lazy stack is never read in full.
-    """
-    if not 0 <= low < high <= 100:
-        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
-    if int(np.prod(np.shape(image))) == 0:
-        raise ValueError("cannot normalise an empty image (no pixels)")
-    sample = _sample_for_percentiles(image, max_samples)
-    if sample.dtype.kind not in "biuf":
-        raise ValueError(f"image must be numeric, got dtype {sample.dtype}")
-    _check_finite(sample)
-    lo, hi = np.percentile(sample.astype(np.float64, copy=False).ravel(), [low, high])
-    return float(lo), float(hi)
-
-
-def normalize(
-    image,
-    *,
-    low: float = 1.0,
-    high: float = 99.8,
-    lo_hi: tuple[float, float] | None = None,
-    clip: bool = False,
-    eps: float = 1e-6,
-) -> np.ndarray:
-    """Percentile normalisation to float32: ``lo`` -> 0, ``hi`` -> 1.
-
-    Parameters
-    ----------
-    image
-        Any numeric array (uint8, uint16, float...), read in full.
-    low, high
-        Percentiles used when ``lo_hi`` is not given.
-    lo_hi
-        Precomputed ``(lo, hi)`` from :func:`percentiles`; pass the training
-        image's values at prediction time so both see the same mapping.
-    clip
-        Clip the result to [0, 1].
-    eps
-        When ``hi - lo <= eps`` (a constant image) the result is ``image - lo``
-        (zeros for a constant image) instead of a division by ~0.
-
-    Raises
-    ------
-    ValueError
-        NaN or inf in the image, or a non-numeric image.
-    """
-    arr = np.asarray(image)
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"image must be numeric, got dtype {arr.dtype}")
-    _check_finite(arr)
-    if lo_hi is None:
-        lo, hi = percentiles(arr, low, high)
-    else:
-        lo, hi = (float(v) for v in lo_hi)
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError(f"lo_hi must be finite numbers, got {lo_hi}")
-    out = arr.astype(np.float32, copy=True)
-    out -= np.float32(lo)
-    if hi - lo > eps:
-        out *= np.float32(1.0 / (hi - lo))
-    if clip:
-        np.clip(out, 0.0, 1.0, out=out)
-    return out
-
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert('L')
-
-
-def as_grey(
-    image,
-    *,
-    channel_axis: int | None = None,
-    axes: str | None = None,
-    channel: int | None = None,
-    convert_rgb: bool = False,
-):
-    """Return a grey (single-channel) image of 2 to 4 dimensions.
-
-    An RGB/RGBA image (last axis of length 3 or 4 with uint8 pixels, or an ``S``/``C``
-    axis in ``axes`` from :class:`ImageMeta`, or ``channel_axis``) is refused unless
-    the caller says what to do: ``channel=k`` keeps channel ``k`` (dtype kept),
-    ``convert_rgb=True`` converts to luminance (float32; the mean for other than 3/4
-    channels).
-
-    Raises
-    ------
-    ValueError
-        RGB without an explicit choice, or fewer than 2 / more than 4 dimensions.
-    """
-    shape = tuple(np.shape(image))
-    ndim = len(shape)
-    if channel_axis is None and axes is not None and len(axes) == ndim:
-        for letter in "SC":
-            if letter in axes and shape[axes.index(letter)] > 1:
-                channel_axis = axes.index(letter)
-                break
-    if channel_axis is None and ndim >= 3 and shape[-1] in (3, 4):
-        dtype = getattr(image, "dtype", None)
-        if dtype is not None and np.dtype(dtype) == np.uint8:
-            channel_axis = ndim - 1
-    if channel_axis is not None:
-        channel_axis = channel_axis % ndim
-        n = shape[channel_axis]
-        if channel is not None:
-            if not -n <= channel < n:
-                raise ValueError(f"channel {channel} does not exist; the image has {n} channels (0..{n - 1})")
-            image = np.take(np.asarray(image), channel, axis=channel_axis)
-        elif convert_rgb:
-            arr = np.moveaxis(np.asarray(image), channel_axis, -1).astype(np.float32)
-            if n in (3, 4):
-                image = arr[..., :3] @ _LUMA  # alpha dropped
-            else:
-                image = arr.mean(axis=-1)
-        else:
-            raise ValueError(
-                f"this looks like an RGB image (shape {shape}); U-Net Segment expects grey images — convert "
-                "to greyscale or pick one channel (convert_rgb=True, or channel=0/1/2)"
-            )
-        shape = tuple(np.shape(image))
-        ndim = len(shape)
-    if ndim < 2 or ndim > 4:
-        raise ValueError(
-            f"expected a grey image with 2 to 4 dimensions ((Y, X), (Z, Y, X) or (T, Z, Y, X)), got {ndim}D "
-            f"shape {shape}"
-        )
-    return image

@@ -243,3 +243,12 @@ def build_model(config: UNetConfig | dict) -> UNet:
     if isinstance(config, dict):
         config = UNetConfig(**config)
     return UNet(**asdict(config))
+
+
+def check_tile_in(size: int, depth: int, padding: Padding = "valid") -> None:
+    """ValueError naming the nearest valid sizes unless ``size`` is a valid training input tile side."""
+    if padding != "valid" or is_valid_size(size, depth):
+        return
+    lo, hi = nearest_valid_sizes(size, depth)
+    near = f"{lo} and {hi}" if lo is not None else f"{hi}"
+    raise ValueError(f"input tile size {size} gives no valid output for depth {depth}; nearest valid sizes are {near}")

@@ -18,35 +18,22 @@ drains it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
-from .io import percentiles
-from .model import UNet, input_size_for_output, margin as valid_margin
+from .device import autocast_dtype, available_memory, memory_format, resolve_device
+from .events import TileEvent, run
+from .intensity import percentiles, plane_range, scale_intensity
+from .labels import instances_from_semantic
+from .model import UNet, input_size_for_output, margin
+from .planes import as_stack
 
 Output = Literal["labels", "probabilities", "instances"]
 OUTPUTS = ("labels", "probabilities", "instances")
-
-
-@dataclass(frozen=True)
-class TileEvent:
-    """Progress of :func:`iter_predict`.
-
-    ``kind='tile'``: the output ``region`` (y slice, x slice) of slice ``z`` was
-    written; ``kind='slice'``: slice ``z`` is complete (instances are labelled
-    only then, so the whole plane may change).
-    """
-
-    done: int
-    total: int
-    z: int
-    region: tuple[slice, slice]
-    kind: Literal["tile", "slice"] = "tile"
 
 
 @dataclass(frozen=True)
@@ -55,7 +42,7 @@ class TilePlan:
 
     tile_out: tuple[int, int]
     tile_in: tuple[int, int]
-    margin: int
+    context: int  # mirrored context on each side: tile_in = tile_out + 2 * context
     ys: tuple[int, ...]
     xs: tuple[int, ...]
     pad: tuple[tuple[int, int], tuple[int, int]]
@@ -82,11 +69,11 @@ def _positions(size: int, tile: int, stride: int, step: int) -> list[int]:
     return pos
 
 
-def context_margin(model: UNet) -> int:
-    """Mirrored context on each side of a tile: the valid network's own margin,
-    or a fixed ``2**depth``-aligned margin for padded networks."""
+def tile_context(model: UNet) -> int:
+    """Mirrored context on each side of a tile: the valid network's own :func:`~.model.margin`,
+    or a fixed ``2**depth``-aligned context for padded networks."""
     if model.padding == "valid":
-        return valid_margin(model.depth)
+        return margin(model.depth)
     step = 2**model.depth
     return max(step, -(-32 // step) * step)
 
@@ -95,7 +82,7 @@ def plan_tiles(shape: tuple[int, int], model: UNet, tile_out: int | tuple[int, i
     """Tile positions for a plane of ``shape`` with output tiles of (at least) ``tile_out``."""
     depth, padding = model.depth, model.padding
     step = 2**depth
-    m = context_margin(model)
+    m = tile_context(model)
     if isinstance(tile_out, int):
         tile_out = (tile_out, tile_out)
     t_out, t_in = [], []
@@ -130,33 +117,7 @@ def mirror_pad(plane: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) 
     return np.pad(plane, widths, mode="reflect")
 
 
-# ----------------------------------------------------------------------------- devices & memory
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto'/None -> cuda > mps > cpu."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes we may use for activations on ``device``."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free * 0.6)
-    try:
-        with open("/proc/meminfo") as f:
-            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f}
-        avail = info.get("MemAvailable", info["MemTotal"] // 2)
-    except (OSError, KeyError, ValueError):
-        avail = 4 << 30
-    return int(avail * 0.25)
+# ----------------------------------------------------------------------------- memory
 
 
 def bytes_per_pixel(model: UNet) -> int:
@@ -191,7 +152,7 @@ def _balanced(size: int, max_out: int) -> int:
     return min(size, -(-size // n))
 
 
-def auto_tile_size(
+def auto_tile_out(
     shape: tuple[int, int],
     model: UNet,
     device: torch.device,
@@ -206,7 +167,7 @@ def auto_tile_size(
     allows.
     """
     budget = memory_budget if memory_budget is not None else available_memory(device)
-    m = context_margin(model)
+    m = tile_context(model)
     bpp = bytes_per_pixel(model) * max(1, batch_size)
     max_in = int(math.sqrt(max(budget, 1) / bpp))
     cap = CPU_MAX_TILE_IN if device.type == "cpu" else GPU_MAX_TILE_IN
@@ -214,69 +175,6 @@ def auto_tile_size(
     step = 2**model.depth
     max_out = max(step, max_in - 2 * m)
     return (_balanced(shape[0], max_out), _balanced(shape[1], max_out))
-
-
-# ----------------------------------------------------------------------------- input handling
-
-
-def _as_stack(image, channel_axis: int | None, in_channels: int):
-    """Return (getter(z) -> (C, H, W) array, n_slices, spatial shape, is_stack)."""
-    ndim = len(image.shape)
-    if channel_axis is not None:
-        channel_axis = channel_axis % ndim
-        spatial = [s for i, s in enumerate(image.shape) if i != channel_axis]
-        n_ch = image.shape[channel_axis]
-    else:
-        spatial = list(image.shape)
-        n_ch = 1
-    if len(spatial) not in (2, 3):
-        raise ValueError(
-            f"expected a 2D image (Y, X) or a stack (Z, Y, X){' plus a channel axis' if channel_axis is not None else ''},"
-            f" got shape {tuple(image.shape)}"
-        )
-    if channel_axis is None and ndim == 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8:
-        raise ValueError(
-            f"this looks like an RGB image (shape {tuple(image.shape)}); U-Net Segment expects grey images: "
-            "convert to greyscale, or pass channel_axis=-1 for a model trained on colour"
-        )
-    if n_ch != in_channels:
-        raise ValueError(f"the model expects {in_channels} channel(s), the image has {n_ch}")
-    if min(spatial[-2:]) < 1:
-        raise ValueError(f"image is empty (shape {tuple(image.shape)})")
-    is_stack = len(spatial) == 3
-
-    def get(z: int) -> np.ndarray:
-        if channel_axis is None:
-            plane = image[z] if is_stack else image
-            plane = np.asarray(plane)[None]
-        else:
-            arr = image
-            if is_stack:
-                # move the channel axis to position 1 lazily by indexing z first
-                z_axis = 0 if channel_axis != 0 else 1
-                idx = [slice(None)] * ndim
-                idx[z_axis] = z
-                plane = np.asarray(arr[tuple(idx)])
-                c_ax = channel_axis if channel_axis < z_axis else channel_axis - 1
-            else:
-                plane = np.asarray(arr)
-                c_ax = channel_axis
-            plane = np.moveaxis(plane, c_ax, 0)
-        return plane
-
-    n = spatial[0] if is_stack else 1
-    return get, n, tuple(spatial[-2:]), is_stack
-
-
-def intensity_range(image, *, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
-    """Percentile intensities (lo, hi) of an image or stack (sampled when big or lazy)."""
-    return percentiles(image, low, high)
-
-
-def _normalise(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    plane = plane.astype(np.float32, copy=False)
-    scale = 1.0 / (hi - lo) if hi > lo else 1.0
-    return (plane - lo) * scale
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -297,41 +195,11 @@ def _invert_d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return x
 
 
-def instances_from_semantic(labels: np.ndarray, n_classes: int, min_size: int = 0) -> np.ndarray:
-    """Instances from a semantic prediction of one plane.
-
-    2 classes: connected components (4-connected) of the foreground, so the
-    background gap the border weights taught the net keeps touching cells apart.
-    3 classes (background, interior, border): components of the interior grown
-    back over the border pixels. Objects smaller than ``min_size`` pixels are
-    dropped (specks of foreground; the shipped nuclei model sets 30, chosen on
-    training images) and the rest numbered 1..N.
-    """
-    if n_classes >= 3:
-        seeds, _ = ndi.label(labels == 1)
-        fg = labels >= 1
-        if seeds.max() == 0:
-            return seeds.astype(np.uint32)
-        dist, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
-        inst = seeds[iy, ix]
-        inst[~fg] = 0
-    else:
-        inst, _ = ndi.label(labels >= 1)
-    if min_size > 1 and inst.max() > 0:
-        sizes = np.bincount(inst.ravel())
-        keep = sizes >= min_size
-        keep[0] = False
-        lut = np.zeros(sizes.size, dtype=np.int64)
-        lut[keep] = np.arange(1, int(keep.sum()) + 1)
-        inst = lut[inst]
-    return inst.astype(np.uint32)
-
-
 def iter_predict(
     model: UNet,
     image,
     *,
-    tile_size: int | tuple[int, int] | None = None,
+    tile_out: int | tuple[int, int] | None = None,
     output: Output = "labels",
     channel_axis: int | None = None,
     out: np.ndarray | None = None,
@@ -353,8 +221,8 @@ def iter_predict(
     image : array-like
         (Y, X) or (Z, Y, X), plus a channel axis if ``channel_axis`` is given.
         numpy, memmap, dask or zarr: only one slice is read at a time.
-    tile_size : int or (int, int), optional
-        Output tile size; None = automatic from the memory budget and image size.
+    tile_out : int or (int, int), optional
+        Output tile side in px; None = automatic from the memory budget and image size.
     output : {'labels', 'probabilities', 'instances'}
         Class indices (0 = background), per-class probabilities (class axis
         first), or instance ids (0 = background, unique over the stack).
@@ -369,7 +237,8 @@ def iter_predict(
     tta : bool
         Average the 8 flips/rotations (test-time augmentation).
     precision : {'fp32', 'bf16', 'fp16'}, optional
-        Autocast dtype; default fp16 on CUDA, fp32 elsewhere.
+        Autocast dtype; default (:func:`.device.default_precision`, as in training): bf16 on CUDA GPUs
+        that support it, fp32 elsewhere.
     min_size : int, optional
         ``output='instances'``: drop objects smaller than this many pixels.
         None = the model's own default (``model.info.postprocess``; 0 if unset).
@@ -385,7 +254,7 @@ def iter_predict(
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     dev = resolve_device(device)
-    getter, n_z, (H, W), is_stack = _as_stack(image, channel_axis, model.config.in_channels)
+    getter, n_z, (H, W), is_stack = as_stack(image, channel_axis, model.config.in_channels)
     z_list = list(range(n_z)) if slices is None else [int(z) for z in slices]
     for z in z_list:
         if not 0 <= z < n_z:
@@ -394,7 +263,6 @@ def iter_predict(
     # Percentiles per 2D plane, as in training: a slice gets the same input whether it
     # is predicted alone or as part of its stack.
     norm = getattr(getattr(model, "info", None), "normalization", None) or {}
-    p_low, p_high = norm.get("low", 1.0), norm.get("high", 99.8)
     if normalize is True:
         lo = hi = None
     elif normalize is False or normalize is None:
@@ -408,27 +276,18 @@ def iter_predict(
     if min_px < 0:
         raise ValueError(f"min_size must be >= 0 pixels, got {min_size}")
     spatial = (n_z, H, W) if is_stack else (H, W)
-    if output == "probabilities":
-        shape, dtype = (C, *spatial), np.float32
-    elif output == "labels":
-        shape, dtype = spatial, (np.uint8 if C < 256 else np.uint16)
-    else:
-        shape, dtype = spatial, np.uint32
+    shape, dtype = output_spec(output, C, spatial)
     if out is None:
         out = np.zeros(shape, dtype=dtype)
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} for output={output!r}")
 
-    if precision is None:
-        precision = "fp16" if dev.type == "cuda" else "fp32"
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if amp_dtype is torch.float16 and dev.type == "cpu":
-        amp_dtype = torch.bfloat16
+    amp_dtype = autocast_dtype(precision, dev)
 
-    if tile_size is None:
-        tile = auto_tile_size((H, W), model, dev, batch_size=batch_size or 1, memory_budget=memory_budget)
+    if tile_out is None:
+        tile = auto_tile_out((H, W), model, dev, batch_size=batch_size or 1, memory_budget=memory_budget)
     else:
-        tile = tile_size
+        tile = tile_out
     plan = plan_tiles((H, W), model, tile)
     if batch_size is None:
         budget = memory_budget if memory_budget is not None else available_memory(dev)
@@ -438,12 +297,11 @@ def iter_predict(
     was_training = model.training
     model.eval()
     model.to(dev)
-    mem_fmt = torch.channels_last if dev.type in ("cpu", "cuda") else torch.contiguous_format
+    mem_fmt = memory_format(dev)
     model.to(memory_format=mem_fmt)
     transforms = _DIHEDRAL if tta else [(0, False)]
     total = plan.n_tiles * len(z_list)
     done = 0
-    m = plan.margin
     (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
     crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
     need_softmax = output == "probabilities" or len(transforms) > 1
@@ -453,7 +311,7 @@ def iter_predict(
             raw = getter(z)
             if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
                 raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
-            plane = _normalise(raw, *((lo, hi) if lo is not None else intensity_range(raw, low=p_low, high=p_high)))
+            plane = scale_intensity(raw, *((lo, hi) if lo is not None else plane_range(raw, norm)))
             padded = mirror_pad(plane, plan.pad)
             coords = [(y, x) for y in plan.ys for x in plan.xs]
             labels_plane = None
@@ -516,6 +374,21 @@ def iter_predict(
     return out
 
 
+def output_spec(output: Output, n_classes: int, spatial: tuple[int, ...]) -> tuple[tuple[int, ...], type]:
+    """Shape and dtype of :func:`iter_predict`'s result (class axis first for probabilities)."""
+    if output == "probabilities":
+        return (n_classes, *spatial), np.float32
+    if output == "labels":
+        return spatial, (np.uint8 if n_classes < 256 else np.uint16)
+    return spatial, np.uint32
+
+
+def allocate_output(output: Output, n_classes: int, spatial: tuple[int, ...]) -> np.ndarray:
+    """A zeroed array to pass as :func:`iter_predict`'s ``out`` (e.g. a layer's data, filled tile by tile)."""
+    shape, dtype = output_spec(output, n_classes, spatial)
+    return np.zeros(shape, dtype=dtype)
+
+
 def _max_id_before(out, z: int, z_list: list[int], is_stack: bool) -> int:
     if not is_stack:
         return 0
@@ -523,17 +396,6 @@ def _max_id_before(out, z: int, z_list: list[int], is_stack: bool) -> int:
     if not prev:
         return 0
     return int(max(np.max(np.asarray(out[zz])) for zz in prev))
-
-
-def run(gen: Generator, callback: Callable | None = None):
-    """Drain a core generator synchronously (no threads) and return its result."""
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(ev)
 
 
 def predict(model: UNet, image, **kwargs) -> np.ndarray:
@@ -546,14 +408,14 @@ def predict_whole(model: UNet, image: np.ndarray, *, normalize=False) -> np.ndar
     mirrored image; the reference that tiled prediction must equal."""
     image = np.asarray(image, dtype=np.float32)
     if normalize is True:
-        lo, hi = intensity_range(image)
+        lo, hi = percentiles(image)
     elif normalize:
         lo, hi = normalize
     else:
         lo, hi = 0.0, 1.0
-    plane = _normalise(image, lo, hi)[None]
+    plane = scale_intensity(image, lo, hi)[None]
     H, W = plane.shape[-2:]
-    m = context_margin(model)
+    m = tile_context(model)
     step = 2**model.depth
     if model.padding == "valid":
         tin = [input_size_for_output(s, model.depth) for s in (H, W)]

@@ -15,33 +15,31 @@ stops it (without a result). GPU memory is released on exit.
 from __future__ import annotations
 
 import copy
-import enum
 import math
 import threading
 import time
-from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import augment as aug
+from . import sampling
 from .checkpoint import ModelInfo, load_model, load_optimizer_state, read_info, resolve_model_path, save_model
-from .labels import IGNORE, annotated_mask, check_pair, n_classes_for, targets_from_labels
-from .model import UNet, UNetConfig, input_size_for_output, is_valid_size, nearest_valid_sizes
-from .tiling import context_margin, intensity_range, predict, resolve_device
-from .weights import weight_map
+from .device import PRECISIONS, autocast_dtype, default_precision, memory_format, resolve_device
+from .events import TrainEvent, TrainState, run
+from .intensity import percentiles
+from .labels import MODES, n_classes_for
+from .losses import annotated_iou, prior_loss, weighted_loss
+from .model import UNet, build_model, check_tile_in
+from .planes import plane_at
+from .sampling import TrainSlice, as_pairs, prepare_slices
+from .tiling import predict
+from .weights import SIGMA, W0
 
-
-class TrainState(enum.Enum):
-    IDLE = "idle"
-    TRAINING = "training"
-    DONE = "done"
-    STOPPED = "stopped"
-    CRASHED = "crashed"
-
+__all__ = ["FINE_TUNE_LR", "LIMITS", "TrainConfig", "TrainEvent", "TrainResult", "TrainState", "iter_train",
+           "recommended_settings", "train"]
 
 FINE_TUNE_LR = 1e-4  # 10x below the from-scratch rate: docs/accuracy.md measures why
 
@@ -60,13 +58,60 @@ def recommended_settings(device: str, fine_tune: bool = False) -> dict:
     ``keep_prior`` is 1 (sparse strokes correct the model without it forgetting).
     """
     if device == "cuda":
-        d = dict(depth=4, base_channels=64, tile_size=572, optimizer="sgd", lr=1e-3, steps=1000, batch_size=1)
+        d = dict(depth=4, base_channels=64, tile_in=572, optimizer="sgd", lr=1e-3, steps=1000, batch_size=1)
     else:
-        d = dict(depth=4, base_channels=16, tile_size=316, optimizer="adam", lr=1e-3, steps=500, batch_size=1)
+        d = dict(depth=4, base_channels=16, tile_in=316, optimizer="adam", lr=1e-3, steps=500, batch_size=1)
     d["keep_prior"] = 0.0
     if fine_tune:
         d.update(lr=FINE_TUNE_LR, keep_prior=1.0)
     return d
+
+
+CHOICES = {
+    "padding": ("valid", "same"),
+    "label_mode": MODES,
+    "optimizer": ("sgd", "adam"),
+    "schedule": ("constant", "cosine"),
+    "precision": (None, *PRECISIONS),
+}
+
+# (lowest, upper bound or None, what the message says); the widgets' spin boxes use LIMITS below
+_CHECKS = {
+    "depth": (1, None, "an integer >= 1"),
+    "base_channels": (1, None, "an integer >= 1"),
+    "dropout": (0.0, 1.0, "in [0, 1)"),
+    "w0": (0.0, None, ">= 0"),
+    "sigma": (1e-9, None, "> 0 px"),
+    "momentum": (0.0, 1.0, "in [0, 1)"),
+    "weight_decay": (0.0, None, ">= 0"),
+    "tile_in": (1, None, "an integer >= 1 px"),
+    "keep_prior": (0.0, None, ">= 0"),
+    "elastic_grid": (2, None, ">= 2 control points per side"),
+    "elastic_sigma": (0.0, None, ">= 0 px"),
+    "val_fraction": (0.0, 1.0, "in [0, 1)"),
+    "val_every": (1, None, ">= 1 step"),
+    "preview_every": (0, None, ">= 0 steps (0 = never)"),
+    "log_every": (1, None, ">= 1 step"),
+    "seed": (0, None, ">= 0"),
+}
+
+# The ranges the Train widget offers (a subset of what TrainConfig accepts; the CLI may go beyond).
+LIMITS = {
+    "steps": (1, 100_000),
+    "lr": (1e-6, 1.0),
+    "tile_in": (44, 2044),
+    "batch_size": (1, 64),
+    "w0": (0.0, 100.0),
+    "sigma": (0.5, 50.0),
+    "elastic_grid": (2, 10),
+    "elastic_sigma": (0.0, 50.0),
+    "depth": (1, 6),
+    "base_channels": (2, 256),
+    "val_fraction": (0.0, 0.9),
+    "val_every": (1, 100_000),
+    "preview_every": (0, 100_000),
+    "seed": (0, 2**31 - 1),
+}
 
 
 @dataclass(frozen=True)
@@ -92,8 +137,8 @@ class TrainConfig:
     # False, so fine-tuning the shipped 'nuclei' model keeps its 3-class head without anyone asking.
     border_class: bool | None = None
     # loss weights, eq. 2
-    w0: float = 10.0
-    sigma: float = 5.0
+    w0: float = W0
+    sigma: float = SIGMA
     class_balance: bool = True
     border_weights: bool = True
     # optimisation
@@ -104,7 +149,7 @@ class TrainConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     steps: int = 1000
     batch_size: int = 1
-    tile_size: int = 572  # input tile side (valid sizes only for 'valid' nets)
+    tile_in: int = 572  # INPUT tile side (valid sizes only for 'valid' nets; prediction's tile_out is the output side)
     # augmentation
     augment: bool = True
     elastic_grid: int = 3
@@ -130,20 +175,25 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] | None = None
 
     def __post_init__(self):
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        """Every field checked once, here: the CLI, the widgets and scripts all build a TrainConfig."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
-        if not (self.keep_prior >= 0 and math.isfinite(self.keep_prior)):
-            raise ValueError(f"keep_prior must be >= 0, got {self.keep_prior}")
-        if self.elastic_grid < 2:
-            raise ValueError(f"elastic_grid must be >= 2 control points per side, got {self.elastic_grid}")
-        if not (self.elastic_sigma >= 0 and math.isfinite(self.elastic_sigma)):
-            raise ValueError(f"elastic_sigma must be >= 0 px, got {self.elastic_sigma}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name, (lo, hi, what) in _CHECKS.items():
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v and (hi is None or v < hi)):
+                raise ValueError(f"{name} must be {what}, got {v!r}")
+        if self.n_classes is not None and self.n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2 (background and at least one class), got {self.n_classes}")
+        if not 0 <= self.norm_low < self.norm_high <= 100:
+            raise ValueError(f"norm percentiles must satisfy 0 <= norm_low < norm_high <= 100, got "
+                             f"{self.norm_low} and {self.norm_high}")
+        if self.init is None and self.resume is None:  # from scratch: the architecture is this config's
+            check_tile_in(self.tile_in, self.depth, self.padding)
 
     def settled(self) -> TrainConfig:
         """This config with ``border_class`` decided (reads the starting model's file when it is None)."""
@@ -167,27 +217,19 @@ class TrainConfig:
         d["class_names"] = list(self.class_names) if self.class_names else None
         return d
 
+    @classmethod
+    def saved_settings(cls, d: dict) -> dict:
+        """The fields of a config dict stored in a model file (files before 0.2 named tile_in 'tile_size')."""
+        d = dict(d)
+        if "tile_size" in d and "tile_in" not in d:
+            d["tile_in"] = d.pop("tile_size")
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in d.items() if k in names}
 
-@dataclass(frozen=True)
-class TrainEvent:
-    """One step (or validation / preview pass) of :func:`iter_train`."""
-
-    kind: Literal["step", "validation", "preview", "finished", "crashed"]
-    step: int
-    total: int
-    loss: float
-    lr: float
-    elapsed: float
-    eta: float
-    val_metric: float | None = None
-    preview: np.ndarray | None = None
-    preview_where: tuple[int, int] | None = None  # (pair index, slice)
-    state: TrainState = TrainState.TRAINING
-    device: str = "cpu"
-    # kind 'crashed': the exception (raised again by the next ``next()``) and the weights trained until
-    # then (best and last, None when no step finished), so a crash at step 900 of 1000 loses nothing
-    error: BaseException | None = None
-    result: TrainResult | None = None
+    @staticmethod
+    def default(name: str):
+        """The default value of field ``name`` (the widgets' initial values)."""
+        return TrainConfig.__dataclass_fields__[name].default
 
 
 @dataclass
@@ -234,173 +276,6 @@ class _OptimizerShim:
 
     def state_dict(self):
         return self._sd
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class _Slice:
-    image: np.ndarray  # (C, H, W) float32 normalised
-    target: np.ndarray  # (H, W) int64, IGNORE where not annotated
-    weights: np.ndarray  # (H, W) float32
-    where: tuple[int, int]  # (pair index, z)
-    n_annotated: int
-    annotated_idx: np.ndarray  # flat indices of annotated pixels
-
-
-def _as_pairs(images, labels) -> list[tuple]:
-    if isinstance(images, (list, tuple)) != isinstance(labels, (list, tuple)):
-        raise ValueError("give images and labels both as arrays or both as lists of the same length")
-    if not isinstance(images, (list, tuple)):
-        images, labels = [images], [labels]
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} label arrays; give one labels array per image")
-    if not images:
-        raise ValueError("no training data: give at least one image with labels")
-    return list(zip(images, labels))
-
-
-def _prepare(pairs, config: TrainConfig, n_classes: int, in_channels: int, channel_axis) -> list[_Slice]:
-    out = []
-    for i, (img, lab) in enumerate(pairs):
-        name = f"pair {i}" if len(pairs) > 1 else ""
-        lab = np.asarray(lab)
-        check_pair(img, lab, channel_axis=channel_axis, name=name)
-        if lab.ndim not in (2, 3):
-            raise ValueError(f"{name + ': ' if name else ''}expected 2D (Y, X) or a stack (Z, Y, X), got labels of shape {lab.shape}")
-        planes = [lab] if lab.ndim == 2 else list(lab)
-        for z, lab_z in enumerate(planes):
-            ann = annotated_mask(lab_z, zero_is_background=config.zero_is_background)
-            if not ann.any():
-                continue
-            if channel_axis is None:
-                im = np.asarray(img if lab.ndim == 2 else img[z], dtype=np.float32)[None]
-            else:
-                arr = np.moveaxis(np.asarray(img), channel_axis, 0)
-                im = np.asarray(arr if lab.ndim == 2 else arr[:, z], dtype=np.float32)
-            if not np.all(np.isfinite(im)):
-                raise ValueError(f"{name + ': ' if name else ''}the image contains NaN or inf values; replace them before training")
-            if im.shape[0] != in_channels:
-                raise ValueError(f"the model expects {in_channels} channel(s), the image has {im.shape[0]}")
-            # per-slice percentiles, exactly as tiling.iter_predict does at prediction time
-            lo, hi = intensity_range(im, low=config.norm_low, high=config.norm_high)
-            im = (im - lo) / (hi - lo if hi > lo else 1.0)
-            target = targets_from_labels(
-                lab_z, mode=config.label_mode, n_classes=n_classes,
-                zero_is_background=config.zero_is_background, border_class=config.border_class,
-            )
-            # class balance over background / object, border-class pixels counting as object: the recipe
-            # the shipped nuclei model was trained with (balancing the 1 px border on its own would weigh
-            # it ~10x; not measured, so not changed)
-            w = weight_map(
-                lab_z, w0=config.w0, sigma=config.sigma, mode=config.label_mode,
-                zero_is_background=config.zero_is_background, class_balance=config.class_balance,
-                border=config.border_weights,
-            )
-            idx = np.flatnonzero(target.ravel() != IGNORE)
-            out.append(_Slice(im.astype(np.float32), target, w.astype(np.float32), (i, z), len(idx), idx))
-    if not out:
-        raise ValueError("nothing is annotated yet: paint background with 1 and objects with 2, 3, ...")
-    return out
-
-
-def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    idx = np.abs(idx) % period
-    return np.where(idx >= n, period - idx, idx)
-
-
-def _crop(s: _Slice, oy: int, ox: int, t_in: int, t_out: int, m: int):
-    """Input crop (mirrored outside the image) and label/weight crops (0 = ignored outside)."""
-    H, W = s.target.shape
-    ys = np.arange(oy - m, oy - m + t_in)
-    xs = np.arange(ox - m, ox - m + t_in)
-    img = s.image[:, _reflect(ys, H)[:, None], _reflect(xs, W)[None, :]]
-    tgt = np.full((t_in, t_in), IGNORE, dtype=np.int64)
-    wts = np.zeros((t_in, t_in), dtype=np.float32)
-    iy = (ys >= 0) & (ys < H)
-    ix = (xs >= 0) & (xs < W)
-    if iy.any() and ix.any():
-        y0, y1 = np.flatnonzero(iy)[[0, -1]]
-        x0, x1 = np.flatnonzero(ix)[[0, -1]]
-        tgt[y0 : y1 + 1, x0 : x1 + 1] = s.target[ys[y0] : ys[y1] + 1, xs[x0] : xs[x1] + 1]
-        wts[y0 : y1 + 1, x0 : x1 + 1] = s.weights[ys[y0] : ys[y1] + 1, xs[x0] : xs[x1] + 1]
-    return img, tgt, wts
-
-
-def _sample_batch(slices, probs, config: TrainConfig, t_in: int, t_out: int, m: int, rng: np.random.Generator):
-    imgs, tgts, wtss = [], [], []
-    for _ in range(config.batch_size):
-        s = slices[rng.choice(len(slices), p=probs)]
-        H, W = s.target.shape
-        flat = s.annotated_idx[rng.integers(len(s.annotated_idx))]
-        cy, cx = divmod(int(flat), W)
-        oy = cy - int(rng.integers(0, t_out))
-        ox = cx - int(rng.integers(0, t_out))
-        img, tgt, wts = _crop(s, oy, ox, t_in, t_out, m)
-        if config.augment:
-            if config.elastic_sigma > 0:
-                # labels shifted by +1 so IGNORE (-1) -> 0 survives nearest interpolation
-                d = aug.elastic_deform(
-                    img, (tgt + 1).astype(np.int32), wts, rng=rng, grid=config.elastic_grid, sigma=config.elastic_sigma
-                )
-                img, tgt, wts = d.image, d.labels.astype(np.int64) - 1, d.weights
-            if config.flips:
-                img, tgt, wts = aug.random_flip_rot(rng, img, tgt, wts)
-            if config.intensity:
-                img = aug.intensity_jitter(img, rng)
-        c = (t_in - t_out) // 2
-        imgs.append(np.ascontiguousarray(img, dtype=np.float32))
-        tgts.append(np.ascontiguousarray(tgt[c : c + t_out, c : c + t_out]))
-        wtss.append(np.ascontiguousarray(wts[c : c + t_out, c : c + t_out], dtype=np.float32))
-    return np.stack(imgs), np.stack(tgts), np.stack(wtss)
-
-
-def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Pixel-wise softmax cross-entropy weighted by eq. 2, averaged over annotated pixels."""
-    ce = F.cross_entropy(logits.float(), target.clamp_min(0), reduction="none")
-    ann = target != IGNORE
-    n = ann.sum().clamp_min(1)
-    return (ce * weights * ann).sum() / n
-
-
-def prior_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || model) averaged over the pixels nobody annotated (knowledge distillation).
-
-    Sparse scribbles supervise object interiors and far background, never the
-    boundaries. Fine-tuned on scribbles alone, a pretrained model forgets what it
-    knew about everything else (measured in docs/accuracy.md: the shipped nuclei
-    model fell from IoU 0.82 to 0.59 in 5 CPU minutes). Matching the starting
-    model's own soft prediction wherever the user did not paint keeps that
-    knowledge, while the painted pixels (the weighted loss) correct it where the
-    user says it is wrong.
-    """
-    unann = target == IGNORE
-    if not bool(unann.any()):
-        return logits.new_zeros(())
-    logp = F.log_softmax(logits.float(), dim=1)
-    logq = F.log_softmax(teacher_logits.float(), dim=1)
-    kl = (logq.exp() * (logq - logp)).sum(dim=1)
-    return (kl * unann).sum() / unann.sum()
-
-
-# ----------------------------------------------------------------------------- metrics on annotated pixels
-
-
-def annotated_iou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
-    """Mean IoU over the classes present in the annotation, on annotated pixels only."""
-    ann = target != IGNORE
-    p, t = pred[ann], target[ann]
-    ious = []
-    for c in range(n_classes):
-        tc, pc = t == c, p == c
-        if not tc.any():
-            continue
-        ious.append((tc & pc).sum() / max((tc | pc).sum(), 1))
-    return float(np.mean(ious)) if ious else float("nan")
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -462,7 +337,7 @@ def iter_train(
     """
     t_start = time.perf_counter()
     config = config.settled()
-    pairs = _as_pairs(images, labels)
+    pairs = as_pairs(images, labels)
     in_channels = 1 if channel_axis is None else int(np.shape(pairs[0][0])[channel_axis])
     if config.resume:
         n_classes = read_info(resolve_model_path(config.resume)).model["n_classes"]
@@ -479,22 +354,17 @@ def iter_train(
     n_classes = model.n_classes
     depth, padding = model.depth, model.padding
 
-    t_in = int(config.tile_size)
-    if padding == "valid" and not is_valid_size(t_in, depth):
-        lo, hi = nearest_valid_sizes(t_in, depth)
-        raise ValueError(
-            f"tile size {t_in} gives no valid output for depth {depth}; nearest valid sizes are "
-            f"{lo if lo is not None else ''}{' and ' if lo is not None else ''}{hi}"
-        )
-    if padding == "same":
+    t_in = int(config.tile_in)
+    if padding == "valid":
+        check_tile_in(t_in, depth)  # the starting model's depth may differ from the config's
+    else:
         step = 2**depth
         t_in = max(step, t_in // step * step)
     t_out = model.output_size(t_in)
-    m = (t_in - t_out) // 2
 
-    slices = _prepare(pairs, config, n_classes, in_channels, channel_axis)
+    slices = prepare_slices(pairs, config, n_classes, in_channels, channel_axis)
     if val_images is not None:
-        val = _prepare(_as_pairs(val_images, val_labels), config, n_classes, in_channels, channel_axis)
+        val = prepare_slices(as_pairs(val_images, val_labels), config, n_classes, in_channels, channel_axis)
     elif config.val_fraction > 0 and len(slices) >= 2:
         k = max(1, int(round(len(slices) * config.val_fraction)))
         order = rng.permutation(len(slices))
@@ -514,9 +384,9 @@ def iter_train(
             start_note += "; keep_prior ignored: the starting model has other classes"
 
     dev = resolve_device(config.device)
-    precision = config.precision or ("bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    mem_fmt = torch.channels_last if dev.type in ("cpu", "cuda") else torch.contiguous_format
+    precision = config.precision or default_precision(dev)
+    amp_dtype = autocast_dtype(precision, dev)
+    mem_fmt = memory_format(dev)
     model.to(dev).to(memory_format=mem_fmt)
     if teacher is not None:
         teacher.to(dev).to(memory_format=mem_fmt)
@@ -560,6 +430,13 @@ def iter_train(
     step = step0
     last_loss = float("nan")
 
+    def snapshot_model() -> UNet:
+        # what a step event's snapshot() copies: the live weights, on the CPU, nothing else
+        net = build_model(model.config)
+        net.load_state_dict(_cpu_state(model))
+        net.info = info
+        return net
+
     def snapshot_result(st: TrainState) -> TrainResult:
         last_state = _cpu_state(model)
         # no best tracked yet (too few steps, no validation): the last weights are the best there are
@@ -584,7 +461,8 @@ def iter_train(
             lr = lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y, w = _sample_batch(slices, probs, config, t_in, t_out, m, rng)
+            # through the module, so a benchmark can time (wrap) the sampler
+            x, y, w = sampling.sample_batch(slices, probs, config, t_in, t_out, rng)
             xt = torch.from_numpy(x).to(dev).contiguous(memory_format=mem_fmt)
             yt = torch.from_numpy(y).to(dev)
             wt = torch.from_numpy(w).to(dev)
@@ -613,7 +491,8 @@ def iter_train(
             per_step = elapsed / max(step - step0, 1)
             eta = per_step * (config.steps - step)
             if step % max(config.log_every, 1) == 0 or step == config.steps:
-                yield TrainEvent("step", step, config.steps, last_loss, lr, elapsed, eta, device=str(dev))
+                yield TrainEvent("step", step, config.steps, last_loss, lr, elapsed, eta, device=str(dev),
+                                 snapshot_model=snapshot_model)
             if val and (step % config.val_every == 0 or step == config.steps):
                 metric = _validate(model, val, n_classes, dev, precision)
                 model.train()
@@ -621,12 +500,13 @@ def iter_train(
                 if best_metric is None or metric > best_metric:
                     best_metric, best_step, best_state = metric, step, _cpu_state(model)
                 yield TrainEvent("validation", step, config.steps, last_loss, lr, time.perf_counter() - t_start, eta,
-                                 val_metric=metric, device=str(dev))
+                                 val_metric=metric, device=str(dev), snapshot_model=snapshot_model)
             if preview is not None and config.preview_every and step % config.preview_every == 0:
                 pv = _preview(model, pairs[preview[0]][0], preview[1], dev, channel_axis, config)
                 model.train()
                 yield TrainEvent("preview", step, config.steps, last_loss, lr, time.perf_counter() - t_start, eta,
-                                 preview=pv, preview_where=tuple(preview), device=str(dev))
+                                 preview=pv, preview_where=tuple(preview), device=str(dev),
+                                 snapshot_model=snapshot_model)
         else:
             state = TrainState.DONE
         result = snapshot_result(state)
@@ -654,7 +534,7 @@ def iter_train(
         raise
     finally:
         model.to("cpu")
-        del opt, teacher
+        opt = teacher = None  # drop the optimizer state and the teacher now
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -678,7 +558,7 @@ def _cpu_opt_state(opt) -> dict:
     }
 
 
-def _validate(model: UNet, val: list[_Slice], n_classes: int, dev, precision) -> float:
+def _validate(model: UNet, val: list[TrainSlice], n_classes: int, dev, precision) -> float:
     scores = []
     for s in val:
         pred = predict(model, s.image[0] if s.image.shape[0] == 1 else s.image,
@@ -690,18 +570,14 @@ def _validate(model: UNet, val: list[_Slice], n_classes: int, dev, precision) ->
 
 def _preview(model: UNet, image, z: int, dev, channel_axis, config: TrainConfig) -> np.ndarray:
     """Labels of one slice, normalised as in training."""
+    is_stack = len(np.shape(image)) == (3 if channel_axis is None else 4)
+    plane = plane_at(image, z if is_stack else None, channel_axis)
+    lo, hi = percentiles(plane, config.norm_low, config.norm_high)
     if channel_axis is None:
-        plane = np.asarray(image[z] if len(np.shape(image)) == 3 else image)
-        ca = None
-    else:
-        arr = np.moveaxis(np.asarray(image), channel_axis, 0)
-        plane, ca = (arr[:, z] if arr.ndim == 4 else arr), 0
-    lo, hi = intensity_range(plane, low=config.norm_low, high=config.norm_high)
-    return predict(model, plane, channel_axis=ca, normalize=(lo, hi), device=dev, output="labels")
+        return predict(model, plane[0], normalize=(lo, hi), device=dev, output="labels")
+    return predict(model, plane, channel_axis=0, normalize=(lo, hi), device=dev, output="labels")
 
 
 def train(config: TrainConfig, images, labels, **kwargs) -> TrainResult:
     """Run :func:`iter_train` to the end without events."""
-    from .tiling import run
-
     return run(iter_train(config, images, labels, **kwargs))

@@ -47,11 +47,15 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from .labels import IGNORE, LabelMode, _as_int_labels, _check_mode, instances_from_labels, targets_from_labels
+from .labels import LabelMode, _as_int_labels, _check_mode, instances_from_labels, targets_from_labels
 
+W0 = 10.0  # paper eq. 2: weight of the gaps between touching objects
+SIGMA = 5.0  # paper eq. 2: width of that weight, px
 _INF = np.int32(2**29)  # "no object within reach"; 2 * _INF + reach**2 still fits in int32
 
 __all__ = [
+    "SIGMA",
+    "W0",
     "weight_map",
     "weight_map_reference",
     "class_balance_weights",
@@ -256,8 +260,8 @@ def two_nearest_distances(
 
 def border_weight(
     instances: np.ndarray,
-    w0: float = 10.0,
-    sigma: float = 5.0,
+    w0: float = W0,
+    sigma: float = SIGMA,
     *,
     mask: np.ndarray | None = None,
     cutoff: float = 1e-6,
@@ -303,8 +307,8 @@ def _term(d1: np.ndarray, d2: np.ndarray, w0: float, sigma: float, reach: float)
 def weight_map(
     labels,
     *,
-    w0: float = 10.0,
-    sigma: float = 5.0,
+    w0: float = W0,
+    sigma: float = SIGMA,
     mode: LabelMode = "instance",
     zero_is_background: bool = False,
     class_balance: bool = True,
@@ -363,8 +367,8 @@ def _weight_map_2d(lab, w0, sigma, mode, zib, class_balance, border, border_clas
 
 def border_weight_reference(
     instances: np.ndarray,
-    w0: float = 10.0,
-    sigma: float = 5.0,
+    w0: float = W0,
+    sigma: float = SIGMA,
     *,
     mask: np.ndarray | None = None,
     cutoff: float = 1e-6,
@@ -388,8 +392,8 @@ def border_weight_reference(
 def weight_map_reference(
     labels,
     *,
-    w0: float = 10.0,
-    sigma: float = 5.0,
+    w0: float = W0,
+    sigma: float = SIGMA,
     mode: LabelMode = "instance",
     zero_is_background: bool = False,
     class_balance: bool = True,

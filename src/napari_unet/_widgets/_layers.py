@@ -1,0 +1,151 @@
+"""Layers: choosing them, checking them, reading the slice on screen and showing one plane in place.
+
+Everything here runs on the GUI thread; workers never see a layer (see :mod:`._workers`).
+:class:`Debounce` is the one timer both live previews use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+DEBOUNCE_MS = 200  # paint -> preview delay: long enough to skip mid-stroke updates, short enough to feel live
+
+
+def layer_choices(viewer, kind: str) -> Callable:
+    """A magicgui ``choices`` callable listing the viewer's layers of one kind ('image' or 'labels')."""
+
+    def choices(widget=None):
+        from napari.layers import Image, Labels
+
+        cls = Image if kind == "image" else Labels
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, cls)]
+
+    return choices
+
+
+def follow_layers(viewer, container) -> None:
+    """Refresh the container's layer pickers when layers are added, removed or renamed."""
+
+    def reset(event=None):
+        try:
+            container.reset_choices()
+        except RuntimeError:  # the Qt widget is gone
+            pass
+
+    viewer.layers.events.inserted.connect(reset)
+    viewer.layers.events.removed.connect(reset)
+    viewer.layers.events.moved.connect(reset)
+
+    def disconnect():
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            ev.disconnect(reset)
+
+    container.native.destroyed.connect(lambda *_: disconnect())
+
+
+def check_image_layer(layer, what: str = "image") -> None:
+    """Raise ValueError (user-facing) unless ``layer`` is a grey 2D image or a (Z, Y, X) stack."""
+    if layer is None:
+        raise ValueError(f"no {what} layer chosen: open an image (File > Open, or File > Open Sample > U-Net Segment)")
+    if getattr(layer, "rgb", False):
+        raise ValueError(
+            f"{layer.name!r} is an RGB image; U-Net Segment works on grey images. Convert it first "
+            "(right-click the layer > Split RGB, then use one channel)"
+        )
+    if getattr(layer, "multiscale", False):
+        raise ValueError(f"{layer.name!r} is a multiscale (pyramid) image; open its full-resolution level as a plain layer")
+    if layer.ndim not in (2, 3):
+        raise ValueError(
+            f"{layer.name!r} has {layer.ndim} dimensions {tuple(layer.data.shape)}; expected a 2D image (Y, X) or "
+            "a stack (Z, Y, X). Split channels or time points into separate layers first"
+        )
+
+
+def current_index(viewer, layer) -> tuple[int, ...]:
+    """Indices of the leading (non-YX) axes of ``layer`` at the slice on screen, clipped to the data."""
+    shape = layer.data.shape
+    lead = len(shape) - 2
+    if lead <= 0:
+        return ()
+    pt = layer.world_to_data(viewer.dims.point)
+    pt = np.asarray(pt)[-len(shape):]
+    return tuple(int(np.clip(round(float(p)), 0, s - 1)) for p, s in zip(pt[:lead], shape[:lead]))
+
+
+def current_plane(viewer, layer) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The 2D (Y, X) plane of ``layer`` on screen (a copy) and its leading indices."""
+    idx = current_index(viewer, layer)
+    return np.array(layer.data[idx] if idx else layer.data), idx
+
+
+def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...], kind: str = "image", **kwargs):
+    """Show one 2D plane as layer ``name`` placed at slice ``idx`` of layer ``like``; update in place if it exists.
+
+    The layer holds (1, ..., 1, Y, X) data translated to the slice, so a preview of
+    one slice shows on that slice only and costs one plane of memory, not a stack.
+    """
+    data = plane.reshape((1,) * len(idx) + plane.shape)
+    scale = np.asarray(like.scale, dtype=float)
+    translate = np.asarray(like.translate, dtype=float).copy()
+    translate[: len(idx)] += np.asarray(idx, dtype=float) * scale[: len(idx)]
+    from napari.layers import Labels
+
+    active = viewer.layers.selection.active
+    if name in viewer.layers and viewer.layers[name].data.ndim == data.ndim and (
+        (kind == "labels") == isinstance(viewer.layers[name], Labels)
+    ):
+        layer = viewer.layers[name]
+        # each assignment refreshes the layer: set only what changed (the preview of a
+        # running training comes every few steps, on the GUI thread)
+        if not np.array_equal(layer.translate, translate):
+            layer.translate = translate
+        if not np.array_equal(layer.scale, scale):
+            layer.scale = scale
+        layer.data = data
+        for k, v in kwargs.items():
+            if k not in ("colormap", "name") and getattr(layer, k, None) != v:
+                setattr(layer, k, v)
+    else:
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+        add = viewer.add_labels if kind == "labels" else viewer.add_image
+        layer = add(data, name=name, scale=scale, translate=translate, **kwargs)
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active  # keep painting on the labels layer
+    return layer
+
+
+class Debounce:
+    """Calls ``update`` once, ``ms`` after the last of a burst of ``schedule()`` calls (GUI thread).
+
+    Also follows the viewer's slice slider, and disconnects from the viewer when
+    ``container`` is destroyed (holding no reference to the container).
+    """
+
+    def __init__(self, viewer, container, update: Callable, ms: int = DEBOUNCE_MS):
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(ms)
+        self.timer.timeout.connect(update)
+        viewer.dims.events.current_step.connect(self.schedule)
+        timer, slot = self.timer, self.schedule
+
+        def cleanup(*_):
+            timer.stop()
+            try:
+                viewer.dims.events.current_step.disconnect(slot)
+            except Exception:  # the viewer is already closed
+                pass
+
+        container.native.destroyed.connect(cleanup)
+
+    def schedule(self, *_):
+        """(Re)start the timer; ``update`` runs once the changes pause."""
+        try:
+            self.timer.start()
+        except RuntimeError:  # Qt object deleted
+            pass

@@ -1,0 +1,79 @@
+"""Where the arithmetic runs: device choice, memory budget, and ONE precision policy.
+
+Training and prediction both ask this module which device to use, in which
+floating-point precision (autocast dtype) and memory layout, so the two never
+disagree: bf16 on CUDA GPUs that support it, fp32 elsewhere; channels_last on
+CPU and CUDA, where the convolutions run faster in it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+# what a user may choose in the widgets and the CLI; "auto" = cuda > mps > cpu
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'auto'/None -> cuda > mps > cpu."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def available_devices() -> list[str]:
+    """The entries of :data:`DEVICE_CHOICES` this machine has (the widgets' device menus)."""
+    have = {"auto": True, "cpu": True, "cuda": torch.cuda.is_available()}
+    mps = getattr(torch.backends, "mps", None)
+    have["mps"] = mps is not None and mps.is_available()
+    return [d for d in DEVICE_CHOICES if have[d]]
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes we may use for activations on ``device``."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f}
+        avail = info.get("MemAvailable", info["MemTotal"] // 2)
+    except (OSError, KeyError, ValueError):
+        avail = 4 << 30
+    return int(avail * 0.25)
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 on CUDA GPUs that support it, else fp32 (training and prediction alike)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (None = :func:`default_precision`); None = no autocast.
+
+    fp16 on a CPU becomes bf16: CPU autocast has no fast fp16 kernels.
+    """
+    if precision is None:
+        precision = default_precision(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if dtype is torch.float16 and device.type == "cpu":
+        dtype = torch.bfloat16
+    return dtype
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last where the convolutions are faster in it (CPU, CUDA), else contiguous."""
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format

@@ -1,0 +1,130 @@
+"""Intensity normalisation: ONE mapping for training, prediction and the previews.
+
+Every 2D plane is mapped with its own robust percentiles (default 1 and 99.8,
+stored in the model file) to roughly [0, 1]: ``(x - lo) / (hi - lo)``, computed
+in float32 by :func:`scale_intensity`. :func:`percentiles` samples big or lazy
+stacks instead of reading them in full; :func:`normalize` is both in one call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["normalize", "percentiles", "plane_range", "scale_intensity"]
+
+DEFAULT_LOW, DEFAULT_HIGH = 1.0, 99.8  # percentiles; a model file may store its own
+
+
+def _check_finite(values: np.ndarray, what: str = "image") -> None:
+    if values.dtype.kind in "fc":
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ValueError(
+                f"{what} contains {bad} NaN or inf value(s); replace them (e.g. numpy.nan_to_num or "
+                "Fiji's Process > Math > Remove NaNs) before segmenting"
+            )
+
+
+def _sample_for_percentiles(image, max_samples: int) -> np.ndarray:
+    """A deterministic subsample: evenly spaced planes, then a pixel stride within them.
+
+    Reading whole planes keeps it cheap on memmaps and chunked zarr stores, where
+    scattered single-pixel reads would touch every chunk.
+    """
+    shape = tuple(image.shape)
+    size = int(np.prod(shape, dtype=np.int64))
+    if size <= max_samples:
+        return np.asarray(image)
+    if len(shape) <= 2:
+        step = int(np.ceil(np.sqrt(size / max_samples)))
+        return np.asarray(image[::step, ::step] if len(shape) == 2 else image[::step])
+    planes = int(np.prod(shape[:-2]))
+    plane_size = shape[-2] * shape[-1]
+    n_planes = int(min(planes, max(1, max_samples // plane_size), 64))
+    picks = np.unique(np.linspace(0, planes - 1, n_planes).round().astype(int))
+    step = max(1, int(np.ceil(np.sqrt(len(picks) * plane_size / max_samples))))
+    out = []
+    for flat in picks:
+        idx = np.unravel_index(flat, shape[:-2])
+        plane = image[tuple(int(i) for i in idx)]
+        out.append(np.asarray(plane)[::step, ::step].ravel())
+    return np.concatenate(out)
+
+
+def percentiles(image, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH, *, max_samples: int = 4_000_000) -> tuple[float, float]:
+    """Robust intensity range ``(lo, hi)`` at the ``low`` / ``high`` percentiles.
+
+    Works on numpy arrays, memmaps, zarr and dask arrays; beyond ``max_samples``
+    pixels a deterministic subsample of evenly spaced planes is used, so a huge
+    lazy stack is never read in full.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
+    if int(np.prod(np.shape(image))) == 0:
+        raise ValueError("cannot normalise an empty image (no pixels)")
+    sample = _sample_for_percentiles(image, max_samples)
+    if sample.dtype.kind not in "biuf":
+        raise ValueError(f"image must be numeric, got dtype {sample.dtype}")
+    _check_finite(sample)
+    lo, hi = np.percentile(sample.astype(np.float64, copy=False).ravel(), [low, high])
+    return float(lo), float(hi)
+
+
+def normalize(
+    image,
+    *,
+    low: float = DEFAULT_LOW,
+    high: float = DEFAULT_HIGH,
+    lo_hi: tuple[float, float] | None = None,
+    clip: bool = False,
+    eps: float = 1e-6,
+) -> np.ndarray:
+    """Percentile normalisation to float32: ``lo`` -> 0, ``hi`` -> 1.
+
+    Parameters
+    ----------
+    image
+        Any numeric array (uint8, uint16, float...), read in full.
+    low, high
+        Percentiles used when ``lo_hi`` is not given.
+    lo_hi
+        Precomputed ``(lo, hi)`` from :func:`percentiles`; pass the training
+        image's values at prediction time so both see the same mapping.
+    clip
+        Clip the result to [0, 1].
+    eps
+        When ``hi - lo <= eps`` (a constant image) the result is ``image - lo``
+        (zeros for a constant image) instead of a division by ~0.
+
+    Raises
+    ------
+    ValueError
+        NaN or inf in the image, or a non-numeric image.
+    """
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"image must be numeric, got dtype {arr.dtype}")
+    _check_finite(arr)
+    if lo_hi is None:
+        lo, hi = percentiles(arr, low, high)
+    else:
+        lo, hi = (float(v) for v in lo_hi)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"lo_hi must be finite numbers, got {lo_hi}")
+    out = scale_intensity(arr, lo, hi, eps=eps)
+    if clip:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def scale_intensity(plane, lo: float, hi: float, *, eps: float = 0.0) -> np.ndarray:
+    """``(plane - lo) / (hi - lo)`` in float32 (no division when ``hi - lo <= eps``: a constant image)."""
+    out = np.asarray(plane).astype(np.float32, copy=False)
+    scale = 1.0 / (hi - lo) if hi - lo > eps else 1.0
+    return (out - np.float32(lo)) * np.float32(scale)
+
+
+def plane_range(plane, norm: dict | None = None) -> tuple[float, float]:
+    """``(lo, hi)`` of one plane with a model's stored percentiles (``{'low': .., 'high': ..}``)."""
+    norm = norm or {}
+    return percentiles(plane, norm.get("low", DEFAULT_LOW), norm.get("high", DEFAULT_HIGH))

@@ -1,0 +1,53 @@
+"""The training losses: eq. 2's weighted cross-entropy, and the keep-prior term for fine-tuning.
+
+Also :func:`annotated_iou`, the validation score on annotated pixels only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .labels import IGNORE
+
+
+def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise softmax cross-entropy weighted by eq. 2, averaged over annotated pixels."""
+    ce = F.cross_entropy(logits.float(), target.clamp_min(0), reduction="none")
+    ann = target != IGNORE
+    n = ann.sum().clamp_min(1)
+    return (ce * weights * ann).sum() / n
+
+
+def prior_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || model) averaged over the pixels nobody annotated (knowledge distillation).
+
+    Sparse scribbles supervise object interiors and far background, never the
+    boundaries. Fine-tuned on scribbles alone, a pretrained model forgets what it
+    knew about everything else (measured in docs/accuracy.md: the shipped nuclei
+    model fell from IoU 0.82 to 0.59 in 5 CPU minutes). Matching the starting
+    model's own soft prediction wherever the user did not paint keeps that
+    knowledge, while the painted pixels (the weighted loss) correct it where the
+    user says it is wrong.
+    """
+    unann = target == IGNORE
+    if not bool(unann.any()):
+        return logits.new_zeros(())
+    logp = F.log_softmax(logits.float(), dim=1)
+    logq = F.log_softmax(teacher_logits.float(), dim=1)
+    kl = (logq.exp() * (logq - logp)).sum(dim=1)
+    return (kl * unann).sum() / unann.sum()
+
+
+def annotated_iou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
+    """Mean IoU over the classes present in the annotation, on annotated pixels only."""
+    ann = target != IGNORE
+    p, t = pred[ann], target[ann]
+    ious = []
+    for c in range(n_classes):
+        tc, pc = t == c, p == c
+        if not tc.any():
+            continue
+        ious.append((tc & pc).sum() / max((tc | pc).sum(), 1))
+    return float(np.mean(ious)) if ious else float("nan")

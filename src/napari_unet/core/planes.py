@@ -1,0 +1,128 @@
+"""Channels and planes: the (C, H, W) plane ``z`` of an image or stack, read lazily, written once.
+
+Prediction, training and the training preview all take 2D planes out of
+(Y, X) or (Z, Y, X) images with an optional channel axis; :func:`plane_at`
+is how. :func:`as_grey` turns an RGB image into a grey one on request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["as_grey", "as_stack", "plane_at"]
+
+
+def plane_at(image, z: int | None, channel_axis: int | None = None) -> np.ndarray:
+    """Plane ``z`` of ``image`` as a (C, H, W) array (C = 1 without a channel axis).
+
+    ``z`` None: ``image`` is one plane (2D, plus the channel axis if any). Only
+    that plane is read from a lazy (memmap, zarr, dask) stack.
+    """
+    if channel_axis is None:
+        return np.asarray(image if z is None else image[z])[None]
+    ndim = len(np.shape(image))
+    channel_axis = channel_axis % ndim
+    if z is None:
+        return np.moveaxis(np.asarray(image), channel_axis, 0)
+    # index z first (lazily), then move the channel axis to the front
+    z_axis = 0 if channel_axis != 0 else 1
+    idx = [slice(None)] * ndim
+    idx[z_axis] = z
+    plane = np.asarray(image[tuple(idx)])
+    return np.moveaxis(plane, channel_axis if channel_axis < z_axis else channel_axis - 1, 0)
+
+
+def as_stack(image, channel_axis: int | None, in_channels: int):
+    """Check ``image`` for a model; return (getter(z) -> (C, H, W) array, n_slices, spatial shape, is_stack)."""
+    ndim = len(image.shape)
+    if channel_axis is not None:
+        channel_axis = channel_axis % ndim
+        spatial = [s for i, s in enumerate(image.shape) if i != channel_axis]
+        n_ch = image.shape[channel_axis]
+    else:
+        spatial = list(image.shape)
+        n_ch = 1
+    if len(spatial) not in (2, 3):
+        raise ValueError(
+            f"expected a 2D image (Y, X) or a stack (Z, Y, X){' plus a channel axis' if channel_axis is not None else ''},"
+            f" got shape {tuple(image.shape)}"
+        )
+    if channel_axis is None and ndim == 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8:
+        raise ValueError(
+            f"this looks like an RGB image (shape {tuple(image.shape)}); U-Net Segment expects grey images: "
+            "convert to greyscale, or pass channel_axis=-1 for a model trained on colour"
+        )
+    if n_ch != in_channels:
+        raise ValueError(f"the model expects {in_channels} channel(s), the image has {n_ch}")
+    if min(spatial[-2:]) < 1:
+        raise ValueError(f"image is empty (shape {tuple(image.shape)})")
+    is_stack = len(spatial) == 3
+
+    def get(z: int) -> np.ndarray:
+        return plane_at(image, z if is_stack else None, channel_axis)
+
+    n = spatial[0] if is_stack else 1
+    return get, n, tuple(spatial[-2:]), is_stack
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert('L')
+
+
+def as_grey(
+    image,
+    *,
+    channel_axis: int | None = None,
+    axes: str | None = None,
+    channel: int | None = None,
+    convert_rgb: bool = False,
+):
+    """Return a grey (single-channel) image of 2 to 4 dimensions.
+
+    An RGB/RGBA image (last axis of length 3 or 4 with uint8 pixels, or an ``S``/``C``
+    axis in ``axes`` from :class:`ImageMeta`, or ``channel_axis``) is refused unless
+    the caller says what to do: ``channel=k`` keeps channel ``k`` (dtype kept),
+    ``convert_rgb=True`` converts to luminance (float32; the mean for other than 3/4
+    channels).
+
+    Raises
+    ------
+    ValueError
+        RGB without an explicit choice, or fewer than 2 / more than 4 dimensions.
+    """
+    shape = tuple(np.shape(image))
+    ndim = len(shape)
+    if channel_axis is None and axes is not None and len(axes) == ndim:
+        for letter in "SC":
+            if letter in axes and shape[axes.index(letter)] > 1:
+                channel_axis = axes.index(letter)
+                break
+    if channel_axis is None and ndim >= 3 and shape[-1] in (3, 4):
+        dtype = getattr(image, "dtype", None)
+        if dtype is not None and np.dtype(dtype) == np.uint8:
+            channel_axis = ndim - 1
+    if channel_axis is not None:
+        channel_axis = channel_axis % ndim
+        n = shape[channel_axis]
+        if channel is not None:
+            if not -n <= channel < n:
+                raise ValueError(f"channel {channel} does not exist; the image has {n} channels (0..{n - 1})")
+            image = np.take(np.asarray(image), channel, axis=channel_axis)
+        elif convert_rgb:
+            arr = np.moveaxis(np.asarray(image), channel_axis, -1).astype(np.float32)
+            if n in (3, 4):
+                image = arr[..., :3] @ _LUMA  # alpha dropped
+            else:
+                image = arr.mean(axis=-1)
+        else:
+            raise ValueError(
+                f"this looks like an RGB image (shape {shape}); U-Net Segment expects grey images — convert "
+                "to greyscale or pick one channel (convert_rgb=True, or channel=0/1/2)"
+            )
+        shape = tuple(np.shape(image))
+        ndim = len(shape)
+    if ndim < 2 or ndim > 4:
+        raise ValueError(
+            f"expected a grey image with 2 to 4 dimensions ((Y, X), (Z, Y, X) or (T, Z, Y, X)), got {ndim}D "
+            f"shape {shape}"
+        )
+    return image
