@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # torch first, pinned: the CPU build that lies on this machine's disk (a loose spec would pull a multi-GB CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-core demo demo-headless bench docs clean xvfb
+.PHONY: install lint test test-core demo demo-headless bench docs clean xvfb
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ xvfb:
 		echo "installing for the GUI tests:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The rules that run: ruff (lint + format check, config in pyproject.toml) and import-linter's contracts
+# (core/ never imports the widgets, the CLI, napari or Qt); tests/test_imports.py adds the same rule for
+# scripts/ and benchmarks/ and shows a contract failing on a deliberate violation.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: $(STAMP) xvfb
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest -p no:cacheprovider

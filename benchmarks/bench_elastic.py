@@ -14,9 +14,9 @@ import torch
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, timeit, write_section  # noqa: E402
+from _report import table, timeit, write_section
 
-from napari_unet.core.augment import (  # noqa: E402
+from napari_unet.core.augment import (
     coarse_displacements,
     dense_displacement,
     elastic_deform,
@@ -48,9 +48,7 @@ def main() -> None:
     try:
         import elasticdeform
 
-        ed = timeit(
-            lambda: elasticdeform.deform_random_grid([img, lab], sigma=10, points=3, order=[3, 0]), repeat=7
-        )
+        ed = timeit(lambda: elasticdeform.deform_random_grid([img, lab], sigma=10, points=3, order=[3, 0]), repeat=7)
         rows.append(["elasticdeform 0.5 `deform_random_grid` (C, cubic B-spline + nearest)", ed * 1e3, ed / ours])
     except ImportError:
         rows.append(["elasticdeform (not installed)", float("nan"), float("nan")])
@@ -65,8 +63,7 @@ def main() -> None:
     body = (
         "One 512 x 512 ISBI image (float32) + instance labels, 3 x 3 control grid, sigma = 10 px, image cubic, "
         "labels nearest, mirror boundary; everything on one CPU thread. ratio = peer time / napari-unet time (for the batched row: "
-        "`elastic_deform` time / per-image batched time).\n\n"
-        + table(["method", "ms", "ratio"], rows)
+        "`elastic_deform` time / per-image batched time).\n\n" + table(["method", "ms", "ratio"], rows)
     )
     write_section("elastic", "Elastic deformation (paper section 3.1)", body)
 

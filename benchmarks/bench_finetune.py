@@ -55,9 +55,9 @@ from skimage.morphology import skeletonize
 
 from napari_unet.core import metrics
 from napari_unet.core.checkpoint import load_model, read_info, resolve_model_path
+from napari_unet.core.events import run
 from napari_unet.core.labels import instances_from_semantic, isbi_to_instances
 from napari_unet.core.tiling import predict
-from napari_unet.core.events import run
 from napari_unet.core.train import TrainConfig, iter_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +67,14 @@ WORK = ROOT / "benchmarks" / "_work"
 SETS = {
     # train (scribbled) images, held-out test images, foreground class index in predictions
     "em": {"train": [25, 26, 27], "test": [28, 29], "fg": 0, "w0": 3.0, "ft": "em-membrane", "ftx": "nuclei"},
-    "nuclei": {"train": [80, 81, 82, 83, 84], "test": list(range(85, 100)), "fg": 1, "w0": 10.0,
-               "ft": "nuclei", "ftx": "em-membrane"},
+    "nuclei": {
+        "train": [80, 81, 82, 83, 84],
+        "test": list(range(85, 100)),
+        "fg": 1,
+        "w0": 10.0,
+        "ft": "nuclei",
+        "ftx": "em-membrane",
+    },
 }
 
 
@@ -171,11 +177,26 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         info = read_info(resolve_model_path(init))
         border_class = bool(info.border_class) and which == "nuclei"  # keep the pretrained head when it fits
     cfg = TrainConfig(
-        depth=4, base_channels=16, padding="valid", dropout=0.5, label_mode="instance", border_class=border_class,
-        w0=s["w0"], sigma=5.0,
-        class_balance=arm not in ("plain", "nobal", "ftnobal"), border_weights=arm not in ("plain", "nobal", "ftnobal"),
-        optimizer="adam", lr=(2e-5 if arm == "ftlow" else 1e-4) if init else 1e-3, schedule="constant", steps=100_000, batch_size=1,
-        tile_in=252, augment=arm not in ("plain", "noaug"), init=init, seed=seed, device="cpu",
+        depth=4,
+        base_channels=16,
+        padding="valid",
+        dropout=0.5,
+        label_mode="instance",
+        border_class=border_class,
+        w0=s["w0"],
+        sigma=5.0,
+        class_balance=arm not in ("plain", "nobal", "ftnobal"),
+        border_weights=arm not in ("plain", "nobal", "ftnobal"),
+        optimizer="adam",
+        lr=(2e-5 if arm == "ftlow" else 1e-4) if init else 1e-3,
+        schedule="constant",
+        steps=100_000,
+        batch_size=1,
+        tile_in=252,
+        augment=arm not in ("plain", "noaug"),
+        init=init,
+        seed=seed,
+        device="cpu",
         keep_prior=1.0 if arm == "ftkeep" else 0.0,
     )
     budgets = sorted(budgets_min)
@@ -197,16 +218,14 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
     n_classes = 3 if border_class else 2
     if init and arm in ("ft", "ftlow", "ftnobal", "ftkeep"):  # the shipped model as it is, before any fine-tuning
         m0 = load_model(init)
-        rows.append({"minutes": 0.0, "steps": 0,
-                     **score(unet_predict(m0, test_img), test_truth, which, m0.n_classes)})
+        rows.append({"minutes": 0.0, "steps": 0, **score(unet_predict(m0, test_img), test_truth, which, m0.n_classes)})
     from napari_unet.core.model import UNet
 
     net = UNet(1, n_classes, 4, 16, "valid", 0.5)
     for minutes, step, sd in snaps:
         net.load_state_dict(sd)
         net.eval()
-        r = {"minutes": minutes, "steps": step,
-             **score(unet_predict(net, test_img), test_truth, which, n_classes)}
+        r = {"minutes": minutes, "steps": step, **score(unet_predict(net, test_img), test_truth, which, n_classes)}
         log(f"{which}/{arm}: {r}")
         rows.append(r)
     return rows
@@ -261,11 +280,14 @@ def main(argv=None):
     img, lab, truth = load(args.which)
     scrib = scribbles(lab[s["train"]], args.which, seed=args.seed)
     frac = float((scrib > 0).mean())
-    log(f"{args.which}: scribbles cover {100 * frac:.2f}% of {len(s['train'])} images "
-        f"({int((scrib == 1).sum())} background px, {int((scrib >= 2).sum())} object px)")
+    log(
+        f"{args.which}: scribbles cover {100 * frac:.2f}% of {len(s['train'])} images "
+        f"({int((scrib == 1).sum())} background px, {int((scrib >= 2).sum())} object px)"
+    )
     tag = "" if args.seed == 0 else f"_seed{args.seed}"  # other seeds draw other scribbles: keep both
-    tifffile.imwrite(WORK / f"scribbles_{args.which}{tag}.tif", scrib.astype(np.uint16), compression="zlib",
-                     photometric="minisblack")
+    tifffile.imwrite(
+        WORK / f"scribbles_{args.which}{tag}.tif", scrib.astype(np.uint16), compression="zlib", photometric="minisblack"
+    )
     test_img, test_truth = img[s["test"]], truth[s["test"]]
     budgets = [float(b) for b in args.budgets.split(",")]
     for arm in args.arms.split(","):
@@ -274,8 +296,19 @@ def main(argv=None):
             rows = rf_arm(args.which, img[s["train"]], scrib, test_img, test_truth, args.seed, log)
         else:
             rows = unet_arm(arm, args.which, img[s["train"]], scrib, test_img, test_truth, budgets, args.seed, log)
-        out.write_text(json.dumps({"dataset": args.which, "arm": arm, "scribble_fraction": frac,
-                                   "train": s["train"], "test": s["test"], "rows": rows}, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "dataset": args.which,
+                    "arm": arm,
+                    "scribble_fraction": frac,
+                    "train": s["train"],
+                    "test": s["test"],
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, write_section  # noqa: E402
+from _report import table, write_section
 
-from napari_unet.core import tiling  # noqa: E402
-from napari_unet.core.model import UNet, input_size_for_output  # noqa: E402
+from napari_unet.core import tiling
+from napari_unet.core.model import UNet, input_size_for_output
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 2048
@@ -138,8 +138,13 @@ def main() -> None:
     def ours(output, **kw):
         def f():
             res[(output, kw.get("precision", "fp32"))] = tiling.predict(
-                valid, img, output=output, tile_out=kw.get("tile_out"), normalize=False,
-                precision=kw.get("precision"), device="cpu",
+                valid,
+                img,
+                output=output,
+                tile_out=kw.get("tile_out"),
+                normalize=False,
+                precision=kw.get("precision"),
+                device="cpu",
             )
 
         return f
@@ -206,18 +211,44 @@ def main() -> None:
 
     # ------------------------------------------------------------------ report
     mpx = SIZE * SIZE / 1e6
-    t_l, t_p, t_b, t_m, t_d = (med(main_t[k]) for k in ("ours_labels", "ours_prob", "ours_bf16", "monai",
-                                                          "monai_default"))
+    t_l, t_p, t_b, t_m, t_d = (
+        med(main_t[k]) for k in ("ours_labels", "ours_prob", "ours_bf16", "monai", "monai_default")
+    )
     rows = [
-        [f"napari-unet `predict`, labels, fp32 (auto tile {plan.tile_in[0]} -> {plan.tile_out[0]}, "
-         f"{plan.n_tiles} tiles)", t_l, mpx / t_l, dratio_l, ratio_l, 100 * bound_s / t_l],
+        [
+            f"napari-unet `predict`, labels, fp32 (auto tile {plan.tile_in[0]} -> {plan.tile_out[0]}, "
+            f"{plan.n_tiles} tiles)",
+            t_l,
+            mpx / t_l,
+            dratio_l,
+            ratio_l,
+            100 * bound_s / t_l,
+        ],
         ["napari-unet `predict`, probabilities, fp32", t_p, mpx / t_p, dratio_p, ratio_p, 100 * bound_s / t_p],
-        [f"napari-unet `predict`, labels, `precision='bf16'` (agreement with fp32: {100 * agree:.2f} %)",
-         t_b, mpx / t_b, dratio_b, ratio_b, 100 * bound_s / t_b],
-        ["MONAI `sliding_window_inference`, padded twin, logits, defaults (sw_batch_size=1, contiguous)",
-         t_d, mpx / t_d, 1.0, t_m / t_d, 100 * bound_s / t_d],
-        [f"MONAI `sliding_window_inference`, padded twin, logits, best setting ({monai_setting[best_monai]})",
-         t_m, mpx / t_m, t_d / t_m, 1.0, 100 * bound_s / t_m],
+        [
+            f"napari-unet `predict`, labels, `precision='bf16'` (agreement with fp32: {100 * agree:.2f} %)",
+            t_b,
+            mpx / t_b,
+            dratio_b,
+            ratio_b,
+            100 * bound_s / t_b,
+        ],
+        [
+            "MONAI `sliding_window_inference`, padded twin, logits, defaults (sw_batch_size=1, contiguous)",
+            t_d,
+            mpx / t_d,
+            1.0,
+            t_m / t_d,
+            100 * bound_s / t_d,
+        ],
+        [
+            f"MONAI `sliding_window_inference`, padded twin, logits, best setting ({monai_setting[best_monai]})",
+            t_m,
+            mpx / t_m,
+            t_d / t_m,
+            1.0,
+            100 * bound_s / t_m,
+        ],
     ]
     probe_rows = [[monai_setting[k], v[0]] for k, v in probe.items()]
     dense_rows = [[f"{s} x {s}", g] for s, g in dense.items()]
@@ -226,13 +257,22 @@ def main() -> None:
     for t in sweep_out:
         n = math.ceil((SIZE - t) / (t // step * step)) + 1 if t < SIZE else 1
         tt = med(sweep_t[t])
-        sweep_rows.append([f"{tiles_in[t]} -> {t}", (tiles_in[t] / t) ** 2, t * t / tt / 1e6,
-                           100 * fpp * t * t / tt / 1e9 / dense[best_size], f"{n} x {n}", n * n * tt])
+        sweep_rows.append(
+            [
+                f"{tiles_in[t]} -> {t}",
+                (tiles_in[t] / t) ** 2,
+                t * t / tt / 1e6,
+                100 * fpp * t * t / tt / 1e9 / dense[best_size],
+                f"{n} x {n}",
+                n * n * tt,
+            ]
+        )
     body = f"""2048 x 2048 EM mosaic (ISBI 2012 slices tiled), U-Net depth 4, 16 base channels, 2 classes, He-initialised
 weights (untrained; the valid net and the padded twin share them), CPU, fp32 unless noted, {torch.get_num_threads()}
 torch threads for both. Medians of {ROUNDS} interleaved rounds; ratio = MONAI time / napari-unet time, the median of
 the per-round ratios, against MONAI as specified in issue 2 (its defaults) and against MONAI at the best of the
-settings below (channels_last is not a MONAI option: we converted its model and input for it). "% of bound" = the FLOP-bound time ({fpp / 1e3:.1f} kFLOP per output pixel of the padded net x
+settings below (channels_last is not a MONAI option: we converted its model and input for it). "% of bound" = the FLOP-bound time ({
+        fpp / 1e3:.1f} kFLOP per output pixel of the padded net x
 {SIZE}^2 px at the best dense throughput, {dense[best_size]:.1f} GFLOP/s at {best_size}^2, = {bound_s:.2f} s) / the
 measured time.
 
@@ -250,8 +290,12 @@ Tile sweep of the valid net (one tile each, interleaved; "2048^2 s" = tiles need
 the automatic choice splits the image evenly into the fewest tiles of at most `CPU_MAX_TILE_IN` =
 {tiling.CPU_MAX_TILE_IN} px input, here {plan.tile_in[0]} -> {plan.tile_out[0]}):
 
-{table(["tile in -> out", "input px / output px", "output Mpx/s", "% of bound", "tiles for 2048^2", "2048^2 s"],
-       sweep_rows)}
+{
+        table(
+            ["tile in -> out", "input px / output px", "output Mpx/s", "% of bound", "tiles for 2048^2", "2048^2 s"],
+            sweep_rows,
+        )
+    }
 """
     write_section("predict", "Prediction, 2048 x 2048, CPU (issue 2)", body)
 

@@ -24,13 +24,13 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, write_section  # noqa: E402
-from bench_predict import DATA, dense_throughput, flops, nets  # noqa: E402
+from _report import table, write_section
+from bench_predict import DATA, dense_throughput, flops, nets
 
-from napari_unet.core import sampling  # noqa: E402
-from napari_unet.core.labels import isbi_to_instances  # noqa: E402
-from napari_unet.core.model import output_size  # noqa: E402
-from napari_unet.core.train import TrainConfig, iter_train  # noqa: E402
+from napari_unet.core import sampling
+from napari_unet.core.labels import isbi_to_instances
+from napari_unet.core.model import output_size
+from napari_unet.core.train import TrainConfig, iter_train
 
 STEPS = int(os.environ.get("BENCH_STEPS", "16"))
 SKIP = 3  # first steps warm up oneDNN and the allocator
@@ -42,8 +42,17 @@ def main() -> None:
     lab = isbi_to_instances(tifffile.imread(DATA / "isbi2012" / "train-labels.tif")[:N_SLICES])
     tile = 572
     t_out = output_size(tile, 4)
-    cfg = TrainConfig(depth=4, base_channels=16, label_mode="instance", tile_in=tile, batch_size=1,
-                      steps=STEPS, device="cpu", seed=0, log_every=1)
+    cfg = TrainConfig(
+        depth=4,
+        base_channels=16,
+        label_mode="instance",
+        tile_in=tile,
+        batch_size=1,
+        steps=STEPS,
+        device="cpu",
+        seed=0,
+        log_every=1,
+    )
 
     sample_times: list[float] = []
     orig = sampling.sample_batch
@@ -77,13 +86,28 @@ def main() -> None:
     bound_s = fl_step / (dense[best] * 1e9)
     # what an ideal (sampling-free) step would be at the measured throughput
     rows = [
-        ["`iter_train` step (sample + augment + forward + backward + SGD)", t_step * 1e3, 1 / t_step,
-         t_out * t_out / t_step / 1e6, 100 * bound_s / t_step],
+        [
+            "`iter_train` step (sample + augment + forward + backward + SGD)",
+            t_step * 1e3,
+            1 / t_step,
+            t_out * t_out / t_step / 1e6,
+            100 * bound_s / t_step,
+        ],
         ["  of which sampling + augmentation (`_sample_batch`)", t_samp * 1e3, "", "", ""],
-        ["  of which forward + backward + optimizer (rest)", (t_step - t_samp) * 1e3, 1 / (t_step - t_samp),
-         t_out * t_out / (t_step - t_samp) / 1e6, 100 * bound_s / (t_step - t_samp)],
-        [f"FLOP bound ({fl_step / 1e9:.1f} GFLOP per step at {dense[best]:.1f} GFLOP/s)", bound_s * 1e3,
-         1 / bound_s, t_out * t_out / bound_s / 1e6, 100.0],
+        [
+            "  of which forward + backward + optimizer (rest)",
+            (t_step - t_samp) * 1e3,
+            1 / (t_step - t_samp),
+            t_out * t_out / (t_step - t_samp) / 1e6,
+            100 * bound_s / (t_step - t_samp),
+        ],
+        [
+            f"FLOP bound ({fl_step / 1e9:.1f} GFLOP per step at {dense[best]:.1f} GFLOP/s)",
+            bound_s * 1e3,
+            1 / bound_s,
+            t_out * t_out / bound_s / 1e6,
+            100.0,
+        ],
     ]
     body = f"""U-Net depth 4, 16 base channels, valid convolutions, paper tile {tile} -> {t_out}, batch 1, SGD momentum 0.99,
 instance-mode ISBI 2012 labels (first {N_SLICES} slices), elastic deformation + flips + intensity jitter, fp32, CPU,
@@ -95,8 +119,13 @@ Sampling is {100 * t_samp / t_step:.0f} % of a step.
 {table(["part", "ms / step", "steps/s", "output Mpx/s", "% of FLOP bound"], rows)}
 """
     write_section("train", "Training throughput, CPU (issue 2)", body)
-    print("sampling times (ms):", [round(1e3 * s) for s in samp], "step times (ms):", [round(1e3 * s) for s in step_times],
-          statistics.median(step_times))
+    print(
+        "sampling times (ms):",
+        [round(1e3 * s) for s in samp],
+        "step times (ms):",
+        [round(1e3 * s) for s in step_times],
+        statistics.median(step_times),
+    )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, timeit, write_section  # noqa: E402
+from _report import table, timeit, write_section
 
-from napari_unet.core.weights import weight_map, weight_map_reference  # noqa: E402
+from napari_unet.core.weights import weight_map, weight_map_reference
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -24,8 +24,8 @@ def main(slices=(0, 10, 20)) -> None:
     rows = []
     for z in slices:
         lab = inst[z].astype(np.int32) + 1  # membrane -> background (1), cells -> objects
-        ours = timeit(lambda: weight_map(lab), repeat=15, warmup=2)
-        ref = timeit(lambda: weight_map_reference(lab), repeat=1, warmup=0)
+        ours = timeit(lambda lab=lab: weight_map(lab), repeat=15, warmup=2)
+        ref = timeit(lambda lab=lab: weight_map_reference(lab), repeat=1, warmup=0)
         diff = float(np.abs(weight_map(lab) - weight_map_reference(lab)).max())
         rows.append([f"ISBI slice {z} ({int(inst[z].max())} cells)", ours * 1e3, ref * 1e3, ref / ours, diff])
     body = (

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 OUT = Path(__file__).resolve().parent / "images"
 SIZE = (1280, 760)
 

@@ -25,8 +25,8 @@ def headless(steps: int, seed: int = 0) -> dict:
     from napari_unet._sample_data import load_em_sample
     from napari_unet.core import metrics
     from napari_unet.core.checkpoint import available_models
-    from napari_unet.core.io import write_labels
     from napari_unet.core.events import run
+    from napari_unet.core.io import write_labels
     from napari_unet.core.tiling import iter_predict
     from napari_unet.core.train import TrainConfig, iter_train
 
@@ -45,8 +45,11 @@ def headless(steps: int, seed: int = 0) -> dict:
         keep_prior=1.0 if shipped else 0.0,  # the Train widget's default for a pretrained start
         seed=seed,
     )
-    print(f"training on slices {train_z} of the sample EM stack ({'fine-tuning em-membrane' if shipped else 'from scratch'}), "
-          f"{steps} steps", flush=True)
+    print(
+        f"training on slices {train_z} of the sample EM stack ({'fine-tuning em-membrane' if shipped else 'from scratch'}), "
+        f"{steps} steps",
+        flush=True,
+    )
     t0 = time.perf_counter()
 
     def show(ev):
@@ -70,14 +73,25 @@ def headless(steps: int, seed: int = 0) -> dict:
         "train_seconds": round(t_train, 1),
         "predict_seconds_8_slices": round(t_pred, 2),
         "scored_slices": test_z,
-        "note": ("slices 6-7 were not used for this training run; the sample is a crop of ISBI 2012 slices 0-7, "
-                 "which the shipped em-membrane model was trained on, so this is a demo, not an accuracy "
-                 "figure (see docs/accuracy.md for held-out numbers)") if shipped else
-                "slices 6-7 were not used for training",
+        "note": (
+            "slices 6-7 were not used for this training run; the sample is a crop of ISBI 2012 slices 0-7, "
+            "which the shipped em-membrane model was trained on, so this is a demo, not an accuracy "
+            "figure (see docs/accuracy.md for held-out numbers)"
+        )
+        if shipped
+        else "slices 6-7 were not used for training",
         "pixel_error": round(float(np.mean([metrics.pixel_error(p, t) for p, t in zip(pred_cells, truth_cells)])), 4),
-        "v_rand": round(float(np.mean([
-            metrics.vrand(metrics.segmentation_from_membranes(p), metrics.segmentation_from_membranes(t))
-            for p, t in zip(pred_cells, truth_cells)])), 4),
+        "v_rand": round(
+            float(
+                np.mean(
+                    [
+                        metrics.vrand(metrics.segmentation_from_membranes(p), metrics.segmentation_from_membranes(t))
+                        for p, t in zip(pred_cells, truth_cells)
+                    ]
+                )
+            ),
+            4,
+        ),
         "model": str(model_path),
     }
     _overlay(image[test_z[0]], pred[test_z[0]], labels[test_z[0]], OUT / "em_overlay.png")

@@ -43,34 +43,78 @@ ARM_NAMES = {
 
 # (table name, result file under benchmarks/_work, kind); "shipped" marks the stage in the package
 TRAINING_RUNS = [
-    ("em stage 1: class balance + eq. 2 (w0 = 3), Adam 1e-3 cosine, 348 px tiles, from scratch", "stage1_em.json", "em"),
+    (
+        "em stage 1: class balance + eq. 2 (w0 = 3), Adam 1e-3 cosine, 348 px tiles, from scratch",
+        "stage1_em.json",
+        "em",
+    ),
     ("em stage 2 (not shipped): stage 1 + 2500 steps plain cross-entropy, lr 3e-4", "stage2_em.json", "em"),
     ("em stage 3, first run (weights lost with an old checkout)", "stage3/train_em-membrane.json", "em"),
     ("em stage 4, first run (from the first stage 3; weights lost)", "stage4/train_em-membrane.json", "em"),
     ("em stage 3: stage 1 + 14000 steps, same loss, Adam 3e-4 cosine", "stage3r/train_em-membrane.json", "em"),
-    ("**`em-membrane` (shipped)**, stage 4: stage 3 + 14000 steps, Adam 3e-4 cosine, seed 1",
-     "stage4r/train_em-membrane.json", "em"),
+    (
+        "**`em-membrane` (shipped)**, stage 4: stage 3 + 14000 steps, Adam 3e-4 cosine, seed 1",
+        "stage4r/train_em-membrane.json",
+        "em",
+    ),
     ("nuclei, 2 classes (paper: background / nucleus, eq. 2 w0 = 10; not shipped)", "train_nuclei.json", "nuclei"),
-    ("nuclei stage 1: 3 classes (+ 1 px border class), eq. 2 w0 = 10, Adam 1e-3 cosine", "train_nuclei-border.json",
-     "nuclei"),
-    ("**`nuclei` (shipped)**, stage 2: stage 1 + 12000 steps, Adam 3e-4 cosine", "nuc2/train_nuclei-border.json",
-     "nuclei"),
+    (
+        "nuclei stage 1: 3 classes (+ 1 px border class), eq. 2 w0 = 10, Adam 1e-3 cosine",
+        "train_nuclei-border.json",
+        "nuclei",
+    ),
+    (
+        "**`nuclei` (shipped)**, stage 2: stage 1 + 12000 steps, Adam 3e-4 cosine",
+        "nuc2/train_nuclei-border.json",
+        "nuclei",
+    ),
 ]
 
 
 def evaluate(reuse: bool) -> dict:
     jobs = {
-        "em": ["--model", "em-membrane", "--images", str(ISBI / "train-volume.tif"),
-               "--labels", str(ISBI / "train-labels.tif"), "--kind", "membranes", "--slices", "25-29"],
-        "nuclei": ["--model", "nuclei", "--images", str(DSB / "images.tif"),
-                   "--labels", str(DSB / "labels_instance.tif"), "--kind", "instances", "--slices", "80-99"],
+        "em": [
+            "--model",
+            "em-membrane",
+            "--images",
+            str(ISBI / "train-volume.tif"),
+            "--labels",
+            str(ISBI / "train-labels.tif"),
+            "--kind",
+            "membranes",
+            "--slices",
+            "25-29",
+        ],
+        "nuclei": [
+            "--model",
+            "nuclei",
+            "--images",
+            str(DSB / "images.tif"),
+            "--labels",
+            str(DSB / "labels_instance.tif"),
+            "--kind",
+            "instances",
+            "--slices",
+            "80-99",
+        ],
     }
     jobs["nuclei_nofilter"] = [*jobs["nuclei"], "--min-size", "0"]
     out = {}
     for k, a in jobs.items():
         path = WORK / f"eval_{k}.json"
         if not (reuse and path.exists()):
-            cmd = [sys.executable, "-m", "napari_unet.cli", "evaluate", *a, "--device", "cpu", "-q", "--json", str(path)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "napari_unet.cli",
+                "evaluate",
+                *a,
+                "--device",
+                "cpu",
+                "-q",
+                "--json",
+                str(path),
+            ]
             print(" ".join(cmd[1:]), flush=True)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         out[k] = json.loads(path.read_text())
@@ -128,11 +172,21 @@ def curve_figure(ft: dict, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {"ft": ("C0", "o-"), "ftlow": ("C9", "o--"), "ftnobal": ("C3", "P-"), "ftx": ("C4", "s-"), "scratch": ("C1", "^-"), "plain": ("C7", "v--"),
-              "noaug": ("C5", "d--"), "nobal": ("C6", "x--"), "ftkeep": ("k", "D-")}
+    styles = {
+        "ft": ("C0", "o-"),
+        "ftlow": ("C9", "o--"),
+        "ftnobal": ("C3", "P-"),
+        "ftx": ("C4", "s-"),
+        "scratch": ("C1", "^-"),
+        "plain": ("C7", "v--"),
+        "noaug": ("C5", "d--"),
+        "nobal": ("C6", "x--"),
+        "ftkeep": ("k", "D-"),
+    }
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
-    for ax, which, title in zip(axes, ("em", "nuclei"), ("ISBI 2012 (membrane IoU, slices 28-29)",
-                                                         "DSB 2018 (nucleus IoU, images 85-99)")):
+    for ax, which, title in zip(
+        axes, ("em", "nuclei"), ("ISBI 2012 (membrane IoU, slices 28-29)", "DSB 2018 (nucleus IoU, images 85-99)")
+    ):
         arms = ft.get(which, {})
         for arm, d in arms.items():
             rows = d["rows"]
@@ -172,7 +226,9 @@ def ft_table(ft: dict, which: str) -> str:
         if arm == "rf":
             r = rows[0]
             cell = f"{r['iou']:.3f}" + (f" (F1 {r['f1']:.2f})" if "f1" in r else "")
-            lines.append(f"| {ARM_NAMES[arm]}, fit in {r['minutes']:.2f} min | " + " | ".join([cell] * len(budgets)) + " |")
+            lines.append(
+                f"| {ARM_NAMES[arm]}, fit in {r['minutes']:.2f} min | " + " | ".join([cell] * len(budgets)) + " |"
+            )
             continue
         by = {r["minutes"]: r for r in rows}
         cells = []
@@ -200,24 +256,37 @@ def replicate_table(ft0: dict, minutes: float = 5.0) -> str:
     rep = load_ft(WORK / "seed1")
     if not rep:
         return ""
-    lines = ["| data | seed | scribbles | random forest | fine-tuned + keep_prior | lead |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| data | seed | scribbles | random forest | fine-tuned + keep_prior | lead |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for which, name in (("em", "ISBI membranes"), ("nuclei", "DSB nuclei")):
         for seed, src in ((0, ft0), (1, rep)):
             rf, keep = at_budget(src, which, "rf"), at_budget(src, which, "ftkeep", minutes)
             if rf is None or keep is None:
                 continue
             frac = src[which]["rf"]["scribble_fraction"]
-            lines.append(f"| {name} | {seed} | {100 * frac:.1f}% | {rf['iou']:.3f} | {keep['iou']:.3f} | "
-                         f"{keep['iou'] - rf['iou']:+.3f} |")
-    return ("\nThe same comparison with a second draw of the scribbles and another training seed "
-            f"(`--seed 1`; IoU at {minutes:g} CPU minutes):\n\n" + "\n".join(lines) + "\n")
+            lines.append(
+                f"| {name} | {seed} | {100 * frac:.1f}% | {rf['iou']:.3f} | {keep['iou']:.3f} | "
+                f"{keep['iou'] - rf['iou']:+.3f} |"
+            )
+    return (
+        "\nThe same comparison with a second draw of the scribbles and another training seed "
+        f"(`--seed 1`; IoU at {minutes:g} CPU minutes):\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def summary_table(ft: dict, minutes: float = 5.0) -> str:
     """IoU at ``minutes`` CPU minutes per arm, with the lead over the random forest (target: >= 0.05)."""
-    cols = [("rf", "random forest"), ("scratch", "U-Net scratch"), ("ft0", "shipped model, no training"),
-            ("ft", "fine-tuned, Adam 1e-4"), ("ftlow", "fine-tuned, Adam 2e-5"),
-            ("ftnobal", "fine-tuned, no balance"), ("ftkeep", "fine-tuned + keep_prior (default)")]
+    cols = [
+        ("rf", "random forest"),
+        ("scratch", "U-Net scratch"),
+        ("ft0", "shipped model, no training"),
+        ("ft", "fine-tuned, Adam 1e-4"),
+        ("ftlow", "fine-tuned, Adam 2e-5"),
+        ("ftnobal", "fine-tuned, no balance"),
+        ("ftkeep", "fine-tuned + keep_prior (default)"),
+    ]
     head = "| | " + " | ".join(c[1] for c in cols) + " |\n|---|" + "---:|" * len(cols) + "\n"
     lines = []
     for which, name in (("em", "ISBI membranes"), ("nuclei", "DSB nuclei")):
@@ -253,12 +322,25 @@ def main(argv=None):
 
     em_info, nu_info = read_info(resolve_model_path("em-membrane")), read_info(resolve_model_path("nuclei"))
     em, nu, nu0 = ev["em"], ev["nuclei"], ev["nuclei_nofilter"]
-    ok = lambda c: "yes" if c else "**no**"  # noqa: E731
-    row = lambda name, d: (f"| {name} | {d['extra']['steps_done']} | {d['extra']['cpu_minutes']} | "  # noqa: E731
-                           f"{round((d['extra'].get('wall_seconds') or 0) / 60, 1)} | ")
-    em_h = lambda d: (f"pixel error {d['heldout']['pixel_error']:.4f}, V_rand {d['heldout']['v_rand']:.4f}"  # noqa: E731
-                      f" (threshold {d['extra']['threshold']})")
-    nu_h = lambda d: f"IoU {d['heldout']['foreground_iou']:.4f}, F1 {d['heldout']['instance_f1']:.4f} (no size filter)"  # noqa: E731
+
+    def ok(c):
+        return "yes" if c else "**no**"
+
+    def row(name, d):
+        return (
+            f"| {name} | {d['extra']['steps_done']} | {d['extra']['cpu_minutes']} | "
+            f"{round((d['extra'].get('wall_seconds') or 0) / 60, 1)} | "
+        )
+
+    def em_h(d):
+        return (
+            f"pixel error {d['heldout']['pixel_error']:.4f}, V_rand {d['heldout']['v_rand']:.4f}"
+            f" (threshold {d['extra']['threshold']})"
+        )
+
+    def nu_h(d):
+        return f"IoU {d['heldout']['foreground_iou']:.4f}, F1 {d['heldout']['instance_f1']:.4f} (no size filter)"
+
     lines = []
     for name, rel, kind in TRAINING_RUNS:
         path = WORK / rel
@@ -267,38 +349,67 @@ def main(argv=None):
             lines.append(row(name, d) + (em_h(d) if kind == "em" else nu_h(d)) + " |")
     training_rows = "\n".join(lines)
     text = NOTES_HEAD.format(
-        em_pe=em["pixel_error"], em_vr=em["v_rand"], em_re=em["rand_error"],
-        em_pe_ok=ok(em["pixel_error"] <= 0.055), em_vr_ok=ok(em["v_rand"] >= 0.95),
-        nu_iou=nu["foreground_iou"], nu_f1=nu["instance_f1"], nu_p=nu["precision"], nu_r=nu["recall"],
-        nu_f1_ok=ok(nu["instance_f1"] >= 0.90), training_rows=training_rows,
-        em_t=em_info.training["threshold"], min_size=nu_info.postprocess.get("min_size", 0),
-        chosen_on=nu_info.postprocess.get("chosen_on", ""), nu0_f1=nu0["instance_f1"],
-        em_slices="\n".join(f"| {z} | {r['pixel_error']:.4f} | {r['v_rand']:.4f} | {r['rand_error']:.4f} |"
-                            for z, r in zip(range(25, 30), em["per_slice"])),
+        em_pe=em["pixel_error"],
+        em_vr=em["v_rand"],
+        em_re=em["rand_error"],
+        em_pe_ok=ok(em["pixel_error"] <= 0.055),
+        em_vr_ok=ok(em["v_rand"] >= 0.95),
+        nu_iou=nu["foreground_iou"],
+        nu_f1=nu["instance_f1"],
+        nu_p=nu["precision"],
+        nu_r=nu["recall"],
+        nu_f1_ok=ok(nu["instance_f1"] >= 0.90),
+        training_rows=training_rows,
+        em_t=em_info.training["threshold"],
+        min_size=nu_info.postprocess.get("min_size", 0),
+        chosen_on=nu_info.postprocess.get("chosen_on", ""),
+        nu0_f1=nu0["instance_f1"],
+        em_slices="\n".join(
+            f"| {z} | {r['pixel_error']:.4f} | {r['v_rand']:.4f} | {r['rand_error']:.4f} |"
+            for z, r in zip(range(25, 30), em["per_slice"])
+        ),
     )
     text += "\n## Fine-tuning from sparse scribbles\n\n" + NOTES_FT
     text += "\n### ISBI 2012 (membrane IoU on slices 28-29; scribbles on 25-27)\n\n" + ft_table(ft, "em")
     text += "\n### DSB 2018 (nucleus IoU, instance F1@0.5 in brackets, images 85-99; scribbles on 80-84)\n\n"
     text += ft_table(ft, "nuclei")
     text += "\n![IoU vs CPU time](images/accuracy_finetune.png)\n\n"
-    v = lambda which, arm, m=5.0, key="iou": (at_budget(ft, which, arm, m) or {}).get(key, float("nan"))  # noqa: E731
+
+    def v(which, arm, m=5.0, key="iou"):
+        return (at_budget(ft, which, arm, m) or {}).get(key, float("nan"))
+
     text += NOTES_TAIL.format(
-        summary=summary_table(ft), replicate=replicate_table(ft),
-        em_ft0=v("em", "ft", 0.0), nu_ft0=v("nuclei", "ft", 0.0), em_rf=v("em", "rf"), nu_rf=v("nuclei", "rf"),
-        em_scr=v("em", "scratch"), nu_scr=v("nuclei", "scratch"), nu_ft05=v("nuclei", "ft", 0.5),
-        nu_ft0_f1=v("nuclei", "ft", 0.0, "f1"), nu_ft_f1=v("nuclei", "ft", 5.0, "f1"),
-        em_keep_d=v("em", "ftkeep") - v("em", "ft", 0.0), nu_keep_d=v("nuclei", "ftkeep") - v("nuclei", "ft", 0.0),
-        em_ft_d=v("em", "ft") - v("em", "ft", 0.0), nu_ft_d=v("nuclei", "ft") - v("nuclei", "ft", 0.0),
-        em_keep_lead=v("em", "ftkeep") - v("em", "rf"), nu_keep_lead=v("nuclei", "ftkeep") - v("nuclei", "rf"),
-        em_ftx=v("em", "ftx"), nu_ftx=v("nuclei", "ftx"),
-        em_scr15=v("em", "scratch", 15.0), nu_scr15=v("nuclei", "scratch", 15.0),
-        em_keep15=v("em", "ftkeep", 15.0), nu_keep15=v("nuclei", "ftkeep", 15.0),
+        summary=summary_table(ft),
+        replicate=replicate_table(ft),
+        em_ft0=v("em", "ft", 0.0),
+        nu_ft0=v("nuclei", "ft", 0.0),
+        em_rf=v("em", "rf"),
+        nu_rf=v("nuclei", "rf"),
+        em_scr=v("em", "scratch"),
+        nu_scr=v("nuclei", "scratch"),
+        nu_ft05=v("nuclei", "ft", 0.5),
+        nu_ft0_f1=v("nuclei", "ft", 0.0, "f1"),
+        nu_ft_f1=v("nuclei", "ft", 5.0, "f1"),
+        em_keep_d=v("em", "ftkeep") - v("em", "ft", 0.0),
+        nu_keep_d=v("nuclei", "ftkeep") - v("nuclei", "ft", 0.0),
+        em_ft_d=v("em", "ft") - v("em", "ft", 0.0),
+        nu_ft_d=v("nuclei", "ft") - v("nuclei", "ft", 0.0),
+        em_keep_lead=v("em", "ftkeep") - v("em", "rf"),
+        nu_keep_lead=v("nuclei", "ftkeep") - v("nuclei", "rf"),
+        em_ftx=v("em", "ftx"),
+        nu_ftx=v("nuclei", "ftx"),
+        em_scr15=v("em", "scratch", 15.0),
+        nu_scr15=v("nuclei", "scratch", 15.0),
+        em_keep15=v("em", "ftkeep", 15.0),
+        nu_keep15=v("nuclei", "ftkeep", 15.0),
         em_scr_max=max(r["iou"] for r in ft["em"]["scratch"]["rows"]),
         nu_scr_max=max(r["iou"] for r in ft["nuclei"]["scratch"]["rows"]),
         em_scr_max_t=max(ft["em"]["scratch"]["rows"], key=lambda r: r["iou"])["minutes"],
         nu_scr_max_t=max(ft["nuclei"]["scratch"]["rows"], key=lambda r: r["iou"])["minutes"],
-        em_keep15_lead=v("em", "ftkeep", 15.0) - v("em", "rf"), nu_keep15_lead=v("nuclei", "ftkeep", 15.0) - v("nuclei", "rf"),
-        em_plain=v("em", "plain"), nu_plain=v("nuclei", "plain"),
+        em_keep15_lead=v("em", "ftkeep", 15.0) - v("em", "rf"),
+        nu_keep15_lead=v("nuclei", "ftkeep", 15.0) - v("nuclei", "rf"),
+        em_plain=v("em", "plain"),
+        nu_plain=v("nuclei", "plain"),
     )
     (ROOT / "docs" / "accuracy.md").write_text(text)
     print("wrote docs/accuracy.md, docs/images/accuracy_examples.png, docs/images/accuracy_finetune.png")

@@ -89,30 +89,76 @@ def load_dsb(data=DATA):
 
 def em_config(args) -> TrainConfig:
     return TrainConfig(
-        depth=4, base_channels=16, padding="valid", dropout=0.5,
-        label_mode="instance", class_names=("membrane", "cell"),
-        w0=args.w0 if args.w0 is not None else 3.0, sigma=5.0,
-        class_balance=not args.plain_loss, border_weights=not args.plain_loss,
-        optimizer="adam", lr=args.lr, schedule="cosine", steps=args.steps, batch_size=1,
-        tile_in=args.tile or 348, augment=True, elastic_grid=3, elastic_sigma=10.0, flips=True, intensity=True,
-        init=args.init, seed=args.seed, device="cpu", log_every=10,
+        depth=4,
+        base_channels=16,
+        padding="valid",
+        dropout=0.5,
+        label_mode="instance",
+        class_names=("membrane", "cell"),
+        w0=args.w0 if args.w0 is not None else 3.0,
+        sigma=5.0,
+        class_balance=not args.plain_loss,
+        border_weights=not args.plain_loss,
+        optimizer="adam",
+        lr=args.lr,
+        schedule="cosine",
+        steps=args.steps,
+        batch_size=1,
+        tile_in=args.tile or 348,
+        augment=True,
+        elastic_grid=3,
+        elastic_sigma=10.0,
+        flips=True,
+        intensity=True,
+        init=args.init,
+        seed=args.seed,
+        device="cpu",
+        log_every=10,
     )
 
 
 def nuclei_config(args) -> TrainConfig:
     return TrainConfig(
-        depth=4, base_channels=16, padding="valid", dropout=0.5,
-        label_mode="instance", border_class=args.border_class,
+        depth=4,
+        base_channels=16,
+        padding="valid",
+        dropout=0.5,
+        label_mode="instance",
+        border_class=args.border_class,
         class_names=("background", "nucleus", "border") if args.border_class else ("background", "nucleus"),
-        w0=args.w0 if args.w0 is not None else W0, sigma=5.0, class_balance=True, border_weights=True,
-        optimizer="adam", lr=args.lr, schedule="cosine", steps=args.steps, batch_size=1,
-        tile_in=args.tile or 252, augment=True, elastic_grid=3, elastic_sigma=10.0, flips=True, intensity=True,
-        init=args.init, seed=args.seed, device="cpu", log_every=10,
+        w0=args.w0 if args.w0 is not None else W0,
+        sigma=5.0,
+        class_balance=True,
+        border_weights=True,
+        optimizer="adam",
+        lr=args.lr,
+        schedule="cosine",
+        steps=args.steps,
+        batch_size=1,
+        tile_in=args.tile or 252,
+        augment=True,
+        elastic_grid=3,
+        elastic_sigma=10.0,
+        flips=True,
+        intensity=True,
+        init=args.init,
+        seed=args.seed,
+        device="cpu",
+        log_every=10,
     )
 
 
-def run_budget(config, images, labels, *, max_cpu_s: float, snapshot_s: float, snapshot_path: Path, log,
-               max_wall_s: float = float("inf")):
+def run_budget(
+    config,
+    images,
+    labels,
+    *,
+    max_cpu_s: float,
+    snapshot_s: float,
+    snapshot_path: Path,
+    log,
+    max_wall_s: float = float("inf"),
+):
     """Drive iter_train until done or ``max_cpu_s`` of process CPU time; snapshot now and then."""
     cancel = threading.Event()
     c0 = time.process_time()
@@ -126,8 +172,13 @@ def run_budget(config, images, labels, *, max_cpu_s: float, snapshot_s: float, s
             cancel.set()
         if time.process_time() - last_snap[0] > snapshot_s and ev.kind == "step":
             # a copy of the live weights, so a killed run still leaves a file
-            save_model(snapshot_path, ev.snapshot_model(), half=False, name="snapshot",
-                       description=f"snapshot at step {ev.step}")
+            save_model(
+                snapshot_path,
+                ev.snapshot_model(),
+                half=False,
+                name="snapshot",
+                description=f"snapshot at step {ev.step}",
+            )
             log(f"snapshot -> {snapshot_path} (step {ev.step})")
             last_snap[0] = time.process_time()
 
@@ -145,8 +196,11 @@ def calibrate_em(model, img, lab, slices, log) -> tuple[float, dict]:
         for p, z in zip(probs, slices):
             cells_p, cells_t = p > t, lab[z] > 0
             pe.append(metrics.pixel_error(cells_p, cells_t))
-            vr.append(metrics.vrand(metrics.segmentation_from_membranes(cells_p),
-                                    metrics.segmentation_from_membranes(cells_t)))
+            vr.append(
+                metrics.vrand(
+                    metrics.segmentation_from_membranes(cells_p), metrics.segmentation_from_membranes(cells_t)
+                )
+            )
         pe, vr = float(np.mean(pe)), float(np.mean(vr))
         table[float(t)] = {"pixel_error": pe, "v_rand": vr}
         score = pe + (1 - vr)  # both targets matter equally
@@ -175,10 +229,14 @@ def main(argv=None):
     ap.add_argument("--tile", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", default=None, help="continue from this model (a later stage)")
-    ap.add_argument("--plain-loss", action="store_true",
-                    help="em: unweighted cross-entropy (no class balance, no border term)")
-    ap.add_argument("--border-class", action="store_true",
-                    help="nuclei: a third class for the 1 px object boundary (touching nuclei split at it)")
+    ap.add_argument(
+        "--plain-loss", action="store_true", help="em: unweighted cross-entropy (no class balance, no border term)"
+    )
+    ap.add_argument(
+        "--border-class",
+        action="store_true",
+        help="nuclei: a third class for the 1 px object boundary (touching nuclei split at it)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--calib-slices", type=str, default="0,4,8,12,16,20,24")
     ap.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "_work")
@@ -207,28 +265,43 @@ def main(argv=None):
         train_lab = np.where(inst[NUC_TRAIN] > 0, inst[NUC_TRAIN] + 1, 1).astype(np.int32)
     log(f"training {name}: {cfg.to_dict()}")
     snap = args.work_dir / f"{tag}-snapshot.safetensors"
-    result, cpu = run_budget(cfg, train_img, train_lab, max_cpu_s=args.max_minutes * 60,
-                             snapshot_s=args.snapshot_minutes * 60, snapshot_path=snap, log=log,
-                             max_wall_s=args.max_wall_minutes * 60)
-    log(f"finished: {result.state.value}, {result.steps_done} steps, {cpu / 60:.1f} CPU min, "
-        f"{result.info.training.get('seconds')} s wall")
+    result, cpu = run_budget(
+        cfg,
+        train_img,
+        train_lab,
+        max_cpu_s=args.max_minutes * 60,
+        snapshot_s=args.snapshot_minutes * 60,
+        snapshot_path=snap,
+        log=log,
+        max_wall_s=args.max_wall_minutes * 60,
+    )
+    log(
+        f"finished: {result.state.value}, {result.steps_done} steps, {cpu / 60:.1f} CPU min, "
+        f"{result.info.training.get('seconds')} s wall"
+    )
     model = result.last_model()  # cosine schedule: the last weights are the annealed ones
     model.eval()
-    extra = {"steps_done": result.steps_done, "cpu_minutes": round(cpu / 60, 1),
-             "wall_seconds": result.info.training.get("seconds"), "threads": args.threads}
+    extra = {
+        "steps_done": result.steps_done,
+        "cpu_minutes": round(cpu / 60, 1),
+        "wall_seconds": result.info.training.get("seconds"),
+        "threads": args.threads,
+    }
     if args.which == "em":
         calib = [int(s) for s in args.calib_slices.split(",")]
         t, table = calibrate_em(model, img, lab, calib, log)
         log(f"calibrated threshold p(cell) > {t} on training slices {calib}")
         fold_threshold(model, t)
         extra.update(threshold=t, calibration_slices=calib)
-        description = ("EM neuronal membranes (ISBI 2012, slices 0-24); class 0 = membrane, 1 = cell; "
-                       "depth 4, 16 channels, valid")
+        description = (
+            "EM neuronal membranes (ISBI 2012, slices 0-24); class 0 = membrane, 1 = cell; depth 4, 16 channels, valid"
+        )
     else:
-        classes = ("background / nucleus / nucleus border (1 px)" if args.border_class
-                   else "background / nucleus")
-        description = (f"Fluorescence nuclei (DSB 2018, 256 px, images 0-79); instance mode with classes {classes}, "
-                       "eq. 2 border weights; depth 4, 16 channels, valid")
+        classes = "background / nucleus / nucleus border (1 px)" if args.border_class else "background / nucleus"
+        description = (
+            f"Fluorescence nuclei (DSB 2018, 256 px, images 0-79); instance mode with classes {classes}, "
+            "eq. 2 border weights; depth 4, 16 channels, valid"
+        )
     info = result.info
     info.training = {**info.training, **extra}
     out = args.out or MODELS / f"{name}.safetensors"
@@ -239,14 +312,17 @@ def main(argv=None):
     if args.which == "em":
         for prec, m in (("fp32", model), ("fp16", m16)):
             rep = evaluate_arrays(m, img[EM_TEST], lab[EM_TEST], kind="membranes")
-            log(f"held-out 25-29 {prec}: pixel error {rep['pixel_error']:.4f} V_rand {rep['v_rand']:.4f} "
-                f"Rand error {rep['rand_error']:.4f}")
+            log(
+                f"held-out 25-29 {prec}: pixel error {rep['pixel_error']:.4f} V_rand {rep['v_rand']:.4f} "
+                f"Rand error {rep['rand_error']:.4f}"
+            )
     else:
         for prec, m in (("fp32", model), ("fp16", m16)):
             rep = evaluate_arrays(m, img[NUC_TEST], inst[NUC_TEST], kind="instances")
             log(f"held-out 80-99 {prec}: IoU {rep['foreground_iou']:.4f} F1@0.5 {rep['instance_f1']:.4f}")
-    (args.work_dir / f"train_{tag}.json").write_text(json.dumps({"extra": extra, "heldout": {
-        k: v for k, v in rep.items() if k != "per_slice"}}, indent=2))
+    (args.work_dir / f"train_{tag}.json").write_text(
+        json.dumps({"extra": extra, "heldout": {k: v for k, v in rep.items() if k != "per_slice"}}, indent=2)
+    )
 
 
 if __name__ == "__main__":

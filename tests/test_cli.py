@@ -4,8 +4,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import tifffile
+import torch
 
 from napari_unet.cli import _parse_slices, main
 from napari_unet.core.checkpoint import read_info
@@ -23,8 +23,30 @@ def em_files(tmp_path, isbi):
 def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     ip, lp = em_files
     model = tmp_path / "m.safetensors"
-    rc = main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0-1",
-               "--steps", "3", "--depth", "2", "--channels", "4", "--tile-in", "92", "-o", str(model), "-q"])
+    rc = main(
+        [
+            "train",
+            "--images",
+            str(ip),
+            "--labels",
+            str(lp),
+            "--labels-format",
+            "isbi",
+            "--slices",
+            "0-1",
+            "--steps",
+            "3",
+            "--depth",
+            "2",
+            "--channels",
+            "4",
+            "--tile-in",
+            "92",
+            "-o",
+            str(model),
+            "-q",
+        ]
+    )
     assert rc == 0 and model.exists()
     assert "saved" in capsys.readouterr().out
     out = tmp_path / "pred.tif"
@@ -32,8 +54,25 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     pred = tifffile.imread(out)
     assert pred.reshape(-1, 160).shape == (128, 160) and pred.max() <= 1
     rep = tmp_path / "r.json"
-    assert main(["evaluate", "--model", str(model), "--images", str(ip), "--labels", str(lp), "--slices", "2",
-                 "--json", str(rep), "-q"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--images",
+                str(ip),
+                "--labels",
+                str(lp),
+                "--slices",
+                "2",
+                "--json",
+                str(rep),
+                "-q",
+            ]
+        )
+        == 0
+    )
     report = json.loads(rep.read_text())
     assert report["kind"] == "membranes" and 0 <= report["pixel_error"] <= 1 and 0 <= report["v_rand"] <= 1
     probs = tmp_path / "p.tif"
@@ -41,8 +80,31 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     assert tifffile.imread(probs).shape == (2, 3, 128, 160)
     # fine-tuning from a model: unset options follow the widget (rate 10x lower, keep_prior on)
     ft = tmp_path / "ft.safetensors"
-    assert main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0",
-                 "--steps", "1", "--tile-in", "92", "--init", str(model), "-o", str(ft), "-q"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(ip),
+                "--labels",
+                str(lp),
+                "--labels-format",
+                "isbi",
+                "--slices",
+                "0",
+                "--steps",
+                "1",
+                "--tile-in",
+                "92",
+                "--init",
+                str(model),
+                "-o",
+                str(ft),
+                "-q",
+            ]
+        )
+        == 0
+    )
     cfg = read_info(ft).training["config"]
     assert cfg["lr"] == 1e-4 and cfg["keep_prior"] == 1.0 and cfg["border_class"] is False
     assert cfg["optimizer"] == ("sgd" if torch.cuda.is_available() else "adam")  # the device's recipe
@@ -60,13 +122,53 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, em_files, capsys):
     bad.write_bytes(ip.read_bytes()[:2000])
     assert main(["predict", str(bad), "-o", str(tmp_path / "x.tif"), "--model", "nope-model"]) == 2
     assert "no model file or shipped model named 'nope-model'" in capsys.readouterr().err
-    assert main(["train", "--images", str(ip), "--labels", str(lp), "--steps", "1", "--depth", "2",
-                 "--channels", "4", "--tile-in", "90", "-o", str(tmp_path / "m")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(ip),
+                "--labels",
+                str(lp),
+                "--steps",
+                "1",
+                "--depth",
+                "2",
+                "--channels",
+                "4",
+                "--tile-in",
+                "90",
+                "-o",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
     assert "nearest valid sizes" in capsys.readouterr().err
     empty = tmp_path / "empty.tif"
     tifffile.imwrite(empty, np.zeros((3, 128, 160), np.uint8), photometric="minisblack")
-    assert main(["train", "--images", str(ip), "--labels", str(empty), "--steps", "1", "--depth", "2",
-                 "--channels", "4", "--tile-in", "92", "-o", str(tmp_path / "m")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(ip),
+                "--labels",
+                str(empty),
+                "--steps",
+                "1",
+                "--depth",
+                "2",
+                "--channels",
+                "4",
+                "--tile-in",
+                "92",
+                "-o",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
     assert "nothing is annotated" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
     assert not (tmp_path / "x.tif").exists()
@@ -98,8 +200,31 @@ def test_train_crash_saves_the_steps_done(tmp_path, em_files, monkeypatch, capsy
     monkeypatch.setattr(core_train, "weighted_loss", failing)
     ip, lp = em_files
     out = tmp_path / "m.safetensors"
-    assert main(["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--steps", "5",
-                 "--depth", "2", "--channels", "4", "--tile-in", "92", "-o", str(out), "-q"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(ip),
+                "--labels",
+                str(lp),
+                "--labels-format",
+                "isbi",
+                "--steps",
+                "5",
+                "--depth",
+                "2",
+                "--channels",
+                "4",
+                "--tile-in",
+                "92",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 1
+    )
     assert "simulated device failure" in capsys.readouterr().err
     kept = tmp_path / "m-crashed.safetensors"
     assert not out.exists() and kept.exists()
@@ -113,8 +238,30 @@ def test_resume_continues_the_saved_run(tmp_path, em_files, capsys):
     ip, lp = em_files
     common = ["--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--slices", "0", "-q"]
     run = tmp_path / "run.safetensors"
-    assert main(["train", *common, "--optimizer", "sgd", "--lr", "5e-3", "--steps", "2", "--depth", "2",
-                 "--channels", "4", "--tile-in", "92", "--save-last", "-o", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "5e-3",
+                "--steps",
+                "2",
+                "--depth",
+                "2",
+                "--channels",
+                "4",
+                "--tile-in",
+                "92",
+                "--save-last",
+                "-o",
+                str(run),
+            ]
+        )
+        == 0
+    )
     more = tmp_path / "more.safetensors"
     assert main(["train", *common, "--resume", str(run), "--steps", "3", "--save-last", "-o", str(more)]) == 0
     cfg = read_info(more).training["config"]

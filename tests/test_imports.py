@@ -1,14 +1,26 @@
 """Layering: the core never loads Qt/napari, and importing the package is cheap."""
 
+import ast
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 GUI = ("qtpy", "napari", "magicgui", "superqt", "PyQt5", "PyQt6", "PySide2", "PySide6")
 
 
 def _loaded(code: str) -> set[str]:
-    r = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return set(r.stdout.split())
 
 
@@ -25,3 +37,52 @@ def test_package_import_loads_neither_torch_nor_qt():
     mods = {m.split(".")[0] for m in _loaded("import napari_unet")}
     assert "torch" not in mods
     assert not mods & set(GUI)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports (absolute imports, at any depth: also inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_scripts_and_benchmarks_use_the_library_not_the_cli():
+    """scripts/ and benchmarks/ are not packages, so import-linter cannot see them: this test is their contract."""
+    files = sorted((REPO / "scripts").glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
+    assert files
+    bad = {
+        f.name: sorted(m for m in _imported_modules(f) if m == "napari_unet.cli" or m.startswith("napari_unet.cli."))
+        for f in files
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_import_contract_fails_on_a_deliberate_violation(tmp_path):
+    """The contracts in pyproject.toml catch a core module that imports the CLI (on a copy of the package)."""
+    pytest.importorskip("importlinter")
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    if not lint_imports.exists():
+        pytest.skip("lint-imports is not installed (pip install -e .[testing])")
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO / "src" / "napari_unet", src / "napari_unet", ignore=shutil.ignore_patterns("*.safetensors", "__pycache__")
+    )
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    env = {**os.environ, "PYTHONPATH": str(src)}
+
+    def lint() -> subprocess.CompletedProcess:
+        return subprocess.run([str(lint_imports)], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    ok = lint()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    events = src / "napari_unet" / "core" / "events.py"
+    events.write_text(events.read_text() + "\nfrom napari_unet import cli  # a deliberate violation\n")
+    broken = lint()
+    assert broken.returncode != 0
+    assert "core/ is GUI- and CLI-free" in broken.stdout and "BROKEN" in broken.stdout
+    assert "napari_unet.core.events -> napari_unet.cli" in broken.stdout

@@ -37,11 +37,15 @@ class _OutputPath(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if getattr(namespace, self.dest, None) is not None:
-            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)!r} and {values!r}): -o/--output "
-                         "is the TIFF to write; choose the kind of output with --kind labels|instances|probabilities")
+            parser.error(
+                f"{option_string} given twice ({getattr(namespace, self.dest)!r} and {values!r}): -o/--output "
+                "is the TIFF to write; choose the kind of output with --kind labels|instances|probabilities"
+            )
         if values in ("labels", "instances", "probabilities"):
-            parser.error(f"{option_string} {values}: -o/--output is the TIFF to write; the kind of output is now "
-                         f"--kind {values} (e.g. -o result.tif --kind {values})")
+            parser.error(
+                f"{option_string} {values}: -o/--output is the TIFF to write; the kind of output is now "
+                f"--kind {values} (e.g. -o result.tif --kind {values})"
+            )
         setattr(namespace, self.dest, values)
 
 
@@ -69,7 +73,7 @@ def _read(path: str, what: str):
     try:
         arr, _meta = read_image(path)
     except FileNotFoundError:
-        raise SystemExit(f"error: {what} {path} does not exist")
+        raise SystemExit(f"error: {what} {path} does not exist") from None
     return arr
 
 
@@ -86,8 +90,14 @@ def _select(arr, slices):
 def _bar(total: int, desc: str, quiet: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step" if "train" in desc else "tile", disable=quiet, file=sys.stderr,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="step" if "train" in desc else "tile",
+        disable=quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 class _TileBar:
@@ -113,8 +123,9 @@ class _TileSize(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         new = "--tile-in" if self.dest == "tile_in" else "--tile-out"
         side = "input" if self.dest == "tile_in" else "output"
-        print(f"warning: --tile-size is deprecated; it is the {side} tile side here: use {new} {values}",
-              file=sys.stderr)
+        print(
+            f"warning: --tile-size is deprecated; it is the {side} tile side here: use {new} {values}", file=sys.stderr
+        )
         setattr(namespace, self.dest, values)
 
 
@@ -149,23 +160,51 @@ def cmd_train(args) -> int:
     if args.resume:  # --resume continues the saved run: its own settings, not the device's defaults
         from .core.checkpoint import read_info, resolve_model_path
 
-        rec.update(TrainConfig.saved_settings((read_info(resolve_model_path(args.resume)).training or {}).get("config", {})))
-    for opt, key in (("depth", "depth"), ("channels", "base_channels"), ("tile_in", "tile_in"),
-                     ("optimizer", "optimizer"), ("lr", "lr"), ("steps", "steps"), ("keep_prior", "keep_prior"),
-                     ("schedule", "schedule")):
+        rec.update(
+            TrainConfig.saved_settings((read_info(resolve_model_path(args.resume)).training or {}).get("config", {}))
+        )
+    for opt, key in (
+        ("depth", "depth"),
+        ("channels", "base_channels"),
+        ("tile_in", "tile_in"),
+        ("optimizer", "optimizer"),
+        ("lr", "lr"),
+        ("steps", "steps"),
+        ("keep_prior", "keep_prior"),
+        ("schedule", "schedule"),
+    ):
         if getattr(args, opt) is None:
             setattr(args, opt, rec[key])
     cfg = TrainConfig(
-        depth=args.depth, base_channels=args.channels, padding=args.padding, label_mode=args.mode,
-        zero_is_background=args.zero_is_background, border_class=args.border_class,
-        optimizer=args.optimizer, lr=args.lr, steps=args.steps,
-        batch_size=args.batch_size, tile_in=args.tile_in, augment=not args.no_augment,
-        val_fraction=args.val_fraction, val_every=args.val_every, init=args.init, resume=args.resume,
-        seed=args.seed, device=args.device, precision=args.precision, schedule=args.schedule,
+        depth=args.depth,
+        base_channels=args.channels,
+        padding=args.padding,
+        label_mode=args.mode,
+        zero_is_background=args.zero_is_background,
+        border_class=args.border_class,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        tile_in=args.tile_in,
+        augment=not args.no_augment,
+        val_fraction=args.val_fraction,
+        val_every=args.val_every,
+        init=args.init,
+        resume=args.resume,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        schedule=args.schedule,
         keep_prior=args.keep_prior,
         # unset: TrainConfig's own defaults (the paper's)
-        **{k: v for k, v in dict(w0=args.w0, sigma=args.sigma, elastic_grid=args.elastic_grid,
-                                  elastic_sigma=args.elastic_sigma).items() if v is not None},
+        **{
+            k: v
+            for k, v in dict(
+                w0=args.w0, sigma=args.sigma, elastic_grid=args.elastic_grid, elastic_sigma=args.elastic_sigma
+            ).items()
+            if v is not None
+        },
     )
     cancel = threading.Event()
 
@@ -189,8 +228,7 @@ def cmd_train(args) -> int:
             # the error itself is raised when run() resumes the generator
             out = Path(args.output)
             try:
-                kept = ev.result.save(out.with_name(out.stem.removesuffix(".safetensors") + "-crashed"),
-                                      half=args.half)
+                kept = ev.result.save(out.with_name(out.stem.removesuffix(".safetensors") + "-crashed"), half=args.half)
                 bar.write(f"training crashed at step {ev.step}; the best weights so far are saved in {kept}")
             except OSError as save_err:
                 bar.write(f"training crashed at step {ev.step}, and saving its weights failed too: {save_err}")
@@ -215,8 +253,8 @@ def cmd_predict(args) -> int:
     import numpy as np
 
     from .core.checkpoint import load_model
-    from .core.io import write_labels
     from .core.events import run
+    from .core.io import write_labels
     from .core.tiling import iter_predict
 
     model = load_model(args.model)
@@ -225,8 +263,16 @@ def cmd_predict(args) -> int:
     slices = _parse_slices(args.slices, n)
     if slices is not None:
         image = _select(image, slices)
-    gen = iter_predict(model, image, output=args.kind, tile_out=args.tile_out, tta=args.tta, device=args.device,
-                       min_size=args.min_size, precision=args.precision)
+    gen = iter_predict(
+        model,
+        image,
+        output=args.kind,
+        tile_out=args.tile_out,
+        tta=args.tta,
+        device=args.device,
+        min_size=args.min_size,
+        precision=args.precision,
+    )
     bar = _TileBar(args.quiet)
     try:
         result = run(gen, bar)
@@ -269,8 +315,9 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"labels have shape {truth.shape} but the image has shape {tuple(image.shape)}")
     bar = _TileBar(args.quiet)
     try:
-        report = evaluate_arrays(model, image, truth, kind=args.kind, tta=args.tta, device=args.device,
-                                 min_size=args.min_size, progress=bar)
+        report = evaluate_arrays(
+            model, image, truth, kind=args.kind, tta=args.tta, device=args.device, min_size=args.min_size, progress=bar
+        )
     finally:
         bar.close()
     report["model"] = str(args.model)
@@ -294,9 +341,12 @@ def cmd_models(args) -> int:
     for name, path in shipped.items():
         info = read_info(path)
         m = info.model
-        print(f"{name}: {info.description or ''} [{info.label_mode}, classes {info.classes}, depth {m['depth']}, "
-              f"{m['base_channels']} channels, {m['padding']}"
-              + (f", post-processing {info.postprocess}" if info.postprocess else "") + "]")
+        print(
+            f"{name}: {info.description or ''} [{info.label_mode}, classes {info.classes}, depth {m['depth']}, "
+            f"{m['base_channels']} channels, {m['padding']}"
+            + (f", post-processing {info.postprocess}" if info.postprocess else "")
+            + "]"
+        )
     return 0
 
 
@@ -320,91 +370,166 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", nargs="+", required=True, help="image TIFF(s) (2D or stacks) or folders of slices")
     t.add_argument("--labels", nargs="+", required=True, help="labels TIFF(s), one per image, same shape")
     t.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
-    t.add_argument("--mode", choices=["semantic", "instance"], default="instance",
-                   help="how to read the labels (default: instance)")
-    t.add_argument("--labels-format", choices=["ours", "isbi", "instances"], default="ours",
-                   help="ours = the convention below; isbi = 0 membrane / 255 cell; instances = 0 background, 1..N objects")
+    t.add_argument(
+        "--mode",
+        choices=["semantic", "instance"],
+        default="instance",
+        help="how to read the labels (default: instance)",
+    )
+    t.add_argument(
+        "--labels-format",
+        choices=["ours", "isbi", "instances"],
+        default="ours",
+        help="ours = the convention below; isbi = 0 membrane / 255 cell; instances = 0 background, 1..N objects",
+    )
     t.add_argument("--slices", help="use only these slices of every stack, e.g. 0-24")
     t.add_argument("--init", help="start from a model file or shipped model name (fine-tune); default: scratch")
-    t.add_argument("--keep-prior", type=float, default=None, metavar="W",
-                   help="with --init: weight of a loss keeping the starting model's prediction on unannotated "
-                        "pixels, so sparse strokes correct it without it forgetting the rest (default: 1 with "
-                        "--init, 0 from scratch; 0 = the paper's plain fine-tuning)")
+    t.add_argument(
+        "--keep-prior",
+        type=float,
+        default=None,
+        metavar="W",
+        help="with --init: weight of a loss keeping the starting model's prediction on unannotated "
+        "pixels, so sparse strokes correct it without it forgetting the rest (default: 1 with "
+        "--init, 0 from scratch; 0 = the paper's plain fine-tuning)",
+    )
     t.add_argument("--resume", help="continue a run saved with --save-last (unset options: that run's settings)")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: 1000 on CUDA, 500 on CPU)")
-    t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 1e-3 from scratch, 1e-4 with --init, the saved run's with --resume)")
-    t.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
-                   help="sgd = the paper (momentum 0.99; default on CUDA); adam converges in fewer steps "
-                        "(default on CPU)")
-    t.add_argument("--schedule", choices=["constant", "cosine"], default=None,
-                   help="learning-rate schedule (default: constant; with --resume, the saved run's)")
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: 1e-3 from scratch, 1e-4 with --init, the saved run's with --resume)",
+    )
+    t.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam"],
+        default=None,
+        help="sgd = the paper (momentum 0.99; default on CUDA); adam converges in fewer steps (default on CPU)",
+    )
+    t.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default=None,
+        help="learning-rate schedule (default: constant; with --resume, the saved run's)",
+    )
     t.add_argument("--batch-size", type=int, default=1)
-    t.add_argument("--tile-in", type=int, default=None,
-                   help="INPUT tile side for training (valid sizes 188, 204, ... 572 for depth 4; default: 572 "
-                        "on CUDA, 316 on CPU)")
+    t.add_argument(
+        "--tile-in",
+        type=int,
+        default=None,
+        help="INPUT tile side for training (valid sizes 188, 204, ... 572 for depth 4; default: 572 "
+        "on CUDA, 316 on CPU)",
+    )
     t.add_argument("--tile-size", dest="tile_in", type=int, action=_TileSize, help=argparse.SUPPRESS)
     t.add_argument("--depth", type=int, default=None, help="network depth (default 4; ignored with --init/--resume)")
-    t.add_argument("--channels", type=int, default=None,
-                   help="base channels (the paper: 64, default on CUDA; 16, default on CPU, trains ~10x faster; "
-                        "ignored with --init/--resume)")
+    t.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        help="base channels (the paper: 64, default on CUDA; 16, default on CPU, trains ~10x faster; "
+        "ignored with --init/--resume)",
+    )
     t.add_argument("--padding", choices=["valid", "same"], default="valid")
     t.add_argument("--w0", type=float, default=None, help="border weight w0 (eq. 2; default 10, the paper)")
-    t.add_argument("--sigma", type=float, default=None,
-                   help="border weight sigma in px (eq. 2; default 5, the paper)")
-    t.add_argument("--elastic-grid", type=int, default=None,
-                   help="elastic deformation control points per side (paper 3)")
-    t.add_argument("--elastic-sigma", type=float, default=None,
-                   help="elastic deformation displacement std in px (paper 10)")
-    t.add_argument("--border-class", action=argparse.BooleanOptionalAction, default=None,
-                   help="instance mode: learn a third 'border' class (default: as the --init model has it, "
-                        "e.g. on for nuclei; off from scratch)")
+    t.add_argument("--sigma", type=float, default=None, help="border weight sigma in px (eq. 2; default 5, the paper)")
+    t.add_argument(
+        "--elastic-grid", type=int, default=None, help="elastic deformation control points per side (paper 3)"
+    )
+    t.add_argument(
+        "--elastic-sigma", type=float, default=None, help="elastic deformation displacement std in px (paper 10)"
+    )
+    t.add_argument(
+        "--border-class",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="instance mode: learn a third 'border' class (default: as the --init model has it, "
+        "e.g. on for nuclei; off from scratch)",
+    )
     t.add_argument("--zero-is-background", action="store_true", help="labels are complete: 0 means background")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of annotated slices")
     t.add_argument("--val-every", type=int, default=50)
-    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                   help="default: bf16 on CUDA GPUs that support it, else fp32 (as predict)")
+    t.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="default: bf16 on CUDA GPUs that support it, else fp32 (as predict)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--half", action="store_true", help="store weights as float16")
-    t.add_argument("--save-last", action="store_true", help="save the last state (+ optimizer, for --resume) instead of the best")
+    t.add_argument(
+        "--save-last", action="store_true", help="save the last state (+ optimizer, for --resume) instead of the best"
+    )
     common(t)
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="overlap-tile prediction of a TIFF image or stack")
     pr.add_argument("image", help="image TIFF (2D or stack) or folder of slices")
-    pr.add_argument("-o", "--output", "--output-path", dest="output", required=True, action=_OutputPath,
-                    help="TIFF to write (as train's -o: the file this command makes)")
-    pr.add_argument("--model", required=True,
-                    help="model file or shipped model name: em-membrane, nuclei (see `napari-unet models`)")
-    pr.add_argument("--kind", choices=["labels", "instances", "probabilities"], default="labels",
-                    help="labels: class per pixel (0 = background); instances: one id per object; "
-                         "probabilities: one float map per class")
+    pr.add_argument(
+        "-o",
+        "--output",
+        "--output-path",
+        dest="output",
+        required=True,
+        action=_OutputPath,
+        help="TIFF to write (as train's -o: the file this command makes)",
+    )
+    pr.add_argument(
+        "--model",
+        required=True,
+        help="model file or shipped model name: em-membrane, nuclei (see `napari-unet models`)",
+    )
+    pr.add_argument(
+        "--kind",
+        choices=["labels", "instances", "probabilities"],
+        default="labels",
+        help="labels: class per pixel (0 = background); instances: one id per object; "
+        "probabilities: one float map per class",
+    )
     pr.add_argument("--slices", help="only these slices, e.g. 25-29")
-    pr.add_argument("--tile-out", type=int, default=None,
-                    help="OUTPUT tile side in px (default: automatic from free memory)")
+    pr.add_argument(
+        "--tile-out", type=int, default=None, help="OUTPUT tile side in px (default: automatic from free memory)"
+    )
     pr.add_argument("--tile-size", dest="tile_out", type=int, action=_TileSize, help=argparse.SUPPRESS)
     pr.add_argument("--tta", action="store_true", help="average 8 flips/rotations")
-    pr.add_argument("--min-size", type=int, default=None, metavar="PX",
-                    help="--kind instances: drop objects smaller than PX pixels (default: the model's own, "
-                         "see `napari-unet models`)")
-    pr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                    help="default: bf16 on CUDA GPUs that support it, else fp32. On CPUs bf16 depends on the "
-                         "chip: 2.4x faster than fp32 on an AMD EPYC with avx512_bf16, slower on an Intel Xeon; "
-                         "labels agree 99.6 %% with fp32 (docs/benchmarks.md). Try it on yours")
+    pr.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="--kind instances: drop objects smaller than PX pixels (default: the model's own, "
+        "see `napari-unet models`)",
+    )
+    pr.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="default: bf16 on CUDA GPUs that support it, else fp32. On CPUs bf16 depends on the "
+        "chip: 2.4x faster than fp32 on an AMD EPYC with avx512_bf16, slower on an Intel Xeon; "
+        "labels agree 99.6 %% with fp32 (docs/benchmarks.md). Try it on yours",
+    )
     common(pr)
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="score a model against ground truth")
     ev.add_argument("--model", required=True)
     ev.add_argument("--images", required=True)
-    ev.add_argument("--labels", required=True,
-                    help="ground truth: ISBI style (0 membrane, 255 cell) or instances (0 background, 1..N)")
+    ev.add_argument(
+        "--labels",
+        required=True,
+        help="ground truth: ISBI style (0 membrane, 255 cell) or instances (0 background, 1..N)",
+    )
     ev.add_argument("--kind", choices=["auto", "membranes", "instances"], default="auto")
     ev.add_argument("--slices")
     ev.add_argument("--tta", action="store_true")
-    ev.add_argument("--min-size", type=int, default=None, metavar="PX",
-                    help="instances: drop predicted objects smaller than PX pixels (default: the model's own)")
+    ev.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="instances: drop predicted objects smaller than PX pixels (default: the model's own)",
+    )
     ev.add_argument("--json", help="also write the report to this file")
     common(ev)
     ev.set_defaults(func=cmd_evaluate)
@@ -428,8 +553,11 @@ def main(argv=None) -> int:
     except (RuntimeError, OSError, MemoryError) as e:  # a device or disk failing mid-run: no traceback wall
         hint = ""
         if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
-            hint = (" (lower --tile-in or --batch-size, or use --device cpu)" if args.func is cmd_train
-                    else " (give a smaller --tile-out, or use --device cpu)")
+            hint = (
+                " (lower --tile-in or --batch-size, or use --device cpu)"
+                if args.func is cmd_train
+                else " (give a smaller --tile-out, or use --device cpu)"
+            )
         print(f"error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
         return 1
 

@@ -17,8 +17,9 @@ def net():
 
 
 def test_round_trip_weights_and_config(tmp_path, net):
-    p = save_model(tmp_path / "m.safetensors", net, classes=["bg", "a", "b"], label_mode="semantic",
-                   training={"steps_done": 7})
+    p = save_model(
+        tmp_path / "m.safetensors", net, classes=["bg", "a", "b"], label_mode="semantic", training={"steps_done": 7}
+    )
     m = load_model(p)
     assert m.config == net.config
     for (k, a), (_, b) in zip(net.state_dict().items(), m.state_dict().items()):

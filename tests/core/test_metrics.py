@@ -9,7 +9,6 @@ from scipy import ndimage as ndi
 from napari_unet.core import metrics as M
 
 
-
 @pytest.fixture(scope="module")
 def isbi3(isbi):
     """First 3 ISBI slices: (cells bool, derived instances 0 = membrane / 1..N), from tests/conftest.py."""

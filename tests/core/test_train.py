@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from napari_unet.core.checkpoint import load_model, save_model
-from napari_unet.core.tiling import predict
 from napari_unet.core.events import TrainState
 from napari_unet.core.losses import annotated_iou, weighted_loss
+from napari_unet.core.tiling import predict
 from napari_unet.core.train import TrainConfig, iter_train, train
 
 TINY = dict(depth=2, base_channels=8, tile_in=124, optimizer="adam", lr=3e-3, dropout=0.0)
@@ -40,8 +40,8 @@ def test_training_learns_nuclei(nuclei):
     assert [e.step for e in steps] == list(range(1, 61))
     assert events[-1].kind == "finished" and events[-1].state is TrainState.DONE
     assert res.state is TrainState.DONE and res.steps_done == 60
-    first = np.mean([l for _, l in res.history[:10]])
-    last = np.mean([l for _, l in res.history[-10:]])
+    first = np.mean([loss for _, loss in res.history[:10]])
+    last = np.mean([loss for _, loss in res.history[-10:]])
     assert last < 0.7 * first
     pred = predict(res.best_model(), img[0])
     fg_iou = annotated_iou(pred, (lab[0] >= 2).astype(np.int64), 2)
@@ -72,9 +72,9 @@ def test_reproducible_with_seed_on_cpu(nuclei):
     img, lab = nuclei
     cfg = TrainConfig(label_mode="instance", steps=4, seed=3, **TINY)
     a, b = train(cfg, img, lab), train(cfg, img, lab)
-    assert [l for _, l in a.history] == [l for _, l in b.history]
+    assert [loss for _, loss in a.history] == [loss for _, loss in b.history]
     c = train(TrainConfig(label_mode="instance", steps=4, seed=4, **TINY), img, lab)
-    assert [l for _, l in a.history] != [l for _, l in c.history]
+    assert [loss for _, loss in a.history] != [loss for _, loss in c.history]
 
 
 def test_cancel_stops_after_current_step_and_returns_result(nuclei):

@@ -18,7 +18,11 @@ from napari_unet.core.weights import (
 
 
 def _shared() -> Path | None:
-    for p in (os.environ.get("NAPARI_UNET_SHARED"), Path(__file__).resolve().parents[2].parent / "shared", "/work/shared"):
+    for p in (
+        os.environ.get("NAPARI_UNET_SHARED"),
+        Path(__file__).resolve().parents[2].parent / "shared",
+        "/work/shared",
+    ):
         if p and (Path(p) / "data").is_dir():
             return Path(p)
     return None

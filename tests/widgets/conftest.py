@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.gui
 
 @pytest.fixture(autouse=True)
 def _fresh_state():

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from widget_helpers import dock, paint
 
 pytestmark = pytest.mark.gui
@@ -54,8 +53,9 @@ def test_painting_updates_weight_map(em_viewer, qtbot):
     paint(labels, 3, 1, (20, 80, 20, 80))
     paint(labels, 3, 2, (30, 70, 30, 48))
     paint(labels, 3, 3, (30, 70, 52, 70))
-    qtbot.waitUntil(lambda: "weight map" in em_viewer.layers and em_viewer.layers["weight map"].data.max() > 1,
-                    timeout=5000)
+    qtbot.waitUntil(
+        lambda: "weight map" in em_viewer.layers and em_viewer.layers["weight map"].data.max() > 1, timeout=5000
+    )
     wm = em_viewer.layers["weight map"]
     assert wm.data.shape == (1, 256, 256)
     assert wm.translate[0] == 3 * image.scale[0]  # shown on the painted slice only

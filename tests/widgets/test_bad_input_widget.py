@@ -33,8 +33,12 @@ def test_train_refuses_rgb_4d_wrong_shape_and_empty_labels(viewer, messages):
     tiny(w)
     row = w.pairs[0]
     n_layers = len(viewer.layers)
-    cases = [("rgb", "empty", "RGB"), ("4d", "empty", "(Z, Y, X)"), ("stack", "small", "same height, width"),
-             ("stack", "empty", "nothing is annotated yet")]
+    cases = [
+        ("rgb", "empty", "RGB"),
+        ("4d", "empty", "(Z, Y, X)"),
+        ("stack", "small", "same height, width"),
+        ("stack", "empty", "nothing is annotated yet"),
+    ]
     for img, lab, expect in cases:
         row.image.value, row.labels.value = viewer.layers[img], viewer.layers[lab]
         assert w._on_train() is None

@@ -39,6 +39,7 @@ def test_slider_moves_update_the_deformation_preview(em_viewer, qtbot):
     before = w.n_updates
     w.sigma.value = 0.0
     qtbot.waitUntil(lambda: w.n_updates > before, timeout=5000)
-    np.testing.assert_allclose(em_viewer.layers["deformed image"].data[0], em_viewer.layers["EM (ISBI 2012)"].data[1],
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        em_viewer.layers["deformed image"].data[0], em_viewer.layers["EM (ISBI 2012)"].data[1], atol=1e-3
+    )
     print(f"\ndeformation preview of a 256x256 slice: {w.last_ms:.1f} ms")

@@ -16,8 +16,16 @@ def tiny_model():
     from napari_unet.core.train import TrainConfig, train
 
     image, labels = load_em_sample()
-    cfg = TrainConfig(depth=2, base_channels=4, tile_in=124, steps=5, optimizer="adam", device="cpu",
-                      label_mode="instance", augment=False)
+    cfg = TrainConfig(
+        depth=2,
+        base_channels=4,
+        tile_in=124,
+        steps=5,
+        optimizer="adam",
+        device="cpu",
+        label_mode="instance",
+        augment=False,
+    )
     return train(cfg, image, labels).best_model()
 
 

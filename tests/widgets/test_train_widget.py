@@ -22,7 +22,6 @@ def tiny(w, steps=12, preview_every=4):
 
 def test_train_plots_loss_previews_and_keeps_gui_alive(em_viewer, qtbot, tmp_path):
     from napari_unet._widgets import _state
-
     from napari_unet._widgets._workers import TORCH_WARM
 
     with GapMeter() as dock_gap:  # docking starts torch's one-time lazy imports in a thread

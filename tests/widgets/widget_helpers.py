@@ -61,5 +61,3 @@ def paint(layer, idx, value, box):
     data[idx, y0:y1, x0:x1] = value
     layer.events.paint(value=[])
     layer.refresh()
-
-

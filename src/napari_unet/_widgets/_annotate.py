@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
 from ._layers import check_image_layer, follow_layers, layer_choices
+
+if TYPE_CHECKING:
+    import napari
 
 CONVENTION = (
     "<b>Label values</b><br>"
@@ -22,7 +27,7 @@ BRUSH_SIZE = 10
 class AnnotateWidget(Container):
     """Create a Labels layer matched to an image (shape, scale, translate) with a painting brush."""
 
-    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__(labels=False)
         self.viewer = viewer
         self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"))
@@ -51,7 +56,10 @@ class AnnotateWidget(Container):
             name = f"{name} {k}"
         dtype = np.uint16  # room for thousands of instances, half the memory of int32
         labels = self.viewer.add_labels(
-            np.zeros(layer.data.shape, dtype=dtype), name=name, scale=layer.scale, translate=layer.translate,
+            np.zeros(layer.data.shape, dtype=dtype),
+            name=name,
+            scale=layer.scale,
+            translate=layer.translate,
             metadata={"training_labels_for": layer.name},
         )
         labels.brush_size = BRUSH_SIZE

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, Slider
 
 from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane
+
+if TYPE_CHECKING:
+    import napari
 
 IMAGE_LAYER, LABELS_LAYER, WEIGHTS_LAYER = "deformed image", "deformed labels", "deformed weights"
 GRID_LAYER, VECTORS_LAYER = "deformation grid", "displacement vectors"
@@ -21,7 +25,7 @@ class DeformationWidget(Container):
     place), the coarse control-point displacements as vectors and a warped grid.
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
         from napari_unet.core.train import LIMITS, TrainConfig
 
@@ -30,8 +34,9 @@ class DeformationWidget(Container):
         self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
         grid_lo, grid_hi = LIMITS["elastic_grid"]
         self.grid = Slider(label="grid points", min=grid_lo, max=grid_hi, value=TrainConfig.default("elastic_grid"))
-        self.sigma = FloatSlider(label="sigma (px)", min=0.0, max=40.0, step=0.5,
-                                 value=TrainConfig.default("elastic_sigma"))
+        self.sigma = FloatSlider(
+            label="sigma (px)", min=0.0, max=40.0, step=0.5, value=TrainConfig.default("elastic_sigma")
+        )
         self.seed = Slider(label="seed", min=0, max=999, value=0)
         self.mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
         self.live = CheckBox(text="show live", value=True)
@@ -64,8 +69,10 @@ class DeformationWidget(Container):
         labels = weights = None
         if lab_layer is not None and lab_layer in self.viewer.layers:
             if tuple(lab_layer.data.shape) != tuple(img_layer.data.shape):
-                show_warning(f"deformation preview: labels {tuple(lab_layer.data.shape)} do not match the image "
-                             f"{tuple(img_layer.data.shape)}; choose the labels painted on this image")
+                show_warning(
+                    f"deformation preview: labels {tuple(lab_layer.data.shape)} do not match the image "
+                    f"{tuple(img_layer.data.shape)}; choose the labels painted on this image"
+                )
             else:
                 labels, _ = current_plane(self.viewer, lab_layer)
                 labels = labels.astype(np.int32, copy=False)
@@ -75,8 +82,15 @@ class DeformationWidget(Container):
         try:
             coarse = coarse_displacements(rng, int(self.grid.value), float(self.sigma.value))
             dense = dense_displacement(coarse, plane.shape)
-            d = elastic_deform(plane.astype(np.float32), labels, weights, rng=rng, grid=int(self.grid.value),
-                               sigma=float(self.sigma.value), displacement=dense)
+            d = elastic_deform(
+                plane.astype(np.float32),
+                labels,
+                weights,
+                rng=rng,
+                grid=int(self.grid.value),
+                sigma=float(self.sigma.value),
+                displacement=dense,
+            )
         except ValueError as e:
             self.status.value = str(e)
             return None
@@ -87,12 +101,23 @@ class DeformationWidget(Container):
         if d.labels is not None:
             show_plane(self.viewer, LABELS_LAYER, np.asarray(d.labels), img_layer, idx, kind="labels", opacity=0.4)
             wmax = float(d.weights.max()) if d.weights.size else 1.0
-            show_plane(self.viewer, WEIGHTS_LAYER, d.weights, img_layer, idx, colormap="magma", opacity=0.6,
-                       blending="additive", contrast_limits=(0.0, max(wmax, 1e-3)), visible=False)
+            show_plane(
+                self.viewer,
+                WEIGHTS_LAYER,
+                d.weights,
+                img_layer,
+                idx,
+                colormap="magma",
+                opacity=0.6,
+                blending="additive",
+                contrast_limits=(0.0, max(wmax, 1e-3)),
+                visible=False,
+            )
         self._show_grid(coarse, dense, plane.shape, img_layer, idx)
         where = f"slice {idx[0]}" if idx else "image"
-        self.status.value = f"{where}: seed {self.seed.value}, max shift {np.abs(dense).max():.1f} px, " \
-                            f"{self.last_ms:.0f} ms"
+        self.status.value = (
+            f"{where}: seed {self.seed.value}, max shift {np.abs(dense).max():.1f} px, {self.last_ms:.0f} ms"
+        )
         self.n_updates += 1
         return d
 
@@ -105,14 +130,18 @@ class DeformationWidget(Container):
         # output pixel p samples the input at p + d(p): a straight input line shows up near p - d(p)
         vec = -np.stack([coarse[0].ravel(), coarse[1].ravel()], axis=1)
         lead = np.asarray(idx, dtype=float)
-        pad = lambda a, zero=False: np.concatenate(  # noqa: E731
-            [np.broadcast_to(0.0 if zero else lead, (len(a), len(idx))), a], axis=1)
+
+        def pad(a, zero=False):  # prepend the leading (slice) coordinates
+            return np.concatenate([np.broadcast_to(0.0 if zero else lead, (len(a), len(idx))), a], axis=1)
+
         vectors = np.stack([pad(pos), pad(vec, zero=True)], axis=1)
         paths = []
         t = np.linspace(0, 1, 64)
         for f in np.linspace(0, 1, GRID_LINES):
-            for pts in (np.stack([np.full_like(t, f * (H - 1)), t * (W - 1)], 1),
-                        np.stack([t * (H - 1), np.full_like(t, f * (W - 1))], 1)):
+            for pts in (
+                np.stack([np.full_like(t, f * (H - 1)), t * (W - 1)], 1),
+                np.stack([t * (H - 1), np.full_like(t, f * (W - 1))], 1),
+            ):
                 iy, ix = pts[:, 0].round().astype(int), pts[:, 1].round().astype(int)
                 warped = pts - np.stack([dense[0][iy, ix], dense[1][iy, ix]], 1)
                 paths.append(pad(warped))
@@ -124,12 +153,14 @@ class DeformationWidget(Container):
         if VECTORS_LAYER in self.viewer.layers:
             self.viewer.layers[VECTORS_LAYER].data = vectors
         else:
-            self.viewer.add_vectors(vectors, name=VECTORS_LAYER, edge_color="cyan", edge_width=2, length=1.0,
-                                    vector_style="arrow", **kw)
+            self.viewer.add_vectors(
+                vectors, name=VECTORS_LAYER, edge_color="cyan", edge_width=2, length=1.0, vector_style="arrow", **kw
+            )
         if GRID_LAYER in self.viewer.layers:
             self.viewer.layers[GRID_LAYER].data = paths
         else:
-            self.viewer.add_shapes(paths, shape_type="path", name=GRID_LAYER, edge_color="yellow", edge_width=1,
-                                   opacity=0.6, **kw)
+            self.viewer.add_shapes(
+                paths, shape_type="path", name=GRID_LAYER, edge_color="yellow", edge_width=1, opacity=0.6, **kw
+            )
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active

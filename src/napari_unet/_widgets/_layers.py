@@ -55,7 +55,9 @@ def check_image_layer(layer, what: str = "image") -> None:
             "(right-click the layer > Split RGB, then use one channel)"
         )
     if getattr(layer, "multiscale", False):
-        raise ValueError(f"{layer.name!r} is a multiscale (pyramid) image; open its full-resolution level as a plain layer")
+        raise ValueError(
+            f"{layer.name!r} is a multiscale (pyramid) image; open its full-resolution level as a plain layer"
+        )
     if layer.ndim not in (2, 3):
         raise ValueError(
             f"{layer.name!r} has {layer.ndim} dimensions {tuple(layer.data.shape)}; expected a 2D image (Y, X) or "
@@ -70,7 +72,7 @@ def current_index(viewer, layer) -> tuple[int, ...]:
     if lead <= 0:
         return ()
     pt = layer.world_to_data(viewer.dims.point)
-    pt = np.asarray(pt)[-len(shape):]
+    pt = np.asarray(pt)[-len(shape) :]
     return tuple(int(np.clip(round(float(p)), 0, s - 1)) for p, s in zip(pt[:lead], shape[:lead]))
 
 
@@ -93,8 +95,10 @@ def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...],
     from napari.layers import Labels
 
     active = viewer.layers.selection.active
-    if name in viewer.layers and viewer.layers[name].data.ndim == data.ndim and (
-        (kind == "labels") == isinstance(viewer.layers[name], Labels)
+    if (
+        name in viewer.layers
+        and viewer.layers[name].data.ndim == data.ndim
+        and ((kind == "labels") == isinstance(viewer.layers[name], Labels))
     ):
         layer = viewer.layers[name]
         # each assignment refreshes the layer: set only what changed (the preview of a

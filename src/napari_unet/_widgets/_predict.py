@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
@@ -10,6 +11,9 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from . import _state
 from ._layers import check_image_layer, current_index, follow_layers, layer_choices
 from ._workers import Job, JobWidget, Throttle, error_text
+
+if TYPE_CHECKING:
+    import napari
 
 MODEL_FILE = "model file…"
 OUTPUTS = {"semantic labels": "labels", "instances": "instances", "probability map": "probabilities"}
@@ -19,7 +23,7 @@ CURRENT, STACK = "current slice", "whole stack"
 class PredictWidget(JobWidget, Container):
     """Pick a model (just trained, shipped or a file) and an image; watch the result fill in."""
 
-    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
         from napari_unet.core.device import available_devices
 
@@ -34,16 +38,29 @@ class PredictWidget(JobWidget, Container):
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.to_labels_button = PushButton(
-            text="Correct it: to training labels", enabled=False,
+            text="Correct it: to training labels",
+            enabled=False,
             tooltip="copy the finished prediction into a new Labels layer in the training convention "
-                    "(1 = background, 2.. = objects or classes), ready to paint over the mistakes and retrain",
+            "(1 = background, 2.. = objects or classes), ready to paint over the mistakes and retrain",
         )
         row = Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False)
         row.margins = (0, 0, 0, 0)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
-        self.extend([self.model, self.model_file, self.image, self.output, self.where, self.tta, self.device, row,
-                     self.to_labels_button, self.status])
+        self.extend(
+            [
+                self.model,
+                self.model_file,
+                self.image,
+                self.output,
+                self.where,
+                self.tta,
+                self.device,
+                row,
+                self.to_labels_button,
+                self.status,
+            ]
+        )
 
         self.job: Job | None = None
         self.layer = None
@@ -103,8 +120,10 @@ class PredictWidget(JobWidget, Container):
             show_warning("a prediction is already running: press Cancel first, or wait for it to finish")
             return None
         if "train" in _state.RUNNING:
-            show_warning("training is running: stop it (Train > Stop) or wait for it to finish, then predict. "
-                         "Training shows a live prediction preview meanwhile")
+            show_warning(
+                "training is running: stop it (Train > Stop) or wait for it to finish, then predict. "
+                "Training shows a live prediction preview meanwhile"
+            )
             return None
         layer = self.image.value
         try:
@@ -114,9 +133,11 @@ class PredictWidget(JobWidget, Container):
             show_error(f"cannot predict: {e}")
             return None
         if model.config.in_channels != 1:
-            show_error(f"the model expects {model.config.in_channels} channels; this widget predicts grey images. "
-                       "For multichannel images use Python: napari_unet.core.tiling.predict(model, image, "
-                       "channel_axis=0)")
+            show_error(
+                f"the model expects {model.config.in_channels} channels; this widget predicts grey images. "
+                "For multichannel images use Python: napari_unet.core.tiling.predict(model, image, "
+                "channel_axis=0)"
+            )
             return None
 
         output = OUTPUTS[self.output.value]
@@ -131,31 +152,51 @@ class PredictWidget(JobWidget, Container):
 
         self.job = job = Job("predict")
         try:
-            gen = iter_predict(model, data, output=output, out=out, slices=slices, tta=bool(self.tta.value),
-                               device=self.device.value)
+            gen = iter_predict(
+                model, data, output=output, out=out, slices=slices, tta=bool(self.tta.value), device=self.device.value
+            )
         except (ValueError, RuntimeError) as e:
             show_error(f"cannot predict: {e}")
             return None
         self.done, self.total = 0, 0
-        return self._run_job(job, gen, self.device.value, total=0, desc="U-Net prediction", status="predicting…",
-                             yielded=self._on_tile, returned=self._on_result, errored=self._on_error,
-                             aborted=self._on_aborted)
+        return self._run_job(
+            job,
+            gen,
+            self.device.value,
+            total=0,
+            desc="U-Net prediction",
+            status="predicting…",
+            yielded=self._on_tile,
+            returned=self._on_result,
+            errored=self._on_error,
+            aborted=self._on_aborted,
+        )
 
     def _output_layer(self, image, output: str, out: np.ndarray, model):
         """A fresh layer whose data IS ``out`` (the worker writes, the GUI thread refreshes)."""
-        name = f"{image.name} " + {"labels": "prediction", "instances": "instances",
-                                   "probabilities": "probability"}[output]
+        name = (
+            f"{image.name} "
+            + {"labels": "prediction", "instances": "instances", "probabilities": "probability"}[output]
+        )
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         info = getattr(model, "info", None)
-        kw = dict(name=name, scale=image.scale, translate=image.translate,
-                  metadata={"model": getattr(info, "name", ""), "output": output,
-                            "label_mode": getattr(info, "label_mode", "")})
+        kw = dict(
+            name=name,
+            scale=image.scale,
+            translate=image.translate,
+            metadata={
+                "model": getattr(info, "name", ""),
+                "output": output,
+                "label_mode": getattr(info, "label_mode", ""),
+            },
+        )
         if output == "probabilities":
             fg = 1 if out.shape[0] > 1 else 0  # class axis first: show the foreground channel
             kw["metadata"]["probabilities"] = out
-            return self.viewer.add_image(out[fg], colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.7,
-                                         blending="additive", **kw)
+            return self.viewer.add_image(
+                out[fg], colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive", **kw
+            )
         return self.viewer.add_labels(out, opacity=0.6, **kw)
 
     def _on_tile(self, ev):
@@ -189,25 +230,30 @@ class PredictWidget(JobWidget, Container):
 
         layer = self.layer
         if not (isinstance(layer, Labels) and layer in self.viewer.layers and self.complete):
-            show_warning("predict semantic labels or instances first and let the run finish; then the prediction "
-                         "can become training labels")
+            show_warning(
+                "predict semantic labels or instances first and let the run finish; then the prediction "
+                "can become training labels"
+            )
             return None
         pred = np.asarray(layer.data)
         lab = np.zeros(pred.shape, dtype=np.uint32)  # slices that were not predicted stay 'not annotated'
         where = (slice(None),) if self.predicted_slices is None else (self.predicted_slices,)
         lab[where] = pred[where].astype(np.uint32) + 1
         # a second press makes another layer (napari numbers the name): earlier corrections are never replaced
-        new = self.viewer.add_labels(lab, name=f"{layer.name} to correct", scale=layer.scale,
-                                     translate=layer.translate)
+        new = self.viewer.add_labels(lab, name=f"{layer.name} to correct", scale=layer.scale, translate=layer.translate)
         layer.visible = False
         self.viewer.layers.selection.active = new
         new.mode = "paint"
         kind = "objects" if layer.metadata.get("output") == "instances" else "classes"
-        show_info(f"'{new.name}': 1 = background, 2.. = {kind}. Paint over the mistakes (0 erases a pixel from "
-                  f"training), then choose it as the labels in Train")
+        show_info(
+            f"'{new.name}': 1 = background, 2.. = {kind}. Paint over the mistakes (0 erases a pixel from "
+            f"training), then choose it as the labels in Train"
+        )
         if layer.metadata.get("output") == "labels" and layer.metadata.get("label_mode") == "instance":
-            show_warning("these are semantic labels of an instance model: all objects share one value, so "
-                         "training in instance mode would see one big object. Predict 'instances' first for that")
+            show_warning(
+                "these are semantic labels of an instance model: all objects share one value, so "
+                "training in instance mode would see one big object. Predict 'instances' first for that"
+            )
         return new
 
     def _on_error(self, exc):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
@@ -19,6 +20,9 @@ from magicgui.widgets import (
 from . import _state
 from ._layers import check_image_layer, current_index, follow_layers, layer_choices, show_plane
 from ._workers import Job, JobWidget, error_text, warm_up_torch
+
+if TYPE_CHECKING:
+    import napari
 
 PREVIEW_LAYER = "prediction preview"
 SCRATCH, PRETRAINED, CHECKPOINT = "scratch", "pretrained", "checkpoint file"
@@ -46,7 +50,7 @@ class PairRow(Container):
 class TrainWidget(JobWidget, Container):
     """Pick image/labels pairs, a starting model and a few settings; train; watch; stop; save."""
 
-    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
         from napari_unet.core.checkpoint import available_models
         from napari_unet.core.device import available_devices
@@ -69,9 +73,10 @@ class TrainWidget(JobWidget, Container):
         self.pretrained = ComboBox(label="pretrained", choices=shipped or [""], visible=bool(shipped))
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.safetensors", visible=False)
         self.keep_prior = CheckBox(
-            text="keep what the model knows where I did not paint", value=True,
+            text="keep what the model knows where I did not paint",
+            value=True,
             tooltip="fine-tuning: unpainted pixels keep the starting model's prediction (distillation), so a few "
-                    "strokes correct the model instead of making it forget the rest",
+            "strokes correct the model instead of making it forget the rest",
         )
         self.label_mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
 
@@ -84,52 +89,97 @@ class TrainWidget(JobWidget, Container):
         self.steps = SpinBox(label="steps", **limits("steps"))
         self.lr = FloatSpinBox(label="learning rate", step=1e-4, **limits("lr"))
         self.lr.native.setDecimals(6)
-        self.tile_in = SpinBox(label="tile size (input)", **limits("tile_in"),
-                               tooltip="input tile side; a valid size for the depth (depth 4: 188 + 16k)")
+        self.tile_in = SpinBox(
+            label="tile size (input)",
+            **limits("tile_in"),
+            tooltip="input tile side; a valid size for the depth (depth 4: 188 + 16k)",
+        )
         self.augment = CheckBox(text="augmentation (elastic, flips, intensity)", value=TrainConfig.default("augment"))
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
 
         self.show_advanced = CheckBox(text="advanced settings", value=False)
         self.optimizer = ComboBox(label="optimizer", choices=["adam", "sgd"], value=d["optimizer"])
         self.batch_size = SpinBox(label="batch size", **limits("batch_size"))
-        self.w0 = FloatSpinBox(label="border w0", **limits("w0"),
-                               tooltip="eq. 2: weight of the gaps between touching objects (paper 10); "
-                                       "follows the Weight map preview")
-        self.sigma = FloatSpinBox(label="border sigma (px)", **limits("sigma"),
-                                  tooltip="eq. 2: width of the border weight (paper 5 px); follows the Weight map "
-                                          "preview")
-        self.elastic_grid = SpinBox(label="deformation grid", **limits("elastic_grid"),
-                                    tooltip="elastic deformation: control points per side (paper 3 x 3)")
-        self.elastic_sigma = FloatSpinBox(label="deformation sigma (px)", **limits("elastic_sigma"),
-                                          tooltip="elastic deformation: std of the control-point displacements "
-                                                  "(paper 10 px); lower it if the Deformation preview tears labels")
+        self.w0 = FloatSpinBox(
+            label="border w0",
+            **limits("w0"),
+            tooltip="eq. 2: weight of the gaps between touching objects (paper 10); follows the Weight map preview",
+        )
+        self.sigma = FloatSpinBox(
+            label="border sigma (px)",
+            **limits("sigma"),
+            tooltip="eq. 2: width of the border weight (paper 5 px); follows the Weight map preview",
+        )
+        self.elastic_grid = SpinBox(
+            label="deformation grid",
+            **limits("elastic_grid"),
+            tooltip="elastic deformation: control points per side (paper 3 x 3)",
+        )
+        self.elastic_sigma = FloatSpinBox(
+            label="deformation sigma (px)",
+            **limits("elastic_sigma"),
+            tooltip="elastic deformation: std of the control-point displacements "
+            "(paper 10 px); lower it if the Deformation preview tears labels",
+        )
         self.depth = SpinBox(label="depth", **limits("depth"))
         self.base_channels = SpinBox(label="base channels", **limits("base_channels"))
         self.val_fraction = FloatSpinBox(label="validation fraction", step=0.05, **limits("val_fraction"))
         self.val_every = SpinBox(label="validate every N steps", **limits("val_every"))
         # 25, not the config's 0 (never): in the widget the preview is what the user watches
-        self.preview_every = SpinBox(label="preview every N steps", **{**limits("preview_every"), "value": 25},
-                                     tooltip="predict the slice on screen every N steps (0 = never)")
+        self.preview_every = SpinBox(
+            label="preview every N steps",
+            **{**limits("preview_every"), "value": 25},
+            tooltip="predict the slice on screen every N steps (0 = never)",
+        )
         self.seed = SpinBox(label="seed", **limits("seed"))
         self._on_depth_changed()
-        self.advanced = Container(widgets=[self.optimizer, self.batch_size, self.w0, self.sigma, self.elastic_grid,
-                                           self.elastic_sigma, self.depth,
-                                           self.base_channels, self.val_fraction, self.val_every,
-                                           self.preview_every, self.seed], visible=False)
+        self.advanced = Container(
+            widgets=[
+                self.optimizer,
+                self.batch_size,
+                self.w0,
+                self.sigma,
+                self.elastic_grid,
+                self.elastic_sigma,
+                self.depth,
+                self.base_channels,
+                self.val_fraction,
+                self.val_every,
+                self.preview_every,
+                self.seed,
+            ],
+            visible=False,
+        )
 
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.save_button = PushButton(text="Save model…", enabled=False)
-        run_row = Container(widgets=[self.train_button, self.stop_button, self.save_button], layout="horizontal",
-                            labels=False)
+        run_row = Container(
+            widgets=[self.train_button, self.stop_button, self.save_button], layout="horizontal", labels=False
+        )
         run_row.margins = (0, 0, 0, 0)
         self.status = Label(value="idle")
         self.status.native.setWordWrap(True)
 
-        self.extend([self.pairs_box, self.start, self.pretrained, self.checkpoint, self.keep_prior, self.label_mode,
-                     self.steps,
-                     self.lr, self.tile_in, self.augment, self.device, self.show_advanced, self.advanced,
-                     run_row, self.status])
+        self.extend(
+            [
+                self.pairs_box,
+                self.start,
+                self.pretrained,
+                self.checkpoint,
+                self.keep_prior,
+                self.label_mode,
+                self.steps,
+                self.lr,
+                self.tile_in,
+                self.augment,
+                self.device,
+                self.show_advanced,
+                self.advanced,
+                run_row,
+                self.status,
+            ]
+        )
         from ._plot import LossPlot
 
         self.plot = LossPlot()
@@ -219,13 +269,25 @@ class TrainWidget(JobWidget, Container):
             init = str(path)
         # TrainConfig checks every value (e.g. a tile size that is not valid for the depth)
         return TrainConfig(
-            depth=int(self.depth.value), base_channels=int(self.base_channels.value), label_mode=self.label_mode.value,
-            w0=float(self.w0.value), sigma=float(self.sigma.value), optimizer=self.optimizer.value,
-            elastic_grid=int(self.elastic_grid.value), elastic_sigma=float(self.elastic_sigma.value),
-            lr=float(self.lr.value), steps=int(self.steps.value), batch_size=int(self.batch_size.value),
-            tile_in=int(self.tile_in.value), augment=bool(self.augment.value), val_fraction=float(self.val_fraction.value),
-            val_every=int(self.val_every.value), preview_every=int(self.preview_every.value),
-            init=init, seed=int(self.seed.value), device=self.device.value,
+            depth=int(self.depth.value),
+            base_channels=int(self.base_channels.value),
+            label_mode=self.label_mode.value,
+            w0=float(self.w0.value),
+            sigma=float(self.sigma.value),
+            optimizer=self.optimizer.value,
+            elastic_grid=int(self.elastic_grid.value),
+            elastic_sigma=float(self.elastic_sigma.value),
+            lr=float(self.lr.value),
+            steps=int(self.steps.value),
+            batch_size=int(self.batch_size.value),
+            tile_in=int(self.tile_in.value),
+            augment=bool(self.augment.value),
+            val_fraction=float(self.val_fraction.value),
+            val_every=int(self.val_every.value),
+            preview_every=int(self.preview_every.value),
+            init=init,
+            seed=int(self.seed.value),
+            device=self.device.value,
             keep_prior=1.0 if (init is not None and self.keep_prior.value) else 0.0,
         )
 
@@ -279,8 +341,17 @@ class TrainWidget(JobWidget, Container):
         self.result = None
         self.plot.clear()
         gen = iter_train(config, images, labels, preview=preview, cancel=job.cancel)
-        return self._run_job(job, gen, config.device, total=config.steps, desc="U-Net training", status="starting…",
-                             yielded=self._on_event, returned=self._on_result, errored=self._on_error)
+        return self._run_job(
+            job,
+            gen,
+            config.device,
+            total=config.steps,
+            desc="U-Net training",
+            status="starting…",
+            yielded=self._on_event,
+            returned=self._on_result,
+            errored=self._on_error,
+        )
 
     def _on_event(self, ev):
         """A TrainEvent from the worker (GUI thread): plot, progress, status, preview."""
@@ -307,8 +378,15 @@ class TrainWidget(JobWidget, Container):
             like, idx = self._preview_like
             if like in self.viewer.layers:
                 z = ev.preview_where[1] if idx else None
-                show_plane(self.viewer, PREVIEW_LAYER, np.asarray(ev.preview), like,
-                           (z,) if z is not None else (), kind="labels", opacity=0.5)
+                show_plane(
+                    self.viewer,
+                    PREVIEW_LAYER,
+                    np.asarray(ev.preview),
+                    like,
+                    (z,) if z is not None else (),
+                    kind="labels",
+                    opacity=0.5,
+                )
 
     def _on_result(self, result):
         from napari.utils.notifications import show_info
@@ -320,10 +398,14 @@ class TrainWidget(JobWidget, Container):
         self.save_button.enabled = True
         self.plot.redraw(force=True)
         best = f"best step {result.best_step}" + (f" (val IoU {result.best_metric:.3f})" if result.val_history else "")
-        self.status.value = (f"{result.state.value} after {result.steps_done} steps; {best}. "
-                             f"Use it in Predict ('{_state.JUST_TRAINED}') or Save model.")
-        show_info(f"training {result.state.value} after {result.steps_done} steps; the model is available in "
-                  f"Predict as '{_state.JUST_TRAINED}'")
+        self.status.value = (
+            f"{result.state.value} after {result.steps_done} steps; {best}. "
+            f"Use it in Predict ('{_state.JUST_TRAINED}') or Save model."
+        )
+        show_info(
+            f"training {result.state.value} after {result.steps_done} steps; the model is available in "
+            f"Predict as '{_state.JUST_TRAINED}'"
+        )
 
     def _on_error(self, exc):
         from napari.utils.notifications import show_error
@@ -333,8 +415,10 @@ class TrainWidget(JobWidget, Container):
             return
         kept = ""
         if self.result is not None and self.result.state.value == "crashed":
-            kept = (f" The weights of the {self.result.steps_done} steps before the crash are kept: "
-                    f"Save model, or use '{_state.JUST_TRAINED}' in Predict.")
+            kept = (
+                f" The weights of the {self.result.steps_done} steps before the crash are kept: "
+                f"Save model, or use '{_state.JUST_TRAINED}' in Predict."
+            )
         self.status.value = f"crashed: {error_text(exc)}.{kept}"
         show_error(f"training failed: {error_text(exc)}.{kept}")
 
@@ -354,8 +438,9 @@ class TrainWidget(JobWidget, Container):
         if path is None:
             from qtpy.QtWidgets import QFileDialog
 
-            path, _ = QFileDialog.getSaveFileName(self.native, "Save U-Net model", "unet.safetensors",
-                                                  "U-Net model (*.safetensors)")
+            path, _ = QFileDialog.getSaveFileName(
+                self.native, "Save U-Net model", "unet.safetensors", "U-Net model (*.safetensors)"
+            )
             if not path:
                 return None
         path = Path(path)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label
 
 from . import _state
 from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane
+
+if TYPE_CHECKING:
+    import napari
 
 LAYER_NAME = "weight map"
 
@@ -20,7 +24,7 @@ class WeightMapWidget(Container):
     a stroke ends rather than during it; a thread would cost more in copies than it saves.
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (string annotation: npe2 injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
         from napari_unet.core.weights import SIGMA, W0
 
@@ -33,8 +37,9 @@ class WeightMapWidget(Container):
         self.border = CheckBox(text="border term", value=True)
         self.live = CheckBox(text="show live", value=True)
         self.status = Label(value="")
-        self.extend([self.labels, self.mode, self.w0, self.sigma, self.class_balance, self.border, self.live,
-                     self.status])
+        self.extend(
+            [self.labels, self.mode, self.w0, self.sigma, self.class_balance, self.border, self.live, self.status]
+        )
         self._connected = None
         self.last_ms = float("nan")
         self.n_updates = 0
@@ -77,15 +82,30 @@ class WeightMapWidget(Container):
         plane, idx = current_plane(self.viewer, layer)
         t0 = time.perf_counter()
         try:
-            w = weight_map(plane, w0=float(self.w0.value), sigma=float(self.sigma.value), mode=self.mode.value,
-                           class_balance=self.class_balance.value, border=self.border.value)
+            w = weight_map(
+                plane,
+                w0=float(self.w0.value),
+                sigma=float(self.sigma.value),
+                mode=self.mode.value,
+                class_balance=self.class_balance.value,
+                border=self.border.value,
+            )
         except ValueError as e:
             show_warning(f"weight map: {e}")
             return None
         self.last_ms = 1000 * (time.perf_counter() - t0)
         hi = float(w.max()) if w.size else 0.0
-        out = show_plane(self.viewer, LAYER_NAME, w, layer, idx, colormap="magma", opacity=0.7,
-                         blending="additive", contrast_limits=(0.0, max(hi, 1e-3)))
+        out = show_plane(
+            self.viewer,
+            LAYER_NAME,
+            w,
+            layer,
+            idx,
+            colormap="magma",
+            opacity=0.7,
+            blending="additive",
+            contrast_limits=(0.0, max(hi, 1e-3)),
+        )
         where = f"slice {idx[0]}" if idx else "image"
         self.status.value = f"{where}: max w = {hi:.2f}, {self.last_ms:.0f} ms"
         self.n_updates += 1

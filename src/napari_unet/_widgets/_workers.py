@@ -74,15 +74,34 @@ def drain(gen: Generator, threads: int | None = None):
     return result
 
 
-def start_worker(gen: Generator, *, yielded=None, returned=None, errored=None, finished=None, aborted=None,
-                 threads: int | None = None):
+def start_worker(
+    gen: Generator,
+    *,
+    yielded=None,
+    returned=None,
+    errored=None,
+    finished=None,
+    aborted=None,
+    threads: int | None = None,
+):
     """Run ``gen`` in a napari GeneratorWorker thread and connect the GUI-thread slots."""
     from napari.qt.threading import create_worker
 
-    connect = {sig: slot for sig, slot in (("yielded", yielded), ("returned", returned), ("errored", errored),
-                                            ("finished", finished), ("aborted", aborted)) if slot is not None}
+    connect = {
+        sig: slot
+        for sig, slot in (
+            ("yielded", yielded),
+            ("returned", returned),
+            ("errored", errored),
+            ("finished", finished),
+            ("aborted", aborted),
+        )
+        if slot is not None
+    }
     # with an 'errored' slot given here, superqt does not re-raise the error in the GUI thread
-    worker = create_worker(drain, gen, threads, _connect=connect, _start_thread=False, _ignore_errors=errored is not None)
+    worker = create_worker(
+        drain, gen, threads, _connect=connect, _start_thread=False, _ignore_errors=errored is not None
+    )
     worker.start()
     return worker
 

@@ -145,16 +145,22 @@ def _read(path: Path, weights: bool = True):
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read {path.name}: the file is damaged, truncated or not a model file ({e})") from e
+        raise CheckpointError(
+            f"cannot read {path.name}: the file is damaged, truncated or not a model file ({e})"
+        ) from e
     if META_KEY not in meta:
-        raise CheckpointError(f"{path.name} is a safetensors file but not a napari-unet model (no '{META_KEY}' metadata)")
+        raise CheckpointError(
+            f"{path.name} is a safetensors file but not a napari-unet model (no '{META_KEY}' metadata)"
+        )
     try:
         raw = json.loads(meta[META_KEY])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path.name}: its napari-unet metadata is damaged ({e})") from e
     fmt = raw.get("format", "")
     if fmt.split("/")[0] != FORMAT.split("/")[0] or int(fmt.split("/")[-1] or 0) > int(FORMAT.split("/")[-1]):
-        raise CheckpointError(f"{path.name} was written by an incompatible version ({fmt!r}); this napari-unet reads {FORMAT!r}")
+        raise CheckpointError(
+            f"{path.name} was written by an incompatible version ({fmt!r}); this napari-unet reads {FORMAT!r}"
+        )
     known = {f for f in ModelInfo.__dataclass_fields__}
     info = ModelInfo(**{k: v for k, v in raw.items() if k in known})
     opt = json.loads(meta["optimizer"]) if "optimizer" in meta else None
@@ -176,7 +182,11 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     try:
         cfg = UNetConfig(**info.model)
         model = build_model(cfg)
-        sd = {k[len("model.") :]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("model.")}
+        sd = {
+            k[len("model.") :]: v.float() if v.is_floating_point() else v
+            for k, v in tensors.items()
+            if k.startswith("model.")
+        }
         model.load_state_dict(sd, strict=True)
     except (TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path.name}: weights do not match the stored architecture ({e})") from e

@@ -47,19 +47,27 @@ def evaluate_arrays(
             cells_true = t != 0
             seg_p = metrics.segmentation_from_membranes(cells_pred)
             seg_t = metrics.segmentation_from_membranes(cells_true)
-            rows.append({
-                "pixel_error": metrics.pixel_error(cells_pred, cells_true),
-                "v_rand": metrics.vrand(seg_p, seg_t),
-                "rand_error": metrics.rand_error(seg_p, seg_t),
-            })
+            rows.append(
+                {
+                    "pixel_error": metrics.pixel_error(cells_pred, cells_true),
+                    "v_rand": metrics.vrand(seg_p, seg_t),
+                    "rand_error": metrics.rand_error(seg_p, seg_t),
+                }
+            )
         else:
             f1 = metrics.instance_f1(p, t, iou_threshold=0.5)
-            rows.append({
-                "foreground_iou": float(metrics.iou(p > 0, t > 0, n_classes=2)[1]),
-                "instance_f1": f1["f1"],
-                "precision": f1["precision"],
-                "recall": f1["recall"],
-            })
+            rows.append(
+                {
+                    "foreground_iou": float(metrics.iou(p > 0, t > 0, n_classes=2)[1]),
+                    "instance_f1": f1["f1"],
+                    "precision": f1["precision"],
+                    "recall": f1["recall"],
+                }
+            )
     keys = rows[0].keys()
-    return {"kind": kind, "n_slices": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in keys},
-            "per_slice": rows}
+    return {
+        "kind": kind,
+        "n_slices": len(rows),
+        **{k: float(np.mean([r[k] for r in rows])) for k in keys},
+        "per_slice": rows,
+    }

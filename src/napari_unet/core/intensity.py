@@ -51,7 +51,9 @@ def _sample_for_percentiles(image, max_samples: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def percentiles(image, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH, *, max_samples: int = 4_000_000) -> tuple[float, float]:
+def percentiles(
+    image, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH, *, max_samples: int = 4_000_000
+) -> tuple[float, float]:
     """Robust intensity range ``(lo, hi)`` at the ``low`` / ``high`` percentiles.
 
     Works on numpy arrays, memmaps, zarr and dask arrays; beyond ``max_samples``

@@ -100,9 +100,7 @@ def list_tiffs(folder: str | os.PathLike) -> list[Path]:
     """TIFF files directly in ``folder``, hidden files skipped, in natural order (2 before 10)."""
     folder = Path(folder)
     files = [
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in TIFF_SUFFIXES
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in TIFF_SUFFIXES
     ]
     return sorted(files, key=lambda p: _natural_key(p.name))
 

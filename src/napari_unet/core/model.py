@@ -192,8 +192,7 @@ def output_size(size: int, depth: int = 4, padding: Padding = "valid") -> int:
         lo, hi = nearest_valid_sizes(size, depth, padding)
         near = f"{lo} and {hi}" if lo is not None else f"{hi}"
         raise ValueError(
-            f"input {size} gives no valid output for depth {depth} ({padding} padding); "
-            f"nearest valid sizes are {near}"
+            f"input {size} gives no valid output for depth {depth} ({padding} padding); nearest valid sizes are {near}"
         )
     return size if padding == "same" else _trace(size, depth)
 

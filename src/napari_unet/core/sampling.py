@@ -53,7 +53,9 @@ def prepare_slices(pairs, config: TrainConfig, n_classes: int, in_channels: int,
         lab = np.asarray(lab)
         check_pair(img, lab, channel_axis=channel_axis, name=name)
         if lab.ndim not in (2, 3):
-            raise ValueError(f"{name + ': ' if name else ''}expected 2D (Y, X) or a stack (Z, Y, X), got labels of shape {lab.shape}")
+            raise ValueError(
+                f"{name + ': ' if name else ''}expected 2D (Y, X) or a stack (Z, Y, X), got labels of shape {lab.shape}"
+            )
         planes = [lab] if lab.ndim == 2 else list(lab)
         for z, lab_z in enumerate(planes):
             ann = annotated_mask(lab_z, zero_is_background=config.zero_is_background)
@@ -61,21 +63,30 @@ def prepare_slices(pairs, config: TrainConfig, n_classes: int, in_channels: int,
                 continue
             im = plane_at(img, None if lab.ndim == 2 else z, channel_axis).astype(np.float32)
             if not np.all(np.isfinite(im)):
-                raise ValueError(f"{name + ': ' if name else ''}the image contains NaN or inf values; replace them before training")
+                raise ValueError(
+                    f"{name + ': ' if name else ''}the image contains NaN or inf values; replace them before training"
+                )
             if im.shape[0] != in_channels:
                 raise ValueError(f"the model expects {in_channels} channel(s), the image has {im.shape[0]}")
             # per-slice percentiles and the same mapping as tiling.iter_predict at prediction time
             im = scale_intensity(im, *percentiles(im, config.norm_low, config.norm_high))
             target = targets_from_labels(
-                lab_z, mode=config.label_mode, n_classes=n_classes,
-                zero_is_background=config.zero_is_background, border_class=config.border_class,
+                lab_z,
+                mode=config.label_mode,
+                n_classes=n_classes,
+                zero_is_background=config.zero_is_background,
+                border_class=config.border_class,
             )
             # class balance over background / object, border-class pixels counting as object: the recipe
             # the shipped nuclei model was trained with (balancing the 1 px border on its own would weigh
             # it ~10x; not measured, so not changed)
             w = weight_map(
-                lab_z, w0=config.w0, sigma=config.sigma, mode=config.label_mode,
-                zero_is_background=config.zero_is_background, class_balance=config.class_balance,
+                lab_z,
+                w0=config.w0,
+                sigma=config.sigma,
+                mode=config.label_mode,
+                zero_is_background=config.zero_is_background,
+                class_balance=config.class_balance,
                 border=config.border_weights,
             )
             idx = np.flatnonzero(target.ravel() != IGNORE)

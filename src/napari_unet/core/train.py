@@ -38,8 +38,17 @@ from .sampling import TrainSlice, as_pairs, prepare_slices
 from .tiling import predict
 from .weights import SIGMA, W0
 
-__all__ = ["FINE_TUNE_LR", "LIMITS", "TrainConfig", "TrainEvent", "TrainResult", "TrainState", "iter_train",
-           "recommended_settings", "train"]
+__all__ = [
+    "FINE_TUNE_LR",
+    "LIMITS",
+    "TrainConfig",
+    "TrainEvent",
+    "TrainResult",
+    "TrainState",
+    "iter_train",
+    "recommended_settings",
+    "train",
+]
 
 FINE_TUNE_LR = 1e-4  # 10x below the from-scratch rate: docs/accuracy.md measures why
 
@@ -190,8 +199,10 @@ class TrainConfig:
         if self.n_classes is not None and self.n_classes < 2:
             raise ValueError(f"n_classes must be >= 2 (background and at least one class), got {self.n_classes}")
         if not 0 <= self.norm_low < self.norm_high <= 100:
-            raise ValueError(f"norm percentiles must satisfy 0 <= norm_low < norm_high <= 100, got "
-                             f"{self.norm_low} and {self.norm_high}")
+            raise ValueError(
+                f"norm percentiles must satisfy 0 <= norm_low < norm_high <= 100, got "
+                f"{self.norm_low} and {self.norm_high}"
+            )
         if self.init is None and self.resume is None:  # from scratch: the architecture is this config's
             check_tile_in(self.tile_in, self.depth, self.padding)
 
@@ -201,8 +212,10 @@ class TrainConfig:
             info = read_info(resolve_model_path(self.resume))
             saved = bool(info.border_class)
             if self.border_class is not None and self.border_class != saved:
-                raise ValueError(f"the run in {self.resume} was trained {'with' if saved else 'without'} a border "
-                                 "class; resume it as it was, or start a new run from it with init instead")
+                raise ValueError(
+                    f"the run in {self.resume} was trained {'with' if saved else 'without'} a border "
+                    "class; resume it as it was, or start a new run from it with init instead"
+                )
             return replace(self, border_class=saved)
         if self.border_class is not None:
             return self
@@ -344,7 +357,9 @@ def iter_train(
     elif config.n_classes is not None:
         n_classes = config.n_classes
     elif config.label_mode == "semantic":
-        n_classes = max(n_classes_for("semantic", np.asarray(lab), border_class=config.border_class) for _, lab in pairs)
+        n_classes = max(
+            n_classes_for("semantic", np.asarray(lab), border_class=config.border_class) for _, lab in pairs
+        )
     else:
         n_classes = n_classes_for("instance", border_class=config.border_class)
 
@@ -391,7 +406,9 @@ def iter_train(
     if teacher is not None:
         teacher.to(dev).to(memory_format=mem_fmt)
     if config.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     else:
         opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step0 = 0
@@ -415,8 +432,15 @@ def iter_train(
         label_mode=config.label_mode,
         border_class=config.border_class,
         normalization={"method": "percentile", "low": config.norm_low, "high": config.norm_high},
-        training={"config": config.to_dict(), "start": start_note, "tile_in": t_in, "tile_out": t_out,
-                  "n_train_slices": len(slices), "n_val_slices": len(val), "device": str(dev)},
+        training={
+            "config": config.to_dict(),
+            "start": start_note,
+            "tile_in": t_in,
+            "tile_out": t_out,
+            "n_train_slices": len(slices),
+            "n_val_slices": len(val),
+            "device": str(dev),
+        },
         name=(start_info.name if start_info is not None and config.resume else ""),
     )
 
@@ -441,15 +465,30 @@ def iter_train(
         last_state = _cpu_state(model)
         # no best tracked yet (too few steps, no validation): the last weights are the best there are
         b_state, b_step = (best_state, best_step) if best_metric is not None else (last_state, step)
-        training = dict(info.training, steps_done=step, best_step=b_step, best_metric=best_metric,
-                        final_loss=last_loss, state=st.value, seconds=round(time.perf_counter() - t_start, 1))
+        training = dict(
+            info.training,
+            steps_done=step,
+            best_step=b_step,
+            best_metric=best_metric,
+            final_loss=last_loss,
+            state=st.value,
+            seconds=round(time.perf_counter() - t_start, 1),
+        )
         res_info = replace(info, training=training)
         cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
         cpu_model.info = res_info
         return TrainResult(
-            model=cpu_model, best_state=b_state, last_state=last_state, info=res_info, state=st,
-            steps_done=step, history=history, val_history=val_history, best_step=b_step,
-            best_metric=best_metric, optimizer_state=_cpu_opt_state(opt),
+            model=cpu_model,
+            best_state=b_state,
+            last_state=last_state,
+            info=res_info,
+            state=st,
+            steps_done=step,
+            history=history,
+            val_history=val_history,
+            best_step=b_step,
+            best_metric=best_metric,
+            optimizer_state=_cpu_opt_state(opt),
         )
 
     try:
@@ -491,32 +530,71 @@ def iter_train(
             per_step = elapsed / max(step - step0, 1)
             eta = per_step * (config.steps - step)
             if step % max(config.log_every, 1) == 0 or step == config.steps:
-                yield TrainEvent("step", step, config.steps, last_loss, lr, elapsed, eta, device=str(dev),
-                                 snapshot_model=snapshot_model)
+                yield TrainEvent(
+                    "step",
+                    step,
+                    config.steps,
+                    last_loss,
+                    lr,
+                    elapsed,
+                    eta,
+                    device=str(dev),
+                    snapshot_model=snapshot_model,
+                )
             if val and (step % config.val_every == 0 or step == config.steps):
                 metric = _validate(model, val, n_classes, dev, precision)
                 model.train()
                 val_history.append((step, metric))
                 if best_metric is None or metric > best_metric:
                     best_metric, best_step, best_state = metric, step, _cpu_state(model)
-                yield TrainEvent("validation", step, config.steps, last_loss, lr, time.perf_counter() - t_start, eta,
-                                 val_metric=metric, device=str(dev), snapshot_model=snapshot_model)
+                yield TrainEvent(
+                    "validation",
+                    step,
+                    config.steps,
+                    last_loss,
+                    lr,
+                    time.perf_counter() - t_start,
+                    eta,
+                    val_metric=metric,
+                    device=str(dev),
+                    snapshot_model=snapshot_model,
+                )
             if preview is not None and config.preview_every and step % config.preview_every == 0:
                 pv = _preview(model, pairs[preview[0]][0], preview[1], dev, channel_axis, config)
                 model.train()
-                yield TrainEvent("preview", step, config.steps, last_loss, lr, time.perf_counter() - t_start, eta,
-                                 preview=pv, preview_where=tuple(preview), device=str(dev),
-                                 snapshot_model=snapshot_model)
+                yield TrainEvent(
+                    "preview",
+                    step,
+                    config.steps,
+                    last_loss,
+                    lr,
+                    time.perf_counter() - t_start,
+                    eta,
+                    preview=pv,
+                    preview_where=tuple(preview),
+                    device=str(dev),
+                    snapshot_model=snapshot_model,
+                )
         else:
             state = TrainState.DONE
         result = snapshot_result(state)
-        yield TrainEvent("finished", step, config.steps, last_loss, lr_at(step), time.perf_counter() - t_start, 0.0,
-                         val_metric=best_metric if val else None, state=state, device=str(dev))
+        yield TrainEvent(
+            "finished",
+            step,
+            config.steps,
+            last_loss,
+            lr_at(step),
+            time.perf_counter() - t_start,
+            0.0,
+            val_metric=best_metric if val else None,
+            state=state,
+            device=str(dev),
+        )
         return result
     except Exception as exc:
         # free the step's tensors (the traceback keeps this frame alive) and move the weights off the
         # device first, so an out-of-memory crash can still be snapshotted and GPU memory comes back
-        loss = logits = t_logits = xt = yt = wt = None  # noqa: F841
+        loss = logits = t_logits = xt = yt = wt = None
         opt.zero_grad(set_to_none=True)
         model.to("cpu")
         if teacher is not None:
@@ -527,10 +605,21 @@ def iter_train(
         if step > step0:
             try:
                 partial = snapshot_result(TrainState.CRASHED)
-            except Exception:  # noqa: BLE001 -- the first error is the one to report
+            except Exception:
                 partial = None
-        yield TrainEvent("crashed", step, config.steps, last_loss, lr_at(step), time.perf_counter() - t_start, 0.0,
-                         state=TrainState.CRASHED, device=str(dev), error=exc, result=partial)
+        yield TrainEvent(
+            "crashed",
+            step,
+            config.steps,
+            last_loss,
+            lr_at(step),
+            time.perf_counter() - t_start,
+            0.0,
+            state=TrainState.CRASHED,
+            device=str(dev),
+            error=exc,
+            result=partial,
+        )
         raise
     finally:
         model.to("cpu")
@@ -552,8 +641,10 @@ def _cpu_state(model: UNet) -> dict:
 def _cpu_opt_state(opt) -> dict:
     sd = opt.state_dict()
     return {
-        "state": {k: {kk: (vv.detach().to("cpu", copy=True) if torch.is_tensor(vv) else vv) for kk, vv in st.items()}
-                  for k, st in sd["state"].items()},
+        "state": {
+            k: {kk: (vv.detach().to("cpu", copy=True) if torch.is_tensor(vv) else vv) for kk, vv in st.items()}
+            for k, st in sd["state"].items()
+        },
         "param_groups": copy.deepcopy(sd["param_groups"]),
     }
 
@@ -561,9 +652,14 @@ def _cpu_opt_state(opt) -> dict:
 def _validate(model: UNet, val: list[TrainSlice], n_classes: int, dev, precision) -> float:
     scores = []
     for s in val:
-        pred = predict(model, s.image[0] if s.image.shape[0] == 1 else s.image,
-                       channel_axis=None if s.image.shape[0] == 1 else 0, normalize=False, device=dev,
-                       precision=precision)
+        pred = predict(
+            model,
+            s.image[0] if s.image.shape[0] == 1 else s.image,
+            channel_axis=None if s.image.shape[0] == 1 else 0,
+            normalize=False,
+            device=dev,
+            precision=precision,
+        )
         scores.append(annotated_iou(pred, s.target, n_classes))
     return float(np.nanmean(scores)) if scores else float("nan")
 
