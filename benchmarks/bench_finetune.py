@@ -62,7 +62,7 @@ from napari_unet.core.train import TrainConfig, iter_train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-WORK = ROOT / "benchmarks" / "_work"
+RESULTS = ROOT / "benchmarks" / "results"
 
 SETS = {
     # train (scribbled) images, held-out test images, foreground class index in predictions
@@ -271,7 +271,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -286,12 +286,12 @@ def main(argv=None):
     )
     tag = "" if args.seed == 0 else f"_seed{args.seed}"  # other seeds draw other scribbles: keep both
     tifffile.imwrite(
-        WORK / f"scribbles_{args.which}{tag}.tif", scrib.astype(np.uint16), compression="zlib", photometric="minisblack"
+        RESULTS / f"scribbles_{args.which}{tag}.tif", scrib.astype(np.uint16), compression="zlib", photometric="minisblack"
     )
     test_img, test_truth = img[s["test"]], truth[s["test"]]
     budgets = [float(b) for b in args.budgets.split(",")]
     for arm in args.arms.split(","):
-        out = args.out or WORK / f"ft_{args.which}_{arm}.json"
+        out = args.out or RESULTS / f"ft_{args.which}_{arm}.json"
         if arm == "rf":
             rows = rf_arm(args.which, img[s["train"]], scrib, test_img, test_truth, args.seed, log)
         else:

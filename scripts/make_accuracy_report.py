@@ -1,10 +1,10 @@
 """Build docs/accuracy.md and docs/images/accuracy_*.png from the shipped models and the benchmark results.
 
     python scripts/make_accuracy_report.py            # runs `napari-unet evaluate` on both held-out sets
-    python scripts/make_accuracy_report.py --reuse    # reuse benchmarks/_work/eval_*.json
+    python scripts/make_accuracy_report.py --reuse    # reuse benchmarks/results/eval_*.json
 
-Inputs: the shipped models, the shared data, ``benchmarks/_work/train_*.json``
-(written by scripts/train_models.py) and ``benchmarks/_work/ft_*.json``
+Inputs: the shipped models, the shared data, ``benchmarks/results/train_*.json``
+(written by scripts/train_models.py) and ``benchmarks/results/ft_*.json``
 (written by benchmarks/bench_finetune.py). The narrative around the tables is
 in ``NOTES`` below; every number in the tables comes from those files.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "benchmarks" / "_work"
+RESULTS = ROOT / "benchmarks" / "results"
 IMAGES = ROOT / "docs" / "images"
 DATA = ROOT.parent / "shared" / "data"
 ISBI = DATA / "isbi2012"
@@ -41,7 +41,7 @@ ARM_NAMES = {
 }
 
 
-# (table name, result file under benchmarks/_work, kind); "shipped" marks the stage in the package
+# (table name, result file under benchmarks/results, kind); "shipped" marks the stage in the package
 TRAINING_RUNS = [
     (
         "em stage 1: class balance + eq. 2 (w0 = 3), Adam 1e-3 cosine, 348 px tiles, from scratch",
@@ -101,7 +101,7 @@ def evaluate(reuse: bool) -> dict:
     jobs["nuclei_nofilter"] = [*jobs["nuclei"], "--min-size", "0"]
     out = {}
     for k, a in jobs.items():
-        path = WORK / f"eval_{k}.json"
+        path = RESULTS / f"eval_{k}.json"
         if not (reuse and path.exists()):
             cmd = [
                 sys.executable,
@@ -158,7 +158,7 @@ def example_figure(path: Path):
     plt.close(fig)
 
 
-def load_ft(folder: Path = WORK) -> dict:
+def load_ft(folder: Path = RESULTS) -> dict:
     res = {}
     for p in sorted(folder.glob("ft_*_*.json")):
         d = json.loads(p.read_text())
@@ -252,8 +252,8 @@ def at_budget(ft: dict, which: str, arm: str, minutes: float = 5.0):
 
 
 def replicate_table(ft0: dict, minutes: float = 5.0) -> str:
-    """The headline comparison again with other scribbles and another seed (benchmarks/_work/seed1)."""
-    rep = load_ft(WORK / "seed1")
+    """The headline comparison again with other scribbles and another seed (benchmarks/results/seed1)."""
+    rep = load_ft(RESULTS / "seed1")
     if not rep:
         return ""
     lines = [
@@ -343,7 +343,7 @@ def main(argv=None):
 
     lines = []
     for name, rel, kind in TRAINING_RUNS:
-        path = WORK / rel
+        path = RESULTS / rel
         if path.exists():
             d = json.loads(path.read_text())
             lines.append(row(name, d) + (em_h(d) if kind == "em" else nu_h(d)) + " |")
@@ -525,9 +525,9 @@ random forest by >= 0.05 IoU at 5 min"):
   arms only; the headline pair (random forest vs keep_prior) was replicated with a second seed and
   scribble draw (table above), every other arm ran once.
 
-All runs seed 0 with one set of scribbles per data set (`benchmarks/_work/scribbles_*.tif`), except the
-replicate (seed 1, `benchmarks/_work/seed1/`).
-Raw numbers: `benchmarks/_work/ft_*.json`, `eval_*.json`, `train_*.json`, `stage*_em.json`, `stage*/` and `nuc2/`.
+All runs seed 0 with one set of scribbles per data set (`benchmarks/results/scribbles_*.tif`), except the
+replicate (seed 1, `benchmarks/results/seed1/`).
+Raw numbers: `benchmarks/results/ft_*.json`, `eval_*.json`, `train_*.json`, `stage*_em.json`, `stage*/` and `nuc2/`.
 """
 
 if __name__ == "__main__":

@@ -87,64 +87,37 @@ def load_dsb(data=DATA):
     return img, inst
 
 
+def _config(args, **kw) -> TrainConfig:
+    """What both shipped models share: depth 4, 16 channels, Adam with a cosine schedule on the CPU."""
+    common = dict(
+        depth=4, base_channels=16, padding="valid", dropout=0.5, label_mode="instance", sigma=5.0,
+        optimizer="adam", lr=args.lr, schedule="cosine", steps=args.steps, batch_size=1, augment=True,
+        elastic_grid=3, elastic_sigma=10.0, flips=True, intensity=True, init=args.init, seed=args.seed,
+        device="cpu", log_every=10,
+    )  # fmt: skip
+    return TrainConfig(**{**common, **kw})
+
+
 def em_config(args) -> TrainConfig:
-    return TrainConfig(
-        depth=4,
-        base_channels=16,
-        padding="valid",
-        dropout=0.5,
-        label_mode="instance",
+    return _config(
+        args,
         class_names=("membrane", "cell"),
         w0=args.w0 if args.w0 is not None else 3.0,
-        sigma=5.0,
         class_balance=not args.plain_loss,
         border_weights=not args.plain_loss,
-        optimizer="adam",
-        lr=args.lr,
-        schedule="cosine",
-        steps=args.steps,
-        batch_size=1,
         tile_in=args.tile or 348,
-        augment=True,
-        elastic_grid=3,
-        elastic_sigma=10.0,
-        flips=True,
-        intensity=True,
-        init=args.init,
-        seed=args.seed,
-        device="cpu",
-        log_every=10,
     )
 
 
 def nuclei_config(args) -> TrainConfig:
-    return TrainConfig(
-        depth=4,
-        base_channels=16,
-        padding="valid",
-        dropout=0.5,
-        label_mode="instance",
+    return _config(
+        args,
         border_class=args.border_class,
         class_names=("background", "nucleus", "border") if args.border_class else ("background", "nucleus"),
         w0=args.w0 if args.w0 is not None else W0,
-        sigma=5.0,
         class_balance=True,
         border_weights=True,
-        optimizer="adam",
-        lr=args.lr,
-        schedule="cosine",
-        steps=args.steps,
-        batch_size=1,
         tile_in=args.tile or 252,
-        augment=True,
-        elastic_grid=3,
-        elastic_sigma=10.0,
-        flips=True,
-        intensity=True,
-        init=args.init,
-        seed=args.seed,
-        device="cpu",
-        log_every=10,
     )
 
 
@@ -239,7 +212,7 @@ def main(argv=None):
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--calib-slices", type=str, default="0,4,8,12,16,20,24")
-    ap.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "_work")
+    ap.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--out", type=Path, default=None, help="model file (default: the shipped location)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,38 +17,21 @@ from napari_unet.core.augment import (
 )
 
 
-def _shared() -> Path | None:
-    for p in (
-        os.environ.get("NAPARI_UNET_SHARED"),
-        Path(__file__).resolve().parents[2].parent / "shared",
-        "/work/shared",
-    ):
-        if p and (Path(p) / "data").is_dir():
-            return Path(p)
-    return None
-
-
 @pytest.fixture(scope="module")
-def isbi():
-    shared = _shared()
-    if shared is None:
-        pytest.skip("shared data folder (../shared/data) not present")
+def isbi(shared_data):
     import tifffile
 
-    d = shared / "data/isbi2012"
+    d = shared_data / "isbi2012"
     img = tifffile.imread(d / "train-volume.tif", key=0)[:192, :160]
     lab = tifffile.imread(d / "train-labels-instances-derived.tif", key=0)[:192, :160].astype(np.uint16) + 1
     return img, lab
 
 
 @pytest.fixture(scope="module")
-def dsb():
-    shared = _shared()
-    if shared is None:
-        pytest.skip("shared data folder (../shared/data) not present")
+def dsb(shared_data):
     import tifffile
 
-    d = shared / "data/dsb2018_nuclei_256"
+    d = shared_data / "dsb2018_nuclei_256"
     return tifffile.imread(d / "images.tif", key=1), tifffile.imread(d / "labels_instance.tif", key=1)
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,36 +14,19 @@ from napari_unet.core.weights import (
 )
 
 
-def _shared() -> Path | None:
-    for p in (
-        os.environ.get("NAPARI_UNET_SHARED"),
-        Path(__file__).resolve().parents[2].parent / "shared",
-        "/work/shared",
-    ):
-        if p and (Path(p) / "data").is_dir():
-            return Path(p)
-    return None
-
-
 @pytest.fixture(scope="module")
-def isbi_crop():
-    shared = _shared()
-    if shared is None:
-        pytest.skip("shared data folder (../shared/data) not present")
+def isbi_crop(shared_data):
     import tifffile
 
-    inst = tifffile.imread(shared / "data/isbi2012/train-labels-instances-derived.tif", key=3)
+    inst = tifffile.imread(shared_data / "isbi2012/train-labels-instances-derived.tif", key=3)
     return inst[100:260, 200:392].astype(np.int32) + 1  # membrane -> 1 (background), cells -> 2..
 
 
 @pytest.fixture(scope="module")
-def dsb_touching():
-    shared = _shared()
-    if shared is None:
-        pytest.skip("shared data folder (../shared/data) not present")
+def dsb_touching(shared_data):
     import tifffile
 
-    stack = tifffile.imread(shared / "data/dsb2018_nuclei_256/labels_instance.tif")
+    stack = tifffile.imread(shared_data / "dsb2018_nuclei_256/labels_instance.tif")
     # the first images whose nuclei touch (two different ids 4-adjacent)
     picked = []
     for lab in stack:
