@@ -59,6 +59,7 @@ from napari_unet.core.events import run
 from napari_unet.core.labels import instances_from_semantic, isbi_to_instances
 from napari_unet.core.tiling import predict
 from napari_unet.core.train import TrainConfig, iter_train
+from napari_unet.core.weights import SIGMA, W0
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -71,7 +72,7 @@ SETS = {
         "train": [80, 81, 82, 83, 84],
         "test": list(range(85, 100)),
         "fg": 1,
-        "w0": 10.0,
+        "w0": W0,
         "ft": "nuclei",
         "ftx": "em-membrane",
     },
@@ -184,7 +185,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         label_mode="instance",
         border_class=border_class,
         w0=s["w0"],
-        sigma=5.0,
+        sigma=SIGMA,
         class_balance=arm not in ("plain", "nobal", "ftnobal"),
         border_weights=arm not in ("plain", "nobal", "ftnobal"),
         optimizer="adam",
@@ -286,7 +287,10 @@ def main(argv=None):
     )
     tag = "" if args.seed == 0 else f"_seed{args.seed}"  # other seeds draw other scribbles: keep both
     tifffile.imwrite(
-        RESULTS / f"scribbles_{args.which}{tag}.tif", scrib.astype(np.uint16), compression="zlib", photometric="minisblack"
+        RESULTS / f"scribbles_{args.which}{tag}.tif",
+        scrib.astype(np.uint16),
+        compression="zlib",
+        photometric="minisblack",
     )
     test_img, test_truth = img[s["test"]], truth[s["test"]]
     budgets = [float(b) for b in args.budgets.split(",")]

@@ -65,7 +65,7 @@ from napari_unet.core.events import run
 from napari_unet.core.labels import isbi_to_instances
 from napari_unet.core.tiling import predict
 from napari_unet.core.train import TrainConfig, iter_train
-from napari_unet.core.weights import W0
+from napari_unet.core.weights import SIGMA, W0
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"  # ../shared beside the repository
@@ -90,7 +90,7 @@ def load_dsb(data=DATA):
 def _config(args, **kw) -> TrainConfig:
     """What both shipped models share: depth 4, 16 channels, Adam with a cosine schedule on the CPU."""
     common = dict(
-        depth=4, base_channels=16, padding="valid", dropout=0.5, label_mode="instance", sigma=5.0,
+        depth=4, base_channels=16, padding="valid", dropout=0.5, label_mode="instance", sigma=SIGMA,
         optimizer="adam", lr=args.lr, schedule="cosine", steps=args.steps, batch_size=1, augment=True,
         elastic_grid=3, elastic_sigma=10.0, flips=True, intensity=True, init=args.init, seed=args.seed,
         device="cpu", log_every=10,

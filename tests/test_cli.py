@@ -11,6 +11,11 @@ from napari_unet.cli import _parse_slices, main
 from napari_unet.core.checkpoint import read_info
 
 
+def cli(line: str) -> int:
+    """main() on a command line written as one string (the test's paths have no spaces)."""
+    return main(line.split())
+
+
 @pytest.fixture
 def em_files(tmp_path, isbi):
     img, lab, _ = isbi
@@ -23,29 +28,8 @@ def em_files(tmp_path, isbi):
 def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     ip, lp = em_files
     model = tmp_path / "m.safetensors"
-    rc = main(
-        [
-            "train",
-            "--images",
-            str(ip),
-            "--labels",
-            str(lp),
-            "--labels-format",
-            "isbi",
-            "--slices",
-            "0-1",
-            "--steps",
-            "3",
-            "--depth",
-            "2",
-            "--channels",
-            "4",
-            "--tile-in",
-            "92",
-            "-o",
-            str(model),
-            "-q",
-        ]
+    rc = cli(
+        f"train --images {ip} --labels {lp} --labels-format isbi --slices 0-1 --steps 3 --depth 2 --channels 4 --tile-in 92 -o {model} -q"
     )
     assert rc == 0 and model.exists()
     assert "saved" in capsys.readouterr().out
@@ -54,25 +38,7 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     pred = tifffile.imread(out)
     assert pred.reshape(-1, 160).shape == (128, 160) and pred.max() <= 1
     rep = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(model),
-                "--images",
-                str(ip),
-                "--labels",
-                str(lp),
-                "--slices",
-                "2",
-                "--json",
-                str(rep),
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert cli(f"evaluate --model {model} --images {ip} --labels {lp} --slices 2 --json {rep} -q") == 0
     report = json.loads(rep.read_text())
     assert report["kind"] == "membranes" and 0 <= report["pixel_error"] <= 1 and 0 <= report["v_rand"] <= 1
     probs = tmp_path / "p.tif"
@@ -81,27 +47,8 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     # fine-tuning from a model: unset options follow the widget (rate 10x lower, keep_prior on)
     ft = tmp_path / "ft.safetensors"
     assert (
-        main(
-            [
-                "train",
-                "--images",
-                str(ip),
-                "--labels",
-                str(lp),
-                "--labels-format",
-                "isbi",
-                "--slices",
-                "0",
-                "--steps",
-                "1",
-                "--tile-in",
-                "92",
-                "--init",
-                str(model),
-                "-o",
-                str(ft),
-                "-q",
-            ]
+        cli(
+            f"train --images {ip} --labels {lp} --labels-format isbi --slices 0 --steps 1 --tile-in 92 --init {model} -o {ft} -q"
         )
         == 0
     )
@@ -123,50 +70,13 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, em_files, capsys):
     assert main(["predict", str(bad), "-o", str(tmp_path / "x.tif"), "--model", "nope-model"]) == 2
     assert "no model file or shipped model named 'nope-model'" in capsys.readouterr().err
     assert (
-        main(
-            [
-                "train",
-                "--images",
-                str(ip),
-                "--labels",
-                str(lp),
-                "--steps",
-                "1",
-                "--depth",
-                "2",
-                "--channels",
-                "4",
-                "--tile-in",
-                "90",
-                "-o",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 2
+        cli(f"train --images {ip} --labels {lp} --steps 1 --depth 2 --channels 4 --tile-in 90 -o {tmp_path / 'm'}") == 2
     )
     assert "nearest valid sizes" in capsys.readouterr().err
     empty = tmp_path / "empty.tif"
     tifffile.imwrite(empty, np.zeros((3, 128, 160), np.uint8), photometric="minisblack")
     assert (
-        main(
-            [
-                "train",
-                "--images",
-                str(ip),
-                "--labels",
-                str(empty),
-                "--steps",
-                "1",
-                "--depth",
-                "2",
-                "--channels",
-                "4",
-                "--tile-in",
-                "92",
-                "-o",
-                str(tmp_path / "m"),
-            ]
-        )
+        cli(f"train --images {ip} --labels {empty} --steps 1 --depth 2 --channels 4 --tile-in 92 -o {tmp_path / 'm'}")
         == 2
     )
     assert "nothing is annotated" in capsys.readouterr().err
@@ -201,27 +111,8 @@ def test_train_crash_saves_the_steps_done(tmp_path, em_files, monkeypatch, capsy
     ip, lp = em_files
     out = tmp_path / "m.safetensors"
     assert (
-        main(
-            [
-                "train",
-                "--images",
-                str(ip),
-                "--labels",
-                str(lp),
-                "--labels-format",
-                "isbi",
-                "--steps",
-                "5",
-                "--depth",
-                "2",
-                "--channels",
-                "4",
-                "--tile-in",
-                "92",
-                "-o",
-                str(out),
-                "-q",
-            ]
+        cli(
+            f"train --images {ip} --labels {lp} --labels-format isbi --steps 5 --depth 2 --channels 4 --tile-in 92 -o {out} -q"
         )
         == 1
     )
@@ -272,3 +163,12 @@ def test_resume_continues_the_saved_run(tmp_path, em_files, capsys):
     assert "no step ran" in capsys.readouterr().out
     assert main(["train", *common, "--resume", str(more), "--border-class", "-o", str(tmp_path / "x")]) == 2
     assert "trained without a border class" in capsys.readouterr().err
+
+
+def test_tile_size_is_a_deprecated_alias_for_the_right_side(capsys):
+    from napari_unet.cli import build_parser
+
+    args = build_parser().parse_args("train --images x.tif --labels y.tif -o m --tile-size 92".split())
+    assert args.tile_in == 92 and "input tile side here: use --tile-in 92" in capsys.readouterr().err
+    args = build_parser().parse_args("predict x.tif -o y.tif --model m --tile-size 256".split())
+    assert args.tile_out == 256 and "output tile side here: use --tile-out 256" in capsys.readouterr().err

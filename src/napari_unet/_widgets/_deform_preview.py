@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, Slider
 
-from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane
+from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane, show_weight_map
 
 if TYPE_CHECKING:
     import napari
@@ -100,19 +100,7 @@ class DeformationWidget(Container):
         show_plane(self.viewer, IMAGE_LAYER, d.image, img_layer, idx, colormap="gray", contrast_limits=(lo, hi))
         if d.labels is not None:
             show_plane(self.viewer, LABELS_LAYER, np.asarray(d.labels), img_layer, idx, kind="labels", opacity=0.4)
-            wmax = float(d.weights.max()) if d.weights.size else 1.0
-            show_plane(
-                self.viewer,
-                WEIGHTS_LAYER,
-                d.weights,
-                img_layer,
-                idx,
-                colormap="magma",
-                opacity=0.6,
-                blending="additive",
-                contrast_limits=(0.0, max(wmax, 1e-3)),
-                visible=False,
-            )
+            show_weight_map(self.viewer, WEIGHTS_LAYER, d.weights, img_layer, idx, opacity=0.6, visible=False)
         self._show_grid(coarse, dense, plane.shape, img_layer, idx)
         where = f"slice {idx[0]}" if idx else "image"
         self.status.value = (

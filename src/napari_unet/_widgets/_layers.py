@@ -121,6 +121,13 @@ def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...],
     return layer
 
 
+def show_weight_map(viewer, name: str, weights: np.ndarray, like, idx: tuple[int, ...], **kwargs):
+    """A weight map (eq. 2) as :func:`show_plane` shows it in both previews: magma, additive, 0..max."""
+    hi = float(weights.max()) if weights.size else 0.0
+    return show_plane(viewer, name, weights, like, idx, colormap="magma", blending="additive",
+                      contrast_limits=(0.0, max(hi, 1e-3)), **kwargs)  # fmt: skip
+
+
 class Debounce:
     """Calls ``update`` once, ``ms`` after the last of a burst of ``schedule()`` calls (GUI thread).
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label
 
 from . import _state
-from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane
+from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_weight_map
 
 if TYPE_CHECKING:
     import napari
@@ -95,17 +95,7 @@ class WeightMapWidget(Container):
             return None
         self.last_ms = 1000 * (time.perf_counter() - t0)
         hi = float(w.max()) if w.size else 0.0
-        out = show_plane(
-            self.viewer,
-            LAYER_NAME,
-            w,
-            layer,
-            idx,
-            colormap="magma",
-            opacity=0.7,
-            blending="additive",
-            contrast_limits=(0.0, max(hi, 1e-3)),
-        )
+        out = show_weight_map(self.viewer, LAYER_NAME, w, layer, idx, opacity=0.7)
         where = f"slice {idx[0]}" if idx else "image"
         self.status.value = f"{where}: max w = {hi:.2f}, {self.last_ms:.0f} ms"
         self.n_updates += 1

@@ -461,6 +461,15 @@ def iter_train(
         net.info = info
         return net
 
+    def event(kind: str, lr: float, eta: float, *, elapsed: float | None = None, live: bool = True, **kw):
+        """A TrainEvent at the current step; ``live`` ones (the run goes on) offer a weight snapshot."""
+        if elapsed is None:
+            elapsed = time.perf_counter() - t_start
+        snap = snapshot_model if live else None
+        return TrainEvent(
+            kind, step, config.steps, last_loss, lr, elapsed, eta, device=str(dev), snapshot_model=snap, **kw
+        )
+
     def snapshot_result(st: TrainState) -> TrainResult:
         last_state = _cpu_state(model)
         # no best tracked yet (too few steps, no validation): the last weights are the best there are
@@ -530,66 +539,22 @@ def iter_train(
             per_step = elapsed / max(step - step0, 1)
             eta = per_step * (config.steps - step)
             if step % max(config.log_every, 1) == 0 or step == config.steps:
-                yield TrainEvent(
-                    "step",
-                    step,
-                    config.steps,
-                    last_loss,
-                    lr,
-                    elapsed,
-                    eta,
-                    device=str(dev),
-                    snapshot_model=snapshot_model,
-                )
+                yield event("step", lr, eta, elapsed=elapsed)
             if val and (step % config.val_every == 0 or step == config.steps):
                 metric = _validate(model, val, n_classes, dev, precision)
                 model.train()
                 val_history.append((step, metric))
                 if best_metric is None or metric > best_metric:
                     best_metric, best_step, best_state = metric, step, _cpu_state(model)
-                yield TrainEvent(
-                    "validation",
-                    step,
-                    config.steps,
-                    last_loss,
-                    lr,
-                    time.perf_counter() - t_start,
-                    eta,
-                    val_metric=metric,
-                    device=str(dev),
-                    snapshot_model=snapshot_model,
-                )
+                yield event("validation", lr, eta, val_metric=metric)
             if preview is not None and config.preview_every and step % config.preview_every == 0:
                 pv = _preview(model, pairs[preview[0]][0], preview[1], dev, channel_axis, config)
                 model.train()
-                yield TrainEvent(
-                    "preview",
-                    step,
-                    config.steps,
-                    last_loss,
-                    lr,
-                    time.perf_counter() - t_start,
-                    eta,
-                    preview=pv,
-                    preview_where=tuple(preview),
-                    device=str(dev),
-                    snapshot_model=snapshot_model,
-                )
+                yield event("preview", lr, eta, preview=pv, preview_where=tuple(preview))
         else:
             state = TrainState.DONE
         result = snapshot_result(state)
-        yield TrainEvent(
-            "finished",
-            step,
-            config.steps,
-            last_loss,
-            lr_at(step),
-            time.perf_counter() - t_start,
-            0.0,
-            val_metric=best_metric if val else None,
-            state=state,
-            device=str(dev),
-        )
+        yield event("finished", lr_at(step), 0.0, live=False, val_metric=best_metric if val else None, state=state)
         return result
     except Exception as exc:
         # free the step's tensors (the traceback keeps this frame alive) and move the weights off the
@@ -607,19 +572,7 @@ def iter_train(
                 partial = snapshot_result(TrainState.CRASHED)
             except Exception:
                 partial = None
-        yield TrainEvent(
-            "crashed",
-            step,
-            config.steps,
-            last_loss,
-            lr_at(step),
-            time.perf_counter() - t_start,
-            0.0,
-            state=TrainState.CRASHED,
-            device=str(dev),
-            error=exc,
-            result=partial,
-        )
+        yield event("crashed", lr_at(step), 0.0, live=False, state=TrainState.CRASHED, error=exc, result=partial)
         raise
     finally:
         model.to("cpu")
