@@ -54,11 +54,11 @@ from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
 from napari_unet.core import metrics
-from napari_unet.core.checkpoint import load_model, read_info, resolve_model_path
+from napari_unet.core.checkpoint import load_model
 from napari_unet.core.events import run
 from napari_unet.core.labels import instances_from_semantic, isbi_to_instances
 from napari_unet.core.tiling import predict
-from napari_unet.core.train import TrainConfig, iter_train
+from napari_unet.core.train import TrainConfig, iter_train, recommended_settings
 from napari_unet.core.weights import SIGMA, W0
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,15 +66,36 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 
 SETS = {
-    # train (scribbled) images, held-out test images, foreground class index in predictions
-    "em": {"train": [25, 26, 27], "test": [28, 29], "fg": 0, "w0": 3.0, "ft": "em-membrane", "ftx": "nuclei"},
+    # train (scribbled) images, held-out test images; scored: 'membrane' (IoU of predicted class 0, the
+    # background of instance labels) or 'objects' (IoU of classes >= 1); f1: count instances too
+    "em": {"train": [25, 26, 27], "test": [28, 29], "fg": "membrane", "w0": 3.0, "ft": "em-membrane", "ftx": "nuclei"},
     "nuclei": {
         "train": [80, 81, 82, 83, 84],
         "test": list(range(85, 100)),
-        "fg": 1,
+        "fg": "objects",
+        "f1": True,
         "w0": W0,
         "ft": "nuclei",
         "ftx": "em-membrane",
+    },
+    # a new task for the EM model: mitochondria in another ssTEM stack (VNC, another preparation and
+    # resolution); 'ft' starts from em-membrane, which calls mitochondria membrane
+    "vnc-mito": {
+        "train": [0, 4, 8, 12, 16],
+        "test": [2, 10, 18, 19],
+        "fg": "objects",
+        "w0": W0,
+        "ft": "em-membrane",
+        "ftx": "nuclei",
+    },
+    # the EM model's own task in a new domain: membranes of the VNC stack
+    "vnc-mem": {
+        "train": [0, 4, 8, 12, 16],
+        "test": [2, 10, 18, 19],
+        "fg": "membrane",
+        "w0": 3.0,
+        "ft": "em-membrane",
+        "ftx": "nuclei",
     },
 }
 
@@ -84,6 +105,13 @@ SETS = {
 
 def load(which: str):
     """Image stack and instance-mode labels (1 = background/membrane, >= 2 objects), plus the truth."""
+    if which.startswith("vnc"):
+        img = tifffile.imread(DATA / "drosophila_vnc_sstem" / "raw.tif")
+        raw = tifffile.imread(DATA / "drosophila_vnc_sstem" / "labels.tif")
+        # objects: mitochondria (191) / cells (everything but membranes, <= 128), one id per component
+        fg = raw == 191 if which == "vnc-mito" else raw > 128
+        inst = np.stack([ndi.label(f)[0] for f in fg]).astype(np.int32)
+        return img, np.where(inst > 0, inst + 1, 1).astype(np.int32), inst
     if which == "em":
         img = tifffile.imread(DATA / "isbi2012" / "train-volume.tif")
         raw = tifffile.imread(DATA / "isbi2012" / "train-labels.tif")
@@ -124,7 +152,15 @@ def scribbles(labels: np.ndarray, which: str, seed: int = 0) -> np.ndarray:
     for z in range(labels.shape[0]):
         lab = labels[z]
         bg = lab == 1
-        if which == "em":
+        if which == "vnc-mito":
+            # wide background strokes away from mitochondria, two strokes along each mitochondrion >= 100 px
+            s = _strokes(bg, rng, n=30, length=100, erode=4, brush=5)
+            out[z][s] = 1
+            ids, sizes = np.unique(lab[lab >= 2], return_counts=True)
+            for i in ids[sizes >= 100]:
+                s = _strokes(lab == i, rng, n=2, length=40, erode=2, brush=7)
+                out[z][s] = i
+        elif which in ("em", "vnc-mem"):
             # thin strokes along membranes (1 px brush, they are 3-6 px wide) ...
             s = _strokes(bg, rng, n=60, length=60, erode=0, brush=1)
             out[z][s] = 1
@@ -148,16 +184,17 @@ def scribbles(labels: np.ndarray, which: str, seed: int = 0) -> np.ndarray:
 
 
 def score(pred_labels: list[np.ndarray], truth: np.ndarray, which: str, n_classes: int = 2) -> dict:
-    """Foreground IoU (pooled over the test images) + nuclei instance F1.
+    """Foreground IoU (pooled over the test images), predicted / true foreground fraction, nuclei instance F1.
 
-    Predictions are class indices: EM 0 = membrane, 1 = cell; nuclei 0 = background,
-    1 = nucleus (2 = nucleus border for a 3-class model).
+    Predictions are class indices: 0 = background (EM: membrane), 1 = object (cell, nucleus,
+    mitochondrion), 2 = object border for a 3-class model. Truth: instances, 0 = background.
     """
-    p = np.stack([(pl == 0) if which == "em" else (pl >= 1) for pl in pred_labels])
-    t = (truth == 0) if which == "em" else (truth > 0)
+    membrane = SETS[which]["fg"] == "membrane"
+    p = np.stack([(pl == 0) if membrane else (pl >= 1) for pl in pred_labels])
+    t = (truth == 0) if membrane else (truth > 0)
     inter, union = np.logical_and(p, t).sum(), np.logical_or(p, t).sum()
-    out = {"iou": float(inter / max(union, 1))}
-    if which == "nuclei":
+    out = {"iou": float(inter / max(union, 1)), "fg_fraction": float(p.mean()), "fg_truth": float(t.mean())}
+    if SETS[which].get("f1"):
         inst = [instances_from_semantic(pl.astype(np.int64), n_classes) for pl in pred_labels]
         out["f1"] = float(np.mean([metrics.instance_f1(i, tr, 0.5)["f1"] for i, tr in zip(inst, truth)]))
     return out
@@ -172,33 +209,38 @@ def unet_predict(model, images) -> list[np.ndarray]:
 
 def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min, seed, log):
     s = SETS[which]
-    init = {"ft": s["ft"], "ftlow": s["ft"], "ftnobal": s["ft"], "ftkeep": s["ft"], "ftx": s["ftx"]}.get(arm)
-    border_class = False
-    if init:
-        info = read_info(resolve_model_path(init))
-        border_class = bool(info.border_class) and which == "nuclei"  # keep the pretrained head when it fits
+    init = {
+        "ft": s["ft"],
+        "ftlow": s["ft"],
+        "ftnobal": s["ft"],
+        "ftkeep": s["ft"],
+        "ftx": s["ftx"],
+        "auto": "auto",
+    }.get(arm)
+    rec = recommended_settings("cpu", init)  # the widget's and the CLI's defaults
+    keep_prior = {"ftkeep": 1.0, "auto": None}.get(arm, 0.0)
     cfg = TrainConfig(
         depth=4,
         base_channels=16,
         padding="valid",
         dropout=0.5,
         label_mode="instance",
-        border_class=border_class,
+        border_class=None,  # as the start model has it (the default)
         w0=s["w0"],
         sigma=SIGMA,
         class_balance=arm not in ("plain", "nobal", "ftnobal"),
         border_weights=arm not in ("plain", "nobal", "ftnobal"),
         optimizer="adam",
-        lr=(2e-5 if arm == "ftlow" else 1e-4) if init else 1e-3,
+        lr=2e-5 if arm == "ftlow" else rec["lr"],
         schedule="constant",
         steps=100_000,
         batch_size=1,
-        tile_in=252,
+        tile_in=rec["tile_in"],
         augment=arm not in ("plain", "noaug"),
         init=init,
         seed=seed,
         device="cpu",
-        keep_prior=1.0 if arm == "ftkeep" else 0.0,
+        keep_prior=keep_prior,
     )
     budgets = sorted(budgets_min)
     snaps = []
@@ -206,30 +248,32 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
     c0 = time.process_time()  # includes data preparation (weight maps), as a user would wait for it
 
     def watch(ev):
+        if ev.kind == "start":
+            log(f"{which}/{arm}: {ev.message}")
+            return
         cpu = time.process_time() - c0
         while len(snaps) < len(budgets) and cpu >= budgets[len(snaps)] * 60:
             # the weights at each CPU budget, from the event's snapshot: one run gives the whole curve
-            snaps.append((budgets[len(snaps)], ev.step, ev.snapshot()))
+            snaps.append((budgets[len(snaps)], ev.step, ev.snapshot_model()))
             log(f"{which}/{arm}: {budgets[len(snaps) - 1]} min CPU at step {ev.step} (wall {ev.elapsed:.0f}s)")
         if len(snaps) == len(budgets):
             cancel.set()
 
-    run(iter_train(cfg, img, scrib, cancel=cancel), watch)
+    result = run(iter_train(cfg, img, scrib, cancel=cancel), watch)
     rows = []
-    n_classes = 3 if border_class else 2
     if init and arm in ("ft", "ftlow", "ftnobal", "ftkeep"):  # the shipped model as it is, before any fine-tuning
         m0 = load_model(init)
         rows.append({"minutes": 0.0, "steps": 0, **score(unet_predict(m0, test_img), test_truth, which, m0.n_classes)})
-    from napari_unet.core.model import UNet
-
-    net = UNet(1, n_classes, 4, 16, "valid", 0.5)
-    for minutes, step, sd in snaps:
-        net.load_state_dict(sd)
+    for minutes, step, net in snaps:
         net.eval()
-        r = {"minutes": minutes, "steps": step, **score(unet_predict(net, test_img), test_truth, which, n_classes)}
+        r = {
+            "minutes": minutes,
+            "steps": step,
+            **score(unet_predict(net, test_img), test_truth, which, net.n_classes),
+        }
         log(f"{which}/{arm}: {r}")
         rows.append(r)
-    return rows
+    return rows, result.info.training["start"]
 
 
 def rf_arm(which: str, img, scrib, test_img, test_truth, seed, log):
@@ -269,10 +313,11 @@ def main(argv=None):
     ap.add_argument("--budgets", default="0.5,1,2,3,5", help="CPU minutes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="result file (one arm); default: DIR/ft_<set>_<arm>.json")
+    ap.add_argument("--dir", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.dir.mkdir(parents=True, exist_ok=True)
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -287,7 +332,7 @@ def main(argv=None):
     )
     tag = "" if args.seed == 0 else f"_seed{args.seed}"  # other seeds draw other scribbles: keep both
     tifffile.imwrite(
-        RESULTS / f"scribbles_{args.which}{tag}.tif",
+        args.dir / f"scribbles_{args.which}{tag}.tif",
         scrib.astype(np.uint16),
         compression="zlib",
         photometric="minisblack",
@@ -295,11 +340,13 @@ def main(argv=None):
     test_img, test_truth = img[s["test"]], truth[s["test"]]
     budgets = [float(b) for b in args.budgets.split(",")]
     for arm in args.arms.split(","):
-        out = args.out or RESULTS / f"ft_{args.which}_{arm}.json"
+        out = args.out or args.dir / f"ft_{args.which}_{arm}.json"
         if arm == "rf":
-            rows = rf_arm(args.which, img[s["train"]], scrib, test_img, test_truth, args.seed, log)
+            rows, start = rf_arm(args.which, img[s["train"]], scrib, test_img, test_truth, args.seed, log), ""
         else:
-            rows = unet_arm(arm, args.which, img[s["train"]], scrib, test_img, test_truth, budgets, args.seed, log)
+            rows, start = unet_arm(
+                arm, args.which, img[s["train"]], scrib, test_img, test_truth, budgets, args.seed, log
+            )
         out.write_text(
             json.dumps(
                 {
@@ -308,6 +355,7 @@ def main(argv=None):
                     "scribble_fraction": frac,
                     "train": s["train"],
                     "test": s["test"],
+                    "start": start,
                     "rows": rows,
                 },
                 indent=2,

@@ -9,6 +9,7 @@ import torch
 
 from napari_unet.cli import _parse_slices, main
 from napari_unet.core.checkpoint import read_info
+from napari_unet.core.start import prior_weight
 
 
 def cli(line: str) -> int:
@@ -44,7 +45,7 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     probs = tmp_path / "p.tif"
     assert main(["predict", str(ip), "-o", str(probs), "--model", str(model), "--kind", "probabilities", "-q"]) == 0
     assert tifffile.imread(probs).shape == (2, 3, 128, 160)
-    # fine-tuning from a model: unset options follow the widget (rate 10x lower, keep_prior on)
+    # fine-tuning from a model: unset options follow the widget (rate 10x lower, keep_prior by agreement)
     ft = tmp_path / "ft.safetensors"
     assert (
         cli(
@@ -52,8 +53,10 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
         )
         == 0
     )
-    cfg = read_info(ft).training["config"]
-    assert cfg["lr"] == 1e-4 and cfg["keep_prior"] == 1.0 and cfg["border_class"] is False
+    training = read_info(ft).training
+    cfg = training["config"]
+    assert cfg["lr"] == 1e-4 and cfg["border_class"] is False
+    assert cfg["keep_prior"] == prior_weight(training["start_agreement"]) and training["start_agreement"] > 0
     assert cfg["optimizer"] == ("sgd" if torch.cuda.is_available() else "adam")  # the device's recipe
     # the output kind is --kind; the old '--output instances' must not silently write something else
     for argv in (["-o", "instances"], ["--output", "instances", "-o", str(tmp_path / "x.tif")]):

@@ -132,6 +132,19 @@ class _TileSize(argparse.Action):
 # ----------------------------------------------------------------------------- train
 
 
+def _keep_prior(text: str):
+    """--keep-prior: 'auto' (None) or a weight >= 0."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}")
+    return value
+
+
 def cmd_train(args) -> int:
     import numpy as np
 
@@ -155,8 +168,14 @@ def cmd_train(args) -> int:
             lab = np.where(lab > 0, lab.astype(np.int64) + 1, 1)
         images.append(im)
         labels.append(lab)
+    if args.init is None:
+        # the default start is 'auto', unless the command asks for a run of its own: --resume continues
+        # one, --depth / --channels ask for a new architecture (from scratch)
+        args.init = None if (args.resume or args.depth or args.channels) else "auto"
+    elif args.init == "scratch":
+        args.init = None
     # unset options follow the device and the start, as in the Train widget (core.train.recommended_settings)
-    rec = {"schedule": "constant", **recommended_settings(resolve_device(args.device).type, fine_tune=bool(args.init))}
+    rec = {"schedule": "constant", **recommended_settings(resolve_device(args.device).type, args.init)}
     if args.resume:  # --resume continues the saved run: its own settings, not the device's defaults
         from .core.checkpoint import read_info, resolve_model_path
 
@@ -191,6 +210,7 @@ def cmd_train(args) -> int:
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         init=args.init,
+        candidates=tuple(args.candidates or ()),
         resume=args.resume,
         seed=args.seed,
         device=args.device,
@@ -217,9 +237,14 @@ def cmd_train(args) -> int:
     bar = _bar(cfg.steps, "train", args.quiet)
 
     def on_event(ev):
-        if ev.kind == "step":
+        if ev.kind == "start":
+            bar.write(ev.message)
+        elif ev.kind == "step":
             bar.n = ev.step
-            bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+            post = {"loss": f"{ev.loss:.4f}"}
+            if ev.agreement is not None:  # how much of the painted pixels the model gets right now
+                post["painted ok"] = f"{ev.agreement:.2f}"
+            bar.set_postfix(post, refresh=False)
             bar.refresh()
         elif ev.kind == "validation":
             bar.write(f"step {ev.step}: validation IoU {ev.val_metric:.4f}")
@@ -383,15 +408,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="ours = the convention below; isbi = 0 membrane / 255 cell; instances = 0 background, 1..N objects",
     )
     t.add_argument("--slices", help="use only these slices of every stack, e.g. 0-24")
-    t.add_argument("--init", help="start from a model file or shipped model name (fine-tune); default: scratch")
+    t.add_argument(
+        "--init",
+        help="where to start: 'auto' (default: the shipped model, --candidates file or scratch that fits the "
+        "strokes best, chosen in seconds before training and named in the log), a shipped model name or model "
+        "file (fine-tune), or 'scratch' (the default is scratch with --depth/--channels)",
+    )
+    t.add_argument(
+        "--candidates",
+        nargs="+",
+        metavar="MODEL",
+        help="with --init auto: your own model files to consider besides the shipped models and scratch",
+    )
     t.add_argument(
         "--keep-prior",
-        type=float,
+        type=_keep_prior,
         default=None,
         metavar="W",
-        help="with --init: weight of a loss keeping the starting model's prediction on unannotated "
-        "pixels, so sparse strokes correct it without it forgetting the rest (default: 1 with "
-        "--init, 0 from scratch; 0 = the paper's plain fine-tuning)",
+        help="fine-tuning: weight of a loss keeping the starting model's prediction on unannotated pixels, so "
+        "sparse strokes correct it without it forgetting the rest. Default 'auto': 1 when the start model "
+        "agrees with the strokes (>= 0.9 of the painted pixels), 0 when it contradicts them (< 0.75), "
+        "in between linearly; 0 = the paper's plain fine-tuning",
     )
     t.add_argument("--resume", help="continue a run saved with --save-last (unset options: that run's settings)")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: 1000 on CUDA, 500 on CPU)")
@@ -399,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=float,
         default=None,
-        help="learning rate (default: 1e-3 from scratch, 1e-4 with --init, the saved run's with --resume)",
+        help="learning rate (default: 1e-3 from scratch, 1e-4 from a model, also when --init auto picks one; "
+        "the saved run's with --resume)",
     )
     t.add_argument(
         "--optimizer",

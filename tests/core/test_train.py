@@ -124,7 +124,7 @@ def test_save_fine_tune_new_head_and_resume(tmp_path, nuclei):
     ft.save(third)
     again = train(TrainConfig(label_mode="instance", steps=1, init=str(third), keep_prior=1.0, **TINY), img, lab)
     assert again.model.n_classes == 3 and again.info.border_class
-    assert "new" not in again.info.training["start"] and "keep_prior=1" in again.info.training["start"]
+    assert "new" not in again.info.training["start"] and "keep_prior 1.00" in again.info.training["start"]
     assert TrainConfig(border_class=None, init=str(best)).settled().border_class is False
     assert TrainConfig(border_class=False, init=str(third)).settled().border_class is False
     # resume continues the step count with the optimizer state
@@ -186,7 +186,7 @@ def test_keep_prior_keeps_the_starting_model_where_nobody_painted(tmp_path, nucl
     for keep in (0.0, 1.0):
         res = train(TrainConfig(label_mode="instance", steps=30, init=str(path), keep_prior=keep, **TINY), img, strokes)
         if keep:
-            assert "keeping its prediction" in res.info.training["start"]
+            assert "kept where you did not paint" in res.info.training["start"]
         after = predict(res.last_model(), img[1])
         kept[keep] = float(((after == 1) & (before == 1)).sum() / (before == 1).sum())
     # measured with 1 and 2 threads, seeds 0/1, lr 3e-3 and 1e-2: without 0.0 every time, with 0.27-0.65

@@ -25,15 +25,22 @@ if TYPE_CHECKING:
     import napari
 
 PREVIEW_LAYER = "prediction preview"
-SCRATCH, PRETRAINED, CHECKPOINT = "scratch", "pretrained", "checkpoint file"
+AUTO, SCRATCH, PRETRAINED, CHECKPOINT = "auto", "scratch", "pretrained", "checkpoint file"
 
 
-def defaults_for(device: str, fine_tune: bool = False) -> dict:
-    """The settings for a device type: core.train.recommended_settings (shared with the CLI)."""
+def defaults_for(device: str, start: str = AUTO) -> dict:
+    """The settings for a device type and a start choice: core.train.recommended_settings (shared with the CLI).
+
+    The learning rate box cannot be empty: under 'auto' it shows the fine-tuning rate, and
+    :meth:`TrainWidget.config` passes None (chosen with the start) while the box still shows it.
+    """
     from napari_unet.core.device import resolve_device
-    from napari_unet.core.train import recommended_settings
+    from napari_unet.core.train import FINE_TUNE_LR, recommended_settings
 
-    return recommended_settings(resolve_device(device or "auto").type, fine_tune=fine_tune)
+    d = recommended_settings(resolve_device(device or "auto").type, None if start == SCRATCH else start)
+    if d["lr"] is None:
+        d["lr"] = FINE_TUNE_LR
+    return d
 
 
 class PairRow(Container):
@@ -68,19 +75,28 @@ class TrainWidget(JobWidget, Container):
         self.pairs_box.extend([Label(value="image / labels pairs"), pair_buttons])
 
         shipped = list(available_models())
-        starts = ([PRETRAINED] if shipped else []) + [CHECKPOINT, SCRATCH]
-        self.start = ComboBox(label="start from", choices=starts, value=starts[0] if shipped else SCRATCH)
+        starts = [AUTO] + ([PRETRAINED] if shipped else []) + [CHECKPOINT, SCRATCH]
+        self.start = ComboBox(
+            label="start from",
+            choices=starts,
+            value=AUTO,
+            tooltip="auto: when you press Train, every shipped model (and the checkpoint file, if one is chosen) is "
+            "scored on your strokes in a few seconds; the one that already agrees with them, else one trained on "
+            "images like yours, else scratch. The status line says which and why.",
+        )
         self.pretrained = ComboBox(label="pretrained", choices=shipped or [""], visible=bool(shipped))
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.safetensors", visible=False)
         self.keep_prior = CheckBox(
             text="keep what the model knows where I did not paint",
             value=True,
             tooltip="fine-tuning: unpainted pixels keep the starting model's prediction (distillation), so a few "
-            "strokes correct the model instead of making it forget the rest",
+            "strokes correct the model instead of making it forget the rest. Weighed by how well the model "
+            "agrees with your strokes: fully from 0.9 agreement, not at all below 0.75 (then it contradicts "
+            "them). Off: plain fine-tuning (the paper's)",
         )
         self.label_mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
 
-        d = defaults_for("auto")
+        d = defaults_for("auto", AUTO)
 
         def limits(name: str) -> dict:  # spin box range from core.train.LIMITS; value: the device's or the config's
             lo, hi = LIMITS[name]
@@ -159,6 +175,7 @@ class TrainWidget(JobWidget, Container):
         )
         run_row.margins = (0, 0, 0, 0)
         self.status = Label(value="idle")
+        self.status.native.setWordWrap(True)  # the start choice and its reason are a sentence or two
         self.status.native.setWordWrap(True)
 
         self.extend(
@@ -196,6 +213,8 @@ class TrainWidget(JobWidget, Container):
         self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
         self.device.changed.connect(self._on_device_changed)
         self.depth.changed.connect(self._on_depth_changed)
+        self.pretrained.changed.connect(self._follow_start_depth)
+        self.checkpoint.changed.connect(self._follow_start_depth)
         _state.events.weights_changed.connect(self._on_weights_changed)
         self.train_button.changed.connect(self._on_train)
         self.stop_button.changed.connect(self._on_stop)
@@ -243,24 +262,49 @@ class TrainWidget(JobWidget, Container):
 
     def _on_start_changed(self, value=None, *_):
         self.pretrained.visible = value == PRETRAINED
-        self.checkpoint.visible = value == CHECKPOINT
+        # under 'auto' a checkpoint file, if chosen, is one more candidate
+        self.checkpoint.visible = value in (CHECKPOINT, AUTO)
         self.keep_prior.visible = value != SCRATCH
-        # a pretrained model fixes the architecture: depth / channels are ignored then
-        self.depth.enabled = self.base_channels.enabled = value == SCRATCH
+        # a model fixes the architecture: depth / channels apply from scratch (also when 'auto' picks it)
+        self.depth.enabled = self.base_channels.enabled = value in (SCRATCH, AUTO)
+        self._follow_start_depth()
         # fine-tuning wants a 10x lower rate than training from scratch (docs/accuracy.md)
-        self.lr.value = defaults_for(self.device.value, fine_tune=value != SCRATCH)["lr"]
+        self.lr.value = defaults_for(self.device.value, value)["lr"]
+
+    def _follow_start_depth(self, *_):
+        """A chosen start model shows its own depth, so the tile box steps by its 2**depth."""
+        from napari_unet.core.checkpoint import read_info, resolve_model_path
+
+        name = None
+        if self.start.value == PRETRAINED:
+            name = self.pretrained.value
+        elif self.start.value == CHECKPOINT and Path(str(self.checkpoint.value)).is_file():
+            name = str(self.checkpoint.value)
+        if not name:
+            return
+        try:
+            depth = int(read_info(resolve_model_path(name)).model["depth"])
+        except (OSError, ValueError, KeyError):
+            return  # an unreadable file: config() says so when Train is pressed
+        if self.depth.min <= depth <= self.depth.max:
+            self.depth.value = depth
 
     def _on_device_changed(self, value=None, *_):
-        d = defaults_for(value, fine_tune=self.start.value != SCRATCH)
+        d = defaults_for(value, self.start.value)
         for k in ("depth", "base_channels", "tile_in", "optimizer", "lr", "steps", "batch_size"):
             getattr(self, k).value = d[k]
 
     def config(self):
         """The frozen TrainConfig for the current settings (raises ValueError with a user message)."""
+        from napari_unet.core.train import AUTO as AUTO_START
         from napari_unet.core.train import TrainConfig
 
-        init = None
-        if self.start.value == PRETRAINED:
+        init, candidates = None, ()
+        if self.start.value == AUTO:
+            init = AUTO_START
+            path = Path(str(self.checkpoint.value))
+            candidates = (str(path),) if path.is_file() else ()
+        elif self.start.value == PRETRAINED:
             init = self.pretrained.value or None
         elif self.start.value == CHECKPOINT:
             path = Path(str(self.checkpoint.value))
@@ -277,7 +321,7 @@ class TrainWidget(JobWidget, Container):
             optimizer=self.optimizer.value,
             elastic_grid=int(self.elastic_grid.value),
             elastic_sigma=float(self.elastic_sigma.value),
-            lr=float(self.lr.value),
+            lr=self._lr(),
             steps=int(self.steps.value),
             batch_size=int(self.batch_size.value),
             tile_in=int(self.tile_in.value),
@@ -286,10 +330,18 @@ class TrainWidget(JobWidget, Container):
             val_every=int(self.val_every.value),
             preview_every=int(self.preview_every.value),
             init=init,
+            candidates=candidates,
             seed=int(self.seed.value),
             device=self.device.value,
-            keep_prior=1.0 if (init is not None and self.keep_prior.value) else 0.0,
+            # None: by the start model's agreement with the strokes (core/start.py)
+            keep_prior=None if (init is not None and self.keep_prior.value) else 0.0,
         )
+
+    def _lr(self) -> float | None:
+        """The rate box; None under 'auto' while it shows the default (the rate then follows the start)."""
+        if self.start.value == AUTO and abs(self.lr.value - defaults_for(self.device.value, AUTO)["lr"]) < 1e-12:
+            return None
+        return float(self.lr.value)
 
     def training_data(self):
         """Plain copies of the chosen layers' data: ([images], [labels], preview) -- or ValueError."""
@@ -359,10 +411,18 @@ class TrainWidget(JobWidget, Container):
             return
         if ev.kind != "crashed":  # a crashed event's traceback holds the whole training frame
             self.last_event = ev
-        if ev.kind == "step":
+        if ev.kind == "start":
+            from napari.utils.notifications import show_info, show_warning
+
+            self.status.value = ev.message
+            show_info(ev.message)
+            if ev.warning:
+                show_warning(ev.warning)
+        elif ev.kind == "step":
             self.plot.add_loss(ev.step, ev.loss)
             eta = f"{ev.eta / 60:.1f} min" if ev.eta >= 60 else f"{ev.eta:.0f} s"
-            self.status.value = f"step {ev.step}/{ev.total} · loss {ev.loss:.4f} · ETA {eta} · {ev.device}"
+            ok = f" · painted px right {ev.agreement:.2f}" if ev.agreement is not None else ""
+            self.status.value = f"step {ev.step}/{ev.total} · loss {ev.loss:.4f}{ok} · ETA {eta} · {ev.device}"
             # last: napari's progress bar may process queued events (even our finished slot)
             if self.progress is not None and ev.step > self.progress.n:
                 self.progress.update(ev.step - self.progress.n)

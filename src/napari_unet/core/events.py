@@ -49,7 +49,8 @@ class TileEvent:
 class TrainEvent:
     """One step (or validation / preview pass) of :func:`~napari_unet.core.train.iter_train`."""
 
-    kind: Literal["step", "validation", "preview", "finished", "crashed"]
+    # 'start': init='auto' chose where to start (``message`` says which and why), before any step
+    kind: Literal["start", "step", "validation", "preview", "finished", "crashed"]
     step: int
     total: int
     loss: float
@@ -61,6 +62,11 @@ class TrainEvent:
     preview_where: tuple[int, int] | None = None  # (pair index, slice)
     state: TrainState = TrainState.TRAINING
     device: str = "cpu"
+    # running balanced accuracy of the model on the painted pixels of recent batches (1 = all right)
+    agreement: float | None = None
+    # kind 'start': where training starts and why; ``warning``: the start model contradicts the strokes
+    message: str = ""
+    warning: str = ""
     # kind 'crashed': the exception (raised again by the next ``next()``) and the weights trained until
     # then (best and last, None when no step finished), so a crash at step 900 of 1000 loses nothing
     error: BaseException | None = None

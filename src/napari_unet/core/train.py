@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from . import sampling
+from . import sampling, start
 from .checkpoint import ModelInfo, load_model, load_optimizer_state, read_info, resolve_model_path, save_model
 from .device import PRECISIONS, autocast_dtype, default_precision, memory_format, resolve_device
 from .events import TrainEvent, TrainState, run
@@ -50,10 +50,14 @@ __all__ = [
     "train",
 ]
 
+AUTO = "auto"
 FINE_TUNE_LR = 1e-4  # 10x below the from-scratch rate: docs/accuracy.md measures why
 
 
-def recommended_settings(device: str, fine_tune: bool = False) -> dict:
+SCRATCH_LR = 1e-3
+
+
+def recommended_settings(device: str, start: str | None = None) -> dict:
     """Settings that finish in minutes on the device the user has (the widget's and the CLI's defaults).
 
     CUDA: the paper (depth 4, 64 channels, 572 px tiles, SGD with momentum 0.99).
@@ -63,16 +67,23 @@ def recommended_settings(device: str, fine_tune: bool = False) -> dict:
     depth-4 valid net needs make smaller tiles mostly context; measured
     ~0.12 s per step on 2 CPU cores) and Adam at 1e-3, which converges in a
     few hundred steps where SGD at batch 1 needs thousands.
-    ``fine_tune``: starting from a model, the rate drops to ``FINE_TUNE_LR`` and
-    ``keep_prior`` is 1 (sparse strokes correct the model without it forgetting).
+
+    ``start``: None or 'scratch' = from scratch. A model: the rate drops to
+    ``FINE_TUNE_LR`` and ``keep_prior`` is None, set by how well the start model
+    agrees with the strokes (:func:`.start.prior_weight`), so sparse strokes correct a
+    model that knows the task without it forgetting, and teach one that does not.
+    'auto': the start is chosen when training begins, and so are the rate and
+    keep_prior (both None).
     """
     if device == "cuda":
-        d = dict(depth=4, base_channels=64, tile_in=572, optimizer="sgd", lr=1e-3, steps=1000, batch_size=1)
+        d = dict(depth=4, base_channels=64, tile_in=572, optimizer="sgd", lr=SCRATCH_LR, steps=1000, batch_size=1)
     else:
-        d = dict(depth=4, base_channels=16, tile_in=316, optimizer="adam", lr=1e-3, steps=500, batch_size=1)
+        d = dict(depth=4, base_channels=16, tile_in=316, optimizer="adam", lr=SCRATCH_LR, steps=500, batch_size=1)
     d["keep_prior"] = 0.0
-    if fine_tune:
-        d.update(lr=FINE_TUNE_LR, keep_prior=1.0)
+    if start == AUTO:
+        d.update(lr=None, keep_prior=None)
+    elif start and start != "scratch":
+        d.update(lr=FINE_TUNE_LR, keep_prior=None)
     return d
 
 
@@ -152,7 +163,7 @@ class TrainConfig:
     border_weights: bool = True
     # optimisation
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 1e-3
+    lr: float | None = SCRATCH_LR  # None: FINE_TUNE_LR from a model, SCRATCH_LR from scratch (for init='auto')
     momentum: float = 0.99
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "constant"
@@ -174,10 +185,14 @@ class TrainConfig:
     preview_every: int = 0
     log_every: int = 1
     # start
-    init: str | None = None  # None = scratch; a model file or shipped model name = fine-tune
+    # None = scratch; a model file or shipped model name = fine-tune; 'auto' = the best start for the
+    # strokes among the shipped models, ``candidates`` and scratch (core/start.py)
+    init: str | None = None
+    candidates: tuple[str, ...] = ()  # init='auto': the user's own model files to consider too
     # fine-tuning: weight of a loss that keeps the starting model's prediction on the pixels nobody
-    # annotated (knowledge distillation). 0 = off (the paper); see prior_loss for why it matters.
-    keep_prior: float = 0.0
+    # annotated (knowledge distillation). 0 = off (the paper); None = from the start model's agreement
+    # with the strokes (1 when it agrees, 0 when it contradicts them); see prior_loss and core/start.py.
+    keep_prior: float | None = 0.0
     resume: str | None = None  # a model file saved with optimizer state
     seed: int = 0
     device: str = "auto"
@@ -190,10 +205,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
-        if self.lr <= 0 or not math.isfinite(self.lr):
+        if self.lr is not None and (self.lr <= 0 or not math.isfinite(self.lr)):
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         for name, (lo, hi, what) in _CHECKS.items():
             v = getattr(self, name)
+            if v is None and name == "keep_prior":  # None = set from the start model's agreement
+                continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v and (hi is None or v < hi)):
                 raise ValueError(f"{name} must be {what}, got {v!r}")
         if self.n_classes is not None and self.n_classes < 2:
@@ -203,7 +220,9 @@ class TrainConfig:
                 f"norm percentiles must satisfy 0 <= norm_low < norm_high <= 100, got "
                 f"{self.norm_low} and {self.norm_high}"
             )
-        if self.init is None and self.resume is None:  # from scratch: the architecture is this config's
+        if self.init == AUTO and self.resume is not None:
+            raise ValueError("init='auto' chooses a start for a new run; resume continues a saved one: give one")
+        if self.init in (None, AUTO) and self.resume is None:  # scratch possible: the architecture is this config's
             check_tile_in(self.tile_in, self.depth, self.padding)
 
     def settled(self) -> TrainConfig:
@@ -228,6 +247,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["class_names"] = list(self.class_names) if self.class_names else None
+        d["candidates"] = list(self.candidates)
         return d
 
     @classmethod
@@ -237,7 +257,10 @@ class TrainConfig:
         if "tile_size" in d and "tile_in" not in d:
             d["tile_in"] = d.pop("tile_size")
         names = {f.name for f in fields(cls)}
-        return {k: v for k, v in d.items() if k in names}
+        out = {k: v for k, v in d.items() if k in names}
+        if "candidates" in out:
+            out["candidates"] = tuple(out["candidates"] or ())
+        return out
 
     @staticmethod
     def default(name: str):
@@ -294,11 +317,12 @@ class _OptimizerShim:
 # ----------------------------------------------------------------------------- main loop
 
 
-def _build(config: TrainConfig, n_classes: int, in_channels: int) -> tuple[UNet, ModelInfo | None, str]:
+def _build(config: TrainConfig, n_classes: int, in_channels: int) -> tuple[UNet, ModelInfo | None, str, bool]:
+    """The network to train, its start's info, a note on the start, and whether the head is new."""
     note = ""
     if config.resume:
         model = load_model(config.resume)
-        return model, model.info, "resumed"
+        return model, model.info, "resumed", False
     if config.init:
         model = load_model(config.init)
         info = model.info
@@ -314,11 +338,10 @@ def _build(config: TrainConfig, n_classes: int, in_channels: int) -> tuple[UNet,
             torch.nn.init.zeros_(model.head.bias)
             model.config = replace(model.config, n_classes=n_classes)
             note = f"fine-tuning {info.name}: new {n_classes}-class head (was {old.out_channels})"
-        else:
-            note = f"fine-tuning {info.name}"
-        return model, info, note
+            return model, info, note, True
+        return model, info, f"fine-tuning {info.name}", False
     model = UNet(in_channels, n_classes, config.depth, config.base_channels, config.padding, config.dropout)
-    return model, None, "from scratch"
+    return model, None, "from scratch", True
 
 
 def iter_train(
@@ -349,9 +372,19 @@ def iter_train(
         Set it to stop after the current step; the result is returned as usual.
     """
     t_start = time.perf_counter()
-    config = config.settled()
     pairs = as_pairs(images, labels)
     in_channels = 1 if channel_axis is None else int(np.shape(pairs[0][0])[channel_axis])
+    choice = None
+    if config.init == AUTO:
+        choice = _choose_start(config, pairs, in_channels, channel_axis)
+        config = replace(
+            config,
+            init=None if choice.name == start.SCRATCH else choice.name,
+            keep_prior=choice.keep_prior if config.keep_prior is None else config.keep_prior,
+        )
+    config = config.settled()
+    if config.lr is None:
+        config = replace(config, lr=FINE_TUNE_LR if (config.init or config.resume) else SCRATCH_LR)
     if config.resume:
         n_classes = read_info(resolve_model_path(config.resume)).model["n_classes"]
     elif config.n_classes is not None:
@@ -365,7 +398,7 @@ def iter_train(
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model, start_info, start_note = _build(config, n_classes, in_channels)
+    model, start_info, start_note, new_head = _build(config, n_classes, in_channels)
     n_classes = model.n_classes
     depth, padding = model.depth, model.padding
 
@@ -390,13 +423,43 @@ def iter_train(
     counts = np.array([s.n_annotated for s in slices], dtype=np.float64)
     probs = counts / counts.sum()
 
+    # how well the start model already predicts the painted pixels: sets keep_prior when it is None
+    fine_tune = bool(config.init) and not config.resume
+    same_head = fine_tune and not new_head
+    start_agreement, warning = None, ""
+    if choice is not None:
+        start_agreement = next((c.agreement for c in choice.candidates if c.name == choice.name), None)
+    elif same_head:
+        start_agreement, _ = start.agreement(model, slices, config.label_mode, device=resolve_device(config.device))
+    if start_agreement is not None:
+        start_note += f"; it agrees {start_agreement:.2f} with your strokes"
+    if config.keep_prior is None:
+        config = replace(config, keep_prior=start.prior_weight(start_agreement) if same_head else 0.0)
+        if same_head and config.keep_prior == 0:
+            warning = (
+                f"the start model contradicts your strokes (agrees {start_agreement:.2f}): it learns what you "
+                "painted from its features, and its prediction is not kept where you did not paint"
+            )
     teacher = None
-    if config.keep_prior > 0 and config.init and not config.resume:
-        if start_note.startswith("fine-tuning") and "new" not in start_note:
+    if config.keep_prior > 0 and fine_tune:
+        if same_head:
             teacher = copy.deepcopy(model).eval().requires_grad_(False)
-            start_note += f", keeping its prediction on unannotated pixels (keep_prior={config.keep_prior:g})"
+            start_note += f", kept where you did not paint (keep_prior {config.keep_prior:.2f})"
         else:
             start_note += "; keep_prior ignored: the starting model has other classes"
+    yield TrainEvent(
+        "start",
+        0,
+        config.steps,
+        float("nan"),
+        config.lr,
+        time.perf_counter() - t_start,
+        0.0,
+        message=choice.reason if choice is not None else start_note,
+        warning=warning,
+    )
+    if choice is not None:
+        start_note = f"{start_note} (auto: {choice.reason})"
 
     dev = resolve_device(config.device)
     precision = config.precision or default_precision(dev)
@@ -440,6 +503,8 @@ def iter_train(
             "n_train_slices": len(slices),
             "n_val_slices": len(val),
             "device": str(dev),
+            "start_agreement": start_agreement,
+            "domain": start.domain_signature(s.image for s in slices),
         },
         name=(start_info.name if start_info is not None and config.resume else ""),
     )
@@ -450,6 +515,7 @@ def iter_train(
     best_metric: float | None = None
     best_step = step0
     ema = None
+    agree = None  # running balanced accuracy on the painted pixels of the batches (event.agreement)
     state = TrainState.TRAINING
     step = step0
     last_loss = float("nan")
@@ -467,7 +533,17 @@ def iter_train(
             elapsed = time.perf_counter() - t_start
         snap = snapshot_model if live else None
         return TrainEvent(
-            kind, step, config.steps, last_loss, lr, elapsed, eta, device=str(dev), snapshot_model=snap, **kw
+            kind,
+            step,
+            config.steps,
+            last_loss,
+            lr,
+            elapsed,
+            eta,
+            device=str(dev),
+            snapshot_model=snap,
+            agreement=agree,
+            **kw,
         )
 
     def snapshot_result(st: TrainState) -> TrainResult:
@@ -532,6 +608,11 @@ def iter_train(
             step += 1
             last_loss = float(loss.item())
             history.append((step, last_loss))
+            with torch.no_grad():
+                pred = start.collapse(logits.argmax(1).cpu().numpy(), config.label_mode)
+                acc, _ = start.balanced_accuracy(pred, start.collapse(y, config.label_mode))
+            if np.isfinite(acc):
+                agree = acc if agree is None else 0.9 * agree + 0.1 * acc
             ema = last_loss if ema is None else 0.95 * ema + 0.05 * last_loss
             if not val and (best_metric is None or -ema > best_metric) and step - step0 >= min(20, config.steps):
                 best_metric, best_step, best_state = -ema, step, _cpu_state(model)
@@ -579,6 +660,26 @@ def iter_train(
         opt = teacher = None  # drop the optimizer state and the teacher now
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) -> start.StartChoice:
+    """init='auto': score every candidate start on the painted pixels (no training) and pick one."""
+    if config.n_classes is not None:
+        n_classes = config.n_classes
+    elif config.label_mode == "semantic":
+        n_classes = max(n_classes_for("semantic", np.asarray(lab)) for _, lab in pairs)
+    else:
+        n_classes = 2
+    quick = replace(config, border_class=False)
+    slices = prepare_slices(pairs, quick, n_classes, in_channels, channel_axis, weights=False)
+    signature = start.domain_signature(s.image for s in slices)
+    scored = []
+    for name in start.default_candidates(config.candidates):
+        if name == start.SCRATCH:
+            scored.append(start.Candidate(name))
+            continue
+        scored.append(start.score_candidate(name, slices, config.label_mode, n_classes, signature))
+    return start.choose(scored)
 
 
 def _default_class_names(config: TrainConfig, n_classes: int) -> list[str]:

@@ -1,0 +1,228 @@
+"""Where fine-tuning starts: how well a model already knows the user's task and images.
+
+Measured on the strokes painted so far, in seconds, without training:
+
+* **agreement**: the balanced accuracy of the model's own prediction on the
+  painted pixels (mean over the painted classes of the fraction predicted as
+  painted). A model that already knows the task scores 0.97-0.98 on its own
+  domain; the EM membrane model on VNC mitochondria scores 0.56 (it calls
+  mitochondria 'membrane'), the nuclei model on ISBI membranes 0.82.
+* **domain similarity**: how alike the user's images and the model's training
+  images look after the shared percentile normalisation: histograms of
+  intensity and of gradient magnitude at two scales, compared by total
+  variation distance (1 = same statistics, 0 = disjoint). Stored with every
+  trained model (``info.training['domain']``), so a user's own models are
+  candidates too.
+
+From these, :func:`prior_weight` sets how strongly fine-tuning keeps the start
+model's prediction where nobody painted (``TrainConfig.keep_prior=None``), and
+:func:`choose_start` picks the start for ``init='auto'``:
+
+1. a model that agrees with the strokes (agreement >= ``AGREE``): the best
+   agreeing one; it is kept where nobody painted, in proportion to its agreement;
+2. else a model trained on images like these (similarity >= ``SIMILAR``): its
+   features are kept, its prediction is not (prior off), the strokes teach the
+   new structure;
+3. else scratch.
+
+Why not a linear probe on the start model's features: measured on VNC
+mitochondria, a probe on a random network scored higher (0.74) than on the EM
+model (0.58) although the EM model fine-tunes far better (IoU 0.59 vs 0.20 in
+5 CPU minutes). docs/accuracy.md has the numbers behind the thresholds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .labels import IGNORE
+
+AGREE = 0.75  # below: the start model contradicts the strokes; prior off
+AGREE_FULL = 0.90  # at and above: full prior (keep_prior 1)
+SIMILAR = 0.8  # domain similarity from which a disagreeing model still beats scratch
+# measured (docs/accuracy.md): ISBI vs VNC EM 0.94, DSB vs DSB x2 0.95, EM vs DSB 0.20, uniform noise vs ISBI 0.66
+SCRATCH = "scratch"
+
+_BINS = 24
+_RANGES = {"intensity": (-0.25, 1.25), "grad1": (0.0, 0.4), "grad4": (0.0, 0.1)}
+_MAX_PIXELS = 2**21  # agreement is scored on at most ~2 Mpx of the painted slices
+
+
+# ----------------------------------------------------------------------------- domain signature
+
+
+def domain_signature(images: Iterable[np.ndarray], *, max_pixels: int = 2**22) -> dict:
+    """Normalised histograms of normalised intensity and gradient magnitude (sigma 1 and 4 px).
+
+    ``images``: 2D planes already normalised as for training (percentiles to [0, 1]).
+    A small JSON-able dict stored in the model file.
+    """
+    hist = {k: np.zeros(_BINS) for k in _RANGES}
+    used = 0
+    for im in images:
+        im = np.asarray(im, dtype=np.float32)
+        if im.ndim == 3:  # (C, H, W): the first channel
+            im = im[0]
+        if used >= max_pixels:
+            break
+        feats = {
+            "intensity": im,
+            "grad1": ndi.gaussian_gradient_magnitude(im, 1.0),
+            "grad4": ndi.gaussian_gradient_magnitude(im, 4.0),
+        }
+        for k, (lo, hi) in _RANGES.items():
+            h, _ = np.histogram(np.clip(feats[k], lo, hi), bins=_BINS, range=(lo, hi))
+            hist[k] += h
+        used += im.size
+    return {k: [round(float(v), 6) for v in h / max(h.sum(), 1)] for k, h in hist.items()}
+
+
+def domain_similarity(a: dict | None, b: dict | None) -> float | None:
+    """1 - mean total-variation distance of the signatures' histograms (None when one is missing)."""
+    if not a or not b:
+        return None
+    d = [0.5 * np.abs(np.asarray(a[k]) - np.asarray(b[k])).sum() for k in _RANGES if k in a and k in b]
+    return float(1.0 - np.mean(d)) if d else None
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+def _painted_crops(slices, max_pixels: int = _MAX_PIXELS):
+    """(image crop, target crop) around the painted pixels, most-painted slices first, up to ``max_pixels``."""
+    used = 0
+    for s in sorted(slices, key=lambda s: -s.n_annotated):
+        rows = np.flatnonzero((s.target != IGNORE).any(axis=1))
+        cols = np.flatnonzero((s.target != IGNORE).any(axis=0))
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        yield s.image[:, y0:y1, x0:x1], s.target[y0:y1, x0:x1]
+        used += (y1 - y0) * (x1 - x0)
+        if used >= max_pixels:
+            return
+
+
+def collapse(classes: np.ndarray, label_mode: str) -> np.ndarray:
+    """Instance mode: the border class (2) counts as object (1), in targets and predictions alike."""
+    if label_mode == "instance":
+        return np.where(classes >= 2, 1, classes)
+    return classes
+
+
+def balanced_accuracy(pred: np.ndarray, target: np.ndarray) -> tuple[float, dict[int, float]]:
+    """Mean over the painted classes of the fraction of their pixels predicted as that class."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    ann = target != IGNORE
+    p, t = pred[ann], target[ann]
+    per = {int(c): float((p[t == c] == c).mean()) for c in np.unique(t)}
+    return (float(np.mean(list(per.values()))) if per else float("nan")), per
+
+
+def agreement(model, slices, label_mode: str, *, device="cpu") -> tuple[float, dict[int, float]]:
+    """How well ``model`` already predicts the painted pixels of ``slices`` (prepared TrainSlices)."""
+    from .tiling import predict
+
+    preds, targets = [], []
+    for image, target in _painted_crops(slices):
+        c = image.shape[0]
+        pred = predict(
+            model,
+            image[0] if c == 1 else image,
+            channel_axis=None if c == 1 else 0,
+            normalize=False,
+            device=device,
+            output="labels",
+        )
+        preds.append(collapse(np.asarray(pred, dtype=np.int64), label_mode).ravel())
+        targets.append(collapse(target, label_mode).ravel())
+    return balanced_accuracy(np.concatenate(preds), np.concatenate(targets))
+
+
+def prior_weight(agree: float | None) -> float:
+    """keep_prior for a start model that agrees ``agree`` with the strokes: 0 below AGREE, 1 from AGREE_FULL."""
+    if agree is None or not np.isfinite(agree):
+        return 0.0
+    return float(np.clip((agree - AGREE) / (AGREE_FULL - AGREE), 0.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- choosing a start
+
+
+@dataclass
+class Candidate:
+    """One possible start, as scored on the user's strokes."""
+
+    name: str  # shipped model name, model file, or 'scratch'
+    agreement: float | None = None  # None: scratch, or classes that do not match the labels
+    similarity: float | None = None  # None: scratch, or a model file without a domain signature
+    note: str = ""
+
+    def describe(self) -> str:
+        parts = []
+        if self.agreement is not None:
+            parts.append(f"agrees {self.agreement:.2f} with your strokes")
+        if self.similarity is not None:
+            parts.append(f"image similarity {self.similarity:.2f}")
+        if self.note:
+            parts.append(self.note)
+        return f"{self.name} ({', '.join(parts)})" if parts else self.name
+
+
+@dataclass
+class StartChoice:
+    name: str  # 'scratch' or the model to start from
+    keep_prior: float
+    reason: str
+    candidates: list[Candidate]
+
+
+def choose(candidates: Sequence[Candidate]) -> StartChoice:
+    """The rule of the module docstring, over scored candidates (scratch is always possible)."""
+    models = [c for c in candidates if c.name != SCRATCH]
+    agreeing = [c for c in models if c.agreement is not None and c.agreement >= AGREE]
+    listing = "; ".join(c.describe() for c in models) or "no start models"
+    if agreeing:
+        best = max(agreeing, key=lambda c: (c.agreement, c.similarity or 0.0))
+        kp = prior_weight(best.agreement)
+        why = (
+            f"start from {best.name}: it already agrees {best.agreement:.2f} with your strokes, so it is "
+            f"fine-tuned and kept where you did not paint (keep_prior {kp:.2f}) [{listing}]"
+        )
+        return StartChoice(best.name, kp, why, list(candidates))
+    similar = [c for c in models if c.similarity is not None and c.similarity >= SIMILAR]
+    if similar:
+        best = max(similar, key=lambda c: c.similarity)
+        why = (
+            f"start from {best.name}: no model knows what you painted, but {best.name} was trained on images "
+            f"like yours (similarity {best.similarity:.2f}); its features are kept, its prediction is not "
+            f"(keep_prior 0) [{listing}]"
+        )
+        return StartChoice(best.name, 0.0, why, list(candidates))
+    why = f"start from scratch: no model agrees with your strokes or was trained on images like yours [{listing}]"
+    return StartChoice(SCRATCH, 0.0, why, list(candidates))
+
+
+def score_candidate(name: str, slices, label_mode: str, n_classes: int, signature: dict, *, device="cpu"):
+    """A :class:`Candidate` for model ``name`` on the prepared ``slices``."""
+    from .checkpoint import load_model
+
+    model = load_model(name)
+    sim = domain_similarity(signature, (model.info.training or {}).get("domain"))
+    if model.config.in_channels != slices[0].image.shape[0]:
+        return Candidate(name, None, None, f"expects {model.config.in_channels} channel(s)")
+    matches = model.info.label_mode == label_mode and (label_mode == "instance" or model.n_classes == n_classes)
+    if not matches:
+        return Candidate(name, None, sim, "other classes")
+    agree, _ = agreement(model, slices, label_mode, device=device)
+    return Candidate(name, agree, sim)
+
+
+def default_candidates(extra: Iterable[str] = ()) -> list[str]:
+    """Every shipped model, then the user's own model files, then scratch."""
+    from .checkpoint import available_models
+
+    names = list(available_models()) + [str(e) for e in extra if e]
+    return list(dict.fromkeys(names)) + [SCRATCH]
