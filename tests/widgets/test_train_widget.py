@@ -122,3 +122,38 @@ def test_settings_come_from_the_config_and_the_weight_map_preview(em_viewer):
     preview = dock(em_viewer, "Weight map preview")
     preview.w0.value, preview.sigma.value = 4.5, 7.0
     assert (w.w0.value, w.sigma.value) == (4.5, 7.0)
+
+
+def test_widget_and_cli_train_the_same_model(em_viewer, qtbot, tmp_path):
+    """The defaults are one recipe: the Train widget as it opens (start 'auto') and `napari-unet train`
+    with no options give the same model for the same strokes and seed."""
+    import tifffile
+    import torch
+
+    from napari_unet.cli import main
+    from napari_unet.core.checkpoint import load_model
+
+    w = dock(em_viewer, "Train")
+    assert w.start.value == "auto" and w.keep_prior.value
+    w.device.value = "cpu"
+    w.steps.value = 3
+    w.preview_every.value = 0
+    job = w._on_train()
+    qtbot.waitUntil(lambda: w.result is not None and not job.running, timeout=120_000)
+    assert "start from em-membrane" in w.result.info.training["start"]
+    from_widget = load_model(w._on_save(tmp_path / "widget"))
+
+    image, labels = tmp_path / "image.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(image, em_viewer.layers["EM (ISBI 2012)"].data)
+    tifffile.imwrite(labels, em_viewer.layers["EM labels"].data)
+    out = tmp_path / "cli.safetensors"
+    argv = ["train", "--images", str(image), "--labels", str(labels), "--steps", "3", "--device", "cpu"]
+    assert main([*argv, "-o", str(out), "-q"]) == 0
+    from_cli = load_model(out)
+
+    a, b = from_widget.info.training, from_cli.info.training
+    for key in ("init", "keep_prior", "lr", "optimizer", "tile_in", "w0", "sigma", "seed", "class_balance"):
+        assert a["config"][key] == b["config"][key], key
+    assert a["start"] == b["start"] and a["start_agreement"] == b["start_agreement"]
+    for name, t in from_widget.state_dict().items():
+        torch.testing.assert_close(t, from_cli.state_dict()[name], msg=name)

@@ -18,11 +18,16 @@ From these, :func:`prior_weight` sets how strongly fine-tuning keeps the start
 model's prediction where nobody painted (``TrainConfig.keep_prior=None``), and
 :func:`choose_start` picks the start for ``init='auto'``:
 
+Only models trained on images like the user's count (similarity >= ``SIMILAR``,
+or unknown for a model file without a signature): a model from another domain
+can agree with strokes by accident (the nuclei model calls bright EM cells
+'nucleus': 0.77 on ISBI strokes) and fine-tunes no better than scratch there
+(docs/accuracy.md). Among those:
+
 1. a model that agrees with the strokes (agreement >= ``AGREE``): the best
    agreeing one; it is kept where nobody painted, in proportion to its agreement;
-2. else a model trained on images like these (similarity >= ``SIMILAR``): its
-   features are kept, its prediction is not (prior off), the strokes teach the
-   new structure;
+2. else the most similar one: its features are kept, its prediction is not
+   (prior off), the strokes teach the new structure;
 3. else scratch.
 
 Why not a linear probe on the start model's features: measured on VNC
@@ -182,8 +187,10 @@ class StartChoice:
 def choose(candidates: Sequence[Candidate]) -> StartChoice:
     """The rule of the module docstring, over scored candidates (scratch is always possible)."""
     models = [c for c in candidates if c.name != SCRATCH]
-    agreeing = [c for c in models if c.agreement is not None and c.agreement >= AGREE]
     listing = "; ".join(c.describe() for c in models) or "no start models"
+    # a model trained on other images is no start, however well it happens to agree
+    eligible = [c for c in models if c.similarity is None or c.similarity >= SIMILAR]
+    agreeing = [c for c in eligible if c.agreement is not None and c.agreement >= AGREE]
     if agreeing:
         best = max(agreeing, key=lambda c: (c.agreement, c.similarity or 0.0))
         kp = prior_weight(best.agreement)
@@ -192,16 +199,16 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"fine-tuned and kept where you did not paint (keep_prior {kp:.2f}) [{listing}]"
         )
         return StartChoice(best.name, kp, why, list(candidates))
-    similar = [c for c in models if c.similarity is not None and c.similarity >= SIMILAR]
+    similar = [c for c in eligible if c.similarity is not None]
     if similar:
-        best = max(similar, key=lambda c: c.similarity)
+        best = max(similar, key=lambda c: (c.similarity, c.agreement or 0.0))
         why = (
             f"start from {best.name}: no model knows what you painted, but {best.name} was trained on images "
             f"like yours (similarity {best.similarity:.2f}); its features are kept, its prediction is not "
             f"(keep_prior 0) [{listing}]"
         )
         return StartChoice(best.name, 0.0, why, list(candidates))
-    why = f"start from scratch: no model agrees with your strokes or was trained on images like yours [{listing}]"
+    why = f"start from scratch: no model was trained on images like yours [{listing}]"
     return StartChoice(SCRATCH, 0.0, why, list(candidates))
 
 

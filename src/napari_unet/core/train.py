@@ -32,7 +32,7 @@ from .events import TrainEvent, TrainState, run
 from .intensity import percentiles
 from .labels import MODES, n_classes_for
 from .losses import annotated_iou, prior_loss, weighted_loss
-from .model import UNet, build_model, check_tile_in
+from .model import UNet, build_model, check_tile_in, is_valid_size, nearest_valid_sizes
 from .planes import plane_at
 from .sampling import TrainSlice, as_pairs, prepare_slices
 from .tiling import predict
@@ -403,6 +403,10 @@ def iter_train(
     depth, padding = model.depth, model.padding
 
     t_in = int(config.tile_in)
+    if padding == "valid" and choice is not None and not is_valid_size(t_in, depth):
+        # 'auto' chose a model of another depth than the tile was sized for: the nearest valid tile
+        lo, hi = nearest_valid_sizes(t_in, depth)
+        t_in = hi if lo is None or hi - t_in <= t_in - lo else lo
     if padding == "valid":
         check_tile_in(t_in, depth)  # the starting model's depth may differ from the config's
     else:
