@@ -142,6 +142,8 @@ def test_widget_and_cli_train_the_same_model(em_viewer, qtbot, tmp_path):
     qtbot.waitUntil(lambda: w.result is not None and not job.running, timeout=120_000)
     assert "start from em-membrane" in w.result.info.training["start"]
     from_widget = load_model(w._on_save(tmp_path / "widget"))
+    # the next run (a correction round) weighs the model just trained against the shipped ones
+    assert any(c.endswith("just-trained.safetensors") for c in w.config().candidates)
 
     image, labels = tmp_path / "image.tif", tmp_path / "labels.tif"
     tifffile.imwrite(image, em_viewer.layers["EM (ISBI 2012)"].data)

@@ -302,8 +302,12 @@ class TrainWidget(JobWidget, Container):
         init, candidates = None, ()
         if self.start.value == AUTO:
             init = AUTO_START
+            # besides the shipped models: the checkpoint file, if chosen, and the models trained in this
+            # session (a correction round starts from the model it corrects when that agrees best)
             path = Path(str(self.checkpoint.value))
-            candidates = (str(path),) if path.is_file() else ()
+            candidates = ((str(path),) if path.is_file() else ()) + tuple(
+                str(_state.model_file(name)) for name in _state.TRAINED_MODELS
+            )
         elif self.start.value == PRETRAINED:
             init = self.pretrained.value or None
         elif self.start.value == CHECKPOINT:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -165,6 +166,11 @@ class Candidate:
     similarity: float | None = None  # None: scratch, or a model file without a domain signature
     note: str = ""
 
+    @property
+    def label(self) -> str:
+        """The name as a user reads it: a model file by its stem."""
+        return Path(self.name).stem if self.name.endswith(".safetensors") else self.name
+
     def describe(self) -> str:
         parts = []
         if self.agreement is not None:
@@ -173,7 +179,7 @@ class Candidate:
             parts.append(f"image similarity {self.similarity:.2f}")
         if self.note:
             parts.append(self.note)
-        return f"{self.name} ({', '.join(parts)})" if parts else self.name
+        return f"{self.label} ({', '.join(parts)})" if parts else self.label
 
 
 @dataclass
@@ -195,7 +201,7 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
         best = max(agreeing, key=lambda c: (c.agreement, c.similarity or 0.0))
         kp = prior_weight(best.agreement)
         why = (
-            f"start from {best.name}: it already agrees {best.agreement:.2f} with your strokes, so it is "
+            f"start from {best.label}: it already agrees {best.agreement:.2f} with your strokes, so it is "
             f"fine-tuned and kept where you did not paint (keep_prior {kp:.2f}) [{listing}]"
         )
         return StartChoice(best.name, kp, why, list(candidates))
@@ -203,7 +209,7 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
     if similar:
         best = max(similar, key=lambda c: (c.similarity, c.agreement or 0.0))
         why = (
-            f"start from {best.name}: no model knows what you painted, but {best.name} was trained on images "
+            f"start from {best.label}: no model knows what you painted, but {best.label} was trained on images "
             f"like yours (similarity {best.similarity:.2f}); its features are kept, its prediction is not "
             f"(keep_prior 0) [{listing}]"
         )
