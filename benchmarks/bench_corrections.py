@@ -68,7 +68,7 @@ def correction_strokes(pred: np.ndarray, lab: np.ndarray, fixed: np.ndarray, rng
     return out
 
 
-def train_round(which, images, labels, candidates, budget_min, seed, log):
+def train_round(which, images, labels, candidates, budget_min, seed, log, plain=False):
     rec = recommended_settings("cpu", "auto")
     cfg = TrainConfig(
         label_mode="instance",
@@ -82,6 +82,7 @@ def train_round(which, images, labels, candidates, budget_min, seed, log):
         keep_prior=rec["keep_prior"],
         seed=seed,
         device="cpu",
+        **(dict(class_balance=False, border_weights=False) if plain else {}),
     )
     cancel = threading.Event()
     c0 = time.process_time()
@@ -103,6 +104,8 @@ def main(argv=None):
     ap.add_argument("which", choices=list(SETS))
     ap.add_argument("--rounds", type=int, default=2, help="correction rounds after the first training")
     ap.add_argument("--mode", choices=["dense", "strokes"], default="dense")
+    ap.add_argument("--plain", action="store_true", help="no class balance, no border weights (plain CE)")
+    ap.add_argument("--tag", default="", help="suffix of the result file")
     ap.add_argument("--budget", type=float, default=2.0, help="CPU minutes of training per round")
     ap.add_argument("--per-image", type=int, default=15, help="correction strokes per image and round")
     ap.add_argument("--min-error", type=int, default=30, help="smallest wrong region a user corrects (px)")
@@ -152,7 +155,9 @@ def main(argv=None):
                     else:
                         labels[z] = painted[z]
             frac = float((painted > 0).mean())
-            model, start, steps = train_round(args.which, train_img, labels, candidates, args.budget, args.seed, log)
+            model, start, steps = train_round(
+                args.which, train_img, labels, candidates, args.budget, args.seed, log, args.plain
+            )
             own = Path(tmp) / f"round{r}.safetensors"
             save_model(own, model)
             candidates = [str(own)]  # the widget offers the model it just trained
@@ -165,7 +170,7 @@ def main(argv=None):
             }
             log(f"{args.which}: round {r}: {row}")
             rows.append(row)
-    out = args.dir / f"corrections_{args.which}_{args.mode}.json"
+    out = args.dir / f"corrections_{args.which}_{args.mode}{args.tag}.json"
     out.write_text(
         json.dumps(
             {

@@ -166,6 +166,121 @@ def load_ft(folder: Path = RESULTS) -> dict:
     return res
 
 
+ADAPT = RESULTS / "adapt"
+ADAPT_SETS = {
+    # set: (title, what the IoU is of, the start model the ft arms use)
+    "vnc-mito": (
+        "New task: mitochondria in the VNC ssTEM stack",
+        "mitochondrion IoU, slices 2, 10, 18, 19",
+        "em-membrane",
+    ),
+    "vnc-mem": ("New domain: membranes in the VNC ssTEM stack", "membrane IoU, slices 2, 10, 18, 19", "em-membrane"),
+    "em": ("Same domain: ISBI 2012 membranes", "membrane IoU, slices 28-29", "em-membrane"),
+    "nuclei": ("Same domain: DSB 2018 nuclei", "nucleus IoU and instance F1@0.5, images 85-99", "nuclei"),
+}
+ADAPT_ARMS = {
+    "rf": "random forest (ilastik-style)",
+    "scratch": "U-Net from scratch",
+    "ft": "fine-tuned from {model}, keep_prior 0",
+    "ftkeep": "fine-tuned from {model}, keep_prior 1",
+    "auto": "**defaults: start auto, keep_prior by agreement**",
+}
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return ""
+    f1 = f" / F1 {r['f1']:.2f}" if "f1" in r else ""
+    return f"{r['iou']:.3f}{f1} ({100 * r['fg_fraction']:.1f}%)"
+
+
+def adapt_section() -> str:
+    """The defaults (init='auto') against the other starts and the forest, per data set, with the issue's checks."""
+    ft = load_ft(ADAPT)
+    out = []
+    for which, (title, metric, model) in ADAPT_SETS.items():
+        arms = ft.get(which)
+        if not arms:
+            continue
+        budgets = sorted({r["minutes"] for a, d in arms.items() if a != "rf" for r in d["rows"] if r["minutes"] > 0})
+        truth = next(r["fg_truth"] for d in arms.values() for r in d["rows"])
+        frac = next(iter(arms.values()))["scribble_fraction"]
+        out.append(f"### {title}\n\n{metric}; in brackets the predicted foreground, truth {100 * truth:.1f}%. ")
+        out.append(f"Strokes cover {100 * frac:.1f}% of the pixels of the training images.\n\n")
+        out.append("| method | " + " | ".join(f"{b:g} CPU min" for b in budgets) + " |\n")
+        out.append("|---|" + "---:|" * len(budgets) + "\n")
+        as_is = next((r for d in arms.values() for r in d["rows"] if r["minutes"] == 0 and r["steps"] == 0), None)
+        if as_is is not None and "ft" in arms:
+            out.append(f"| {model} as it is | " + " | ".join([_cell(as_is)] * len(budgets)) + " |\n")
+        for arm, name in ADAPT_ARMS.items():
+            if arm not in arms:
+                continue
+            rows = arms[arm]["rows"]
+            if arm == "rf":
+                out.append(
+                    f"| {name}, fit in {rows[0]['minutes']:.2f} min | "
+                    + " | ".join([_cell(rows[0])] * len(budgets))
+                    + " |\n"
+                )
+                continue
+            by = {r["minutes"]: r for r in rows}
+            out.append(f"| {name.format(model=model)} | " + " | ".join(_cell(by.get(b)) for b in budgets) + " |\n")
+        auto = at_budget(ft, which, "auto")
+        if auto is not None:
+            start = arms["auto"].get("start", "")
+            choice = start.split("(auto: ", 1)[-1].rstrip(")") if "(auto: " in start else start
+            out.append(f"\nAuto start: {choice.split(' [')[0]}.\n\n")
+            checks = []
+            rf = at_budget(ft, which, "rf")
+            if rf is not None:
+                lead = auto["iou"] - rf["iou"]
+                checks.append(
+                    f"IoU {auto['iou']:.3f} vs forest {rf['iou']:.3f}: {lead:+.3f} (target +0.10: {'met' if lead >= 0.10 else '**not met**'})"
+                )
+                if "f1" in auto and "f1" in rf:
+                    d = auto["f1"] - rf["f1"]
+                    checks.append(
+                        f"F1 {auto['f1']:.2f} vs {rf['f1']:.2f}: {d:+.2f} ({'met' if d >= 0.10 else '**not met**'})"
+                    )
+            others = {a: at_budget(ft, which, a) for a in ("scratch", "ft", "ftkeep")}
+            others = {a: r for a, r in others.items() if r is not None}
+            if others:
+                best_arm = max(others, key=lambda a: others[a]["iou"])
+                gap = auto["iou"] - others[best_arm]["iou"]
+                checks.append(
+                    f"best other start {best_arm} {others[best_arm]['iou']:.3f}: {gap:+.3f} "
+                    f"(target >= -0.02: {'met' if gap >= -0.02 else '**not met**'})"
+                )
+                picked = "scratch" if choice.startswith("start from scratch") else model
+                best_start = "scratch" if best_arm == "scratch" else model
+                checks.append(
+                    f"auto picked {picked}, the best start is {best_start}: {'met' if picked == best_start else '**not met**'}"
+                )
+            scr = at_budget(ft, which, "scratch")
+            if scr is not None:
+                ratio = scr["fg_fraction"] / max(truth, 1e-9)
+                ok = 1 / 1.5 <= ratio <= 1.5
+                checks.append(
+                    f"scratch foreground {ratio:.2f}x the truth (target within 1.5x: {'met' if ok else '**not met**'})"
+                )
+            out.append("At 5 CPU minutes: " + "; ".join(checks) + ".\n\n".replace("\\n", "\n"))
+    for p in sorted(ADAPT.glob("corrections_*.json")):
+        d = json.loads(p.read_text())
+        title = ADAPT_SETS[d["dataset"]][0].split(": ", 1)[-1]
+        out.append(f"### Correction rounds: {title} ({d['args']['mode']}, {d['budget_min']:g} CPU min per round)\n\n")
+        out.append("| round | painted | IoU | F1 | started from |\n|---|---:|---:|---:|---|\n")
+        for r in d["rows"]:
+            painted = f"{100 * r['painted_fraction']:.1f}%" if "painted_fraction" in r else ""
+            start = r.get("start", "").split(":")[0].replace("start from ", "")
+            f1 = f"{r['f1']:.3f}" if "f1" in r else ""
+            out.append(f"| {r['round']} | {painted} | {r['iou']:.3f} | {f1} | {start or r.get('model', '')} |\n")
+        last, first = d["rows"][-1], d["rows"][0]
+        out.append(
+            f"\nAfter {last['round']} correction rounds: {last['iou'] - first['iou']:+.3f} IoU over the start model as it is (target +0.02).\n\n"
+        )
+    return "".join(out)
+
+
 def curve_figure(ft: dict, path: Path):
     import matplotlib
 
@@ -369,7 +484,14 @@ def main(argv=None):
             for z, r in zip(range(25, 30), em["per_slice"])
         ),
     )
-    text += "\n## Fine-tuning from sparse scribbles\n\n" + NOTES_FT
+    text += (
+        "\n## Fine-tuning defaults on new data (start auto)\n\n"
+        + NOTES_ADAPT
+        + "\n"
+        + adapt_section()
+        + NOTES_ADAPT_TAIL
+    )
+    text += "\n## Earlier study: fine-tuning from sparse scribbles (previous recipe)\n\n" + NOTES_FT
     text += "\n### ISBI 2012 (membrane IoU on slices 28-29; scribbles on 25-27)\n\n" + ft_table(ft, "em")
     text += "\n### DSB 2018 (nucleus IoU, instance F1@0.5 in brackets, images 85-99; scribbles on 80-84)\n\n"
     text += ft_table(ft, "nuclei")
@@ -468,7 +590,50 @@ and folded into the head bias: the model predicts "cell" where p(cell) > {em_t}.
 See the model cards (`src/napari_unet/models/*.md`) for the full recipe and the reasons behind it.
 """
 
-NOTES_FT = """A user paints a few strokes, trains for a fixed CPU budget and looks at new images. Scribbles
+NOTES_ADAPT = """`benchmarks/bench_finetune.py <set> --arms auto,rf,scratch,ft,ftkeep --budgets 1,2,5 --dir
+benchmarks/results/adapt`. Strokes are drawn from the ground truth, never masks: VNC mitochondria: 5 px
+background strokes (100 px long) away from mitochondria, two 7 px strokes (40 px) in every mitochondrion
+of >= 100 px; VNC / ISBI membranes: 1 px strokes along membranes, 3 px strokes in 40 cells per slice;
+nuclei: 3 px strokes in 60 % of the nuclei and along the background. Training on VNC slices 0, 4, 8, 12,
+16 (VNC: another ssTEM preparation and resolution, 4.6 nm/px, CC BY-NC-SA, never in the package), ISBI
+25-27, DSB 80-84; held out as in each heading. Budgets are process CPU time, one torch thread, including
+data preparation and, for the auto arm, the scoring of the candidate starts (5-15 s). Every U-Net arm uses
+the widget's and the CLI's CPU settings (depth 4, 16 channels, 316 px tiles, Adam, 1e-3 from scratch and
+1e-4 from a model) and the current recipe: class balance only on densely painted slices, eq. 2 border
+weights, elastic + flip + intensity augmentation. `ft`/`ftkeep` start from the shipped model of the same
+kind of images with keep_prior fixed at 0 / 1; **auto** is what a user gets without changing anything.
+"""
+
+NOTES_ADAPT_TAIL = """### What this says
+
+* **The default adapts.** Where the start model already knows the task (ISBI, DSB, VNC membranes: it agrees
+  0.95-0.98 with the strokes) auto keeps it where nobody painted (keep_prior 1) and matches the best fixed
+  choice; where it contradicts the strokes (the EM membrane model calls mitochondria "membrane": agreement
+  0.55) auto keeps its features but not its prediction (keep_prior 0). The old default, keep_prior 1 from a
+  model, scores 0.08 there; keep_prior 0, the other fixed choice, loses 0.11-0.23 IoU on the three tasks the
+  model knows. No fixed keep_prior is right on all four sets; the agreement picks the right one on each.
+* **Auto vs keep_prior 0 on mitochondria** (0.594 vs 0.619): the same start, rate and keep_prior; auto
+  spends part of its budget scoring the candidates, and one run per arm differs by this much between
+  snapshots (0.55-0.61 from 2 to 5 minutes).
+* **Class balance on strokes was the flooding**: the strokes hold 2.8x more background than
+  mitochondrion pixels where the image holds 17x more, and balancing the painted frequencies weighed the
+  mitochondrion strokes ~3x: from em-membrane, keep_prior 0, 5 CPU min, predicted 11 % of the image (truth
+  5.6 %), IoU 0.47; without it 5.9 %, IoU 0.59 (one run each, measured before this table).
+  Class balance now applies only to slices painted to >= 50 % (a corrected prediction, dense labels).
+* **From scratch is still weak on strokes at these budgets**: 0.15 on mitochondria, predicting 26 % of the
+  image, and unstable between snapshots (nothing at 1 min). Auto does not choose scratch when a model
+  trained on similar images exists; the scratch foreground target (within 1.5x of the truth) is met on DSB
+  only (1.5x on ISBI, 2.2x on VNC membranes, 4.7x on mitochondria).
+* **Domain similarity** (histograms of normalised intensity and gradient magnitude, `core/start.py`): ISBI
+  vs VNC 0.94, ISBI held-out 0.94, DSB held-out 0.99, DSB upscaled 2x 0.95, EM vs DSB 0.20, uniform noise
+  vs ISBI 0.66; threshold 0.8.
+"""
+
+NOTES_FT = """Kept for the record: these runs used the recipe before start auto (class balance on strokes,
+252 px tiles, keep_prior fixed at 1 from a model, "the widget's default" below), on data the shipped
+models already segment well. The section above supersedes its advice.
+
+A user paints a few strokes, trains for a fixed CPU budget and looks at new images. Scribbles
 are drawn from the ground truth: thin strokes along skeletons of eroded objects and background (EM:
 1 px strokes along membranes, 3 px strokes inside 40 cells per slice; nuclei: 3 px strokes inside 60% of
 the nuclei and along the background), never whole masks. Budgets are *process CPU time* with one torch
