@@ -228,8 +228,9 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         border_class=None,  # as the start model has it (the default)
         w0=s["w0"],
         sigma=SIGMA,
-        class_balance=arm not in ("plain", "nobal", "ftnobal"),
-        border_weights=arm not in ("plain", "nobal", "ftnobal"),
+        # None: the default (on from scratch or a contradicting start, off from a start that is kept)
+        class_balance=False if arm in ("plain", "nobal", "ftnobal") else None,
+        border_weights=False if arm in ("plain", "nobal", "ftnobal") else None,
         optimizer="adam",
         lr=2e-5 if arm == "ftlow" else rec["lr"],
         schedule="constant",

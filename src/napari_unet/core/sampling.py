@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 class TrainSlice:
     image: np.ndarray  # (C, H, W) float32 normalised
     target: np.ndarray  # (H, W) int64, IGNORE where not annotated
-    weights: np.ndarray  # (H, W) float32
+    weights: np.ndarray  # (H, W) float32 (ones until :func:`weigh`)
+    labels: np.ndarray  # (H, W) the painted labels, for the weight map
     where: tuple[int, int]  # (pair index, z)
     n_annotated: int
     annotated_idx: np.ndarray  # flat indices of annotated pixels
@@ -88,28 +89,32 @@ def prepare_slices(
                 zero_is_background=config.zero_is_background,
                 border_class=config.border_class,
             )
-            # class balance over background / object, border-class pixels counting as object: the recipe
-            # the shipped nuclei model was trained with (balancing the 1 px border on its own would weigh
-            # it ~10x; not measured, so not changed)
-            dense = config.zero_is_background or ann.mean() >= DENSE
-            w = (
-                np.ones(lab_z.shape, np.float32)
-                if not weights
-                else weight_map(
-                    lab_z,
-                    w0=config.w0,
-                    sigma=config.sigma,
-                    mode=config.label_mode,
-                    zero_is_background=config.zero_is_background,
-                    class_balance=config.class_balance and dense,
-                    border=config.border_weights,
-                )
-            )
+            w = np.ones(lab_z.shape, np.float32)
             idx = np.flatnonzero(target.ravel() != IGNORE)
-            out.append(TrainSlice(im.astype(np.float32), target, w.astype(np.float32), (i, z), len(idx), idx))
+            out.append(TrainSlice(im.astype(np.float32), target, w.astype(np.float32), lab_z, (i, z), len(idx), idx))
     if not out:
         raise ValueError("nothing is annotated yet: paint background with 1 and objects with 2, 3, ...")
+    if weights:
+        weigh(out, config)
     return out
+
+
+def weigh(slices: list[TrainSlice], config: TrainConfig) -> None:
+    """Each slice's eq. 2 weight map, in place (``config.class_balance`` / ``border_weights`` decided)."""
+    for s in slices:
+        dense = config.zero_is_background or s.n_annotated >= DENSE * s.labels.size
+        # class balance over background / object, border-class pixels counting as object: the recipe
+        # the shipped nuclei model was trained with (balancing the 1 px border on its own would weigh
+        # it ~10x; not measured, so not changed)
+        s.weights = weight_map(
+            s.labels,
+            w0=config.w0,
+            sigma=config.sigma,
+            mode=config.label_mode,
+            zero_is_background=config.zero_is_background,
+            class_balance=config.class_balance is not False and dense,  # None (unresolved): the paper
+            border=config.border_weights is not False,
+        ).astype(np.float32)
 
 
 def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
