@@ -92,6 +92,27 @@ def test_parse_slices():
     assert _parse_slices(None, 3) is None
     with pytest.raises(ValueError, match="out of range"):
         _parse_slices("0-30", 30)
+    for text, msg in (("5-2", "runs backwards"), ("-1", "not a slice number"), ("abc", "not a slice number")):
+        with pytest.raises(ValueError, match=msg):
+            _parse_slices(text, 10)
+
+
+def test_outputs_never_overwrite_an_input(tmp_path, em_files):
+    ip, lp = em_files
+    before = ip.read_bytes()
+    for argv in (
+        ["predict", str(ip), "-o", str(ip), "--model", "em-membrane"],
+        ["train", "--images", str(ip), "--labels", str(lp), "--steps", "1", "-o", str(lp)],
+    ):
+        with pytest.raises(SystemExit, match="would destroy it"):
+            main(argv)
+    model = tmp_path / "copy.safetensors"
+    from napari_unet.core.checkpoint import resolve_model_path
+
+    model.write_bytes(resolve_model_path("em-membrane").read_bytes())
+    with pytest.raises(SystemExit, match="is the model"):
+        main(["predict", str(ip), "-o", str(model), "--model", str(model)])
+    assert ip.read_bytes() == before and model.read_bytes() == resolve_model_path("em-membrane").read_bytes()
 
 
 def test_help_runs_as_console_script():

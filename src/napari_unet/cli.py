@@ -56,11 +56,21 @@ def _parse_slices(text: str | None, n: int) -> list[int] | None:
     out: set[int] = set()
     for part in text.split(","):
         part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.update(range(int(a), int(b) + 1))
-        elif part:
-            out.add(int(part))
+        try:
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise ValueError(f"--slices {text}: range {part} runs backwards; write {b}-{a}")
+                out.update(range(a, b + 1))
+            elif part:
+                out.add(int(part))
+        except ValueError as e:
+            if str(e).startswith("--slices"):
+                raise
+            raise ValueError(
+                f"--slices {text}: {part!r} is not a slice number or range; use e.g. 3, 0-24 or 0,2,5-7 "
+                "(slices count from 0)"
+            ) from None
     bad = [i for i in out if not 0 <= i < n]
     if bad:
         raise ValueError(f"--slices {text}: slice(s) {sorted(bad)[:5]} out of range for a stack of {n} slice(s)")
@@ -75,6 +85,16 @@ def _read(path: str, what: str):
     except FileNotFoundError:
         raise SystemExit(f"error: {what} {path} does not exist") from None
     return arr
+
+
+def _refuse_overwrite(output, inputs, what: str = "input") -> None:
+    """SystemExit when ``output`` is one of ``inputs`` (an image, labels or model file this command reads)."""
+    out = Path(output).expanduser().resolve()
+    for p in inputs:
+        if p and Path(p).exists() and Path(p).expanduser().resolve() == out:
+            raise SystemExit(
+                f"error: -o {output} is the {what} {p}; writing there would destroy it. Choose another file"
+            )
 
 
 def _select(arr, slices):
@@ -155,6 +175,7 @@ def cmd_train(args) -> int:
 
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
+    _refuse_overwrite(args.output, [*args.images, *args.labels], "training data")
     images, labels = [], []
     for ip, lp in zip(args.images, args.labels):
         im, lab = _read(ip, "image"), _read(lp, "labels")
@@ -277,11 +298,16 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     import numpy as np
 
-    from .core.checkpoint import load_model
+    from .core.checkpoint import load_model, resolve_model_path
     from .core.events import run
     from .core.io import write_labels
     from .core.tiling import iter_predict
 
+    _refuse_overwrite(args.output, [args.image], "input image")
+    try:
+        _refuse_overwrite(args.output, [resolve_model_path(args.model)], "model")
+    except FileNotFoundError:
+        pass  # load_model says what is missing
     model = load_model(args.model)
     image = _read(args.image, "image")
     n = image.shape[0] if image.ndim == 3 else 1

@@ -225,3 +225,15 @@ def test_min_size_default_comes_from_the_model(dsb):
     assert len(np.unique(filtered)) < len(np.unique(raw))
     with pytest.raises(ValueError, match="min_size"):
         predict(m, stack[0], output="instances", min_size=-1)
+
+
+@pytest.mark.parametrize("tile_out", [1, 4, 7])
+def test_tiles_smaller_than_the_grid_still_cover_the_image(tile_out):
+    """Output tiles under 2**depth px used to be placed 2**depth apart, leaving most pixels unpredicted."""
+    torch.manual_seed(0)
+    model = UNet(1, 2, depth=3, base_channels=2, padding="valid").eval()
+    image = np.random.default_rng(0).random((37, 45)).astype(np.float32)
+    whole = predict(model, image, output="probabilities", normalize=False, tile_out=64)
+    small = predict(model, image, output="probabilities", normalize=False, tile_out=tile_out)
+    np.testing.assert_allclose(small, whole, atol=1e-5)
+    assert small[1].min() > 0  # every pixel predicted (a gap would be left at 0)
