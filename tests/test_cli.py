@@ -97,6 +97,15 @@ def test_parse_slices():
             _parse_slices(text, 10)
 
 
+def test_slices_do_not_hide_mismatched_labels(tmp_path, em_files, capsys):
+    ip, lp = em_files
+    short = tmp_path / "short.tif"
+    tifffile.imwrite(short, tifffile.imread(lp)[:2], photometric="minisblack")
+    argv = f"train --images {ip} --labels {short} --slices 0-1 --steps 1 --depth 2 --channels 4 --tile-in 92"
+    assert cli(f"{argv} -o {tmp_path / 'm'}") == 2
+    assert "has shape" in capsys.readouterr().err and not (tmp_path / "m.safetensors").exists()
+
+
 def test_outputs_never_overwrite_an_input(tmp_path, em_files):
     ip, lp = em_files
     before = ip.read_bytes()

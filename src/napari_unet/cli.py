@@ -179,6 +179,11 @@ def cmd_train(args) -> int:
     images, labels = [], []
     for ip, lp in zip(args.images, args.labels):
         im, lab = _read(ip, "image"), _read(lp, "labels")
+        if np.shape(im) != np.shape(lab):  # before --slices, which would hide a mismatch
+            raise ValueError(
+                f"{lp} has shape {np.shape(lab)} but {ip} has shape {np.shape(im)}; give the labels painted on "
+                "this image (same height, width and slices)"
+            )
         n = im.shape[0] if im.ndim == 3 else 1
         sl = _parse_slices(args.slices, n)
         im, lab = _select(im, sl), _select(lab, sl)
@@ -260,6 +265,8 @@ def cmd_train(args) -> int:
     def on_event(ev):
         if ev.kind == "start":
             bar.write(ev.message)
+            if ev.warning:
+                bar.write(f"warning: {ev.warning}")
         elif ev.kind == "step":
             bar.n = ev.step
             post = {"loss": f"{ev.loss:.4f}"}

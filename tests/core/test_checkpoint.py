@@ -128,3 +128,33 @@ def test_optimizer_state_round_trip(tmp_path, net):
     b = opt2.state_dict()["state"][0]["momentum_buffer"]
     assert torch.equal(a, b)
     assert np.isclose(opt2.param_groups[0]["momentum"], 0.99)
+
+
+def test_damaged_headers_and_weights_are_refused_before_allocating(tmp_path):
+    """A crafted header (depth 1000, a JSON list) or NaN weights: a clear CheckpointError, nothing built."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = ck.resolve_model_path("em-membrane")
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(src))
+    key = next(k for k in meta if k not in ("format", "dtype", "optimizer"))
+    info = json.loads(meta[key])
+
+    def write(name, meta_value=None, weights=tensors):
+        p = tmp_path / f"{name}.safetensors"
+        save_file(weights, str(p), metadata={**meta, key: meta_value or meta[key]})
+        return p
+
+    deep = write("deep", json.dumps({**info, "model": {**info["model"], "depth": 1000}}))
+    with pytest.raises(CheckpointError, match="depth=1000"):
+        load_model(deep)
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        load_model(write("list", json.dumps([1, 2, 3])))
+    nan = {k: (v.clone().fill_(float("nan")) if k.endswith("head.weight") else v) for k, v in tensors.items()}
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        load_model(write("nan", weights=nan))

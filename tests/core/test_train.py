@@ -230,3 +230,13 @@ def test_a_crash_is_an_event_that_keeps_the_weights(tmp_path, nuclei):
     saved = load_model(crash.result.save(tmp_path / "kept.safetensors", which="last"))
     assert saved.info.training["state"] == "crashed" and saved.info.training["steps_done"] == 4
     torch.testing.assert_close(saved.state_dict(), crash.result.last_state)
+
+
+def test_one_painted_class_is_warned(nuclei):
+    img, lab = nuclei
+    for only, what in ((np.where(lab == 1, 1, 0), "only background"), (np.where(lab >= 2, lab, 0), "only object")):
+        events, _ = drain(iter_train(TrainConfig(label_mode="instance", steps=1, **TINY), img, only))
+        (start,) = [e for e in events if e.kind == "start"]
+        assert what in start.warning
+    events, _ = drain(iter_train(TrainConfig(label_mode="instance", steps=1, **TINY), img, lab))
+    assert not [e for e in events if e.kind == "start"][0].warning

@@ -156,7 +156,9 @@ def _read(path: Path, weights: bool = True):
         raw = json.loads(meta[META_KEY])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path.name}: its napari-unet metadata is damaged ({e})") from e
-    fmt = raw.get("format", "")
+    if not isinstance(raw, dict) or not isinstance(raw.get("model", {}), dict):
+        raise CheckpointError(f"{path.name}: its napari-unet metadata is damaged (not a JSON object)")
+    fmt = str(raw.get("format", ""))
     if fmt.split("/")[0] != FORMAT.split("/")[0] or int(fmt.split("/")[-1] or 0) > int(FORMAT.split("/")[-1]):
         raise CheckpointError(
             f"{path.name} was written by an incompatible version ({fmt!r}); this napari-unet reads {FORMAT!r}"
@@ -179,6 +181,17 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     """
     path = resolve_model_path(name_or_path)
     info, tensors, _ = _read(path)
+    _check_bounds(path, info.model)
+    bad = [
+        k
+        for k, v in tensors.items()
+        if k.startswith("model.") and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path.name}: weights {bad[:3]} hold NaN or inf values (a diverged run?); it would predict "
+            "nothing. Use an earlier save of this model"
+        )
     try:
         cfg = UNetConfig(**info.model)
         model = build_model(cfg)
@@ -194,6 +207,20 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     if not info.name:
         info.name = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
     return model.to(device)
+
+
+# what a real network of this package can have; a header beyond them is refused before anything is allocated
+_BOUNDS = {"depth": (1, 8), "base_channels": (1, 1024), "in_channels": (1, 64), "n_classes": (2, 1024)}
+
+
+def _check_bounds(path: Path, model: dict) -> None:
+    for key, (lo, hi) in _BOUNDS.items():
+        v = model.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            raise CheckpointError(
+                f"{path.name}: its header says {key}={v!r}, outside {lo}..{hi}; the file is damaged or not a "
+                "napari-unet model"
+            )
 
 
 def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> bool:

@@ -433,6 +433,15 @@ def iter_train(
     counts = np.array([s.n_annotated for s in slices], dtype=np.float64)
     probs = counts / counts.sum()
 
+    painted = np.unique(
+        np.concatenate([np.unique(start.collapse(s.target[s.target >= 0], config.label_mode)) for s in slices])
+    )
+    one_class = ""
+    if len(painted) == 1:
+        what = _default_class_names(config, n_classes)[int(painted[0])] if painted[0] < n_classes else "one class"
+        one_class = f"only {what} is painted: the model can only learn to predict {what} everywhere. Paint " + (
+            "objects (2, 3, ...) too" if painted[0] == 0 else "some background (1) too"
+        )
     # how well the start model already predicts the painted pixels: sets keep_prior when it is None
     fine_tune = bool(config.init) and not config.resume
     same_head = fine_tune and not new_head
@@ -473,7 +482,7 @@ def iter_train(
         time.perf_counter() - t_start,
         0.0,
         message=choice.reason if choice is not None else start_note,
-        warning=warning,
+        warning="; ".join(w for w in (one_class, warning) if w),
     )
     if choice is not None:
         start_note = f"{start_note} (auto: {choice.reason})"
