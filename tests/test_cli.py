@@ -106,6 +106,22 @@ def test_slices_do_not_hide_mismatched_labels(tmp_path, em_files, capsys):
     assert "has shape" in capsys.readouterr().err and not (tmp_path / "m.safetensors").exists()
 
 
+def test_unusable_outputs_and_devices_are_refused_before_any_work(tmp_path, em_files, capsys):
+    ip, lp = em_files
+    train = f"train --images {ip} --labels {lp} --steps 1 --depth 2 --channels 4 --tile-in 92"
+    for out, msg in ((tmp_path, "is a folder"), (tmp_path / "missing" / "m", "does not exist")):
+        with pytest.raises(SystemExit, match=msg):
+            cli(f"{train} -o {out}")
+        with pytest.raises(SystemExit, match=msg):
+            main(["predict", str(ip), "-o", str(out), "--model", "em-membrane"])
+    if not torch.cuda.is_available():
+        assert (
+            main(["predict", str(ip), "-o", str(tmp_path / "p.tif"), "--model", "em-membrane", "--device", "cuda"]) == 2
+        )
+        assert "use device 'auto' or 'cpu'" in capsys.readouterr().err
+        assert not (tmp_path / "p.tif").exists()
+
+
 def test_outputs_never_overwrite_an_input(tmp_path, em_files):
     ip, lp = em_files
     before = ip.read_bytes()

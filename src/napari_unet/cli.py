@@ -97,6 +97,27 @@ def _refuse_overwrite(output, inputs, what: str = "input") -> None:
             )
 
 
+def _check_output(output, suffix: str | None = None) -> None:
+    """SystemExit before any work when ``output`` cannot be written (a folder, a missing or read-only
+    folder, a device or other non-regular file): found after training, it used to cost the trained weights."""
+    import os
+
+    out = Path(output).expanduser()
+    if out.is_dir():
+        raise SystemExit(f"error: -o {output} is a folder; give a file name inside it")
+    if suffix and out.suffix != suffix:
+        out = out.with_name(out.name + suffix)
+    if out.is_dir():
+        raise SystemExit(f"error: -o {output} is a folder; give a file name inside it")
+    if out.exists() and not out.is_file():
+        raise SystemExit(f"error: -o {output} is not a regular file (a device or pipe?); give a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise SystemExit(f"error: -o {output}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise SystemExit(f"error: -o {output}: the folder {parent} is not writable; choose another folder")
+
+
 def _select(arr, slices):
     import numpy as np
 
@@ -176,6 +197,7 @@ def cmd_train(args) -> int:
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
     _refuse_overwrite(args.output, [*args.images, *args.labels], "training data")
+    _check_output(args.output, ".safetensors")
     images, labels = [], []
     for ip, lp in zip(args.images, args.labels):
         im, lab = _read(ip, "image"), _read(lp, "labels")
@@ -311,6 +333,7 @@ def cmd_predict(args) -> int:
     from .core.tiling import iter_predict
 
     _refuse_overwrite(args.output, [args.image], "input image")
+    _check_output(args.output)
     try:
         _refuse_overwrite(args.output, [resolve_model_path(args.model)], "model")
     except FileNotFoundError:

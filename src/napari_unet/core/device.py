@@ -27,7 +27,21 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps ({e})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this PyTorch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {device!r} asked for, but {build}; use device 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r} asked for, but MPS (Apple GPU) is not available; use 'auto' or 'cpu'")
+    return dev
 
 
 def available_devices() -> list[str]:

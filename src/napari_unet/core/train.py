@@ -332,8 +332,8 @@ def _build(config: TrainConfig, n_classes: int, in_channels: int) -> tuple[UNet,
         info = model.info
         if model.config.in_channels != in_channels:
             raise ValueError(
-                f"the starting model expects {in_channels} input channel(s) but got {model.config.in_channels}; "
-                "train from scratch instead"
+                f"the starting model expects {model.config.in_channels} input channel(s), the images have "
+                f"{in_channels}; start from a model made for {in_channels} channel(s), or from scratch"
             )
         if model.n_classes != n_classes:
             old = model.head
