@@ -221,3 +221,46 @@ def test_tile_size_is_a_deprecated_alias_for_the_right_side(capsys):
     assert args.tile_in == 92 and "input tile side here: use --tile-in 92" in capsys.readouterr().err
     args = build_parser().parse_args("predict x.tif -o y.tif --model m --tile-size 256".split())
     assert args.tile_out == 256 and "output tile side here: use --tile-out 256" in capsys.readouterr().err
+
+
+def _train_until_running(tmp_path, ip, lp, out, net=("2", "4", "92")):
+    """`napari-unet train` in a subprocess (``net``: depth, channels, input tile), returned once steps run."""
+    import time
+
+    cmd = [sys.executable, "-m", "napari_unet.cli", "train", "--images", str(ip), "--labels", str(lp)]
+    cmd += ["--labels-format", "isbi", "--steps", "100000", "--depth", net[0], "--channels", net[1]]
+    cmd += ["--tile-in", net[2]]
+    proc = subprocess.Popen([*cmd, "-o", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen = ""
+    t0 = time.monotonic()
+    while "step/s" not in seen and time.monotonic() - t0 < 120:
+        seen += proc.stderr.read(1) or ""
+        if proc.poll() is not None:
+            break
+    return proc
+
+
+def test_ctrl_c_never_replaces_the_output(tmp_path, em_files):
+    """First Ctrl-C: stop and save beside -o (<output>-interrupted), never over it; second: nothing written."""
+    import signal
+    import time
+
+    ip, lp = em_files
+    out = tmp_path / "good.safetensors"
+    out.write_bytes(b"a good model the user keeps")
+    proc = _train_until_running(tmp_path, ip, lp, out)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert out.read_bytes() == b"a good model the user keeps"
+    assert (tmp_path / "good-interrupted.safetensors").is_file()
+
+    other = tmp_path / "other.safetensors"
+    # steps of ~0.3 s, so the second press lands while the stopping step still runs, as a user's would
+    proc = _train_until_running(tmp_path, ip, lp, other, net=("3", "32", "188"))
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)  # two presses (signals sent at once may arrive as one)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert not other.exists() and not (tmp_path / "other-interrupted.safetensors").exists()

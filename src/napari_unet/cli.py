@@ -274,13 +274,20 @@ def cmd_train(args) -> int:
             if v is not None
         },
     )
-    cancel = threading.Event()
+    cancel, abort = threading.Event(), threading.Event()
+    out_path = Path(args.output)
+    # a stopped run never replaces -o (it may hold a good model): it goes beside it
+    interrupted = out_path.with_name(out_path.name.removesuffix(".safetensors") + "-interrupted.safetensors")
 
     def on_sigint(signum, frame):
         if cancel.is_set():
+            abort.set()  # checked before anything is written
             raise KeyboardInterrupt
         cancel.set()
-        print("\nstopping after this step and saving (press Ctrl-C again to abort without saving)", file=sys.stderr)
+        print(
+            f"\nstopping after this step and saving to {interrupted} (press Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+        )
 
     bar = _bar(cfg.steps, "train", args.quiet)
 
@@ -308,13 +315,19 @@ def cmd_train(args) -> int:
             except OSError as save_err:
                 bar.write(f"training crashed at step {ev.step}, and saving its weights failed too: {save_err}")
 
+    # the handler stays until the file is written: a second Ctrl-C while saving aborts the save too
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = run(iter_train(cfg, images, labels, cancel=cancel), on_event)
+        try:
+            result = run(iter_train(cfg, images, labels, cancel=cancel), on_event)
+        finally:
+            bar.close()
+        if abort.is_set():
+            raise KeyboardInterrupt
+        target = interrupted if result.state is TrainState.STOPPED else out_path
+        out = result.save(target, which="last" if args.save_last else "best", half=args.half)
     finally:
-        bar.close()
         signal.signal(signal.SIGINT, old)
-    out = result.save(args.output, which="last" if args.save_last else "best", half=args.half)
     msg = "stopped early" if result.state is TrainState.STOPPED else "done"
     loss = f"final loss {result.history[-1][1]:.4f}, " if result.history else "no step ran this time, "
     print(f"{msg}: {result.steps_done} steps, {loss}best at step {result.best_step}; saved {out}")
