@@ -237,3 +237,29 @@ def test_tiles_smaller_than_the_grid_still_cover_the_image(tile_out):
     small = predict(model, image, output="probabilities", normalize=False, tile_out=tile_out)
     np.testing.assert_allclose(small, whole, atol=1e-5)
     assert small[1].min() > 0  # every pixel predicted (a gap would be left at 0)
+
+
+def test_semantic_models_with_three_classes_get_instances_per_class():
+    """Classes 1 and 2 of a semantic model are two kinds of object, not interior and border."""
+    from napari_unet.core.labels import instances_from_semantic
+
+    sem = np.zeros((20, 20), np.int64)
+    sem[2:8, 2:8] = 1  # a mitochondrion
+    sem[2:8, 8:14] = 2  # a synapse touching it
+    sem[12:18, 12:18] = 2
+    per_class = instances_from_semantic(sem, 3, border_class=False)
+    assert per_class.max() == 3 and len(np.unique(per_class[2:8, 2:14])) == 2
+    # an instance model with a border class: the border pixels join the interior they surround
+    grown = instances_from_semantic(sem, 3, border_class=True)
+    assert grown.max() == 1 and (grown[2:8, 2:14] == 1).all()
+
+
+def test_instance_ids_are_unique_across_slices_in_any_order():
+    torch.manual_seed(0)
+    model = UNet(1, 2, depth=2, base_channels=4, padding="valid").eval()
+    stack = np.random.default_rng(1).random((3, 40, 40)).astype(np.float32)
+    inst = predict(model, stack, output="instances", slices=[2, 0], normalize=False)
+    ids = [set(np.unique(inst[z])) - {0} for z in (2, 0)]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]
+    assert min(ids[1]) > max(ids[0])  # numbered in the order predicted
+    assert not inst[1].any()  # a slice not asked for stays empty

@@ -173,17 +173,29 @@ def check_pair(image: np.ndarray, labels: np.ndarray, *, channel_axis: int | Non
 # ----------------------------------------------------------------------------- predictions -> instances, other formats
 
 
-def instances_from_semantic(labels: np.ndarray, n_classes: int, min_size: int = 0) -> np.ndarray:
+def instances_from_semantic(
+    labels: np.ndarray, n_classes: int, min_size: int = 0, *, border_class: bool | None = None
+) -> np.ndarray:
     """Instances from a semantic prediction of one plane.
 
     2 classes: connected components (4-connected) of the foreground, so the
     background gap the border weights taught the net keeps touching cells apart.
-    3 classes (background, interior, border): components of the interior grown
-    back over the border pixels. Objects smaller than ``min_size`` pixels are
-    dropped (specks of foreground; the shipped nuclei model sets 30, chosen on
-    training images) and the rest numbered 1..N.
+    ``border_class`` (an instance-mode model with classes background, interior,
+    border; None: ``n_classes == 3``): components of the interior grown back over
+    the border pixels. Other models with more classes (semantic, e.g. mitochondria
+    and synapses): the components of each class, numbered across classes.
+    Objects smaller than ``min_size`` pixels are dropped (specks of foreground;
+    the shipped nuclei model sets 30, chosen on training images) and the rest
+    numbered 1..N.
     """
-    if n_classes >= 3:
+    if border_class is None:
+        border_class = n_classes == 3
+    if n_classes >= 3 and not border_class:
+        inst = np.zeros(labels.shape, dtype=np.int64)
+        for c in range(1, n_classes):
+            comp, n = ndi.label(labels == c)
+            inst[comp > 0] = comp[comp > 0] + inst.max()
+    elif n_classes >= 3:
         seeds, _ = ndi.label(labels == 1)
         fg = labels >= 1
         if seeds.max() == 0:

@@ -273,6 +273,9 @@ def iter_predict(
 
     C = model.n_classes
     post = getattr(getattr(model, "info", None), "postprocess", None) or {}
+    info = getattr(model, "info", None)
+    # instances: interior + border classes only for an instance-mode model that learned a border class
+    border = None if info is None else bool(info.border_class and info.label_mode == "instance")
     min_px = int(post.get("min_size", 0) if min_size is None else min_size)
     if min_px < 0:
         raise ValueError(f"min_size must be >= 0 pixels, got {min_size}")
@@ -307,6 +310,7 @@ def iter_predict(
     crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
     need_softmax = output == "probabilities" or len(transforms) > 1
     lab_dtype = torch.uint8 if C < 256 else torch.int16
+    ids_used = 0  # instances: ids so far, so every slice's objects get new ones (in the order predicted)
     try:
         for z in z_list:
             raw = getter(z)
@@ -362,10 +366,13 @@ def iter_predict(
             if output == "instances":
                 plane_idx = (z,) if is_stack else ()
                 labels_plane = np.asarray(out[plane_idx])
-                inst = instances_from_semantic(labels_plane, C, min_size=min_px)
-                # unique ids over the whole stack: offset by the ids used in earlier slices
-                offset = _max_id_before(out, z, z_list, is_stack)
-                inst[inst > 0] += offset
+                inst = instances_from_semantic(labels_plane, C, min_size=min_px, border_class=border)
+                # unique ids over the whole stack: offset by the ids the slices before used (a running count:
+                # re-reading earlier slices was O(Z^2) on zarr / memmap outputs, and with out-of-order
+                # ``slices`` read slices not predicted yet)
+                if is_stack:
+                    inst[inst > 0] += ids_used
+                    ids_used = max(ids_used, int(inst.max()))
                 out[plane_idx] = inst
             yield TileEvent(done, total, z, (slice(0, H), slice(0, W)), "slice")
     finally:
@@ -388,15 +395,6 @@ def allocate_output(output: Output, n_classes: int, spatial: tuple[int, ...]) ->
     """A zeroed array to pass as :func:`iter_predict`'s ``out`` (e.g. a layer's data, filled tile by tile)."""
     shape, dtype = output_spec(output, n_classes, spatial)
     return np.zeros(shape, dtype=dtype)
-
-
-def _max_id_before(out, z: int, z_list: list[int], is_stack: bool) -> int:
-    if not is_stack:
-        return 0
-    prev = [zz for zz in z_list if zz < z]
-    if not prev:
-        return 0
-    return int(max(np.max(np.asarray(out[zz])) for zz in prev))
 
 
 def predict(model: UNet, image, **kwargs) -> np.ndarray:
