@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,7 +110,9 @@ def test_slices_do_not_hide_mismatched_labels(tmp_path, em_files, capsys):
 def test_unusable_outputs_and_devices_are_refused_before_any_work(tmp_path, em_files, capsys):
     ip, lp = em_files
     train = f"train --images {ip} --labels {lp} --steps 1 --depth 2 --channels 4 --tile-in 92"
-    for out, msg in ((tmp_path, "is a folder"), (tmp_path / "missing" / "m", "does not exist")):
+    targets = [(tmp_path, "is a folder"), (tmp_path / "missing" / "m", "does not exist")]
+    targets += [(Path("/dev/null"), "not a regular file")] if Path("/dev/null").exists() else []
+    for out, msg in targets:
         with pytest.raises(SystemExit, match=msg):
             cli(f"{train} -o {out}")
         with pytest.raises(SystemExit, match=msg):

@@ -105,6 +105,8 @@ def _check_output(output, suffix: str | None = None) -> None:
     out = Path(output).expanduser()
     if out.is_dir():
         raise SystemExit(f"error: -o {output} is a folder; give a file name inside it")
+    if out.exists() and not out.is_file():
+        raise SystemExit(f"error: -o {output} is not a regular file (a device or pipe?); give a file name")
     if suffix and out.suffix != suffix:
         out = out.with_name(out.name + suffix)
     if out.is_dir():

@@ -91,3 +91,14 @@ def test_bad_arguments():
         UNet(padding="full")
     with pytest.raises(ValueError, match="dropout"):
         UNet(dropout=1.5)
+
+
+def test_he_init_counts_the_inputs_each_unit_sees():
+    """std sqrt(2/N): N = 9 C_in for the 3x3 convs, C_in for the 2x2 stride-2 up-convolutions."""
+
+    torch.manual_seed(0)
+    net = UNet(1, 2, depth=3, base_channels=32)
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.weight.numel() > 2000:
+            n = m.in_channels * (1 if isinstance(m, torch.nn.ConvTranspose2d) else m.kernel_size[0] ** 2)
+            assert abs(m.weight.std().item() / math.sqrt(2 / n) - 1) < 0.1, m

@@ -35,11 +35,14 @@ class UNetConfig:
 
 
 def _he_init(module: nn.Module) -> None:
-    # Paper, section 3: Gaussian with std sqrt(2/N), N = k*k*C_in incoming nodes.
+    # Paper, section 3: Gaussian with std sqrt(2/N), N = the incoming nodes of one output unit:
+    # k*k*C_in for a convolution; for the 2x2 stride-2 up-convolution each output pixel sees one tap per
+    # input channel, so N = C_in * k*k / (stride*stride) = C_in (k*k*C_in made its std half the paper's)
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         k = module.kernel_size[0] * module.kernel_size[1]
-        c_in = module.in_channels if isinstance(module, nn.Conv2d) else module.in_channels
-        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / (k * c_in)))
+        if isinstance(module, nn.ConvTranspose2d):
+            k = max(1, k // (module.stride[0] * module.stride[1]))
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / (k * module.in_channels)))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 
