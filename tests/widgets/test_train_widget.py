@@ -159,3 +159,14 @@ def test_widget_and_cli_train_the_same_model(em_viewer, qtbot, tmp_path):
     assert a["start"] == b["start"] and a["start_agreement"] == b["start_agreement"]
     for name, t in from_widget.state_dict().items():
         torch.testing.assert_close(t, from_cli.state_dict()[name], msg=name)
+
+
+def test_status_lines_wrap_instead_of_cutting_off(em_viewer):
+    """A docked widget shows its whole status (a start choice and its reason is a sentence or two)."""
+    widgets = [dock(em_viewer, name) for name in ("Train", "Predict", "Weight map preview", "Deformation preview")]
+    for w in widgets:
+        assert w.status.native.wordWrap(), w
+    train = widgets[0]
+    train.status.value = "start from em-membrane: it already agrees 0.97 with your strokes, so it is fine-tuned " * 2
+    width = train.native.width()
+    assert train.status.native.heightForWidth(width) > train.status.native.fontMetrics().height()

@@ -6,9 +6,9 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, Slider
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Slider
 
-from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane, show_weight_map
+from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane, show_weight_map, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -40,7 +40,7 @@ class DeformationWidget(Container):
         self.seed = Slider(label="seed", min=0, max=999, value=0)
         self.mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
         self.live = CheckBox(text="show live", value=True)
-        self.status = Label(value="")
+        self.status = status_label("")
         self.extend([self.image, self.labels, self.grid, self.sigma, self.seed, self.mode, self.live, self.status])
         self.last_ms = float("nan")
         self.n_updates = 0

@@ -13,6 +13,16 @@ import numpy as np
 DEBOUNCE_MS = 200  # paint -> preview delay: long enough to skip mid-stroke updates, short enough to feel live
 
 
+def status_label(value: str = ""):
+    """The status line under a widget's buttons: wraps, so a docked widget shows the whole sentence
+    (a start choice and its reason, an error) instead of cutting it off at the dock's width."""
+    from magicgui.widgets import Label
+
+    label = Label(value=value)
+    label.native.setWordWrap(True)
+    return label
+
+
 def layer_choices(viewer, kind: str) -> Callable:
     """A magicgui ``choices`` callable listing the viewer's layers of one kind ('image' or 'labels')."""
 

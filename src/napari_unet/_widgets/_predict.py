@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 
 from . import _state
-from ._layers import check_image_layer, current_index, follow_layers, layer_choices
+from ._layers import check_image_layer, current_index, follow_layers, layer_choices, status_label
 from ._workers import Job, JobWidget, Throttle, error_text
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class PredictWidget(JobWidget, Container):
         )
         row = Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False)
         row.margins = (0, 0, 0, 0)
-        self.status = Label(value="")
+        self.status = status_label("")
         self.status.native.setWordWrap(True)
         self.extend(
             [

@@ -18,7 +18,7 @@ from magicgui.widgets import (
 )
 
 from . import _state
-from ._layers import check_image_layer, current_index, follow_layers, layer_choices, show_plane
+from ._layers import check_image_layer, current_index, follow_layers, layer_choices, show_plane, status_label
 from ._workers import Job, JobWidget, error_text, warm_up_torch
 
 if TYPE_CHECKING:
@@ -174,8 +174,7 @@ class TrainWidget(JobWidget, Container):
             widgets=[self.train_button, self.stop_button, self.save_button], layout="horizontal", labels=False
         )
         run_row.margins = (0, 0, 0, 0)
-        self.status = Label(value="idle")
-        self.status.native.setWordWrap(True)  # the start choice and its reason are a sentence or two
+        self.status = status_label("idle")
         self.status.native.setWordWrap(True)
 
         self.extend(

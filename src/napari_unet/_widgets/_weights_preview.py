@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider
 
 from . import _state
-from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_weight_map
+from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_weight_map, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -36,7 +36,7 @@ class WeightMapWidget(Container):
         self.class_balance = CheckBox(text="class balance", value=True)
         self.border = CheckBox(text="border term", value=True)
         self.live = CheckBox(text="show live", value=True)
-        self.status = Label(value="")
+        self.status = status_label("")
         self.extend(
             [self.labels, self.mode, self.w0, self.sigma, self.class_balance, self.border, self.live, self.status]
         )

@@ -40,6 +40,8 @@ def warm_up_torch() -> None:
     def run():
         try:
             import torch._dynamo  # noqa: F401
+        except Exception:  # only a head start (e.g. napari quit mid-import): the worker imports it anyway
+            pass
         finally:
             TORCH_WARM.set()
 
