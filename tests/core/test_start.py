@@ -69,14 +69,17 @@ def auto_start(images, labels, **kw):
 
 
 def test_prior_weight_ramps_from_contradiction_to_agreement():
-    assert start.prior_weight(0.5) == 0 == start.prior_weight(start.AGREE)
-    assert start.prior_weight(start.AGREE_FULL) == 1 == start.prior_weight(0.99)
-    assert 0 < start.prior_weight((start.AGREE + start.AGREE_FULL) / 2) < 1
+    assert start.prior_weight(0.17) == 0 == start.prior_weight(start.CONTRADICT)
+    assert start.prior_weight(start.KEEP_FULL) == 1 == start.prior_weight(0.99)
+    assert 0 < start.prior_weight((start.CONTRADICT + start.KEEP_FULL) / 2) < 1
     assert start.prior_weight(None) == 0 and start.prior_weight(float("nan")) == 0
 
 
 def test_choose_prefers_agreement_then_similar_images_then_scratch():
-    C = start.Candidate
+    def C(name, agreement=None, similarity=None, note=""):  # worst class: as a contradiction (0.55) looks
+        worst = None if agreement is None else (0.1 if agreement < 0.6 else agreement - 0.05)
+        return start.Candidate(name, agreement, similarity, note, worst)
+
     agreeing = [C("a", 0.8, 0.85), C("b", 0.95, 0.9), C("c", 0.5, 0.99), C("own", 0.97, None), C(start.SCRATCH)]
     pick = start.choose(agreeing)  # a model file without a signature still counts
     assert pick.name == "own" and pick.keep_prior == 1 and "agrees 0.97" in pick.reason
@@ -86,6 +89,11 @@ def test_choose_prefers_agreement_then_similar_images_then_scratch():
     similar = [C("nuclei", 0.8, 0.2), C("em", 0.5, 0.9), C(start.SCRATCH)]
     pick = start.choose(similar)
     assert pick.name == "em" and pick.keep_prior == 0 and "images like yours" in pick.reason
+    # a model being corrected: strokes over its mistakes lower the balanced agreement (0.74), not the
+    # worst class below contradiction (0.51): it is kept, fully
+    corrected = [start.Candidate("round0", 0.74, 1.0, "", 0.51), C("em", 0.5, 0.9), C(start.SCRATCH)]
+    pick = start.choose(corrected)
+    assert pick.name == "round0" and pick.keep_prior == 1
     pick = start.choose([C("nuclei", 0.8, 0.2), C("d", None, 0.3, "other classes"), C(start.SCRATCH)])
     assert pick.name == start.SCRATCH and pick.keep_prior == 0 and "other classes" in pick.reason
 
@@ -123,7 +131,7 @@ def test_auto_starts_from_the_model_that_knows_the_task(isbi, rng):
     assert "start from em-membrane" in ev.message and "already agrees" in ev.message and not ev.warning
     cfg = res.info.training["config"]
     assert cfg["init"] == "em-membrane" and cfg["keep_prior"] == 1.0 and cfg["lr"] == 1e-4
-    assert res.info.training["start_agreement"] >= start.AGREE_FULL
+    assert res.info.training["start_worst_class"] >= start.KEEP_FULL
     assert "auto:" in res.info.training["start"]
 
 
@@ -147,7 +155,7 @@ def test_auto_on_a_new_task_keeps_the_features_of_the_same_kind_of_images(vnc, r
     assert "start from em-membrane" in ev.message and "images like yours" in ev.message
     cfg = res.info.training["config"]
     assert cfg["init"] == "em-membrane" and cfg["keep_prior"] == 0.0 and cfg["lr"] == 1e-4
-    assert res.info.training["start_agreement"] < start.AGREE
+    assert res.info.training["start_worst_class"] <= start.CONTRADICT
 
 
 def test_explicit_start_that_contradicts_the_strokes_warns(vnc, rng):

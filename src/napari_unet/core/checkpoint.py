@@ -134,8 +134,11 @@ def _read(path: Path, weights: bool = True):
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = f.read(9)
+    # a safetensors file: an 8-byte header length, then its JSON header; only then look for a pickle's
+    # marks (a header length whose low byte is 0x80 looks like a pickle's first byte)
+    safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path.name} is a PyTorch pickle file; napari-unet only loads .safetensors model files, because "
             "unpickling can run arbitrary code. Re-save it with napari_unet.core.checkpoint.save_model"

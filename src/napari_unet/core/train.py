@@ -70,7 +70,7 @@ def recommended_settings(device: str, start: str | None = None) -> dict:
 
     ``start``: None or 'scratch' = from scratch. A model: the rate drops to
     ``FINE_TUNE_LR`` and ``keep_prior`` is None, set by how well the start model
-    agrees with the strokes (:func:`.start.prior_weight`), so sparse strokes correct a
+    agrees with the strokes (:func:`.start.prior_weight`, by its worst painted class), so sparse strokes correct a
     model that knows the task without it forgetting, and teach one that does not.
     'auto': the start is chosen when training begins, and so are the rate and
     keep_prior (both None).
@@ -445,19 +445,24 @@ def iter_train(
     # how well the start model already predicts the painted pixels: sets keep_prior when it is None
     fine_tune = bool(config.init) and not config.resume
     same_head = fine_tune and not new_head
-    start_agreement, warning = None, ""
+    start_agreement, worst, warning = None, None, ""
     if choice is not None:
-        start_agreement = next((c.agreement for c in choice.candidates if c.name == choice.name), None)
+        picked = next((c for c in choice.candidates if c.name == choice.name), None)
+        start_agreement, worst = (picked.agreement, picked.worst) if picked is not None else (None, None)
     elif same_head:
-        start_agreement, _ = start.agreement(model, slices, config.label_mode, device=resolve_device(config.device))
+        start_agreement, per_class = start.agreement(
+            model, slices, config.label_mode, device=resolve_device(config.device)
+        )
+        worst = min(per_class.values()) if per_class else None
     if start_agreement is not None:
         start_note += f"; it agrees {start_agreement:.2f} with your strokes"
     if config.keep_prior is None:
-        config = replace(config, keep_prior=start.prior_weight(start_agreement) if same_head else 0.0)
+        config = replace(config, keep_prior=start.prior_weight(worst) if same_head else 0.0)
         if same_head and config.keep_prior == 0:
             warning = (
-                f"the start model contradicts your strokes (agrees {start_agreement:.2f}): it learns what you "
-                "painted from its features, and its prediction is not kept where you did not paint"
+                f"the start model contradicts your strokes (it predicts only {worst:.2f} of one painted class as "
+                "you painted it): it learns what you painted from its features, and its prediction is not kept "
+                "where you did not paint"
             )
     keeps = same_head and config.keep_prior > 0  # a start that is kept: its loss weighting is kept too
     config = replace(
@@ -530,6 +535,7 @@ def iter_train(
             "n_val_slices": len(val),
             "device": str(dev),
             "start_agreement": start_agreement,
+            "start_worst_class": worst,
             "domain": start.domain_signature(s.image for s in slices),
         },
         name=(start_info.name if start_info is not None and config.resume else ""),
