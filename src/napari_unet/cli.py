@@ -498,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="fine-tuning: weight of a loss keeping the starting model's prediction on unannotated pixels, so "
         "sparse strokes correct it without it forgetting the rest. Default 'auto': 1 when the start model "
-        "agrees with the strokes (>= 0.9 of the painted pixels), 0 when it contradicts them (< 0.75), "
-        "in between linearly; 0 = the paper's plain fine-tuning",
+        "gets at least half of every painted class right, 0 when it contradicts a class (30%% of its painted "
+        "pixels right or less), in between linearly; 0 = the paper's plain fine-tuning",
     )
     t.add_argument("--resume", help="continue a run saved with --save-last (unset options: that run's settings)")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: 1000 on CUDA, 500 on CPU)")

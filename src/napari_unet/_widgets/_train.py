@@ -91,8 +91,9 @@ class TrainWidget(JobWidget, Container):
             value=True,
             tooltip="fine-tuning: unpainted pixels keep the starting model's prediction (distillation), so a few "
             "strokes correct the model instead of making it forget the rest. Weighed by how well the model "
-            "agrees with your strokes: fully from 0.9 agreement, not at all below 0.75 (then it contradicts "
-            "them). Off: plain fine-tuning (the paper's)",
+            "agrees with your strokes: fully when it gets at least half of every painted class right, not at "
+            "all when it gets 30% or less of one class right (then it contradicts them). Off: plain "
+            "fine-tuning (the paper's)",
         )
         self.label_mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
 
