@@ -28,31 +28,21 @@ def headless(steps: int, seed: int = 0) -> dict:
     from napari_unet.core.events import run
     from napari_unet.core.io import write_labels
     from napari_unet.core.tiling import iter_predict
-    from napari_unet.core.train import TrainConfig, iter_train
+    from napari_unet.core.train import TrainConfig, iter_train, recommended_settings
 
     image, labels = load_em_sample()  # (8, 256, 256) EM, instance labels: 1 = membrane, >= 2 cells
     train_z, test_z = list(range(0, 6)), [6, 7]
     shipped = "em-membrane" in available_models()
-    cfg = TrainConfig(
-        label_mode="instance",
-        depth=4,
-        base_channels=16,
-        tile_in=252,
-        optimizer="adam",
-        lr=1e-3 if not shipped else 1e-4,
-        steps=steps,
-        init="em-membrane" if shipped else None,
-        keep_prior=1.0 if shipped else 0.0,  # the Train widget's default for a pretrained start
-        seed=seed,
-    )
-    print(
-        f"training on slices {train_z} of the sample EM stack ({'fine-tuning em-membrane' if shipped else 'from scratch'}), "
-        f"{steps} steps",
-        flush=True,
-    )
+    # the Train widget's and the CLI's defaults: start auto (the shipped model that fits the strokes, or
+    # scratch), keep_prior and learning rate following that start
+    rec = recommended_settings("cpu", "auto")
+    cfg = TrainConfig(label_mode="instance", **{**rec, "steps": steps}, init="auto", seed=seed, device="cpu")
+    print(f"training on slices {train_z} of the sample EM stack (start: auto), {steps} steps", flush=True)
     t0 = time.perf_counter()
 
     def show(ev):
+        if ev.kind == "start":
+            print(f"  {ev.message}", flush=True)
         if ev.kind == "step" and (ev.step % 10 == 0 or ev.step == ev.total):
             print(f"  step {ev.step:4d}/{ev.total}  loss {ev.loss:.4f}  eta {ev.eta:5.0f} s", flush=True)
 
@@ -68,7 +58,7 @@ def headless(steps: int, seed: int = 0) -> dict:
     truth_cells = labels[test_z] >= 2
     pred_cells = pred[test_z] == 1
     report = {
-        "started_from": "em-membrane" if shipped else "scratch",
+        "started_from": result.info.training["config"]["init"] or "scratch",
         "steps": result.steps_done,
         "train_seconds": round(t_train, 1),
         "predict_seconds_8_slices": round(t_pred, 2),
