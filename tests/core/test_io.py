@@ -357,3 +357,24 @@ def test_as_grey_passes_grey_and_checks_dimensions():
     for shape in [(10,), (2, 2, 2, 4, 4)]:
         with pytest.raises(ValueError, match="2 to 4 dimensions"):
             planes.as_grey(np.zeros(shape, np.float32))
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    """kill -9 mid-save leaves a hidden temp file beside the output; the next write to it removes it."""
+    import subprocess
+    import sys
+
+    from napari_unet.core.io import atomic_write
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    out = tmp_path / "model.safetensors"
+    stale = tmp_path / f".model.safetensors.{dead_pid}.abc123.tmp"
+    stale.write_bytes(b"x" * 1000)
+    live = tmp_path / f".model.safetensors.{os.getpid()}.zzz.tmp"  # this process: never touched
+    live.write_bytes(b"y")
+    with atomic_write(out) as fh:
+        fh.write(b"new")
+    assert out.read_bytes() == b"new"
+    assert not stale.exists() and live.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") and p != live]

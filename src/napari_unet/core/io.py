@@ -19,6 +19,7 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import re
@@ -427,6 +428,25 @@ def _umask() -> int:
     return umask
 
 
+def _remove_stale_temps(path: Path, folder: Path) -> None:
+    """Delete temporary files of earlier writes to ``path`` whose process is gone (kill -9, power loss):
+    they are invisible (dot files) and can be large. POSIX only (elsewhere, probing a pid is not safe)."""
+    if os.name != "posix":
+        return
+    base = f".{path.name}."
+    for f in folder.glob(glob.escape(base) + "*.tmp"):
+        pid = f.name[len(base) :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                f.unlink()
+        except OSError:
+            pass  # alive (another user's process): leave it
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike):
     """Open a temporary file beside ``path`` for binary writing; on success it is
@@ -435,7 +455,9 @@ def atomic_write(path: str | os.PathLike):
     crash never leaves a half-written file that looks complete."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    _remove_stale_temps(path, folder)
+    # the writer's pid in the name, so a later write can tell a killed writer's leftovers from a live one's
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
         with open(tmp, "wb") as fh:  # a named file: tifffile wants fh.name to be a path
