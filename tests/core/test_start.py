@@ -185,3 +185,19 @@ def test_auto_snaps_the_tile_to_the_chosen_models_depth(isbi, rng):
 def test_auto_and_resume_do_not_mix(tmp_path):
     with pytest.raises(ValueError, match="auto"):
         TrainConfig(init="auto", resume=str(tmp_path / "x.safetensors"))
+
+
+def test_auto_may_start_from_a_similar_model_of_another_label_mode(isbi, rng, tmp_path, monkeypatch):
+    """A semantic-mode model of the same images is 'other classes' (no agreement): chosen for its features,
+    trained without its prior, and the missing agreement breaks nothing."""
+    from napari_unet.core.checkpoint import load_model, save_model
+
+    em = load_model("em-membrane")
+    em.info.label_mode = "semantic"
+    own = str(save_model(tmp_path / "semantic-em.safetensors", em))
+    monkeypatch.setattr(start, "default_candidates", lambda extra=(): [own, start.SCRATCH])
+    image, _, inst = isbi
+    lab = strokes(inst[25, :256, :256], rng, n_bg=20, thin_bg=True)
+    ev, res = auto_start(image[25:26, :256, :256], lab[None])
+    assert "start from semantic-em" in ev.message and "images like yours" in ev.message
+    assert res.info.training["config"]["keep_prior"] == 0.0 and res.info.training["start_worst_class"] is None

@@ -458,7 +458,7 @@ def iter_train(
         start_note += f"; it agrees {start_agreement:.2f} with your strokes"
     if config.keep_prior is None:
         config = replace(config, keep_prior=start.prior_weight(worst) if same_head else 0.0)
-        if same_head and config.keep_prior == 0:
+        if same_head and config.keep_prior == 0 and worst is not None:
             warning = (
                 f"the start model contradicts your strokes (it predicts only {worst:.2f} of one painted class as "
                 "you painted it): it learns what you painted from its features, and its prediction is not kept "
