@@ -89,9 +89,9 @@ def prepare_slices(
                 zero_is_background=config.zero_is_background,
                 border_class=config.border_class,
             )
-            w = np.ones(lab_z.shape, np.float32)
+            ones = np.ones(lab_z.shape, np.float32)  # until weigh()
             idx = np.flatnonzero(target.ravel() != IGNORE)
-            out.append(TrainSlice(im.astype(np.float32), target, w.astype(np.float32), lab_z, (i, z), len(idx), idx))
+            out.append(TrainSlice(im.astype(np.float32), target, ones, lab_z, (i, z), len(idx), idx))
     if not out:
         raise ValueError("nothing is annotated yet: paint background with 1 and objects with 2, 3, ...")
     if weights:

@@ -389,16 +389,7 @@ def iter_train(
     config = config.settled()
     if config.lr is None:
         config = replace(config, lr=FINE_TUNE_LR if (config.init or config.resume) else SCRATCH_LR)
-    if config.resume:
-        n_classes = read_info(resolve_model_path(config.resume)).model["n_classes"]
-    elif config.n_classes is not None:
-        n_classes = config.n_classes
-    elif config.label_mode == "semantic":
-        n_classes = max(
-            n_classes_for("semantic", np.asarray(lab), border_class=config.border_class) for _, lab in pairs
-        )
-    else:
-        n_classes = n_classes_for("instance", border_class=config.border_class)
+    n_classes = _n_classes(config, pairs)
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -694,15 +685,21 @@ def iter_train(
             torch.cuda.empty_cache()
 
 
+def _n_classes(config: TrainConfig, pairs) -> int:
+    """Classes the network needs: a resumed run's, the config's, or what the labels hold."""
+    if config.resume:
+        return read_info(resolve_model_path(config.resume)).model["n_classes"]
+    if config.n_classes is not None:
+        return config.n_classes
+    if config.label_mode == "semantic":
+        return max(n_classes_for("semantic", np.asarray(lab), border_class=config.border_class) for _, lab in pairs)
+    return n_classes_for("instance", border_class=config.border_class)
+
+
 def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) -> start.StartChoice:
     """init='auto': score every candidate start on the painted pixels (no training) and pick one."""
-    if config.n_classes is not None:
-        n_classes = config.n_classes
-    elif config.label_mode == "semantic":
-        n_classes = max(n_classes_for("semantic", np.asarray(lab)) for _, lab in pairs)
-    else:
-        n_classes = 2
-    quick = replace(config, border_class=False)
+    quick = replace(config, border_class=False)  # agreement collapses a border class into its object
+    n_classes = _n_classes(quick, pairs)
     slices = prepare_slices(pairs, quick, n_classes, in_channels, channel_axis, weights=False)
     signature = start.domain_signature(s.image for s in slices)
     scored = []
