@@ -38,8 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from bench_finetune import RESULTS, SETS, _strokes, load, score, scribbles, unet_predict
+from bench_finetune import RESULTS, SETS, _strokes, load, log, score, scribbles, set_up, unet_predict
 from scipy import ndimage as ndi
 
 from napari_unet.core.checkpoint import load_model, save_model
@@ -115,12 +114,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dir", type=Path, default=RESULTS / "adapt")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.dir.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
+    set_up(args)
     s = SETS[args.which]
     img, lab, truth = load(args.which)
     train_img, train_lab = img[s["train"]], lab[s["train"]]

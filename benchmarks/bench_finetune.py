@@ -307,6 +307,16 @@ def rf_arm(which: str, img, scrib, test_img, test_truth, seed, log):
     return [r]
 
 
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def set_up(args) -> None:
+    """What every fine-tuning benchmark does first: its torch threads, its results folder."""
+    torch.set_num_threads(args.threads)
+    args.dir.mkdir(parents=True, exist_ok=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", choices=list(SETS))
@@ -317,12 +327,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="result file (one arm); default: DIR/ft_<set>_<arm>.json")
     ap.add_argument("--dir", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.dir.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
+    set_up(args)
     s = SETS[args.which]
     img, lab, truth = load(args.which)
     scrib = scribbles(lab[s["train"]], args.which, seed=args.seed)
