@@ -102,17 +102,13 @@ def _check_output(output, suffix: str | None = None) -> None:
     folder, a device or other non-regular file): found after training, it used to cost the trained weights."""
     import os
 
-    out = Path(output).expanduser()
-    if out.is_dir():
-        raise SystemExit(f"error: -o {output} is a folder; give a file name inside it")
-    if out.exists() and not out.is_file():
-        raise SystemExit(f"error: -o {output} is not a regular file (a device or pipe?); give a file name")
-    if suffix and out.suffix != suffix:
-        out = out.with_name(out.name + suffix)
-    if out.is_dir():
-        raise SystemExit(f"error: -o {output} is a folder; give a file name inside it")
-    if out.exists() and not out.is_file():
-        raise SystemExit(f"error: -o {output} is not a regular file (a device or pipe?); give a file name")
+    given = Path(output).expanduser()
+    out = given.with_name(given.name + suffix) if suffix and given.suffix != suffix else given
+    for p in dict.fromkeys((given, out)):  # the path as given, and as written (with the suffix added)
+        if p.is_dir():
+            raise SystemExit(f"error: -o {output} is a folder; give a file name inside it")
+        if p.exists() and not p.is_file():
+            raise SystemExit(f"error: -o {output} is not a regular file (a device or pipe?); give a file name")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise SystemExit(f"error: -o {output}: the folder {parent} does not exist; create it first")
@@ -193,7 +189,7 @@ def cmd_train(args) -> int:
 
     from .core.device import resolve_device
     from .core.events import TrainState, run
-    from .core.labels import isbi_to_instances
+    from .core.labels import check_shapes, isbi_to_instances
     from .core.train import TrainConfig, iter_train, recommended_settings
 
     if len(args.images) != len(args.labels):
@@ -203,11 +199,7 @@ def cmd_train(args) -> int:
     images, labels = [], []
     for ip, lp in zip(args.images, args.labels):
         im, lab = _read(ip, "image"), _read(lp, "labels")
-        if np.shape(im) != np.shape(lab):  # before --slices, which would hide a mismatch
-            raise ValueError(
-                f"{lp} has shape {np.shape(lab)} but {ip} has shape {np.shape(im)}; give the labels painted on "
-                "this image (same height, width and slices)"
-            )
+        check_shapes(im, lab, name=f"{lp} on {ip}")  # before --slices, which would hide a mismatch
         n = im.shape[0] if im.ndim == 3 else 1
         sl = _parse_slices(args.slices, n)
         im, lab = _select(im, sl), _select(lab, sl)

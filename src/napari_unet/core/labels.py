@@ -150,8 +150,8 @@ def instances_from_labels(labels, *, mode: LabelMode = "instance", zero_is_backg
     return inst
 
 
-def check_pair(image: np.ndarray, labels: np.ndarray, *, channel_axis: int | None = None, name: str = "") -> None:
-    """Raise a ValueError that says what to do when ``labels`` cannot train on ``image``."""
+def check_shapes(image, labels, *, channel_axis: int | None = None, name: str = "") -> None:
+    """ValueError unless ``labels`` has the shape of ``image`` (without its channel axis); reads no data."""
     ishape = tuple(np.shape(image))
     if channel_axis is not None:
         ishape = tuple(s for i, s in enumerate(ishape) if i != channel_axis % len(ishape))
@@ -162,6 +162,12 @@ def check_pair(image: np.ndarray, labels: np.ndarray, *, channel_axis: int | Non
             f"{pre}labels have shape {lshape} but the image has shape {ishape}; "
             "paint labels on a layer made for this image (same height, width and slices)"
         )
+
+
+def check_pair(image: np.ndarray, labels: np.ndarray, *, channel_axis: int | None = None, name: str = "") -> None:
+    """Raise a ValueError that says what to do when ``labels`` cannot train on ``image``."""
+    check_shapes(image, labels, channel_axis=channel_axis, name=name)
+    pre = f"{name}: " if name else ""
     lab = _as_int_labels(labels)
     if not np.any(lab > 0):
         raise ValueError(
