@@ -91,6 +91,14 @@ def test_reader_channels_become_channel_axis(tmp_path):
     tifffile.imwrite(tmp_path / "h.tif", data, imagej=True, metadata={"axes": "ZCYX"})
     [(_, kwargs, _)] = _reader.reader_function(str(tmp_path / "h.tif"))
     assert kwargs["channel_axis"] == 1 and len(kwargs["scale"]) == 3
+    # planar RGB (SYX) is split like channels, never read as 3 slices; interleaved RGB (YXS) stays colour
+    rgb = np.zeros((16, 16, 3), np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    [(_, kwargs, _)] = _reader.reader_function(str(tmp_path / "planar.tif"))
+    assert kwargs["channel_axis"] == 0 and len(kwargs["scale"]) == 2
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    [(_, kwargs, _)] = _reader.reader_function(str(tmp_path / "rgb.tif"))
+    assert "channel_axis" not in kwargs and len(kwargs["scale"]) == 2
 
 
 def test_reader_damaged_file_raises_clear_error(tmp_path, ij_stack):

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from napari_unet.core.io import TIFF_SUFFIXES, is_tiff, list_tiffs, read_image
+from napari_unet.core.planes import declared_channel_axis
 
 
 def _tiff_file(path: Path) -> bool:
@@ -66,10 +67,11 @@ def layer_data(path) -> tuple:
     """One image layer data tuple ``(data, kwargs, 'image')`` for a TIFF file, a folder or a list of files."""
     data, meta = read_image(list(path) if isinstance(path, (list, tuple)) else path)
     kwargs: dict = {"name": _layer_name(meta.path)}
-    drop = "S" if meta.axes.endswith("S") else ""
-    if "C" in meta.axes and meta.shape[meta.axes.index("C")] > 1:
-        kwargs["channel_axis"] = meta.axes.index("C")
-        drop += "C"
+    drop = "S" if meta.axes.endswith("S") else ""  # RGB(A) samples last: napari shows colour
+    channel_axis = declared_channel_axis(meta.shape, meta.axes)
+    if channel_axis is not None and not (drop and channel_axis == len(meta.axes) - 1):
+        kwargs["channel_axis"] = channel_axis  # channels (or planar RGB): one layer each
+        drop += meta.axes[channel_axis]
     kwargs["scale"] = meta.scale(drop=drop)
     kwargs["metadata"] = {
         "path": meta.path,

@@ -87,6 +87,54 @@ def _read(path: str, what: str):
     return arr
 
 
+def _read_image(path: str, args):
+    """The pixels of image ``path`` and their channel axis: -1 (moved last, a view) or None.
+
+    The channel axis is the file's own (tifffile's C or S axis, e.g. ImageJ/OME channels, RGB, planar
+    RGB), or ``--channel-axis`` (``none``: the file's C axis is slices); ``--channel K`` keeps one channel.
+    """
+    from .core.io import read_image
+    from .core.planes import channels_last, declared_channel_axis, pick_channel
+
+    try:
+        arr, meta = read_image(path)
+    except FileNotFoundError:
+        raise SystemExit(f"error: image {path} does not exist") from None
+    given = getattr(args, "channel_axis", None)
+    if given is None:
+        ch = declared_channel_axis(arr.shape, meta.axes)
+    elif given == "none":
+        ch = None
+    else:
+        ch = int(given)
+        if not -arr.ndim <= ch < arr.ndim:
+            raise ValueError(f"--channel-axis {given}: {path} has only {arr.ndim} axes (shape {tuple(arr.shape)})")
+    if getattr(args, "channel", None) is not None:
+        if ch is None:
+            raise ValueError(
+                f"--channel {args.channel}: {path} (shape {tuple(arr.shape)}, axes {meta.axes}) declares no "
+                "channel axis; say which axis holds the channels with --channel-axis"
+            )
+        return pick_channel(arr, ch, args.channel), None
+    if ch is not None and arr.shape[ch] == 1:
+        return pick_channel(arr, ch, 0), None
+    return channels_last(arr, ch), (None if ch is None else -1)
+
+
+def _channel_axis_arg(text: str):
+    if text.lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an axis number (0, 1, -1 ...) or 'none'") from None
+
+
+def _n_slices(arr, channel_axis) -> int:
+    """Slices of a (Z, Y, X) stack (channels last when ``channel_axis`` is set); 1 for a 2D image."""
+    return arr.shape[0] if arr.ndim - (channel_axis is not None) == 3 else 1
+
+
 def _refuse_overwrite(output, inputs, what: str = "input") -> None:
     """SystemExit when ``output`` is one of ``inputs`` (an image, labels or model file this command reads)."""
     out = Path(output).expanduser().resolve()
@@ -116,12 +164,12 @@ def _check_output(output, suffix: str | None = None) -> None:
         raise SystemExit(f"error: -o {output}: the folder {parent} is not writable; choose another folder")
 
 
-def _select(arr, slices):
+def _select(arr, slices, channel_axis=None):
     import numpy as np
 
     if slices is None:
         return arr
-    if arr.ndim != 3:
+    if arr.ndim - (channel_axis is not None) != 3:
         raise ValueError("--slices needs a stack (Z, Y, X)")
     return np.stack([np.asarray(arr[i]) for i in slices])
 
@@ -196,13 +244,13 @@ def cmd_train(args) -> int:
         raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
     _refuse_overwrite(args.output, [*args.images, *args.labels], "training data")
     _check_output(args.output, ".safetensors")
-    images, labels = [], []
+    images, labels, channels = [], [], set()
     for ip, lp in zip(args.images, args.labels):
-        im, lab = _read(ip, "image"), _read(lp, "labels")
-        check_shapes(im, lab, name=f"{lp} on {ip}")  # before --slices, which would hide a mismatch
-        n = im.shape[0] if im.ndim == 3 else 1
-        sl = _parse_slices(args.slices, n)
-        im, lab = _select(im, sl), _select(lab, sl)
+        (im, ch), lab = _read_image(ip, args), _read(lp, "labels")
+        check_shapes(im, lab, channel_axis=ch, name=f"{lp} on {ip}")  # before --slices, which would hide a mismatch
+        channels.add(1 if ch is None else im.shape[-1])
+        sl = _parse_slices(args.slices, _n_slices(im, ch))
+        im, lab = _select(im, sl, ch), _select(lab, sl)
         lab = np.asarray(lab)
         if args.labels_format == "isbi":
             lab = isbi_to_instances(lab)
@@ -210,6 +258,12 @@ def cmd_train(args) -> int:
             lab = np.where(lab > 0, lab.astype(np.int64) + 1, 1)
         images.append(im)
         labels.append(lab)
+    if len(channels) > 1:
+        raise ValueError(
+            f"the images have different numbers of channels ({sorted(channels)}); train on images with the same "
+            "channels, or keep one with --channel K"
+        )
+    channel_axis = -1 if channels != {1} else None
     if args.init is None:
         # the default start is 'auto', unless the command asks for a run of its own: --resume continues
         # one, --depth / --channels ask for a new architecture (from scratch)
@@ -313,7 +367,7 @@ def cmd_train(args) -> int:
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
         try:
-            result = run(iter_train(cfg, images, labels, cancel=cancel), on_event)
+            result = run(iter_train(cfg, images, labels, channel_axis=channel_axis, cancel=cancel), on_event)
         finally:
             bar.close()
         if abort.is_set():
@@ -346,14 +400,14 @@ def cmd_predict(args) -> int:
     except FileNotFoundError:
         pass  # load_model says what is missing
     model = load_model(args.model)
-    image = _read(args.image, "image")
-    n = image.shape[0] if image.ndim == 3 else 1
-    slices = _parse_slices(args.slices, n)
+    image, ch = _read_image(args.image, args)
+    slices = _parse_slices(args.slices, _n_slices(image, ch))
     if slices is not None:
-        image = _select(image, slices)
+        image = _select(image, slices, ch)
     gen = iter_predict(
         model,
         image,
+        channel_axis=ch,
         output=args.kind,
         tile_out=args.tile_out,
         tta=args.tta,
@@ -392,19 +446,26 @@ def cmd_evaluate(args) -> int:
 
     from .core.checkpoint import load_model
     from .core.evaluate import evaluate_arrays
+    from .core.labels import check_shapes
 
     model = load_model(args.model)
-    image = _read(args.images, "image")
+    image, ch = _read_image(args.images, args)
     truth = np.asarray(_read(args.labels, "labels"))
-    n = image.shape[0] if image.ndim == 3 else 1
-    slices = _parse_slices(args.slices, n)
-    image, truth = _select(image, slices), _select(truth, slices)
-    if truth.shape != tuple(image.shape):
-        raise ValueError(f"labels have shape {truth.shape} but the image has shape {tuple(image.shape)}")
+    check_shapes(image, truth, channel_axis=ch, name=f"{args.labels} on {args.images}")
+    slices = _parse_slices(args.slices, _n_slices(image, ch))
+    image, truth = _select(image, slices, ch), _select(truth, slices)
     bar = _TileBar(args.quiet)
     try:
         report = evaluate_arrays(
-            model, image, truth, kind=args.kind, tta=args.tta, device=args.device, min_size=args.min_size, progress=bar
+            model,
+            image,
+            truth,
+            kind=args.kind,
+            tta=args.tta,
+            device=args.device,
+            min_size=args.min_size,
+            progress=bar,
+            channel_axis=ch,
         )
     finally:
         bar.close()
@@ -453,6 +514,21 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    def channels(sp):
+        sp.add_argument(
+            "--channel-axis",
+            type=_channel_axis_arg,
+            metavar="AXIS",
+            help="the image axis that holds channels (default: the file's own, from OME/ImageJ metadata or "
+            "RGB; 'none': read a file's channels as slices)",
+        )
+        sp.add_argument(
+            "--channel",
+            type=int,
+            metavar="K",
+            help="use only channel K of a multichannel image (e.g. the nuclei channel for a grey model)",
+        )
 
     t = sub.add_parser("train", help="train or fine-tune a U-Net on labelled TIFFs", epilog=LABEL_HELP)
     t.add_argument("--images", nargs="+", required=True, help="image TIFF(s) (2D or stacks) or folders of slices")
@@ -563,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-last", action="store_true", help="save the last state (+ optimizer, for --resume) instead of the best"
     )
     common(t)
+    channels(t)
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="overlap-tile prediction of a TIFF image or stack")
@@ -611,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
         "labels agree 99.6 %% with fp32 (docs/benchmarks.md). Try it on yours",
     )
     common(pr)
+    channels(pr)
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="score a model against ground truth")
@@ -633,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--json", help="also write the report to this file")
     common(ev)
+    channels(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     mo = sub.add_parser("models", help="list the models shipped with napari-unet")

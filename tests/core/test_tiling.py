@@ -155,8 +155,11 @@ def test_slices_subset_and_bad_input(net, em):
     assert out[0].max() == 0 and out[2].max() == 0
     with pytest.raises(ValueError, match="out of range"):
         predict(net, em[:, :64, :64], slices=[5])
-    with pytest.raises(ValueError, match="RGB"):
-        predict(net, np.zeros((64, 64, 3), np.uint8))
+    for dtype in (np.uint8, np.uint16, np.float32):  # colour / channels last is no stack of 3-px-wide slices
+        with pytest.raises(ValueError, match="3 channels last.*channel_axis=-1"):
+            predict(net, np.zeros((64, 64, 3), dtype))
+    with pytest.raises(ValueError, match=r"expects 1 input channel\(s\), the image has 2 channels: pick one"):
+        predict(net, np.zeros((2, 64, 64), np.float32), channel_axis=0)
     with pytest.raises(ValueError, match="2D image"):
         predict(net, np.zeros((2, 2, 64, 64), np.float32))
     bad = em[0, :64, :64].copy()

@@ -23,13 +23,15 @@ def evaluate_arrays(
     device=None,
     min_size: int | None = None,
     progress: Callable[[TileEvent], None] | None = None,
+    channel_axis: int | None = None,
 ) -> dict:
     """Predict ``image`` and score it against ``truth`` (per slice, then averaged).
 
     kind 'membranes' (ISBI: truth 0 = membrane, >0 = cell): pixel error of
     membrane vs cell, V_rand and Rand error of the cell segmentation.
     kind 'instances' (truth 0 = background, 1..N objects): foreground IoU and
-    instance F1 at IoU 0.5. ``progress`` sees every :class:`TileEvent` of the prediction.
+    instance F1 at IoU 0.5. ``progress`` sees every :class:`TileEvent` of the prediction;
+    ``channel_axis`` is the image's channel axis for a multichannel model.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -37,7 +39,10 @@ def evaluate_arrays(
     if kind == "auto":
         kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
     output = "labels" if kind == "membranes" else "instances"
-    pred = run(iter_predict(model, image, output=output, tta=tta, device=device, min_size=min_size), progress)
+    pred = run(
+        iter_predict(model, image, output=output, tta=tta, device=device, min_size=min_size, channel_axis=channel_axis),
+        progress,
+    )
     planes_p = [pred] if pred.ndim == 2 else list(pred)
     planes_t = [truth] if truth.ndim == 2 else list(truth)
     rows = []

@@ -9,7 +9,46 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_grey", "as_stack", "plane_at"]
+__all__ = ["as_grey", "as_stack", "channels_last", "declared_channel_axis", "pick_channel", "plane_at"]
+
+
+def declared_channel_axis(shape, axes: str | None) -> int | None:
+    """The channel axis a file declares: tifffile's ``C`` (channels) or ``S`` (RGB samples), longer than 1.
+
+    ``axes`` has one letter per dimension (:attr:`.io.ImageMeta.axes`); None when it does not match
+    ``shape`` or declares no channels.
+    """
+    shape = tuple(shape)
+    if not axes or len(axes) != len(shape):
+        return None
+    for letter in "CS":
+        if letter in axes and shape[axes.index(letter)] > 1:
+            return axes.index(letter)
+    return None
+
+
+def channels_last(image, channel_axis: int | None):
+    """``image`` with its channel axis moved last (a view for numpy and memmaps); unchanged without one."""
+    if channel_axis is None:
+        return image
+    return np.moveaxis(image, channel_axis % len(np.shape(image)), -1)
+
+
+def pick_channel(image, channel_axis: int | None, channel: int):
+    """Channel ``channel`` of ``image`` (basic indexing: a view of a memmap, nothing read).
+
+    ValueError when the image has no channel axis or no such channel.
+    """
+    shape = tuple(np.shape(image))
+    if channel_axis is None:
+        raise ValueError(f"channel {channel} was asked for, but the image (shape {shape}) has no channel axis")
+    axis = channel_axis % len(shape)
+    n = shape[axis]
+    if not -n <= channel < n:
+        raise ValueError(f"channel {channel} does not exist; the image has {n} channels (0..{n - 1})")
+    idx = [slice(None)] * len(shape)
+    idx[axis] = channel % n
+    return image[tuple(idx)]
 
 
 def plane_at(image, z: int | None, channel_axis: int | None = None) -> np.ndarray:
@@ -47,13 +86,21 @@ def as_stack(image, channel_axis: int | None, in_channels: int):
             f"expected a 2D image (Y, X) or a stack (Z, Y, X){' plus a channel axis' if channel_axis is not None else ''},"
             f" got shape {tuple(image.shape)}"
         )
-    if channel_axis is None and ndim == 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8:
+    if channel_axis is None and ndim == 3 and image.shape[-1] in (2, 3, 4) and image.shape[-2] > image.shape[-1]:
+        # (Y, X, C): slices 2-4 pixels wide are no stack anyone segments; this is colour or channels last
         raise ValueError(
-            f"this looks like an RGB image (shape {tuple(image.shape)}); U-Net Segment expects grey images: "
-            "convert to greyscale, or pass channel_axis=-1 for a model trained on colour"
+            f"this looks like an image with {image.shape[-1]} channels last (shape {tuple(image.shape)}), not a "
+            f"stack of {image.shape[0]} slices: pass channel_axis=-1 for a model with {image.shape[-1]} input "
+            "channels, or pick one channel (image[..., k]) or convert to grey for a grey model"
         )
     if n_ch != in_channels:
-        raise ValueError(f"the model expects {in_channels} channel(s), the image has {n_ch}")
+        what = f"{n_ch} channels" if channel_axis is not None else "no channel axis (1 channel)"
+        todo = (
+            "pick one channel (CLI: --channel K) or use a model trained on these channels"
+            if in_channels == 1
+            else f"give an image with {in_channels} channels and its channel axis (CLI: --channel-axis)"
+        )
+        raise ValueError(f"the model expects {in_channels} input channel(s), the image has {what}: {todo}")
     if min(spatial[-2:]) < 1:
         raise ValueError(f"image is empty (shape {tuple(image.shape)})")
     is_stack = len(spatial) == 3
