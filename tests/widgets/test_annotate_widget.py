@@ -22,7 +22,7 @@ def test_new_training_labels_matches_image(em_viewer):
     assert again.name != labels.name and labels.name in em_viewer.layers
 
 
-def test_rgb_and_4d_are_refused_with_a_message(viewer, monkeypatch):
+def test_4d_is_refused_with_a_message_and_rgb_gets_labels(viewer, monkeypatch):
     from napari_unet._widgets import _annotate
 
     msgs = []
@@ -31,12 +31,12 @@ def test_rgb_and_4d_are_refused_with_a_message(viewer, monkeypatch):
     viewer.add_image(np.zeros((2, 2, 32, 32), np.uint8), name="4d")
     w = dock(viewer, "Annotate")
     n = len(viewer.layers)
-    for name in ("rgb", "4d"):
-        w.image.value = viewer.layers[name]
-        assert w._on_new_labels() is None
+    w.image.value = viewer.layers["4d"]
+    assert w._on_new_labels() is None
     assert len(viewer.layers) == n
-    assert "RGB" in msgs[0] and "grey" in msgs[0]
-    assert "(Z, Y, X)" in msgs[1]
+    assert "(Z, Y, X)" in msgs[0]
+    w.image.value = viewer.layers["rgb"]  # colours are channels for a model: labels cover the pixels
+    assert w._on_new_labels().data.shape == (32, 32)
     assert _annotate  # the module stays importable
 
 

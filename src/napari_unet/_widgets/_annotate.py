@@ -44,7 +44,7 @@ class AnnotateWidget(Container):
 
         layer = self.image.value
         try:
-            check_image_layer(layer)
+            check_image_layer(layer, colour=True)  # an RGB image's colours are channels for a model
         except ValueError as e:
             show_error(str(e))
             return None
@@ -56,7 +56,7 @@ class AnnotateWidget(Container):
             name = f"{name} {k}"
         dtype = np.uint16  # room for thousands of instances, half the memory of int32
         labels = self.viewer.add_labels(
-            np.zeros(layer.data.shape, dtype=dtype),
+            np.zeros(layer.data.shape[:-1] if layer.rgb else layer.data.shape, dtype=dtype),
             name=name,
             scale=layer.scale,
             translate=layer.translate,

@@ -35,6 +35,34 @@ def layer_choices(viewer, kind: str) -> Callable:
     return choices
 
 
+def channel_select(viewer, label: str = ""):
+    """A list of image layers to add to the chosen image as more input channels (multichannel models).
+
+    Shown only while two grey image layers of one shape exist (e.g. napari split a file's channels);
+    nothing chosen = the image alone. Refreshed with the layer pickers (:func:`follow_layers`).
+    """
+    from magicgui.widgets import Select
+
+    def choices(widget=None):
+        from napari.layers import Image
+
+        grey = [layer for layer in viewer.layers if isinstance(layer, Image) and not layer.rgb]
+        shapes = [tuple(layer.data.shape) for layer in grey]
+        if widget is not None:
+            widget.visible = len(set(shapes)) < len(shapes)
+        return [(layer.name, layer) for layer in grey]
+
+    select = Select(
+        label=label,
+        choices=choices,
+        value=[],
+        tooltip="+ channels: grey layers of the image's shape to feed the model as more input channels, after the "
+        "image (e.g. the membrane channel beside the nuclei one). None chosen: the image alone",
+    )
+    select.native.setMaximumHeight(64)
+    return select
+
+
 def follow_layers(viewer, container) -> None:
     """Refresh the container's layer pickers when layers are added, removed or renamed."""
 
@@ -55,11 +83,12 @@ def follow_layers(viewer, container) -> None:
     container.native.destroyed.connect(lambda *_: disconnect())
 
 
-def check_image_layer(layer, what: str = "image") -> None:
-    """Raise ValueError (user-facing) unless ``layer`` is a grey 2D image or a (Z, Y, X) stack."""
+def check_image_layer(layer, what: str = "image", *, colour: bool = False) -> None:
+    """Raise ValueError (user-facing) unless ``layer`` is a grey 2D image or a (Z, Y, X) stack
+    (or, with ``colour``, an RGB one: its colours are channels for a model)."""
     if layer is None:
         raise ValueError(f"no {what} layer chosen: open an image (File > Open, or File > Open Sample > U-Net Segment)")
-    if getattr(layer, "rgb", False):
+    if getattr(layer, "rgb", False) and not colour:
         raise ValueError(
             f"{layer.name!r} is an RGB image; U-Net Segment works on grey images. Convert it first "
             "(right-click the layer > Split RGB, then use one channel)"
@@ -75,9 +104,40 @@ def check_image_layer(layer, what: str = "image") -> None:
         )
 
 
+def layer_pixels(layer, extra=(), *, copy: bool = False) -> tuple:
+    """The pixels of image ``layer`` for a model, and their channel axis (-1, channels last, or None).
+
+    An RGB layer's colours are its channels. ``extra`` image layers of the same shape (e.g. the
+    layers napari made of one file's channels) are stacked after ``layer`` as more channels, in the
+    order given. ``copy``: a private copy (the user keeps painting while a worker reads it).
+    """
+    extra = [e for e in extra if e is not layer]
+    rgb = bool(getattr(layer, "rgb", False))
+    if not extra:
+        data = np.array(layer.data) if copy else layer.data
+        return data, (-1 if rgb else None)
+    if rgb:
+        raise ValueError(f"{layer.name!r} is RGB: its colours are already its channels; add no channel layers to it")
+    shape = tuple(layer.data.shape)
+    for e in extra:
+        if getattr(e, "rgb", False) or tuple(e.data.shape) != shape:
+            raise ValueError(
+                f"channel layer {e.name!r} (shape {tuple(e.data.shape)}) does not fit {layer.name!r} (shape {shape}): "
+                "channels must be grey layers of the same shape, e.g. the layers of one multichannel file"
+            )
+    return np.stack([np.asarray(x.data) for x in (layer, *extra)], axis=-1), -1
+
+
+def n_channels(layer, extra=()) -> int:
+    """How many input channels :func:`layer_pixels` gives (reads no pixels)."""
+    if getattr(layer, "rgb", False):
+        return int(layer.data.shape[-1])
+    return 1 + len([e for e in extra if e is not layer])
+
+
 def current_index(viewer, layer) -> tuple[int, ...]:
     """Indices of the leading (non-YX) axes of ``layer`` at the slice on screen, clipped to the data."""
-    shape = layer.data.shape
+    shape = layer.data.shape[:-1] if getattr(layer, "rgb", False) else layer.data.shape
     lead = len(shape) - 2
     if lead <= 0:
         return ()

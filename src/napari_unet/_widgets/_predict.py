@@ -9,7 +9,16 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 
 from . import _state
-from ._layers import check_image_layer, current_index, follow_layers, layer_choices, status_label
+from ._layers import (
+    channel_select,
+    check_image_layer,
+    current_index,
+    follow_layers,
+    layer_choices,
+    layer_pixels,
+    n_channels,
+    status_label,
+)
 from ._workers import Job, JobWidget, Throttle, error_text
 
 if TYPE_CHECKING:
@@ -31,6 +40,7 @@ class PredictWidget(JobWidget, Container):
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors", visible=False)
         self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
+        self.channels = channel_select(viewer, label="+ channels")
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="semantic labels")
         self.where = ComboBox(label="predict", choices=[CURRENT, STACK], value=CURRENT)
         self.tta = CheckBox(text="test-time augmentation (8 flips/rotations)", value=False)
@@ -52,6 +62,7 @@ class PredictWidget(JobWidget, Container):
                 self.model,
                 self.model_file,
                 self.image,
+                self.channels,
                 self.output,
                 self.where,
                 self.tta,
@@ -127,22 +138,28 @@ class PredictWidget(JobWidget, Container):
             return None
         layer = self.image.value
         try:
-            check_image_layer(layer)
+            check_image_layer(layer, colour=True)
             model = self.load()
+            want, have = model.config.in_channels, n_channels(layer, self.channels.value)
+            if want != have:
+                raise ValueError(
+                    f"the model expects {want} input channel(s), {layer.name!r} gives {have}: "
+                    + (
+                        "choose one grey channel as the image (right-click an RGB layer > Split RGB) and no "
+                        "'+ channels'"
+                        if want == 1
+                        else f"add {want - 1} channel layer(s) of the same shape under '+ channels', in the order "
+                        "the model was trained on (or choose an RGB image for a 3-channel model)"
+                    )
+                )
+            # read-only for the worker; a grey numpy, dask or zarr layer is read one slice at a time
+            data, channel_axis = layer_pixels(layer, self.channels.value)
         except (ValueError, FileNotFoundError) as e:
             show_error(f"cannot predict: {e}")
             return None
-        if model.config.in_channels != 1:
-            show_error(
-                f"the model expects {model.config.in_channels} channels; this widget predicts grey images. "
-                "For multichannel images use Python: napari_unet.core.tiling.predict(model, image, "
-                "channel_axis=0)"
-            )
-            return None
 
         output = OUTPUTS[self.output.value]
-        data = layer.data  # read-only for the worker; numpy, dask and zarr are read one slice at a time
-        spatial = tuple(data.shape)
+        spatial = tuple(data.shape[:-1] if channel_axis is not None else data.shape)
         idx = current_index(self.viewer, layer)
         slices = [idx[0]] if (self.where.value == CURRENT and idx) else None
         out = allocate_output(output, model.n_classes, spatial)
@@ -153,7 +170,14 @@ class PredictWidget(JobWidget, Container):
         self.job = job = Job("predict")
         try:
             gen = iter_predict(
-                model, data, output=output, out=out, slices=slices, tta=bool(self.tta.value), device=self.device.value
+                model,
+                data,
+                output=output,
+                out=out,
+                slices=slices,
+                tta=bool(self.tta.value),
+                device=self.device.value,
+                channel_axis=channel_axis,
             )
         except (ValueError, RuntimeError) as e:
             show_error(f"cannot predict: {e}")

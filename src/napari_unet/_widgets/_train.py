@@ -18,7 +18,16 @@ from magicgui.widgets import (
 )
 
 from . import _state
-from ._layers import check_image_layer, current_index, follow_layers, layer_choices, show_plane, status_label
+from ._layers import (
+    channel_select,
+    check_image_layer,
+    current_index,
+    follow_layers,
+    layer_choices,
+    layer_pixels,
+    show_plane,
+    status_label,
+)
 from ._workers import Job, JobWidget, error_text, warm_up_torch
 
 if TYPE_CHECKING:
@@ -50,7 +59,8 @@ class PairRow(Container):
         super().__init__(layout="horizontal", labels=False)
         self.image = ComboBox(choices=layer_choices(viewer, "image"), nullable=True, tooltip="image")
         self.labels = ComboBox(choices=layer_choices(viewer, "labels"), nullable=True, tooltip="painted labels")
-        self.extend([self.image, self.labels])
+        self.channels = channel_select(viewer)
+        self.extend([self.image, self.labels, self.channels])
         self.margins = (0, 0, 0, 0)
 
 
@@ -348,29 +358,37 @@ class TrainWidget(JobWidget, Container):
         return float(self.lr.value)
 
     def training_data(self):
-        """Plain copies of the chosen layers' data: ([images], [labels], preview) -- or ValueError."""
+        """Plain copies of the chosen layers' data: ([images], [labels], channel axis, preview) -- or ValueError.
+
+        Images with channels (RGB layers, or a layer plus its channel layers) come channels last."""
         from napari_unet.core.labels import check_pair
 
-        images, labels, names = [], [], []
+        images, labels, names, channels = [], [], [], set()
         for i, row in enumerate(self.pairs):
             img, lab = row.image.value, row.labels.value
             where = f"pair {i + 1}" if len(self.pairs) > 1 else "training pair"
             if img is None or lab is None:
                 raise ValueError(f"{where}: choose an image and its painted labels (Annotate > New training labels)")
-            check_image_layer(img)
+            check_image_layer(img, colour=True)
             # copies: the user keeps painting while the worker reads them
-            image = np.array(img.data)
+            image, ch = layer_pixels(img, row.channels.value, copy=True)
             label = np.array(lab.data)
-            check_pair(image, label, name=f"{where} ({img.name!r} / {lab.name!r})")
+            check_pair(image, label, channel_axis=ch, name=f"{where} ({img.name!r} / {lab.name!r})")
+            channels.add(1 if ch is None else image.shape[-1])
             images.append(image)
             labels.append(label)
             names.append((img, lab))
+        if len(channels) > 1:
+            raise ValueError(
+                f"the pairs' images have different numbers of channels ({sorted(channels)}); train on images with "
+                "the same channels"
+            )
         # preview the slice on screen of the first pair
         img0 = names[0][0]
         idx = current_index(self.viewer, img0)
         preview = (0, idx[0] if idx else 0) if self.preview_every.value > 0 else None
         self._preview_like = (names[0][1], idx)
-        return images, labels, preview
+        return images, labels, (None if channels == {1} else -1), preview
 
     # ------------------------------------------------------------------ run
 
@@ -388,7 +406,7 @@ class TrainWidget(JobWidget, Container):
             return None
         try:
             config = self.config()
-            images, labels, preview = self.training_data()
+            images, labels, channel_axis, preview = self.training_data()
         except (ValueError, FileNotFoundError) as e:
             show_error(str(e))
             return None
@@ -396,7 +414,7 @@ class TrainWidget(JobWidget, Container):
         job = Job("train")
         self.result = None
         self.plot.clear()
-        gen = iter_train(config, images, labels, preview=preview, cancel=job.cancel)
+        gen = iter_train(config, images, labels, channel_axis=channel_axis, preview=preview, cancel=job.cancel)
         return self._run_job(
             job,
             gen,
