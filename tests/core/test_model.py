@@ -73,7 +73,12 @@ def test_he_initialisation_std():
 
 def test_dropout_at_end_of_contracting_path():
     m = UNet(depth=2, base_channels=4, dropout=0.5)
-    assert isinstance(m.dropout, torch.nn.Dropout2d)
+    # element-wise as the paper's (Caffe) dropout: in one feature map some values are dropped, others kept
+    torch.manual_seed(0)
+    out = m.dropout.train()(torch.ones(1, 16, 8, 8))
+    per_map = (out == 0).float().mean(dim=(2, 3))
+    assert ((per_map > 0) & (per_map < 1)).all() and 0.35 < (out == 0).float().mean() < 0.65
+    assert torch.equal(m.dropout.eval()(torch.ones(1, 16, 8, 8)), torch.ones(1, 16, 8, 8))
     assert UNet(depth=2, base_channels=4, dropout=0).dropout.__class__.__name__ == "Identity"
 
 

@@ -110,7 +110,8 @@ class UNet(nn.Module):
             c = ch[i]
         self.pool = nn.MaxPool2d(2)
         self.bottom = _DoubleConv(ch[depth - 1], ch[depth], pad)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        # element-wise, as the paper's Caffe dropout layers (Dropout2d would drop whole feature maps)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.upconv = nn.ModuleList()
         self.up = nn.ModuleList()
         for i in reversed(range(depth)):
