@@ -337,8 +337,6 @@ def cmd_train(args) -> int:
             file=sys.stderr,
         )
 
-    bar = _bar(cfg.steps, "train", args.quiet)
-
     def on_event(ev):
         if ev.kind == "start":
             bar.write(ev.message)
@@ -365,6 +363,8 @@ def cmd_train(args) -> int:
 
     # the handler stays until the file is written: a second Ctrl-C while saving aborts the save too
     old = signal.signal(signal.SIGINT, on_sigint)
+    # the bar after the handler: once it shows, Ctrl-C stops and saves (a press in between killed the run)
+    bar = _bar(cfg.steps, "train", args.quiet)
     try:
         try:
             result = run(iter_train(cfg, images, labels, channel_axis=channel_axis, cancel=cancel), on_event)

@@ -34,7 +34,7 @@ def test_train_refuses_rgb_4d_wrong_shape_and_empty_labels(viewer, messages):
     row = w.pairs[0]
     n_layers = len(viewer.layers)
     cases = [
-        ("rgb", "empty", "RGB"),
+        ("rgb", "empty", "same height, width"),  # colours are channels: the (Z, Y, X) labels do not fit
         ("4d", "empty", "(Z, Y, X)"),
         ("stack", "small", "same height, width"),
         ("stack", "empty", "nothing is annotated yet"),
