@@ -95,3 +95,26 @@ def test_batched_torch_labels_gain_no_values(labs, seed):
     assert out.shape == lab.shape and out.dtype == lab.dtype
     for a, b in zip(lab, out):
         assert np.isin(b, a).all()
+
+
+@st.composite
+def near_ties(draw):
+    """A (2, H, W) displacement of half-integers nudged by a few float32 ulps: the sample points
+    where nearest-neighbour rounding is decided by the last bit of the coordinate."""
+    h, w = draw(st.integers(2, 12)), draw(st.integers(2, 12))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    disp = (rng.integers(-3 * max(h, w), 3 * max(h, w), (2, h, w)) + 0.5).astype(np.float32)
+    for _ in range(draw(st.integers(0, 3))):
+        disp = np.nextafter(disp, np.where(rng.random(disp.shape) < 0.5, -np.inf, np.inf).astype(np.float32))
+    return disp
+
+
+@settings(max_examples=100)
+@given(disp=near_ties(), big=st.sampled_from([2**24 + 1, 2**40 + 1, 1]))
+def test_every_label_value_range_takes_the_image_s_nearest_sample(disp, big):
+    """Labels whose values do not survive float32 (> 2**24) take another code path than small ones;
+    both must pick the pixel that nearest-neighbour resampling of an image picks, ties included."""
+    h, w = disp.shape[1:]
+    ids = np.arange(h * w).reshape(h, w)
+    d = elastic_deform(ids.astype(np.float32), ids.astype(np.int64) * big, rng=None, displacement=disp, order=0)
+    np.testing.assert_array_equal(d.labels, d.image.astype(np.int64) * big)
