@@ -119,13 +119,6 @@ def dense_displacement(coarse, shape: tuple[int, int]):
     return out.astype(np.float32, copy=False)
 
 
-def _reflect(c: torch.Tensor, size: int) -> torch.Tensor:
-    """Mirror coordinates into [0, size - 1] (edge pixel not repeated; grid_sample 'reflection')."""
-    period = 2 * (size - 1)
-    c = torch.remainder(c.abs(), period)
-    return torch.where(c > size - 1, period - c, c)
-
-
 def _warp(image, labels, weights, disp: torch.Tensor, order: int):
     """Resample (B, C, H, W) image, (B, H, W) labels/weights at (y + dy, x + dx); disp (B, 2, H, W)."""
     b, _, h, w = disp.shape
@@ -133,27 +126,29 @@ def _warp(image, labels, weights, disp: torch.Tensor, order: int):
     ys = torch.arange(h, device=dev, dtype=dt).view(1, h, 1) + disp[:, 0]
     xs = torch.arange(w, device=dev, dtype=dt).view(1, 1, w) + disp[:, 1]
     out_img = out_lab = out_w = None
-    grid = None
-    if image is not None or weights is not None or (labels is not None and _float_exact(labels, dt)):
-        grid = torch.stack((xs * (2.0 / (w - 1)) - 1.0, ys * (2.0 / (h - 1)) - 1.0), dim=-1)
-        if image is not None:
-            out_img = F.grid_sample(
-                image.to(dt), grid, mode=_MODES[order], padding_mode="reflection", align_corners=True
-            )
-        if weights is not None:
-            out_w = F.grid_sample(
-                weights.to(dt)[:, None], grid, mode="bilinear", padding_mode="reflection", align_corners=True
-            )[:, 0]
-    if labels is not None and grid is not None and _float_exact(labels, dt):
+    grid = torch.stack((xs * (2.0 / (w - 1)) - 1.0, ys * (2.0 / (h - 1)) - 1.0), dim=-1)
+    if image is not None:
+        out_img = F.grid_sample(image.to(dt), grid, mode=_MODES[order], padding_mode="reflection", align_corners=True)
+    if weights is not None:
+        out_w = F.grid_sample(
+            weights.to(dt)[:, None], grid, mode="bilinear", padding_mode="reflection", align_corners=True
+        )[:, 0]
+    if labels is not None and _float_exact(labels, dt):
         # values exactly representable as floats: grid_sample's nearest mode returns input values only
         out_lab = F.grid_sample(
             labels[:, None].to(dt), grid, mode="nearest", padding_mode="reflection", align_corners=True
         )[:, 0].to(labels.dtype)
     elif labels is not None:
-        # nearest neighbour as an index gather: exact for any dtype, never a new value
-        yi = torch.round(_reflect(ys, h)).long().clamp_(0, h - 1)
-        xi = torch.round(_reflect(xs, w)).long().clamp_(0, w - 1)
-        flat = (yi * w + xi).view(b, -1)
+        # nearest neighbour as an index gather: exact for any dtype, never a new value. The source
+        # row and column come from grid_sample too (sides < 2**24 are exact floats), so these labels
+        # take the same pixel as the image and as small labels even where a coordinate is within an
+        # ulp of a tie (rounding it ourselves picked the other pixel there: 2 x 2, dy = -0.50000006)
+        rows = torch.arange(h, device=dev, dtype=dt).view(1, 1, h, 1).expand(b, 1, h, w)
+        cols = torch.arange(w, device=dev, dtype=dt).view(1, 1, 1, w).expand(b, 1, h, w)
+        src = F.grid_sample(
+            torch.cat((rows, cols), dim=1), grid, mode="nearest", padding_mode="reflection", align_corners=True
+        )
+        flat = (src[:, 0].long() * w + src[:, 1].long()).view(b, -1)
         out_lab = torch.gather(labels.reshape(b, -1), 1, flat).view(b, h, w)
     return out_img, out_lab, out_w
 
