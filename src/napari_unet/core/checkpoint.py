@@ -42,6 +42,8 @@ class ModelInfo:
     description: str = ""
     # defaults for turning the network's output into labels, e.g. {"min_size": 30} for instances
     postprocess: dict = field(default_factory=dict)
+    # {"input_scale": s}: the zoom the training images were resampled by (see core.scale); prediction uses it
+    scale: dict = field(default_factory=dict)
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -168,6 +170,7 @@ def _read(path: Path, weights: bool = True):
         )
     known = {f for f in ModelInfo.__dataclass_fields__}
     info = ModelInfo(**{k: v for k, v in raw.items() if k in known})
+    _check_scale(path, info.scale)
     opt = json.loads(meta["optimizer"]) if "optimizer" in meta else None
     return info, tensors, opt
 
@@ -224,6 +227,20 @@ def _check_bounds(path: Path, model: dict) -> None:
                 f"{path.name}: its header says {key}={v!r}, outside {lo}..{hi}; the file is damaged or not a "
                 "napari-unet model"
             )
+
+
+def _check_scale(path: Path, scale) -> None:
+    from .scale import check_scale
+
+    if not isinstance(scale, dict):
+        raise CheckpointError(f"{path.name}: its header's scale is not a mapping; the file is damaged")
+    if "input_scale" in scale:
+        try:
+            check_scale(scale["input_scale"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{path.name}: its header's input scale is unusable ({e}); the file is damaged"
+            ) from None
 
 
 def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> bool:

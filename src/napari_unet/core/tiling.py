@@ -31,6 +31,7 @@ from .intensity import percentiles, plane_range, scale_intensity
 from .labels import instances_from_semantic
 from .model import UNet, input_size_for_output, margin
 from .planes import as_stack
+from .scale import check_scale, model_scale, resize, shape_at, zoom_plane
 
 Output = Literal["labels", "probabilities", "instances"]
 OUTPUTS = ("labels", "probabilities", "instances")
@@ -212,6 +213,7 @@ def iter_predict(
     precision: Literal["fp32", "bf16", "fp16"] | None = None,
     memory_budget: int | None = None,
     min_size: int | None = None,
+    scale: float | None = None,
 ) -> Generator[TileEvent, None, np.ndarray]:
     """Overlap-tile prediction of a 2D image or a (Z, Y, X) stack, slice by slice.
 
@@ -243,6 +245,9 @@ def iter_predict(
     min_size : int, optional
         ``output='instances'``: drop objects smaller than this many pixels.
         None = the model's own default (``model.info.postprocess``; 0 if unset).
+    scale : float, optional
+        Zoom each plane by this factor for the network and resample the result back
+        (:mod:`.scale`); None = the scale the model was trained at (1 for most models).
 
     Yields
     ------
@@ -287,12 +292,16 @@ def iter_predict(
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} for output={output!r}")
 
     amp_dtype = autocast_dtype(precision, dev)
-
+    zoom = model_scale(model) if scale is None else check_scale(scale)
+    if zoom != 1.0:
+        output_hw = shape_at((H, W), zoom)  # the network sees the image resampled to this size
+    else:
+        output_hw = (H, W)
     if tile_out is None:
-        tile = auto_tile_out((H, W), model, dev, batch_size=batch_size or 1, memory_budget=memory_budget)
+        tile = auto_tile_out(output_hw, model, dev, batch_size=batch_size or 1, memory_budget=memory_budget)
     else:
         tile = tile_out
-    plan = plan_tiles((H, W), model, tile)
+    plan = plan_tiles(output_hw, model, tile)
     if batch_size is None:
         budget = memory_budget if memory_budget is not None else available_memory(dev)
         per_tile = bytes_per_pixel(model) * plan.tile_in[0] * plan.tile_in[1]
@@ -301,15 +310,9 @@ def iter_predict(
     was_training = model.training
     model.eval()
     model.to(dev)
-    mem_fmt = memory_format(dev)
-    model.to(memory_format=mem_fmt)
-    transforms = _DIHEDRAL if tta else [(0, False)]
+    run_tiles = _TileRunner(model, plan, dev, amp_dtype, _DIHEDRAL if tta else [(0, False)], batch_size)
     total = plan.n_tiles * len(z_list)
     done = 0
-    (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
-    crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
-    need_softmax = output == "probabilities" or len(transforms) > 1
-    lab_dtype = torch.uint8 if C < 256 else torch.int16
     ids_used = 0  # instances: ids so far, so every slice's objects get new ones (in the order predicted)
     try:
         for z in z_list:
@@ -317,56 +320,33 @@ def iter_predict(
             if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
                 raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
             plane = scale_intensity(raw, *((lo, hi) if lo is not None else plane_range(raw, norm)))
-            padded = mirror_pad(plane, plan.pad)
-            coords = [(y, x) for y in plan.ys for x in plan.xs]
-            labels_plane = None
-            for b0 in range(0, len(coords), batch_size):
-                batch_coords = coords[b0 : b0 + batch_size]
-                if len(batch_coords) == 1:
-                    y, x = batch_coords[0]
-                    batch = padded[None, :, y : y + tiy, x : x + tix]  # a view: one copy below
-                else:
-                    batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
-                xt = torch.from_numpy(batch).to(dev).contiguous(memory_format=mem_fmt)
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    prob = None
-                    for k, flip in transforms:
-                        xin = _apply_d4(xt, k, flip) if (k or flip) else xt
-                        logits = model(xin)
-                        if crop_y is None:
-                            crop_y = (logits.shape[-2] - toy) // 2
-                            crop_x = (logits.shape[-1] - tox) // 2
-                        if not (k or flip):
-                            # crop before the softmax: padded nets predict their context too
-                            logits = logits[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
-                        if not need_softmax:
-                            prob = logits  # argmax(logits) == argmax(softmax(logits))
-                            break
-                        p = torch.softmax(logits.float(), dim=1)
-                        if k or flip:
-                            p = _invert_d4(p, k, flip)[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
-                        prob = p if prob is None else prob.add_(p)
-                    if len(transforms) > 1:
-                        prob = prob / len(transforms)
-                if output == "probabilities":
-                    res = prob.cpu().numpy()
-                else:
-                    res = prob.argmax(dim=1).to(lab_dtype).cpu().numpy()
-                for (y, x), r in zip(batch_coords, res):
-                    hy, hx = min(toy, H - y), min(tox, W - x)
-                    region = (slice(y, y + hy), slice(x, x + hx))
+            if zoom == 1.0:
+                # class indices (or probabilities) straight into ``out``, tile by tile
+                want = "probabilities" if output == "probabilities" else "labels"
+                for region, r in run_tiles(plane, want):
                     if output == "probabilities":
-                        idx = (slice(None), z, *region) if is_stack else (slice(None), *region)
-                        out[idx] = r[:, :hy, :hx]
+                        out[(slice(None), z, *region) if is_stack else (slice(None), *region)] = r
                     else:
-                        idx = (z, *region) if is_stack else region
-                        out[idx] = r[:hy, :hx]
+                        out[(z, *region) if is_stack else region] = r
                     done += 1
                     yield TileEvent(done, total, z, region, "tile")
+            else:
+                # probabilities at the model's scale, resampled back to the image's grid, then classes
+                prob = np.zeros((C, *output_hw), np.float32)
+                for region, r in run_tiles(zoom_plane(plane, zoom), "probabilities"):
+                    prob[(slice(None), *region)] = r
+                    done += 1
+                    yield TileEvent(done, total, z, (slice(0, H), slice(0, W)), "tile")
+                prob = resize(prob, (H, W), order=1)
+                if output == "probabilities":
+                    out[(slice(None), z) if is_stack else (slice(None),)] = prob
+                else:
+                    out[(z,) if is_stack else ()] = prob.argmax(axis=0)
             if output == "instances":
                 plane_idx = (z,) if is_stack else ()
-                labels_plane = np.asarray(out[plane_idx])
-                inst = instances_from_semantic(labels_plane, C, min_size=min_px, border_class=border)
+                # the size filter is in the model's pixels: at another scale, objects cover 1/zoom^2 as many
+                px = int(round(min_px / zoom**2))
+                inst = instances_from_semantic(np.asarray(out[plane_idx]), C, min_size=px, border_class=border)
                 # unique ids over the whole stack: offset by the ids the slices before used (a running count:
                 # re-reading earlier slices was O(Z^2) on zarr / memmap outputs, and with out-of-order
                 # ``slices`` read slices not predicted yet)
@@ -380,6 +360,64 @@ def iter_predict(
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return out
+
+
+class _TileRunner:
+    """The network over the overlap tiles of one normalised (C, h, w) plane: yields (region, result) with
+    ``region`` in the plane's coordinates and ``result`` the class indices (h', w') or probabilities (C, h', w')
+    of that region (cropped at the plane's edge)."""
+
+    def __init__(self, model: UNet, plan: TilePlan, dev, amp_dtype, transforms, batch_size: int):
+        self.model, self.plan, self.dev, self.amp_dtype = model, plan, dev, amp_dtype
+        self.transforms, self.batch_size = transforms, batch_size
+        self.mem_fmt = memory_format(dev)
+        model.to(memory_format=self.mem_fmt)
+        self.crop = None  # how much the network output exceeds the tile (padded nets)
+        self.lab_dtype = torch.uint8 if model.n_classes < 256 else torch.int16
+
+    def __call__(self, plane: np.ndarray, output: str):
+        plan, dev, transforms = self.plan, self.dev, self.transforms
+        (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
+        H, W = plane.shape[-2:]
+        need_softmax = output == "probabilities" or len(transforms) > 1
+        padded = mirror_pad(plane, plan.pad)
+        coords = [(y, x) for y in plan.ys for x in plan.xs]
+        for b0 in range(0, len(coords), self.batch_size):
+            batch_coords = coords[b0 : b0 + self.batch_size]
+            if len(batch_coords) == 1:
+                y, x = batch_coords[0]
+                batch = padded[None, :, y : y + tiy, x : x + tix]  # a view: one copy below
+            else:
+                batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
+            xt = torch.from_numpy(batch).to(dev).contiguous(memory_format=self.mem_fmt)
+            amp = self.amp_dtype
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                prob = None
+                for k, flip in transforms:
+                    xin = _apply_d4(xt, k, flip) if (k or flip) else xt
+                    logits = self.model(xin)
+                    if self.crop is None:
+                        self.crop = ((logits.shape[-2] - toy) // 2, (logits.shape[-1] - tox) // 2)
+                    cy, cx = self.crop
+                    if not (k or flip):
+                        # crop before the softmax: padded nets predict their context too
+                        logits = logits[..., cy : cy + toy, cx : cx + tox]
+                    if not need_softmax:
+                        prob = logits  # argmax(logits) == argmax(softmax(logits))
+                        break
+                    p = torch.softmax(logits.float(), dim=1)
+                    if k or flip:
+                        p = _invert_d4(p, k, flip)[..., cy : cy + toy, cx : cx + tox]
+                    prob = p if prob is None else prob.add_(p)
+                if len(transforms) > 1:
+                    prob = prob / len(transforms)
+            if output == "probabilities":
+                res = prob.float().cpu().numpy()
+            else:
+                res = prob.argmax(dim=1).to(self.lab_dtype).cpu().numpy()
+            for (y, x), r in zip(batch_coords, res):
+                hy, hx = min(toy, H - y), min(tox, W - x)
+                yield (slice(y, y + hy), slice(x, x + hx)), r[..., :hy, :hx]
 
 
 def output_spec(output: Output, n_classes: int, spatial: tuple[int, ...]) -> tuple[tuple[int, ...], type]:
