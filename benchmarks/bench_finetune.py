@@ -25,6 +25,8 @@ Arms (``--arms``):
               prediction (distillation, ``train.prior_loss``); the widget's default.
 ``ftx``       fine-tune the shipped model of the *other* kind (a pretrained start
               from a different domain: EM -> nuclei, nuclei -> EM).
+``auto``      the defaults: start, keep_prior and scale chosen on the strokes (``core/start.py``).
+``autonoscale`` ``auto`` with the images at their own scale (``scale=1``).
 ``rf``        ``skimage.feature.multiscale_basic_features`` + ``RandomForestClassifier``
               (100 trees) on the scribbled pixels: the ilastik pixel-classification recipe.
 
@@ -57,6 +59,7 @@ from napari_unet.core import metrics
 from napari_unet.core.checkpoint import load_model
 from napari_unet.core.events import run
 from napari_unet.core.labels import instances_from_semantic, isbi_to_instances
+from napari_unet.core.scale import zoom_labels, zoom_plane
 from napari_unet.core.tiling import predict
 from napari_unet.core.train import TrainConfig, iter_train, recommended_settings
 from napari_unet.core.weights import SIGMA, W0
@@ -88,6 +91,17 @@ SETS = {
         "ft": "em-membrane",
         "ftx": "nuclei",
     },
+    # nuclei at another magnification: the DSB images zoomed 3x (objects 3x larger than the nuclei model knows)
+    "nuclei-3x": {
+        "train": [80, 81, 82, 83, 84],
+        "test": list(range(85, 95)),
+        "fg": "objects",
+        "f1": True,
+        "w0": W0,
+        "ft": "nuclei",
+        "ftx": "em-membrane",
+        "zoom": 3.0,
+    },
     # the EM model's own task in a new domain: membranes of the VNC stack
     "vnc-mem": {
         "train": [0, 4, 8, 12, 16],
@@ -118,6 +132,15 @@ def load(which: str):
         return img, isbi_to_instances(raw), raw
     img = tifffile.imread(DATA / "dsb2018_nuclei_256" / "images.tif")
     inst = tifffile.imread(DATA / "dsb2018_nuclei_256" / "labels_instance.tif").astype(np.int32)
+    zoom = SETS[which].get("zoom", 1.0)
+    if zoom != 1.0:  # the images used (train + test) at another magnification: linear pixels, nearest labels
+        keep = sorted(SETS[which]["train"] + SETS[which]["test"])
+        big = np.zeros((len(img), *(round(n * zoom) for n in img.shape[1:])), np.uint8)
+        big_inst = np.zeros(big.shape, np.int32)
+        for i in keep:
+            big[i] = np.clip(np.round(zoom_plane(img[i][None], zoom)[0]), 0, 255)
+            big_inst[i] = zoom_labels(inst[i], zoom)
+        img, inst = big, big_inst
     return img, np.where(inst > 0, inst + 1, 1).astype(np.int32), inst
 
 
@@ -170,12 +193,13 @@ def scribbles(labels: np.ndarray, which: str, seed: int = 0) -> np.ndarray:
                 s = _strokes(lab == i, rng, n=1, length=30, erode=3, brush=3)
                 out[z][s] = i
         else:
-            s = _strokes(bg, rng, n=8, length=50, erode=4, brush=3)
+            k = SETS[which].get("zoom", 1.0)  # at another magnification a user's strokes are as much longer
+            s = _strokes(bg, rng, n=8, length=round(50 * k), erode=round(4 * k), brush=round(3 * k))
             out[z][s] = 1
             ids = np.unique(lab[lab >= 2])
             ids = rng.permutation(ids)[: max(3, int(0.6 * len(ids)))]
             for i in ids:
-                s = _strokes(lab == i, rng, n=1, length=20, erode=2, brush=3)
+                s = _strokes(lab == i, rng, n=1, length=round(20 * k), erode=round(2 * k), brush=round(3 * k))
                 out[z][s] = i
     return out
 
@@ -216,9 +240,10 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         "ftkeep": s["ft"],
         "ftx": s["ftx"],
         "auto": "auto",
+        "autonoscale": "auto",
     }.get(arm)
     rec = recommended_settings("cpu", init)  # the widget's and the CLI's defaults
-    keep_prior = {"ftkeep": 1.0, "auto": None}.get(arm, 0.0)
+    keep_prior = {"ftkeep": 1.0, "auto": None, "autonoscale": None}.get(arm, 0.0)
     cfg = TrainConfig(
         depth=4,
         base_channels=16,
@@ -242,6 +267,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         seed=seed,
         device="cpu",
         keep_prior=keep_prior,
+        scale=1.0 if arm == "autonoscale" else None,  # None: the start's (auto: the zoom it agrees best at)
     )
     budgets = sorted(budgets_min)
     snaps = []

@@ -232,6 +232,18 @@ def _keep_prior(text: str):
     return value
 
 
+def _scale(text: str):
+    """--scale: 'auto' (None) or a zoom factor (core/scale.py)."""
+    if text == "auto":
+        return None
+    from .core.scale import check_scale
+
+    try:
+        return check_scale(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
+
 def cmd_train(args) -> int:
     import numpy as np
 
@@ -313,6 +325,7 @@ def cmd_train(args) -> int:
         precision=args.precision,
         schedule=args.schedule,
         keep_prior=args.keep_prior,
+        scale=args.scale,
         # unset: TrainConfig's own defaults (the paper's)
         **{
             k: v
@@ -414,6 +427,7 @@ def cmd_predict(args) -> int:
         device=args.device,
         min_size=args.min_size,
         precision=args.precision,
+        scale=args.scale,
     )
     bar = _TileBar(args.quiet)
     try:
@@ -466,6 +480,7 @@ def cmd_evaluate(args) -> int:
             min_size=args.min_size,
             progress=bar,
             channel_axis=ch,
+            scale=args.scale,
         )
     finally:
         bar.close()
@@ -514,6 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    def scale(sp, default_help: str):
+        sp.add_argument(
+            "--scale",
+            type=_scale,
+            default=None,
+            metavar="S",
+            help="zoom the images by S for the network (0.5: objects twice as large as the model's, e.g. another "
+            f"objective) and the result back to the image's grid; default: {default_help}",
+        )
 
     def channels(sp):
         sp.add_argument(
@@ -640,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(t)
     channels(t)
+    scale(t, "'auto': the zoom at which the start model agrees best with your labels (1 from scratch)")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="overlap-tile prediction of a TIFF image or stack")
@@ -689,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(pr)
     channels(pr)
+    scale(pr, "the model's own (recorded when it was trained; 1 for the shipped models)")
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="score a model against ground truth")
@@ -712,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the report to this file")
     common(ev)
     channels(ev)
+    scale(ev, "the model's own")
     ev.set_defaults(func=cmd_evaluate)
 
     mo = sub.add_parser("models", help="list the models shipped with napari-unet")

@@ -79,3 +79,55 @@ def test_damaged_scale_in_a_header_is_refused(tmp_path):
         path = save_model(tmp_path / "bad.safetensors", model, info=replace(model.info, scale=bad))
         with pytest.raises(CheckpointError, match="scale"):
             load_model(path)
+
+
+def test_cli_scale_option(big_nuclei, tmp_path, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+
+    im, lab = big_nuclei
+    tifffile.imwrite(tmp_path / "big.tif", im[:1].astype(np.uint8))
+    out = tmp_path / "out.tif"
+    assert (
+        main(["predict", str(tmp_path / "big.tif"), "-o", str(out), "--model", "nuclei", "--scale", "0.33", "-q"]) == 0
+    )
+    model = load_model("nuclei")
+    expect = predict(model, im[:1].astype(np.uint8), scale=0.33)
+    np.testing.assert_array_equal(tifffile.imread(out), expect[0])
+    with pytest.raises(SystemExit):
+        main(["predict", str(tmp_path / "big.tif"), "-o", str(out), "--model", "nuclei", "--scale", "0"])
+    assert "scale must be between" in capsys.readouterr().err
+
+
+def test_auto_start_trains_at_the_scale_the_start_model_agrees_best(big_nuclei, monkeypatch):
+    """The auto start scores the strokes at each zoom and trains at the best one; the saved model
+    predicts at that zoom by default. (On the benchmark's strokes over 3x nuclei the nuclei model agrees
+    0.92 as is and 0.97 at x0.5: docs/accuracy.md; here the agreement is rigged to favour x0.5, so
+    the test is about what follows from the choice.)"""
+    from napari_unet.core import start
+    from napari_unet.core.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    im, lab = big_nuclei
+    im, lab = im[:2, :384, :384], lab[:2, :384, :384]
+    strokes = np.where(lab > 0, lab.astype(np.int32) + 1, 1)
+    strokes[:, ::2] = 0  # every other row painted: strokes, not masks
+    real = start.agreement
+
+    def rigged(model, slices, label_mode, *, scale=1.0, **kw):
+        agree, per = real(model, slices, label_mode, scale=scale, **kw)
+        bonus = 0.1 if scale == 0.5 and model.info.name == "nuclei" else 0.0
+        return agree + bonus, {k: min(1.0, v + bonus) for k, v in per.items()}
+
+    monkeypatch.setattr(start, "agreement", rigged)
+    cfg = TrainConfig(init="auto", keep_prior=None, label_mode="instance", steps=2, tile_in=188, device="cpu")
+    result = train(cfg, im, strokes, preview=(0, 0))
+    assert result.info.scale == {"input_scale": 0.5}
+    assert "zoomed x0.50" in result.info.training["start"]
+    assert model_scale(result.model) == 0.5
+    assert predict(result.model, im[:1], output="labels").shape == im[:1].shape
+    # a fixed scale is kept as given; from scratch the images stay as they are
+    cfg = TrainConfig(init=None, depth=2, base_channels=4, tile_in=92, steps=1, device="cpu")
+    assert train(cfg, im, strokes).info.scale == {}
+    assert train(replace(cfg, scale=0.71), im, strokes).info.scale == {"input_scale": 0.71}

@@ -24,6 +24,7 @@ def evaluate_arrays(
     min_size: int | None = None,
     progress: Callable[[TileEvent], None] | None = None,
     channel_axis: int | None = None,
+    scale: float | None = None,
 ) -> dict:
     """Predict ``image`` and score it against ``truth`` (per slice, then averaged).
 
@@ -31,7 +32,8 @@ def evaluate_arrays(
     membrane vs cell, V_rand and Rand error of the cell segmentation.
     kind 'instances' (truth 0 = background, 1..N objects): foreground IoU and
     instance F1 at IoU 0.5. ``progress`` sees every :class:`TileEvent` of the prediction;
-    ``channel_axis`` is the image's channel axis for a multichannel model.
+    ``channel_axis`` is the image's channel axis for a multichannel model; ``scale`` the zoom for the
+    network (None: the model's own, see :mod:`.scale`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -40,7 +42,16 @@ def evaluate_arrays(
         kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
     output = "labels" if kind == "membranes" else "instances"
     pred = run(
-        iter_predict(model, image, output=output, tta=tta, device=device, min_size=min_size, channel_axis=channel_axis),
+        iter_predict(
+            model,
+            image,
+            output=output,
+            tta=tta,
+            device=device,
+            min_size=min_size,
+            channel_axis=channel_axis,
+            scale=scale,
+        ),
         progress,
     )
     planes_p = [pred] if pred.ndim == 2 else list(pred)

@@ -18,6 +18,7 @@ from . import augment as aug
 from .intensity import percentiles, scale_intensity
 from .labels import IGNORE, annotated_mask, check_pair, targets_from_labels
 from .planes import plane_at
+from .scale import zoom_labels, zoom_plane
 from .weights import weight_map
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def prepare_slices(
 ) -> list[TrainSlice]:
     """The annotated slices, normalised, with targets and (``weights``) eq. 2 weight maps (else ones)."""
     out = []
+    zoom = config.scale or 1.0  # None (not decided yet): the images as they are
     for i, (img, lab) in enumerate(pairs):
         name = f"pair {i}" if len(pairs) > 1 else ""
         lab = np.asarray(lab)
@@ -82,6 +84,11 @@ def prepare_slices(
                 raise ValueError(f"the model expects {in_channels} channel(s), the image has {im.shape[0]}")
             # per-slice percentiles and the same mapping as tiling.iter_predict at prediction time
             im = scale_intensity(im, *percentiles(im, config.norm_low, config.norm_high))
+            if zoom != 1.0:  # at the model's object size (core/scale.py), as prediction will see it
+                im, lab_z = zoom_plane(im, zoom), zoom_labels(lab_z, zoom)
+                ann = annotated_mask(lab_z, zero_is_background=config.zero_is_background)
+                if not ann.any():
+                    continue
             target = targets_from_labels(
                 lab_z,
                 mode=config.label_mode,

@@ -79,13 +79,14 @@ def resize(arr: np.ndarray, shape: tuple[int, int], *, order: int) -> np.ndarray
     return out[..., : shape[0], : shape[1]]
 
 
-def pick_scale(scores: dict[float, float]) -> float:
-    """The scale with the best agreement; 1 unless another one is better by :data:`MIN_GAIN`."""
+def pick_scale(scores: dict[float, float], default: float = 1.0) -> float:
+    """The scale with the best agreement; ``default`` (the model's own) unless another one is better by
+    :data:`MIN_GAIN`."""
     scores = {s: a for s, a in scores.items() if a is not None and np.isfinite(a)}
     if not scores:
-        return 1.0
-    best = max(scores, key=lambda s: (scores[s], -abs(math.log(s))))
-    base = scores.get(1.0)
+        return default
+    best = max(scores, key=lambda s: (scores[s], -abs(math.log(s / default))))
+    base = scores.get(default)
     if base is not None and scores[best] < base + MIN_GAIN:
-        return 1.0
+        return default
     return float(best)

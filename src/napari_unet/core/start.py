@@ -53,6 +53,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .labels import IGNORE
+from .scale import SCALE_RANGE, SCALES, model_scale, pick_scale, zoom_plane
 
 CONTRADICT = 0.3  # worst-class recall at or below: the start model contradicts the strokes; prior off
 KEEP_FULL = 0.5  # at and above: full prior (keep_prior 1); linear in between
@@ -63,6 +64,7 @@ SCRATCH = "scratch"
 _BINS = 24
 _RANGES = {"intensity": (-0.25, 1.25), "grad1": (0.0, 0.4), "grad4": (0.0, 0.1)}
 _MAX_PIXELS = 2**21  # agreement is scored on at most ~2 Mpx of the painted slices
+_SCALE_PIXELS = 2**17  # ... and each magnification tried on ~0.13 Mpx of them
 
 
 # ----------------------------------------------------------------------------- domain signature
@@ -108,10 +110,15 @@ def domain_similarity(a: dict | None, b: dict | None) -> float | None:
 def _painted_crops(slices, max_pixels: int = _MAX_PIXELS):
     """(image crop, target crop) around the painted pixels, most-painted slices first, up to ``max_pixels``."""
     used = 0
+    side = int(np.sqrt(max_pixels))  # a crop larger than the budget: the window around the painted middle
     for s in sorted(slices, key=lambda s: -s.n_annotated):
-        rows = np.flatnonzero((s.target != IGNORE).any(axis=1))
-        cols = np.flatnonzero((s.target != IGNORE).any(axis=0))
+        painted = s.target != IGNORE
+        rows, cols = np.flatnonzero(painted.any(axis=1)), np.flatnonzero(painted.any(axis=0))
         y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        if (y1 - y0) * (x1 - x0) > max_pixels:
+            cy, cx = (int(np.median(a)) for a in np.nonzero(painted))
+            y0, x0 = max(y0, min(cy - side // 2, y1 - side)), max(x0, min(cx - side // 2, x1 - side))
+            y1, x1 = min(y1, y0 + side), min(x1, x0 + side)
         yield s.image[:, y0:y1, x0:x1], s.target[y0:y1, x0:x1]
         used += (y1 - y0) * (x1 - x0)
         if used >= max_pixels:
@@ -134,12 +141,15 @@ def balanced_accuracy(pred: np.ndarray, target: np.ndarray) -> tuple[float, dict
     return (float(np.mean(list(per.values()))) if per else float("nan")), per
 
 
-def agreement(model, slices, label_mode: str, *, device="cpu") -> tuple[float, dict[int, float]]:
-    """How well ``model`` already predicts the painted pixels of ``slices`` (prepared TrainSlices)."""
+def agreement(
+    model, slices, label_mode: str, *, device="cpu", scale: float = 1.0, max_pixels: int = _MAX_PIXELS
+) -> tuple[float, dict[int, float]]:
+    """How well ``model`` already predicts the painted pixels of ``slices`` (prepared TrainSlices), with the
+    images zoomed by ``scale`` for the network (the prediction comes back to the strokes' grid)."""
     from .tiling import predict
 
     preds, targets = [], []
-    for image, target in _painted_crops(slices):
+    for image, target in _painted_crops(slices, max_pixels):
         c = image.shape[0]
         pred = predict(
             model,
@@ -148,6 +158,7 @@ def agreement(model, slices, label_mode: str, *, device="cpu") -> tuple[float, d
             normalize=False,
             device=device,
             output="labels",
+            scale=scale,
         )
         preds.append(collapse(np.asarray(pred, dtype=np.int64), label_mode).ravel())
         targets.append(collapse(target, label_mode).ravel())
@@ -174,6 +185,7 @@ class Candidate:
     similarity: float | None = None  # None: scratch, or a model file without a domain signature
     note: str = ""
     worst: float | None = None  # the lowest per-class fraction right (None as agreement)
+    scale: float = 1.0  # the zoom at which it agrees best (core/scale.py)
 
     @property
     def label(self) -> str:
@@ -183,7 +195,8 @@ class Candidate:
     def describe(self) -> str:
         parts = []
         if self.agreement is not None:
-            parts.append(f"agrees {self.agreement:.2f} with your strokes")
+            at = f" with the images zoomed x{self.scale:.2f}" if self.scale != 1.0 else ""
+            parts.append(f"agrees {self.agreement:.2f} with your strokes{at}")
         if self.similarity is not None:
             parts.append(f"image similarity {self.similarity:.2f}")
         if self.note:
@@ -197,6 +210,7 @@ class StartChoice:
     keep_prior: float
     reason: str
     candidates: list[Candidate]
+    scale: float = 1.0
 
 
 def choose(candidates: Sequence[Candidate]) -> StartChoice:
@@ -213,7 +227,7 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"start from {best.label}: it already agrees {best.agreement:.2f} with your strokes, so it is "
             f"fine-tuned and kept where you did not paint (keep_prior {kp:.2f}) [{listing}]"
         )
-        return StartChoice(best.name, kp, why, list(candidates))
+        return StartChoice(best.name, kp, why, list(candidates), best.scale)
     similar = [c for c in eligible if c.similarity is not None]
     if similar:
         best = max(similar, key=lambda c: (c.similarity, c.agreement or 0.0))
@@ -222,7 +236,7 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"like yours (similarity {best.similarity:.2f}); its features are kept, its prediction is not "
             f"(keep_prior 0) [{listing}]"
         )
-        return StartChoice(best.name, 0.0, why, list(candidates))
+        return StartChoice(best.name, 0.0, why, list(candidates), best.scale)
     why = f"start from scratch: no model was trained on images like yours [{listing}]"
     return StartChoice(SCRATCH, 0.0, why, list(candidates))
 
@@ -232,14 +246,28 @@ def score_candidate(name: str, slices, label_mode: str, n_classes: int, signatur
     from .checkpoint import load_model
 
     model = load_model(name)
-    sim = domain_similarity(signature, (model.info.training or {}).get("domain"))
+    model_domain = (model.info.training or {}).get("domain")
+    sim = domain_similarity(signature, model_domain)
     if model.config.in_channels != slices[0].image.shape[0]:
         return Candidate(name, None, None, f"expects {model.config.in_channels} channel(s)")
     matches = model.info.label_mode == label_mode and (label_mode == "instance" or model.n_classes == n_classes)
     if not matches:
         return Candidate(name, None, sim, "other classes")
-    agree, per_class = agreement(model, slices, label_mode, device=device)
-    return Candidate(name, agree, sim, worst=min(per_class.values()) if per_class else None)
+    # the magnification: the zoom at which the model agrees best on a small part of the strokes
+    own = model_scale(model)
+    tried = sorted({own, *(own * s for s in SCALES if SCALE_RANGE[0] <= own * s <= SCALE_RANGE[1])})
+    quick = {
+        z: agreement(model, slices, label_mode, device=device, scale=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
+    }
+    zoom = pick_scale(quick, default=own)
+    agree, per_class = agreement(model, slices, label_mode, device=device, scale=zoom)
+    if zoom != own and prior_weight(min(per_class.values()) if per_class else None) == 0:
+        # a model that contradicts the strokes at every zoom says nothing about their scale: its own
+        zoom = own
+        agree, per_class = agreement(model, slices, label_mode, device=device, scale=zoom)
+    if zoom != 1.0:
+        sim = domain_similarity(domain_signature(zoom_plane(s.image, zoom) for s in slices), model_domain)
+    return Candidate(name, agree, sim, worst=min(per_class.values()) if per_class else None, scale=zoom)
 
 
 def default_candidates(extra: Iterable[str] = ()) -> list[str]:

@@ -35,6 +35,7 @@ from .losses import annotated_iou, prior_loss, weighted_loss
 from .model import UNet, build_model, check_tile_in, is_valid_size, nearest_valid_sizes
 from .planes import plane_at
 from .sampling import TrainSlice, as_pairs, prepare_slices
+from .scale import check_scale, model_scale
 from .tiling import predict
 from .weights import SIGMA, W0
 
@@ -201,6 +202,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] | None = None
+    # zoom applied to the images for the network (core/scale.py): None = the start's (the scale at which the
+    # auto start agrees best with the strokes, a model file's recorded one; 1 from scratch)
+    scale: float | None = None
 
     def __post_init__(self):
         """Every field checked once, here: the CLI, the widgets and scripts all build a TrainConfig."""
@@ -224,6 +228,8 @@ class TrainConfig:
                 f"norm percentiles must satisfy 0 <= norm_low < norm_high <= 100, got "
                 f"{self.norm_low} and {self.norm_high}"
             )
+        if self.scale is not None:
+            check_scale(self.scale)
         if self.init == AUTO and self.resume is not None:
             raise ValueError("init='auto' chooses a start for a new run; resume continues a saved one: give one")
         if self.init in (None, AUTO) and self.resume is None:  # scratch possible: the architecture is this config's
@@ -385,6 +391,7 @@ def iter_train(
             config,
             init=None if choice.name == start.SCRATCH else choice.name,
             keep_prior=choice.keep_prior if config.keep_prior is None else config.keep_prior,
+            scale=choice.scale if config.scale is None else config.scale,
         )
     config = config.settled()
     if config.lr is None:
@@ -394,6 +401,10 @@ def iter_train(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model, start_info, start_note, new_head = _build(config, n_classes, in_channels)
+    if config.scale is None:  # a model file's own scale (a correction round keeps its zoom); scratch: 1
+        config = replace(config, scale=model_scale(model) if start_info is not None else 1.0)
+    if config.scale != 1.0:
+        start_note += f"; images zoomed x{config.scale:.2f} to the model's object size"
     n_classes = model.n_classes
     depth, padding = model.depth, model.padding
 
@@ -530,6 +541,7 @@ def iter_train(
             "domain": start.domain_signature(s.image for s in slices),
         },
         name=(start_info.name if start_info is not None and config.resume else ""),
+        scale={"input_scale": config.scale} if config.scale != 1.0 else {},
     )
 
     history: list[tuple[int, float]] = []
@@ -742,6 +754,7 @@ def _validate(model: UNet, val: list[TrainSlice], n_classes: int, dev, precision
             normalize=False,
             device=dev,
             precision=precision,
+            scale=1.0,  # the slices are at the model's scale already
         )
         scores.append(annotated_iou(pred, s.target, n_classes))
     return float(np.nanmean(scores)) if scores else float("nan")
@@ -752,9 +765,10 @@ def _preview(model: UNet, image, z: int, dev, channel_axis, config: TrainConfig)
     is_stack = len(np.shape(image)) == (3 if channel_axis is None else 4)
     plane = plane_at(image, z if is_stack else None, channel_axis)
     lo, hi = percentiles(plane, config.norm_low, config.norm_high)
+    kw = dict(normalize=(lo, hi), device=dev, output="labels", scale=config.scale)  # the image as the user sees it
     if channel_axis is None:
-        return predict(model, plane[0], normalize=(lo, hi), device=dev, output="labels")
-    return predict(model, plane, channel_axis=0, normalize=(lo, hi), device=dev, output="labels")
+        return predict(model, plane[0], **kw)
+    return predict(model, plane, channel_axis=0, **kw)
 
 
 def train(config: TrainConfig, images, labels, **kwargs) -> TrainResult:
