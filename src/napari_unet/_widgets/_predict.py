@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
 
 from . import _state
 from ._layers import (
@@ -43,6 +43,16 @@ class PredictWidget(JobWidget, Container):
         self.channels = channel_select(viewer, label="+ channels")
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="semantic labels")
         self.where = ComboBox(label="predict", choices=[CURRENT, STACK], value=CURRENT)
+        self.zoom = FloatSpinBox(
+            label="zoom",
+            value=0.0,
+            min=0.0,
+            max=8.0,
+            step=0.05,
+            tooltip="zoom the image by this factor for the model and the result back (0.5: your objects are twice as "
+            "large as the ones the model was trained on, e.g. another objective). 0 = the model's own (recorded when "
+            "it was trained; 1 for the shipped models)",
+        )
         self.tta = CheckBox(text="test-time augmentation (8 flips/rotations)", value=False)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.predict_button = PushButton(text="Predict")
@@ -65,6 +75,7 @@ class PredictWidget(JobWidget, Container):
                 self.channels,
                 self.output,
                 self.where,
+                self.zoom,
                 self.tta,
                 self.device,
                 row,
@@ -152,6 +163,10 @@ class PredictWidget(JobWidget, Container):
                         "the model was trained on (or choose an RGB image for a 3-channel model)"
                     )
                 )
+            if self.zoom.value:
+                from napari_unet.core.scale import check_scale
+
+                check_scale(self.zoom.value)
             # read-only for the worker; a grey numpy, dask or zarr layer is read one slice at a time
             data, channel_axis = layer_pixels(layer, self.channels.value)
         except (ValueError, FileNotFoundError) as e:
@@ -178,6 +193,7 @@ class PredictWidget(JobWidget, Container):
                 tta=bool(self.tta.value),
                 device=self.device.value,
                 channel_axis=channel_axis,
+                scale=float(self.zoom.value) or None,
             )
         except (ValueError, RuntimeError) as e:
             show_error(f"cannot predict: {e}")
