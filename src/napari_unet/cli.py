@@ -438,7 +438,7 @@ def cmd_predict(args) -> int:
     finally:
         bar.close()
     out = Path(args.output)
-    if args.kind == "probabilities":
+    if args.kind in ("probabilities", "uncertainty"):
         import tifffile
 
         from .core.io import atomic_write
@@ -449,6 +449,11 @@ def cmd_predict(args) -> int:
     else:
         write_labels(out, result)
     print(f"wrote {out} ({args.kind}, shape {tuple(result.shape)})")
+    if args.kind == "uncertainty":
+        from .core.guidance import rank_regions
+
+        where = rank_regions(result, k=5)
+        print("paint next (most uncertain first): " + "; ".join(r.describe() for r in where))
     return 0
 
 
@@ -686,10 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--kind",
-        choices=["labels", "instances", "probabilities"],
+        choices=["labels", "instances", "probabilities", "uncertainty"],
         default="labels",
         help="labels: class per pixel (0 = background); instances: one id per object; "
-        "probabilities: one float map per class",
+        "probabilities: one float map per class; uncertainty: where the model is unsure (0..1; the most "
+        "uncertain regions, where a stroke helps most, are listed)",
     )
     pr.add_argument("--slices", help="only these slices, e.g. 25-29")
     pr.add_argument(

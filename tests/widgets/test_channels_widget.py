@@ -92,20 +92,3 @@ def test_rgb_layer_is_three_channels(viewer, dsb, qtbot, messages):
     p.image.value = viewer.layers["colour"]
     assert p._on_predict() is None
     assert "expects 1 input channel(s), 'colour' gives 3" in messages[-1] and "Split RGB" in messages[-1]
-
-
-def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qtbot, messages):
-    images, _ = dsb
-    viewer.add_image(images[85, :128, :128], name="nuclei")
-    p = dock(viewer, "Predict")
-    p.model.value, p.image.value = "nuclei", viewer.layers["nuclei"]
-    p.zoom.value = 0.05
-    assert p._on_predict() is None and "scale must be between" in messages[-1]
-    p.zoom.value = 0.5
-    job = p._on_predict()
-    assert job is not None, messages
-    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
-    from napari_unet.core.checkpoint import load_model
-
-    expect = predict(load_model("nuclei"), images[85, :128, :128], scale=0.5)
-    np.testing.assert_array_equal(p.layer.data, expect)

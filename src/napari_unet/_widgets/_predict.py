@@ -25,7 +25,12 @@ if TYPE_CHECKING:
     import napari
 
 MODEL_FILE = "model file…"
-OUTPUTS = {"semantic labels": "labels", "instances": "instances", "probability map": "probabilities"}
+OUTPUTS = {
+    "semantic labels": "labels",
+    "instances": "instances",
+    "probability map": "probabilities",
+    "uncertainty (where to paint next)": "uncertainty",
+}
 CURRENT, STACK = "current slice", "whole stack"
 
 
@@ -57,6 +62,9 @@ class PredictWidget(JobWidget, Container):
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.paint_next = ComboBox(label="paint next", choices=[], visible=False, nullable=True)
+        self.go_button = PushButton(text="Go", visible=False, tooltip="show the chosen region: its slice, centred")
+        self.regions = []
         self.to_labels_button = PushButton(
             text="Correct it: to training labels",
             enabled=False,
@@ -79,6 +87,8 @@ class PredictWidget(JobWidget, Container):
                 self.tta,
                 self.device,
                 row,
+                self.paint_next,
+                self.go_button,
                 self.to_labels_button,
                 self.status,
             ]
@@ -95,6 +105,7 @@ class PredictWidget(JobWidget, Container):
         self.predict_button.changed.connect(self._on_predict)
         self.cancel_button.changed.connect(self._on_cancel)
         self.to_labels_button.changed.connect(self._on_to_labels)
+        self.go_button.changed.connect(self._on_go)
         _state.events.models_changed.connect(self._on_models_changed)
         follow_layers(viewer, self)
         self._stop_on_close()
@@ -216,7 +227,12 @@ class PredictWidget(JobWidget, Container):
         """A fresh layer whose data IS ``out`` (the worker writes, the GUI thread refreshes)."""
         name = (
             f"{image.name} "
-            + {"labels": "prediction", "instances": "instances", "probabilities": "probability"}[output]
+            + {
+                "labels": "prediction",
+                "instances": "instances",
+                "probabilities": "probability",
+                "uncertainty": "uncertainty",
+            }[output]
         )
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
@@ -227,10 +243,13 @@ class PredictWidget(JobWidget, Container):
             translate=image.translate,
             metadata={
                 "model": getattr(info, "name", ""),
+                "image": image.name,
                 "output": output,
                 "label_mode": getattr(info, "label_mode", ""),
             },
         )
+        if output == "uncertainty":
+            return self.viewer.add_image(out, colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.6, **kw)
         if output == "probabilities":
             fg = 1 if out.shape[0] > 1 else 0  # class axis first: show the foreground channel
             kw["metadata"]["probabilities"] = out
@@ -262,6 +281,47 @@ class PredictWidget(JobWidget, Container):
             self.layer.refresh()
         self.complete = True
         self.status.value = f"done: {self.total} tiles"
+        if self.layer.metadata.get("output") == "uncertainty":
+            self._rank_regions()
+
+    def _rank_regions(self):
+        """Fill 'paint next' with the most uncertain regions of the slices predicted (unpainted ones first)."""
+        from napari_unet.core.guidance import rank_regions
+
+        unc = np.asarray(self.layer.data)
+        if self.predicted_slices is not None and unc.ndim == 3:  # only what was predicted
+            keep = np.zeros(unc.shape[0], bool)
+            keep[self.predicted_slices] = True
+            unc = np.where(keep[:, None, None], unc, 0.0)
+        painted = self._painted_like(unc.shape)
+        self.regions = rank_regions(unc, painted=painted, k=8)
+        self.paint_next.choices = [(r.describe(), r) for r in self.regions]
+        self.paint_next.visible = self.go_button.visible = bool(self.regions)
+        if self.regions:
+            self.paint_next.value = self.regions[0]
+            self.status.value += f"; paint next: {self.regions[0].describe()} (Go jumps there)"
+
+    def _painted_like(self, shape):
+        """The training labels painted on this image (Annotate names them '<image> labels'), if any."""
+        from napari.layers import Labels
+
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and tuple(layer.data.shape) == tuple(shape) and layer is not self.layer:
+                if layer.metadata.get("training_labels_for") == self.layer.metadata.get("image"):
+                    return np.asarray(layer.data)
+        return None
+
+    def _on_go(self, *_):
+        """Move the viewer to the chosen region: its slice, centred and zoomed on it."""
+        region = self.paint_next.value
+        if region is None or self.layer is None or self.layer not in self.viewer.layers:
+            return
+        world = self.layer.data_to_world(region.center)
+        if region.z is not None:
+            self.viewer.dims.set_point(0, world[0])
+        camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9 moved it to viewer.scene
+        camera.center = tuple(world[-2:])
+        camera.zoom = max(camera.zoom, 2.0)
 
     def _on_to_labels(self, *_):
         """The finished prediction as training labels (+1: 0 stays 'not annotated'); returns the layer."""

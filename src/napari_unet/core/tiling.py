@@ -33,8 +33,8 @@ from .model import UNet, input_size_for_output, margin
 from .planes import as_stack
 from .scale import check_scale, model_scale, resize, shape_at, zoom_plane
 
-Output = Literal["labels", "probabilities", "instances"]
-OUTPUTS = ("labels", "probabilities", "instances")
+Output = Literal["labels", "probabilities", "instances", "uncertainty"]
+OUTPUTS = ("labels", "probabilities", "instances", "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -226,9 +226,11 @@ def iter_predict(
         numpy, memmap, dask or zarr: only one slice is read at a time.
     tile_out : int or (int, int), optional
         Output tile side in px; None = automatic from the memory budget and image size.
-    output : {'labels', 'probabilities', 'instances'}
+    output : {'labels', 'probabilities', 'instances', 'uncertainty'}
         Class indices (0 = background), per-class probabilities (class axis
-        first), or instance ids (0 = background, unique over the stack).
+        first), instance ids (0 = background, unique over the stack), or the
+        uncertainty of each pixel (:func:`entropy` of its probabilities, 0..1; with
+        ``tta``, of the 8 views' mean: where they disagree it is high): where to paint next.
     out : array, optional
         Where to write (numpy, memmap, zarr, a napari layer's data); must have
         the result's shape. Written tile by tile, so a caller can show progress.
@@ -322,12 +324,12 @@ def iter_predict(
             plane = scale_intensity(raw, *((lo, hi) if lo is not None else plane_range(raw, norm)))
             if zoom == 1.0:
                 # class indices (or probabilities) straight into ``out``, tile by tile
-                want = "probabilities" if output == "probabilities" else "labels"
+                want = "labels" if output in ("labels", "instances") else "probabilities"
                 for region, r in run_tiles(plane, want):
                     if output == "probabilities":
                         out[(slice(None), z, *region) if is_stack else (slice(None), *region)] = r
                     else:
-                        out[(z, *region) if is_stack else region] = r
+                        out[(z, *region) if is_stack else region] = entropy(r) if output == "uncertainty" else r
                     done += 1
                     yield TileEvent(done, total, z, region, "tile")
             else:
@@ -340,6 +342,8 @@ def iter_predict(
                 prob = resize(prob, (H, W), order=1)
                 if output == "probabilities":
                     out[(slice(None), z) if is_stack else (slice(None),)] = prob
+                elif output == "uncertainty":
+                    out[(z,) if is_stack else ()] = entropy(prob)
                 else:
                     out[(z,) if is_stack else ()] = prob.argmax(axis=0)
             if output == "instances":
@@ -420,10 +424,18 @@ class _TileRunner:
                 yield (slice(y, y + hy), slice(x, x + hx)), r[..., :hy, :hx]
 
 
+def entropy(prob: np.ndarray) -> np.ndarray:
+    """Uncertainty of class probabilities (C, ...): their entropy over log(C), 0 (sure) .. 1 (all classes equal)."""
+    p = np.clip(np.asarray(prob, dtype=np.float32), 1e-7, 1.0)
+    return (-(p * np.log(p)).sum(axis=0) / np.log(p.shape[0])).astype(np.float32)
+
+
 def output_spec(output: Output, n_classes: int, spatial: tuple[int, ...]) -> tuple[tuple[int, ...], type]:
     """Shape and dtype of :func:`iter_predict`'s result (class axis first for probabilities)."""
     if output == "probabilities":
         return (n_classes, *spatial), np.float32
+    if output == "uncertainty":
+        return spatial, np.float32
     if output == "labels":
         return spatial, (np.uint8 if n_classes < 256 else np.uint16)
     return spatial, np.uint32
