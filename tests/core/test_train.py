@@ -240,3 +240,40 @@ def test_one_painted_class_is_warned(nuclei):
         assert what in start.warning
     events, _ = drain(iter_train(TrainConfig(label_mode="instance", steps=1, **TINY), img, lab))
     assert not [e for e in events if e.kind == "start"][0].warning
+
+
+def test_live_feed_adds_strokes_without_a_restart(isbi):
+    """Strokes painted during a run reach the training data: new slices join, repainted ones are replaced."""
+    from napari_unet.core.events import TrainState
+
+    img, lab, _ = isbi
+    image = img[:3, :128, :128]
+    labels = np.zeros(image.shape, np.uint16)
+    labels[0, 10:40, 10:40] = 1
+    labels[0, 60:90, 60:90] = 2
+    later = np.zeros((128, 128), np.uint16)
+    later[5:50, 5:50], later[70:120, 70:120] = 1, 2
+    sent = []
+
+    def feed():
+        if len(sent) == 0 and steps_seen[0] >= 2:
+            sent.append(1)
+            return [(0, 2, later.copy())]  # slice 2 painted mid-run
+        return []
+
+    steps_seen = [0]
+    cfg = TrainConfig(depth=2, base_channels=4, tile_in=92, steps=6, device="cpu", val_fraction=0)
+    events = []
+    gen = iter_train(cfg, image, labels, feed=feed)
+    try:
+        while True:
+            ev = next(gen)
+            events.append(ev)
+            if ev.kind == "step":
+                steps_seen[0] = ev.step
+    except StopIteration as stop:
+        result = stop.value
+    live = [e for e in events if e.kind == "live"]
+    assert len(live) == 1 and live[0].message.startswith("1 painted slice(s) joined")
+    assert live[0].step >= 2 and result.state is TrainState.DONE and result.steps_done == 6
+    assert result.info.training["n_train_slices"] == 1  # counted at the start; the live slice joined later

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     import napari
 
 PREVIEW_LAYER = "prediction preview"
+LIVE_STEPS = 10_000_000  # live mode trains until Stop
 AUTO, SCRATCH, PRETRAINED, CHECKPOINT = "auto", "scratch", "pretrained", "checkpoint file"
 
 
@@ -178,6 +180,13 @@ class TrainWidget(JobWidget, Container):
             visible=False,
         )
 
+        self.live = CheckBox(
+            text="live: keep training while I paint",
+            value=False,
+            tooltip="training runs until Stop; every stroke you paint on the chosen labels reaches the training "
+            "data within a second or two (only the slices you touched are copied), and the preview refreshes as "
+            "it trains. Paint where the 'uncertainty' output of Predict says the model is unsure",
+        )
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.save_button = PushButton(text="Save model…", enabled=False)
@@ -201,6 +210,7 @@ class TrainWidget(JobWidget, Container):
                 self.tile_in,
                 self.augment,
                 self.device,
+                self.live,
                 self.show_advanced,
                 self.advanced,
                 run_row,
@@ -215,6 +225,7 @@ class TrainWidget(JobWidget, Container):
         self.job: Job | None = None
         self.result = None
         self.last_event = None
+        self.last_live = ""  # live mode: what the last strokes painted during the run did
         self._on_add_pair()
 
         self.add_pair.changed.connect(self._on_add_pair)
@@ -255,6 +266,9 @@ class TrainWidget(JobWidget, Container):
             self.pairs_box.remove(self.pairs.pop())
 
     def _on_close(self):
+        if getattr(self, "_unhook_strokes", None) is not None:  # live mode: no stroke reaches a closed widget
+            self._unhook_strokes()
+            self._unhook_strokes = None
         _state.events.weights_changed.disconnect(self._on_weights_changed)
 
     def _on_weights_changed(self, w0: float, sigma: float):
@@ -414,7 +428,13 @@ class TrainWidget(JobWidget, Container):
         job = Job("train")
         self.result = None
         self.plot.clear()
-        gen = iter_train(config, images, labels, channel_axis=channel_axis, preview=preview, cancel=job.cancel)
+        feed = None
+        if self.live.value:
+            config = replace(config, steps=LIVE_STEPS)  # until Stop
+            feed = self._watch_strokes()
+        gen = iter_train(
+            config, images, labels, channel_axis=channel_axis, preview=preview, cancel=job.cancel, feed=feed
+        )
         return self._run_job(
             job,
             gen,
@@ -448,6 +468,9 @@ class TrainWidget(JobWidget, Container):
             # last: napari's progress bar may process queued events (even our finished slot)
             if self.progress is not None and ev.step > self.progress.n:
                 self.progress.update(ev.step - self.progress.n)
+        elif ev.kind == "live":
+            self.last_live = ev.message
+            self.status.value = f"step {ev.step}: {ev.message}"
         elif ev.kind == "validation":
             self.plot.add_val(ev.step, ev.val_metric)
             self.status.value = f"step {ev.step}: validation IoU {ev.val_metric:.3f}"
@@ -536,7 +559,72 @@ class TrainWidget(JobWidget, Container):
         show_info(f"model saved to {path}")
         return Path(out) if out else path
 
+    def _watch_strokes(self):
+        """Live mode: follow the chosen labels layers' paint events; return the worker's ``feed``.
+
+        A stroke marks its slice; 300 ms after the last one (a debounce on the GUI thread) the
+        touched slices are copied (only those) into a list the worker drains before its next step:
+        the worker never reads a layer napari is writing.
+        """
+        import threading
+
+        from qtpy.QtCore import QTimer
+
+        lock, pending, dirty = threading.Lock(), [], set()
+        layers = [(i, row.labels.value) for i, row in enumerate(self.pairs)]
+
+        def copy_dirty():
+            taken = []
+            for i, z in sorted(dirty, key=lambda d: (d[0], -1 if d[1] is None else d[1])):
+                layer = layers[i][1]
+                if layer not in self.viewer.layers:  # deleted mid-run: nothing to copy
+                    continue
+                taken.append((i, z, np.array(layer.data if z is None else layer.data[z])))
+            dirty.clear()
+            with lock:
+                pending.extend(taken)
+
+        timer = QTimer()
+        timer.setSingleShot(True)
+        timer.setInterval(300)
+        timer.timeout.connect(copy_dirty)
+
+        def on_paint(i, layer):
+            def mark(event=None):
+                idx = current_index(self.viewer, layer)
+                dirty.add((i, idx[0] if idx else None))
+                timer.start()
+
+            return mark
+
+        hooks = [(layer, on_paint(i, layer)) for i, layer in layers]
+        for layer, hook in hooks:
+            layer.events.paint.connect(hook)
+            layer.events.data.connect(hook)
+
+        def unhook():
+            timer.stop()
+            for layer, hook in hooks:
+                for ev in (layer.events.paint, layer.events.data):
+                    try:
+                        ev.disconnect(hook)
+                    except Exception:  # the layer is gone
+                        pass
+
+        self._unhook_strokes = unhook
+
+        def feed():
+            with lock:
+                out = list(pending)
+                pending.clear()
+            return out
+
+        return feed
+
     def _set_running(self, running: bool):
+        if not running and getattr(self, "_unhook_strokes", None) is not None:
+            self._unhook_strokes()
+            self._unhook_strokes = None
         self.train_button.enabled = not running
         self.stop_button.enabled = running
         self.save_button.enabled = (not running) and self.result is not None

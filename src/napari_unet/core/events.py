@@ -50,7 +50,8 @@ class TrainEvent:
     """One step (or validation / preview pass) of :func:`~napari_unet.core.train.iter_train`."""
 
     # 'start': init='auto' chose where to start (``message`` says which and why), before any step
-    kind: Literal["start", "step", "validation", "preview", "finished", "crashed"]
+    # 'live': strokes painted during the run reached the training data (``message`` says how many slices)
+    kind: Literal["start", "step", "validation", "preview", "live", "finished", "crashed"]
     step: int
     total: int
     loss: float

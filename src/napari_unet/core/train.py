@@ -18,7 +18,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
@@ -364,6 +364,7 @@ def iter_train(
     val_labels=None,
     preview: tuple[int, int] | None = None,
     cancel: threading.Event | None = None,
+    feed: Callable[[], list[tuple[int, int | None, np.ndarray]]] | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Train (or fine-tune) a U-Net on painted labels; yields events, returns a TrainResult.
 
@@ -380,6 +381,11 @@ def iter_train(
         Slice to predict every ``config.preview_every`` steps (event kind 'preview').
     cancel : threading.Event, optional
         Set it to stop after the current step; the result is returned as usual.
+    feed : callable, optional
+        Live training: called before every step, returns the label planes painted since the last
+        call as ``(pair index, slice or None, labels plane)`` (copies: the caller keeps painting).
+        Their slices are prepared again (targets, weight maps) and join the training data without
+        a restart; an event of kind 'live' says how many.
     """
     t_start = time.perf_counter()
     pairs = as_pairs(images, labels)
@@ -620,6 +626,16 @@ def iter_train(
             lr = lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr
+            if feed is not None:
+                updates = feed()
+                if updates:
+                    n_new, skipped = _take_strokes(
+                        updates, pairs, slices, val, config, n_classes, in_channels, channel_axis
+                    )
+                    counts = np.array([s.n_annotated for s in slices], dtype=np.float64)
+                    probs = counts / counts.sum()
+                    msg = f"{n_new} painted slice(s) joined the training data" + (f"; {skipped}" if skipped else "")
+                    yield event("live", lr, 0.0, message=msg)
             # through the module, so a benchmark can time (wrap) the sampler
             x, y, w = sampling.sample_batch(slices, probs, config, t_in, t_out, rng)
             xt = torch.from_numpy(x).to(dev).contiguous(memory_format=mem_fmt)
@@ -695,6 +711,40 @@ def iter_train(
         opt = teacher = None  # drop the optimizer state and the teacher now
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _take_strokes(updates, pairs, slices, val, config, n_classes, in_channels, channel_axis) -> tuple[int, str]:
+    """Live training: the painted planes ``updates`` replace (or join) their slices in ``slices`` / ``val``,
+    in place. Returns how many slices were taken and what was skipped (a message, or '')."""
+    taken, skipped = 0, []
+    for i, z, lab in updates:
+        if not 0 <= i < len(pairs):
+            continue
+        img = pairs[i][0]
+        plane = img if z is None else img[z]
+        try:
+            new = prepare_slices(
+                [(plane, np.asarray(lab))], config, n_classes, in_channels, channel_axis, weights=False
+            )
+        except ValueError as e:  # nothing left painted there, or a class the model does not have
+            if "nothing is annotated" not in str(e):
+                skipped.append(f"slice {z}: {e}")
+            new = []
+        for s in new:
+            s.where = (i, 0 if z is None else int(z))
+        sampling.weigh(new, config)
+        for group in (val, slices):
+            old = [k for k, s in enumerate(group) if s.where == (i, 0 if z is None else int(z))]
+            if old:
+                if new:
+                    group[old[0]] = new[0]
+                elif group is slices and len(slices) > 1:
+                    del group[old[0]]
+                break
+        else:
+            slices.extend(new)
+        taken += len(new)
+    return taken, "; ".join(skipped)
 
 
 def _n_classes(config: TrainConfig, pairs) -> int:
