@@ -2,7 +2,7 @@
 
 Every picture shows the plugin's own sample data (ISBI 2012 EM crop) going
 through the loop the guide describes: paint -> weight map -> deformation ->
-train -> predict. Images are palette-quantised to stay well under 300 KB.
+train -> predict -> uncertainty + live training. Images are palette-quantised to stay well under 300 KB.
 """
 
 from __future__ import annotations
@@ -106,6 +106,31 @@ def main():
     job = pred._on_predict()
     wait(app, lambda: not job.running)
     shot(viewer, app, "predict.png", dock_p)
+
+    # 5. the live loop: the uncertainty output says where to paint next, Go jumps there, and a live
+    #    run takes the strokes painted there while it trains
+    pred.output.value = "uncertainty (where to paint next)"
+    pred.where.value = "current slice"
+    job = pred._on_predict()
+    wait(app, lambda: not job.running)
+    region = pred.regions[0]
+    pred._on_go()
+    labels.visible = True
+    train.live.value = True
+    train.preview_every.value = 10
+    job = train._on_train()
+    wait(app, lambda: train.last_event is not None and train.last_event.step >= 5)
+    z = int(viewer.dims.current_step[0])
+    box = (z, slice(region.y, region.y + region.size // 2), slice(region.x, region.x + region.size // 2))
+    labels.data[box] = truth.data[box]  # the user's strokes in the uncertain region
+    labels.events.paint(value=[])
+    labels.refresh()
+    wait(app, lambda: bool(train.last_live))
+    wait(app, lambda: train.last_event.step >= 25)
+    dock_p.raise_()
+    shot(viewer, app, "live-loop.png", dock_p)
+    train._on_stop()
+    wait(app, lambda: not job.running)
     viewer.close()
 
 
