@@ -767,11 +767,11 @@ def main(argv=None) -> int:
     except (RuntimeError, OSError, MemoryError) as e:  # a device or disk failing mid-run: no traceback wall
         hint = ""
         if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
-            hint = (
-                " (lower --tile-in or --batch-size, or use --device cpu)"
-                if args.func is cmd_train
-                else " (give a smaller --tile-out, or use --device cpu)"
-            )
+            given = getattr(args, "tile_out", None) if args.func is not cmd_train else getattr(args, "tile_in", None)
+            flag = "--tile-in" if args.func is cmd_train else "--tile-out"
+            smaller = f"a {flag} below the {given} used" if given else f"a smaller {flag}"
+            hint = f" (give {smaller}" + (" or a smaller --batch-size" if args.func is cmd_train else "")
+            hint += ", or use --device cpu)"
         print(f"error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
         return 1
 
