@@ -27,6 +27,7 @@ Arms (``--arms``):
               from a different domain: EM -> nuclei, nuclei -> EM).
 ``auto``      the defaults: start, keep_prior and scale chosen on the strokes (``core/start.py``).
 ``autonoscale`` ``auto`` with the images at their own scale (``scale=1``).
+``asis``      ``auto``'s start (model and zoom) with no training: what choosing alone gives.
 ``rf``        ``skimage.feature.multiscale_basic_features`` + ``RandomForestClassifier``
               (100 trees) on the scribbled pixels: the ilastik pixel-classification recipe.
 
@@ -241,9 +242,10 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         "ftx": s["ftx"],
         "auto": "auto",
         "autonoscale": "auto",
+        "asis": "auto",
     }.get(arm)
     rec = recommended_settings("cpu", init)  # the widget's and the CLI's defaults
-    keep_prior = {"ftkeep": 1.0, "auto": None, "autonoscale": None}.get(arm, 0.0)
+    keep_prior = {"ftkeep": 1.0, "auto": None, "autonoscale": None, "asis": None}.get(arm, 0.0)
     cfg = TrainConfig(
         depth=4,
         base_channels=16,
@@ -272,6 +274,14 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
     budgets = sorted(budgets_min)
     snaps = []
     cancel = threading.Event()
+    if arm == "asis":  # the auto start's choice (model, zoom) used as it is: no step of training
+        cancel.set()
+        result = run(iter_train(cfg, img, scrib, cancel=cancel), lambda ev: None)
+        net = result.model.eval()
+        r = {"minutes": 0.0, "steps": 0, "scale": result.info.scale.get("input_scale", 1.0)}
+        r.update(score(unet_predict(net, test_img), test_truth, which, net.n_classes))
+        log(f"{which}/{arm}: {r}")
+        return [r], result.info.training["start"]
     c0 = time.process_time()  # includes data preparation (weight maps), as a user would wait for it
 
     def watch(ev):

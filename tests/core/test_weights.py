@@ -156,3 +156,27 @@ def test_bad_parameters():
         weight_map(lab, w0=-1)
     with pytest.raises(ValueError, match="label mode"):
         weight_map(lab, mode="panoptic")
+
+
+def test_strokes_in_objects_do_not_assert_interior_over_border():
+    """A partly painted object (a stroke) is 'object: interior or border'; a fully painted one keeps its
+    interior and border; the loss of an ANY_OBJECT pixel is -log(p_interior + p_border)."""
+    import torch
+
+    from napari_unet.core.labels import ANY_OBJECT, targets_from_labels
+    from napari_unet.core.losses import weighted_loss
+
+    lab = np.zeros((12, 20), np.int32)
+    lab[1:11, 1:9] = 1
+    lab[3:8, 3:7] = 2  # a whole object, surrounded by painted background
+    lab[4:6, 12:18] = 3  # a stroke: unpainted pixels around it
+    t = targets_from_labels(lab, mode="instance", border_class=True, partial_objects=True)
+    assert t[5, 4] == 1 and t[3, 4] == 2  # the whole object: interior and border as painted
+    assert (t[4:6, 12:18] == ANY_OBJECT).all()  # the stroke: object, border unknown
+    plain = targets_from_labels(lab, mode="instance", border_class=True)
+    assert (plain[4:6, 12:18] == 1).all()  # without the option: as before
+    logits = torch.tensor([[0.0, 2.0, 2.0]]).reshape(1, 3, 1, 1)
+    any_loss = weighted_loss(logits, torch.tensor([[[ANY_OBJECT]]]), torch.ones(1, 1, 1))
+    p = torch.softmax(logits[0, :, 0, 0], 0)
+    assert torch.isclose(any_loss, -torch.log(p[1] + p[2]))
+    assert torch.isclose(weighted_loss(logits, torch.tensor([[[1]]]), torch.ones(1, 1, 1)), -torch.log(p[1]))

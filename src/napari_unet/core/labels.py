@@ -28,6 +28,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 IGNORE = -1
+# a target for "object, interior or border": object pixels of a partly painted object (a stroke inside it)
+# in instance mode with a border class; where its border runs is not painted, so neither class is asserted
+ANY_OBJECT = 99
 LabelMode = Literal["semantic", "instance"]
 MODES = ("semantic", "instance")
 
@@ -88,12 +91,18 @@ def targets_from_labels(
     n_classes: int | None = None,
     zero_is_background: bool = False,
     border_class: bool = False,
+    partial_objects: bool = False,
 ) -> np.ndarray:
     """Per-pixel class targets (int64) with ``IGNORE`` (-1) where not annotated.
 
     Semantic: value k >= 1 -> class k-1. Instance: 1 -> 0 (background), >= 2 -> 1
     (foreground); with ``border_class`` object pixels on the boundary of their
     object (touching background or another object) become class 2.
+
+    ``partial_objects`` (with ``border_class``): an object painted only in part (it touches
+    unpainted pixels: a stroke, not a mask) says "object" but not where its border is, so its
+    pixels off the painted boundaries get :data:`ANY_OBJECT` (interior or border) instead of
+    interior: strokes near an object's edge then do not teach the border head that it is interior.
     """
     _check_mode(mode)
     labels = shift_zero(labels, zero_is_background)
@@ -111,8 +120,16 @@ def targets_from_labels(
     obj = labels >= 2
     target[obj] = 1
     if border_class:
-        target[object_boundaries(labels) & obj] = 2
+        edge = object_boundaries(labels) & obj
+        if partial_objects:
+            unpainted_near = ndi.binary_dilation(labels == 0, structure=_CROSS) & obj
+            partial = np.unique(labels[unpainted_near])
+            target[np.isin(labels, partial) & obj & ~edge] = ANY_OBJECT
+        target[edge] = 2
     return target
+
+
+_CROSS = ndi.generate_binary_structure(2, 1)
 
 
 def object_boundaries(labels: np.ndarray) -> np.ndarray:

@@ -9,12 +9,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .labels import IGNORE
+from .labels import ANY_OBJECT, IGNORE
 
 
 def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Pixel-wise softmax cross-entropy weighted by eq. 2, averaged over annotated pixels."""
-    ce = F.cross_entropy(logits.float(), target.clamp_min(0), reduction="none")
+    """Pixel-wise softmax cross-entropy weighted by eq. 2, averaged over annotated pixels.
+
+    :data:`.labels.ANY_OBJECT` pixels (part of a partly painted object) cost -log(p_interior + p_border).
+    """
+    any_obj = target == ANY_OBJECT
+    ce = F.cross_entropy(logits.float(), torch.where(any_obj, 1, target).clamp_min(0), reduction="none")
+    if bool(any_obj.any()):
+        logp = F.log_softmax(logits.float(), dim=1)
+        ce = torch.where(any_obj, -torch.logsumexp(logp[:, 1:], dim=1), ce)
     ann = target != IGNORE
     n = ann.sum().clamp_min(1)
     return (ce * weights * ann).sum() / n
@@ -44,6 +51,7 @@ def annotated_iou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float
     """Mean IoU over the classes present in the annotation, on annotated pixels only."""
     ann = target != IGNORE
     p, t = pred[ann], target[ann]
+    t = np.where(t == ANY_OBJECT, np.where((p == 1) | (p == 2), p, 1), t)  # object: interior or border both right
     ious = []
     for c in range(n_classes):
         tc, pc = t == c, p == c
