@@ -442,6 +442,8 @@ def _parse_cite(text: str) -> dict:
 
 
 def cmd_export(args) -> int:
+    import getpass
+
     import numpy as np
 
     from .core import bioimageio
@@ -477,7 +479,7 @@ def cmd_export(args) -> int:
         args.output,
         sample=sample,
         card=card,
-        authors=args.author or None,
+        authors=args.author or (None if shipped else [getpass.getuser() or "napari-unet user"]),
         cite=[_parse_cite(c) for c in args.cite] if args.cite else None,
         license=args.license or ("BSD-3-Clause" if shipped else "CC-BY-4.0"),
         name=args.name,
@@ -719,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--sample-slice", type=int, default=0, help="slice of a --sample stack (default 0)")
     ex.add_argument("--card", help="model card (markdown) for the documentation (default: the model's own .md)")
-    ex.add_argument("--author", action="append", help="an author's name (repeat for more)")
+    ex.add_argument("--author", action="append", help="an author's name (repeat for more; default: your user name)")
     ex.add_argument(
         "--cite",
         action="append",

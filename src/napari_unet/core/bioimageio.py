@@ -473,16 +473,15 @@ def _identifier(name: str) -> str:
 
 def load_package(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """A model from a bioimage.io package (``.zip`` or ``rdf.yaml``); see the module docstring."""
-    _require()
-    from bioimageio.spec import InvalidDescr, load_model_description
-    from bioimageio.spec.model import v0_4, v0_5
-
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"no bioimage.io package at {source}")
-    own = _load_own(source, device)
+    own = _load_own(source, device)  # our own export needs no bioimageio: zip + YAML + the attached file
     if own is not None:
         return own
+    _require()
+    from bioimageio.spec import InvalidDescr, load_model_description
+    from bioimageio.spec.model import v0_4, v0_5
     try:
         descr = load_model_description(source, perform_io_checks=False)
     except Exception as e:
