@@ -482,6 +482,7 @@ def load_package(source: str | os.PathLike, *, device: str | torch.device = "cpu
     _require()
     from bioimageio.spec import InvalidDescr, load_model_description
     from bioimageio.spec.model import v0_4, v0_5
+
     try:
         descr = load_model_description(source, perform_io_checks=False)
     except Exception as e:
