@@ -116,7 +116,8 @@ def test_own_package_round_trip_same_labels(em_package, isbi):
     assert back.info.name == "em-membrane" and read_info(em_package).training == load_model("em-membrane").info.training
     np.testing.assert_array_equal(predict(back, img), ref)
     generic = bio.PackagedModel.from_descr(load_model_description(em_package, perform_io_checks=False), name="em")
-    np.testing.assert_array_equal(predict(generic, img, tile_out=96), ref)  # tiled: the halo keeps it seamless
+    # tiled in 4 (one slice, to stay fast): the declared halo keeps the tiles seamless
+    np.testing.assert_array_equal(predict(generic, img[1], tile_out=96), ref[1])
 
 
 def test_freshly_trained_model_exports_and_passes(tmp_path, offline):

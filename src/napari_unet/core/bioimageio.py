@@ -125,8 +125,8 @@ def valid_package_sizes(model: UNet) -> tuple[int, int]:
     return size, step
 
 
-def test_crop(model: UNet, image: np.ndarray, max_side: int = 260) -> np.ndarray:
-    """A centred crop of a 2D ``image`` at a valid package size (<= ``max_side`` where possible);
+def test_crop(model: UNet, image: np.ndarray, max_side: int = 212) -> np.ndarray:
+    """A centred crop of a 2D ``image`` at a valid package size (<= ``max_side`` where possible: bioimageio.core runs it several times);
     an image smaller than the minimum is mirror-padded up to it."""
     from .tiling import mirror_pad
 
