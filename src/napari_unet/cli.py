@@ -483,6 +483,7 @@ def cmd_export(args) -> int:
         cite=[_parse_cite(c) for c in args.cite] if args.cite else None,
         license=args.license or ("BSD-3-Clause" if shipped else "CC-BY-4.0"),
         name=args.name,
+        data=args.data,
     )
     print(f"wrote {out} (bioimage.io model package, spec 0.5; check it with `bioimageio test {out}`)")
     return 0
@@ -730,6 +731,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--license", help="SPDX licence id (default: CC-BY-4.0; BSD-3-Clause for shipped models)")
     ex.add_argument("--name", help="the package's name (default: the model's)")
+    ex.add_argument(
+        "--data",
+        help="what the model was trained on and its licence, for the card's Data section (models without a card)",
+    )
     ex.set_defaults(func=cmd_export)
 
     mo = sub.add_parser("models", help="list the models shipped with napari-unet")

@@ -139,8 +139,14 @@ def test_freshly_trained_model_exports_and_passes(tmp_path, offline):
     pkg = tmp_path / "mine.zip"
     argv = ["export", str(m), "-o", str(pkg), "--sample", str(ip), "--author", "A. Biologist"]
     argv += ["--cite", "Caicedo JC et al. (2019) Nat Methods 16:1247 doi:10.1038/s41592-019-0612-7"]
+    argv += ["--data", "two DSB 2018 nuclei images (BBBC038v1, CC0)"]
     assert main(argv) == 0
     assert _passed(test_model(pkg))
+    import zipfile
+
+    with zipfile.ZipFile(pkg) as z:
+        readme = z.read("README.md").decode()
+    assert "w0 = 10.0" in readme and "BBBC038v1, CC0" in readme and "elastic deformation" in readme
     assert "Training recipe" in bio.model_card(load_model(m).info, load_model(m))
     ft = tmp_path / "ft.safetensors"
     assert main(f"train --images {ip} --labels {lp} --steps 1 --tile-in 92 --init {pkg} -o {ft} -q".split()) == 0

@@ -30,13 +30,14 @@ network: every file of a package is local, and validation only checks local file
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
 import tempfile
 import warnings
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +177,7 @@ def cover_image(image: np.ndarray, labels: np.ndarray, n_classes: int) -> np.nda
     return (np.concatenate([rgb, over], axis=1) * 255).round().astype(np.uint8)
 
 
-def model_card(info: ModelInfo, model: UNet) -> str:
+def model_card(info: ModelInfo, model: UNet, data: str | None = None) -> str:
     """A model card for a model without one (a model trained in napari / the CLI): what the file records."""
     cfg = model.config
     tr = info.training or {}
@@ -223,8 +224,10 @@ def model_card(info: ModelInfo, model: UNet) -> str:
         "",
         "## Data",
         "",
-        tr.get("data")
-        or "Not recorded in the model file: say here what the model was trained on, and under which licence.",
+        data
+        or tr.get("data")
+        or "Not recorded in the model file: what the model was trained on, and under which licence, is for its "
+        "authors to add here (`napari-unet export --data`).",
         "",
     ]
     return "\n".join(lines)
@@ -281,6 +284,7 @@ def export_package(
     cite: list[dict] | None = None,
     license: str = "CC-BY-4.0",
     name: str | None = None,
+    data: str | None = None,
 ) -> Path:
     """Write ``model`` (a model, file or shipped name) as a bioimage.io model package (spec 0.5) zip.
 
@@ -297,6 +301,8 @@ def export_package(
         The data's citations; the U-Net paper is always cited.
     license : str
         SPDX licence id of the package (weights and files).
+    data : str, optional
+        What the model was trained on and under which licence: the generated card's "Data" section.
 
     Returns
     -------
@@ -315,7 +321,9 @@ def export_package(
         model = load_model(src_path)
     if not isinstance(model, UNet):
         raise PackageError("only napari-unet U-Nets can be exported (this model came from another package)")
-    model = model.cpu().eval()
+    info0 = getattr(model, "info", None)
+    model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
+    model.info = info0
     info: ModelInfo = getattr(model, "info", None) or ModelInfo(model=model.config.to_dict())
     model.info = info
     name = name or info.name or "napari-unet model"
@@ -352,7 +360,7 @@ def export_package(
         Image.fromarray(cover_image(crop, expected[0].argmax(0), model.n_classes)).save(d / "cover.png")
         if card is None and src_path is not None and src_path.with_suffix(".md").is_file():
             card = src_path.with_suffix(".md").read_text(encoding="utf-8")  # a shipped model's card
-        doc = (card if card is not None else model_card(info, model)).rstrip()
+        doc = (card if card is not None else model_card(info, model, data=data)).rstrip()
         doc += _package_notes(model, lo, step, halo) + _validation_section(info)
         (d / "README.md").write_text(doc, encoding="utf-8")
 
@@ -541,6 +549,17 @@ def _load_own(source: Path, device) -> UNet | None:
         return load_model(f, device=device)  # reads every tensor: the file may go
 
 
+@dataclass(frozen=True)
+class _PackagedConfig:
+    """The part of :class:`~.model.UNetConfig` the tiler reads (base_channels: a guess for the memory budget)."""
+
+    n_classes: int
+    depth: int
+    in_channels: int = 1
+    base_channels: int = 32
+    padding: str = "same"
+
+
 _SUPPORTED_PRE = ("scale_range", "zero_mean_unit_variance", "fixed_zero_mean_unit_variance", "scale_linear")
 _SUPPORTED_POST = ("softmax", "sigmoid")
 
@@ -569,8 +588,6 @@ class PackagedModel(nn.Module):
         post,
         probabilities,
         classes,
-        name,
-        description,
     ):
         super().__init__()
         self.net = net
@@ -579,16 +596,9 @@ class PackagedModel(nn.Module):
         self.context = context
         self.post = post  # None, 'softmax' or 'sigmoid'
         self.probabilities = probabilities  # no postprocessing, and the output's data range is [0, 1]
-        n = len(classes)
-        depth = max(0, int(step).bit_length() - 1)
-        # what the tiler reads: a 'same' network of this grid, one input channel, these classes
-        self.config = type(
-            "PackagedConfig",
-            (),
-            {"in_channels": 1, "n_classes": n, "depth": depth, "base_channels": 32, "padding": "same"},
-        )()
+        # what the tiler reads: a 'same' network on this 2**depth grid, one input channel, these classes
+        self.config = _PackagedConfig(n_classes=len(classes), depth=max(0, int(step).bit_length() - 1))
         self.info = None
-        self._classes, self._name, self._description = classes, name, description
 
     @property
     def depth(self) -> int:
@@ -699,13 +709,13 @@ class PackagedModel(nn.Module):
             post=post,
             probabilities=tuple(getattr(out.data, "range", (None, None)) or (None, None)) == (0.0, 1.0),
             classes=classes,
-            name=name,
-            description=info.description,
         )
         m.info = info
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if "batch" not in self.in_axes and x.shape[0] > 1:  # a package without a batch axis: one tile at a time
+            return torch.cat([self(x[i : i + 1]) for i in range(x.shape[0])])
         h, w = x.shape[-2:]
         # The smallest input the package accepts whose output covers the tile. The tile stays where it is
         # (the pooling grid keeps its phase, so tiles agree with each other): what a valid network loses
@@ -767,7 +777,8 @@ def _normalization(preprocessing, what: str) -> dict:
     op = ops[0]
     k = op.kwargs
     axes = getattr(k, "axes", None)
-    if axes is not None and sorted(str(a) for a in axes) not in (["x", "y"], ["batch", "x", "y"]):
+    # per 2D plane: y and x, with or without batch and the one channel (None = all axes jointly)
+    if axes is not None and not {"x", "y"} <= {str(a) for a in axes} <= {"batch", "channel", "x", "y"}:
         raise PackageError(f"{what}: {op.id} over axes {[str(a) for a in axes]}; napari-unet normalises 2D planes")
     if op.id == "scale_range":
         return {"method": "percentile", "low": float(k.min_percentile), "high": float(k.max_percentile), "eps": k.eps}
