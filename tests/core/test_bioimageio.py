@@ -103,6 +103,13 @@ def test_architecture_file_needs_only_torch():
     src = Path(m.__file__).read_text()
     imports = [ln for ln in src.splitlines() if ln.startswith(("import ", "from "))]
     assert all(("napari" not in ln and not ln.startswith("from .")) for ln in imports), imports
+    # a tool may exec it without registering a module (dataclasses with postponed annotations then fail)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("some_tools_name", m.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.MirroredUNet(20, depth=2, base_channels=4)(torch.zeros(1, 1, 44, 44)).shape == (1, 2, 44, 44)
 
 
 def test_own_package_round_trip_same_labels(em_package, isbi):
@@ -296,3 +303,95 @@ def test_unsupported_packages_say_why(tmp_path):
     with pytest.raises((bio.PackageError, CheckpointError)) as e:
         load_model(tmp_path / "unz" / "rdf.yaml")
     assert "single-channel" in str(e.value) or "not a valid" in str(e.value)
+
+
+def test_foreign_valid_channel_last_package(tmp_path, offline):
+    """Another layout: a valid (unpadded) net whose output is smaller (size offset, no halo), axes
+    (batch, y, x, channel), scale_linear, raw logits: tiled prediction equals the net's own."""
+    import importlib.util
+    import shutil
+
+    from bioimageio.spec import ValidationContext, save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as b
+
+    import napari_unet.core.model as m
+
+    src = tmp_path / "arch.py"
+    shutil.copyfile(m.__file__, src)
+    src.write_text(
+        src.read_text()
+        + textwrap.dedent(
+            """
+
+            class ChannelLast(nn.Module):
+                def __init__(self, **kw):
+                    super().__init__()
+                    self.unet = UNet(**kw)
+
+                def forward(self, x):
+                    return self.unet(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            """
+        )
+    )
+    spec = importlib.util.spec_from_file_location("arch", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(1)
+    net = mod.ChannelLast(depth=2, base_channels=4).eval()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    lost, lo = m.margin(2), m.min_input_size(2)
+    img = load_em_sample()[0][0]
+    x = img[:lo, :lo].astype(np.float32)
+    gain, off = 1 / 255, -0.5
+    with torch.no_grad():
+        y = net(torch.from_numpy(x * gain + off)[None, :, :, None]).numpy()
+    np.save(tmp_path / "in.npy", x[None, :, :, None])
+    np.save(tmp_path / "out.npy", y)
+    (tmp_path / "README.md").write_text("# valid net\n\n## Validation\n\nnone: a test fixture\n")
+    ax = [b.AxisId("y"), b.AxisId("x")]
+    raw = b.TensorId("raw")
+    with ValidationContext(root=tmp_path):
+        descr = b.ModelDescr(
+            name="valid channel-last unet",
+            description="a foreign package for the tests",
+            authors=[b.Author(name="someone else")],
+            cite=[b.CiteEntry(text="test", doi="10.1007/978-3-319-24574-4_28")],
+            license=b.LicenseId("MIT"),
+            documentation=b.FileDescr(source=tmp_path / "README.md"),
+            inputs=[
+                b.InputTensorDescr(
+                    id=raw,
+                    axes=[b.BatchAxis()]
+                    + [b.SpaceInputAxis(id=a, size=b.ParameterizedSize(min=lo, step=4)) for a in ax]
+                    + [b.ChannelAxis(channel_names=[b.Identifier("c")])],
+                    test_tensor=b.FileDescr(source=tmp_path / "in.npy"),
+                    preprocessing=[b.ScaleLinearDescr(kwargs=b.ScaleLinearKwargs(gain=gain, offset=off))],
+                )
+            ],
+            outputs=[
+                b.OutputTensorDescr(
+                    id=b.TensorId("logits"),
+                    axes=[b.BatchAxis()]
+                    + [
+                        b.SpaceOutputAxis(id=a, size=b.SizeReference(tensor_id=raw, axis_id=a, offset=-2 * lost))
+                        for a in ax
+                    ]
+                    + [b.ChannelAxis(channel_names=[b.Identifier("bg"), b.Identifier("fg")])],
+                    test_tensor=b.FileDescr(source=tmp_path / "out.npy"),
+                )
+            ],
+            weights=b.WeightsDescr(
+                pytorch_state_dict=b.PytorchStateDictWeightsDescr(
+                    source=tmp_path / "w.pt",
+                    architecture=b.ArchitectureFromFileDescr(
+                        source=src, callable="ChannelLast", kwargs={"depth": 2, "base_channels": 4}
+                    ),
+                    pytorch_version=b.Version("2.1"),
+                )
+            ),
+        )
+    pkg = save_bioimageio_package(descr, output_path=tmp_path / "valid.zip")
+    model = load_model(pkg)
+    assert isinstance(model, bio.PackagedModel) and model.context == lost
+    ref = predict(net.unet, img, normalize=(-off / gain, -off / gain + 1 / gain))
+    np.testing.assert_array_equal(predict(model, img, tile_out=40), ref)

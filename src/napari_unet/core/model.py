@@ -7,8 +7,6 @@ whose output is as large as its input (the input must then be a multiple of
 ``2**depth``).
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import asdict, dataclass
 from typing import Literal
