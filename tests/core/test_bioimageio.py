@@ -124,7 +124,8 @@ def test_own_package_round_trip_same_labels(em_package, isbi):
     np.testing.assert_array_equal(predict(back, img), ref)
     generic = bio.PackagedModel.from_descr(load_model_description(em_package, perform_io_checks=False), name="em")
     # tiled in 4 (one slice, to stay fast): the declared halo keeps the tiles seamless
-    np.testing.assert_array_equal(predict(generic, img[1], tile_out=96), ref[1])
+    # batch_size 4: the tiles go through together, as on a GPU
+    np.testing.assert_array_equal(predict(generic, img[1], tile_out=96, batch_size=4), ref[1])
 
 
 def test_freshly_trained_model_exports_and_passes(tmp_path, offline):
@@ -302,7 +303,16 @@ def test_unsupported_packages_say_why(tmp_path):
     (tmp_path / "unz" / "rdf.yaml").write_text(yaml.safe_dump(rdf))
     with pytest.raises((bio.PackageError, CheckpointError)) as e:
         load_model(tmp_path / "unz" / "rdf.yaml")
-    assert "single-channel" in str(e.value) or "not a valid" in str(e.value)
+    assert "takes 3 input channels; napari-unet runs single-channel models" in str(e.value)
+    # weights napari-unet cannot run: named, with what it runs
+    rdf = yaml.safe_load(files["rdf.yaml"])
+    w = rdf["weights"].pop("pytorch_state_dict")
+    rdf["weights"]["onnx"] = {"source": w["source"], "sha256": w["sha256"], "opset_version": 17}
+    (tmp_path / "unz" / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    with pytest.raises(
+        bio.PackageError, match=r"weights \['onnx'\]; napari-unet runs pytorch_state_dict or torchscript"
+    ):
+        load_model(tmp_path / "unz" / "rdf.yaml")
 
 
 def test_foreign_valid_channel_last_package(tmp_path, offline):
@@ -394,4 +404,4 @@ def test_foreign_valid_channel_last_package(tmp_path, offline):
     model = load_model(pkg)
     assert isinstance(model, bio.PackagedModel) and model.context == lost
     ref = predict(net.unet, img, normalize=(-off / gain, -off / gain + 1 / gain))
-    np.testing.assert_array_equal(predict(model, img, tile_out=40), ref)
+    np.testing.assert_array_equal(predict(model, img, tile_out=40, batch_size=3), ref)
