@@ -37,16 +37,17 @@ import shutil
 import tempfile
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import SUFFIX, CheckpointError, ModelInfo, is_package, load_model, save_model
+from .checkpoint import SUFFIX, ModelInfo, is_package, load_model, save_model
 from .intensity import plane_range
 from .model import MirroredUNet, UNet, margin, min_input_size
+from .tiling import mirror_pad, predict_whole, tile_context
 
 INSTALL_HINT = "pip install 'napari-unet[bioimageio]'"
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
@@ -106,8 +107,6 @@ def _require():
 
 def mirror_of(model: UNet) -> int:
     """Context mirrored in by the exported network = the halo a tiling tool crops."""
-    from .tiling import tile_context
-
     return tile_context(model)
 
 
@@ -126,11 +125,10 @@ def valid_package_sizes(model: UNet) -> tuple[int, int]:
     return size, step
 
 
-def test_crop(model: UNet, image: np.ndarray, max_side: int = 212) -> np.ndarray:
-    """A centred crop of a 2D ``image`` at a valid package size (<= ``max_side`` where possible: bioimageio.core runs it several times);
-    an image smaller than the minimum is mirror-padded up to it."""
-    from .tiling import mirror_pad
-
+def sample_crop(model: UNet, image: np.ndarray, max_side: int = 212) -> np.ndarray:
+    """The package's test input: a centred crop of a 2D ``image`` at a valid package size, at most
+    ``max_side`` where the sizes allow (bioimageio.core runs it several times); an image smaller than
+    the minimum is mirror-padded up to it."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"the test image must be one 2D plane (Y, X), got shape {image.shape}")
@@ -157,8 +155,6 @@ def mirrored(model: UNet) -> MirroredUNet:
 def expected_output(model: UNet, crop: np.ndarray) -> np.ndarray:
     """What napari-unet predicts for ``crop`` (class probabilities, (1, C, Y, X) float32): the package's
     test output. Its preprocessing is napari-unet's: the model's percentiles of the whole crop."""
-    from .tiling import predict_whole
-
     norm = (model.info.normalization if getattr(model, "info", None) else None) or {}
     prob = predict_whole(model.cpu(), crop, normalize=plane_range(crop, norm))
     return prob[None].astype(np.float32)
@@ -351,7 +347,7 @@ def export_package(
         else:
             save_model(attached, model, info=info)
 
-        crop = test_crop(model, sample).astype(np.float32)
+        crop = sample_crop(model, sample).astype(np.float32)
         expected = expected_output(model, crop)
         np.save(d / "test_input.npy", crop[None, None])
         np.save(d / "test_output.npy", expected)
@@ -830,14 +826,7 @@ def _load_net(descr, what: str) -> nn.Module:
     )
 
 
-def info_dict(model) -> dict:
-    """What a loaded model says about itself (for messages and the CLI)."""
-    info = getattr(model, "info", None)
-    return asdict(info) if info is not None else {}
-
-
 __all__ = [
-    "CheckpointError",
     "PackageError",
     "PackagedModel",
     "available",
