@@ -475,7 +475,7 @@ def cmd_export(args) -> int:
         )
     card = Path(args.card).read_text(encoding="utf-8") if args.card else None  # default: the model's own .md
     out = bioimageio.export_package(
-        model,
+        src,  # the file itself: its card (<name>.md) goes in, and it is attached byte for byte
         args.output,
         sample=sample,
         card=card,
