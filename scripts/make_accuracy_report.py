@@ -599,6 +599,16 @@ napari-unet evaluate --model nuclei --images ../shared/data/dsb2018_nuclei_256/i
 
 ![held-out examples](images/accuracy_examples.png)
 
+## The shipped models as bioimage.io packages
+
+`napari-unet export em-membrane -o em-membrane.zip` (and `nuclei`) writes a bioimage.io model package
+(spec 0.5) that Fiji/deepImageJ, ilastik, QuPath and bioimageio.core run. Its documentation is the
+model card, with the training recipe, the data and its licence and the held-out numbers above:
+[em-membrane](../src/napari_unet/models/em-membrane.md), [nuclei](../src/napari_unet/models/nuclei.md)
+(`README.md` inside each package). bioimageio.core's own test (`bioimageio test em-membrane.zip`)
+passes on both, offline (`tests/core/test_bioimageio.py`), and a package imported back into
+napari-unet predicts the same labels as the model file.
+
 ## Training
 
 | run | steps done | CPU minutes | wall minutes (shared CPU) | held-out (fp16 file) |

@@ -33,6 +33,25 @@ def test_core_loads_no_gui():
     assert not {m.split(".")[0] for m in mods} & set(GUI)
 
 
+def test_core_and_cli_work_without_the_bioimageio_extra(tmp_path):
+    """The extra is optional: importing the core loads no bioimageio, and without it a package is refused
+    with the command that installs it (simulated by making `import bioimageio` fail)."""
+    assert not {m.split(".")[0] for m in _loaded("import napari_unet.core.bioimageio, napari_unet.cli")} & {
+        "bioimageio"
+    }
+    (tmp_path / "m.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+    code = (
+        "import sys; sys.modules['bioimageio'] = None\n"
+        "from napari_unet.core.checkpoint import load_model\n"
+        "from napari_unet.cli import main\n"
+        f"try:\n    load_model({str(tmp_path / 'm.zip')!r})\nexcept ValueError as e:\n    print('load:', e)\n"
+        f"main(['export', 'nuclei', '-o', {str(tmp_path / 'x.zip')!r}])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert out.count("pip install 'napari-unet[bioimageio]'") == 2, out
+
+
 def test_package_import_loads_neither_torch_nor_qt():
     mods = {m.split(".")[0] for m in _loaded("import napari_unet")}
     assert "torch" not in mods

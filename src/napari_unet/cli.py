@@ -11,6 +11,11 @@ Fine-tune on your own painted labels (0 = not annotated, 1 = background, 2.. = o
     napari-unet train --images stack.tif --labels painted.tif --mode instance \
         --init em-membrane --steps 500 -o my-model.safetensors
 
+Share a model as a bioimage.io package (Fiji/deepImageJ, ilastik, QuPath, bioimageio.core), and use one::
+
+    napari-unet export my-model.safetensors -o my-model.zip --sample stack.tif
+    napari-unet predict stack.tif -o labels.tif --model my-model.zip
+
 Score a model on held-out slices::
 
     napari-unet evaluate --model my-model.safetensors --images stack.tif --labels truth.tif --slices 25-29
@@ -498,6 +503,73 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export
+
+# the real data that goes into a shipped model's package (test input, cover): the plugin's sample crops
+_SHIPPED_SAMPLES = {"em-membrane": "load_em_sample", "nuclei": "load_nuclei_sample"}
+
+
+def _parse_cite(text: str) -> dict:
+    """'Author et al. (2020) Title. doi:10.1/x' or '... https://...' -> a bioimage.io citation."""
+    import re
+
+    m = re.search(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)(10\.\S+)\s*$", text)
+    if m:
+        return {"text": text[: m.start()].strip().rstrip(".,;") or text, "doi": m.group(1).rstrip(".")}
+    m = re.search(r"(https?://\S+)\s*$", text)
+    if m:
+        return {"text": text[: m.start()].strip().rstrip(".,;") or text, "url": m.group(1)}
+    raise ValueError(f"--cite {text!r}: end it with doi:10.xxx/... or a https:// address (bioimage.io needs one)")
+
+
+def cmd_export(args) -> int:
+    import getpass
+
+    import numpy as np
+
+    from .core import bioimageio
+    from .core.checkpoint import available_models, load_model, resolve_model_path
+
+    if not bioimageio.available():
+        raise SystemExit(
+            f"error: exporting a bioimage.io package needs the bioimageio extra: {bioimageio.INSTALL_HINT}"
+        )
+    src = resolve_model_path(args.model)
+    _refuse_overwrite(args.output, [src], "model")
+    _check_output(args.output, ".zip")
+    model = load_model(src)
+    shipped = src in available_models().values()
+    if args.sample:
+        sample = np.asarray(_read(args.sample, "sample image"))
+        if sample.ndim == 3:
+            if not 0 <= args.sample_slice < sample.shape[0]:
+                raise ValueError(f"--sample-slice {args.sample_slice} is out of range for {sample.shape[0]} slices")
+            sample = sample[args.sample_slice]
+    elif shipped and model.info.name in _SHIPPED_SAMPLES:
+        from . import _sample_data
+
+        sample = getattr(_sample_data, _SHIPPED_SAMPLES[model.info.name])()[0][args.sample_slice]
+    else:
+        raise ValueError(
+            "--sample IMAGE is needed: a TIFF of the kind of data the model segments (a crop of it becomes the "
+            "package's test input and cover image; give data you may share)"
+        )
+    card = Path(args.card).read_text(encoding="utf-8") if args.card else None  # default: the model's own .md
+    out = bioimageio.export_package(
+        src,  # the file itself: its card (<name>.md) goes in, and it is attached byte for byte
+        args.output,
+        sample=sample,
+        card=card,
+        authors=args.author or (None if shipped else [getpass.getuser() or "napari-unet user"]),
+        cite=[_parse_cite(c) for c in args.cite] if args.cite else None,
+        license=args.license or ("BSD-3-Clause" if shipped else "CC-BY-4.0"),
+        name=args.name,
+        data=args.data,
+    )
+    print(f"wrote {out} (bioimage.io model package, spec 0.5; check it with `bioimageio test {out}`)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -580,8 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--init",
         help="where to start: 'auto' (default: the shipped model, --candidates file or scratch that fits the "
-        "strokes best, chosen in seconds before training and named in the log), a shipped model name or model "
-        "file (fine-tune), or 'scratch' (the default is scratch with --depth/--channels)",
+        "strokes best, chosen in seconds before training and named in the log), a shipped model name, model "
+        "file or bioimage.io package exported by napari-unet (fine-tune), or 'scratch' (the default is scratch "
+        "with --depth/--channels)",
     )
     t.add_argument(
         "--candidates",
@@ -687,7 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--model",
         required=True,
-        help="model file or shipped model name: em-membrane, nuclei (see `napari-unet models`)",
+        help="model file, shipped model name (em-membrane, nuclei; see `napari-unet models`) or bioimage.io "
+        "package (model.zip or rdf.yaml; needs napari-unet[bioimageio])",
     )
     pr.add_argument(
         "--kind",
@@ -725,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="score a model against ground truth")
-    ev.add_argument("--model", required=True)
+    ev.add_argument("--model", required=True, help="model file, shipped model name or bioimage.io package")
     ev.add_argument("--images", required=True)
     ev.add_argument(
         "--labels",
@@ -747,6 +821,34 @@ def build_parser() -> argparse.ArgumentParser:
     channels(ev)
     scale(ev, "the model's own")
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a model as a bioimage.io package (runs in Fiji/deepImageJ, ilastik, QuPath, bioimageio.core)",
+    )
+    ex.add_argument("model", help="model file or shipped model name")
+    ex.add_argument("-o", "--output", required=True, help="package to write (.zip)")
+    ex.add_argument(
+        "--sample",
+        help="image TIFF: a crop of it becomes the test input and cover (default for shipped models: their "
+        "sample data). It ships inside the package: use data you may share",
+    )
+    ex.add_argument("--sample-slice", type=int, default=0, help="slice of a --sample stack (default 0)")
+    ex.add_argument("--card", help="model card (markdown) for the documentation (default: the model's own .md)")
+    ex.add_argument("--author", action="append", help="an author's name (repeat for more; default: your user name)")
+    ex.add_argument(
+        "--cite",
+        action="append",
+        help="the training data's citation ending in doi:10... or a https:// address (repeat for more); "
+        "the U-Net paper is always cited",
+    )
+    ex.add_argument("--license", help="SPDX licence id (default: CC-BY-4.0; BSD-3-Clause for shipped models)")
+    ex.add_argument("--name", help="the package's name (default: the model's)")
+    ex.add_argument(
+        "--data",
+        help="what the model was trained on and its licence, for the card's Data section (models without a card)",
+    )
+    ex.set_defaults(func=cmd_export)
 
     mo = sub.add_parser("models", help="list the models shipped with napari-unet")
     mo.set_defaults(func=cmd_models)

@@ -120,3 +120,27 @@ def test_cancel_keeps_finished_tiles_and_says_so(em_viewer, qtbot, tiny_model, m
     layer = em_viewer.layers["EM (ISBI 2012) prediction"]
     assert layer.data[0].any() and not layer.data[7].any()  # the first slice stays, the last never ran
     assert w.predict_button.enabled and "predict" not in _state.RUNNING
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_model_file_can_be_a_bioimageio_package(em_viewer, qtbot, tiny_model, tmp_path):
+    """'model file…' takes a package napari-unet exported: the same labels as the model itself."""
+    pytest.importorskip("bioimageio.core")
+    from napari_unet.core.bioimageio import export_package
+    from napari_unet.core.tiling import predict
+
+    image = em_viewer.layers["EM (ISBI 2012)"]
+    pkg = export_package(tiny_model, tmp_path / "tiny.zip", sample=image.data[0])
+    w = dock(em_viewer, "Predict")
+    w.model.value = "model file…"
+    w.model_file.value = pkg
+    w.image.value = image
+    w.device.value = "cpu"
+    job = w._on_predict()
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    layer = em_viewer.layers["EM (ISBI 2012) prediction"]
+    z = em_viewer.dims.current_step[0]
+    np.testing.assert_array_equal(layer.data[z], predict(tiny_model, image.data[z], device="cpu"))

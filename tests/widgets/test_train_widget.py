@@ -170,3 +170,35 @@ def test_status_lines_wrap_instead_of_cutting_off(em_viewer):
     train.status.value = "start from em-membrane: it already agrees 0.97 with your strokes, so it is fine-tuned " * 2
     width = train.native.width()
     assert train.status.native.heightForWidth(width) > train.status.native.fontMetrics().height()
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_export_for_bioimageio_after_training(em_viewer, qtbot, tmp_path, monkeypatch):
+    """The button writes a package that loads back as the trained model; without the extra it says what
+    to install."""
+    pytest.importorskip("bioimageio.core")
+    from napari_unet.core import bioimageio
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.tiling import predict
+
+    w = dock(em_viewer, "Train")
+    assert not w.export_button.enabled  # nothing trained yet
+    tiny(w, steps=2, preview_every=0)
+    job = w._on_train()
+    qtbot.waitUntil(lambda: w.result is not None and not job.running, timeout=60_000)
+    assert w.export_button.enabled
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    monkeypatch.setattr(bioimageio, "available", lambda: False)
+    assert w._on_export(tmp_path / "none.zip") is None
+    assert "pip install 'napari-unet[bioimageio]'" in errors[-1]
+    monkeypatch.undo()
+    worker = w._on_export(tmp_path / "mine.zip")
+    qtbot.waitUntil(lambda: "written" in w.status.value or "failed" in w.status.value, timeout=60_000)
+    assert "written" in w.status.value, w.status.value
+    assert not worker.is_running
+    back = load_model(tmp_path / "mine.zip")
+    img = em_viewer.layers["EM (ISBI 2012)"].data[0, :96, :96]
+    np.testing.assert_array_equal(predict(back, img), predict(w.result.best_model(), img))

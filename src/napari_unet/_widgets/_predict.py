@@ -43,7 +43,10 @@ class PredictWidget(JobWidget, Container):
 
         self.viewer = viewer
         self.model = ComboBox(label="model", choices=self._model_choices)
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors", visible=False)
+        # a napari-unet model file, or a bioimage.io package (ours, or a 2D U-Net of another tool)
+        self.model_file = FileEdit(
+            label="model file", mode="r", filter="*.safetensors *.zip rdf.yaml *.bioimageio.yaml", visible=False
+        )
         self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
         self.channels = channel_select(viewer, label="+ channels")
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="semantic labels")
@@ -139,7 +142,10 @@ class PredictWidget(JobWidget, Container):
         if name == MODEL_FILE:
             path = Path(str(self.model_file.value))
             if not path.is_file():
-                raise FileNotFoundError(f"choose a model file (.safetensors); {str(path)!r} is not a file")
+                raise FileNotFoundError(
+                    f"choose a model file (.safetensors) or a bioimage.io package (.zip, rdf.yaml); {str(path)!r} is "
+                    "not a file"
+                )
             return load_model(path)
         return load_model(name)
 

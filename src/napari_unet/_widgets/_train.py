@@ -97,7 +97,10 @@ class TrainWidget(JobWidget, Container):
             "images like yours, else scratch. The status line says which and why.",
         )
         self.pretrained = ComboBox(label="pretrained", choices=shipped or [""], visible=bool(shipped))
-        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.safetensors", visible=False)
+        # a napari-unet model file, or a bioimage.io package napari-unet exported
+        self.checkpoint = FileEdit(
+            label="checkpoint", mode="r", filter="*.safetensors *.zip rdf.yaml *.bioimageio.yaml", visible=False
+        )
         self.keep_prior = CheckBox(
             text="keep what the model knows where I did not paint",
             value=True,
@@ -190,6 +193,12 @@ class TrainWidget(JobWidget, Container):
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.save_button = PushButton(text="Save model…", enabled=False)
+        self.export_button = PushButton(
+            text="Export for bioimage.io…",
+            enabled=False,
+            tooltip="write the trained model as a bioimage.io package (.zip) that Fiji/deepImageJ, ilastik, QuPath "
+            "and bioimageio.core run; the slice on screen of the first pair's image goes inside as its test image",
+        )
         run_row = Container(
             widgets=[self.train_button, self.stop_button, self.save_button], layout="horizontal", labels=False
         )
@@ -214,6 +223,7 @@ class TrainWidget(JobWidget, Container):
                 self.show_advanced,
                 self.advanced,
                 run_row,
+                self.export_button,
                 self.status,
             ]
         )
@@ -240,6 +250,7 @@ class TrainWidget(JobWidget, Container):
         self.train_button.changed.connect(self._on_train)
         self.stop_button.changed.connect(self._on_stop)
         self.save_button.changed.connect(lambda *_: self._on_save())
+        self.export_button.changed.connect(lambda *_: self._on_export())
         follow_layers(viewer, self)
         self._stop_on_close()
         self._on_start_changed(self.start.value)
@@ -478,7 +489,7 @@ class TrainWidget(JobWidget, Container):
             # the error itself arrives next (errored); keep the weights trained until now
             self.result = ev.result
             _state.register_model(_state.JUST_TRAINED, ev.result.best_model())
-            self.save_button.enabled = True
+            self.save_button.enabled = self.export_button.enabled = True
         elif ev.kind == "preview" and ev.preview is not None:
             like, idx = self._preview_like
             if like in self.viewer.layers:
@@ -500,7 +511,7 @@ class TrainWidget(JobWidget, Container):
             return
         self.result = result
         _state.register_model(_state.JUST_TRAINED, result.best_model())
-        self.save_button.enabled = True
+        self.save_button.enabled = self.export_button.enabled = True
         self.plot.redraw(force=True)
         best = f"best step {result.best_step}" + (f" (val IoU {result.best_metric:.3f})" if result.val_history else "")
         self.status.value = (
@@ -621,6 +632,70 @@ class TrainWidget(JobWidget, Container):
 
         return feed
 
+    def _on_export(self, path=None):
+        """Export the trained model (best weights) as a bioimage.io package; asks for a file when ``path`` is
+        None. The export runs in a thread (a few seconds); returns the worker, or None."""
+        from napari.utils.notifications import show_error, show_info, show_warning
+
+        from napari_unet.core import bioimageio
+
+        if self.result is None:
+            show_warning("no trained model yet: train first (or wait for training to stop)")
+            return None
+        if not bioimageio.available():
+            show_error(f"Export for bioimage.io needs the bioimageio extra; install it with: {bioimageio.INSTALL_HINT}")
+            return None
+        image = self.pairs[0].image.value if self.pairs else None
+        if image is None:
+            show_warning("choose the first pair's image: a slice of it is the package's test image")
+            return None
+        idx = current_index(self.viewer, image)
+        data = np.asarray(image.data[idx[0]] if idx else image.data)
+        if data.ndim != 2:
+            show_error(f"the package's test image must be a grey 2D slice; {image.name!r} gives shape {data.shape}")
+            return None
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getSaveFileName(
+                self.native,
+                "Export for bioimage.io (the slice on screen goes inside)",
+                "unet.zip",
+                "bioimage.io package (*.zip)",
+            )
+            if not path:
+                return None
+        from napari.qt.threading import create_worker
+
+        model = self.result.best_model()
+        self.status.value = "exporting for bioimage.io…"
+        self.export_button.enabled = False
+
+        def done(out):
+            self.export_button.enabled = self.result is not None
+            self.status.value = f"bioimage.io package written: {out}"
+            show_info(f"bioimage.io package written to {out}")
+
+        def failed(exc):
+            self.export_button.enabled = self.result is not None
+            self.status.value = f"export failed: {error_text(exc)}"
+            show_error(f"export failed: {error_text(exc)}")
+
+        import getpass
+
+        worker = create_worker(
+            bioimageio.export_package,
+            model,
+            Path(path),
+            sample=data.copy(),
+            authors=[getpass.getuser() or "napari-unet user"],
+            _start_thread=False,
+        )
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.start()
+        return worker
+
     def _set_running(self, running: bool):
         if not running and getattr(self, "_unhook_strokes", None) is not None:
             self._unhook_strokes()
@@ -628,3 +703,4 @@ class TrainWidget(JobWidget, Container):
         self.train_button.enabled = not running
         self.stop_button.enabled = running
         self.save_button.enabled = (not running) and self.result is not None
+        self.export_button.enabled = self.save_button.enabled

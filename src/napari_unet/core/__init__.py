@@ -16,6 +16,7 @@ weights     class balance + border weight map (paper eq. 2), W0 / SIGMA
 augment     elastic deformation, flips/rotations, intensity jitter
 evaluate    predict + score against ground truth (evaluate_arrays, with a progress callback)
 checkpoint  safe, atomic save/load of weights + config
+bioimageio  bioimage.io packages: export, import (ours exactly; other 2D U-Nets wrapped); the extra, lazily
 io          TIFF stacks (lazy when large), folders of slices, label TIFFs
 metrics     pixel error, V_rand, Rand error, IoU, instance F1
 """

@@ -61,6 +61,12 @@ def available_models() -> dict[str, Path]:
     return {p.name[: -len(SUFFIX)]: p for p in sorted(MODELS_DIR.glob(f"*{SUFFIX}"))}
 
 
+def is_package(path: str | os.PathLike) -> bool:
+    """A bioimage.io model package (``.zip``, ``rdf.yaml``, ``*.bioimageio.yaml``): loaded by core/bioimageio.py."""
+    name = Path(path).name.lower()
+    return name.endswith((".zip", ".yaml", ".yml"))
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     p = Path(name_or_path)
     if p.exists():
@@ -126,8 +132,30 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
 
 
 def read_info(path: str | os.PathLike) -> ModelInfo:
-    """The metadata of a model file, without loading its weights."""
+    """The metadata of a model file (or of a bioimage.io package napari-unet wrote), without its weights."""
+    if is_package(path):
+        return _read_package_info(Path(path))
     return _read(Path(path), weights=False)[0]
+
+
+def _read_package_info(path: Path) -> ModelInfo:
+    from .bioimageio import own_model_bytes
+
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    own = own_model_bytes(path)
+    if own is None:
+        raise CheckpointError(
+            f"{path.name} is a bioimage.io package napari-unet did not write: predict and evaluate run it, but "
+            "training (--init, --resume, fine-tuning) needs a napari-unet U-Net (a .safetensors file or a package "
+            "exported by napari-unet)"
+        )
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="napari-unet-package-") as t:
+        f = Path(t) / own[0]
+        f.write_bytes(own[1])
+        return _read(f, weights=False)[0]
 
 
 def _read(path: Path, weights: bool = True):
@@ -178,6 +206,9 @@ def _read(path: Path, weights: bool = True):
 def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:
     """Load a model file (or a shipped model by name). The model carries ``model.info``.
 
+    A bioimage.io package (``.zip`` / ``rdf.yaml``, core/bioimageio.py) loads too: a package napari-unet
+    exported gives back its U-Net exactly; another package is wrapped for prediction.
+
     Raises
     ------
     FileNotFoundError
@@ -186,6 +217,10 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
         A damaged, foreign (not napari-unet) or incompatible file.
     """
     path = resolve_model_path(name_or_path)
+    if is_package(path):
+        from .bioimageio import load_package
+
+        return load_package(path, device=device)
     info, tensors, _ = _read(path)
     _check_bounds(path, info.model)
     bad = [
@@ -244,7 +279,9 @@ def _check_scale(path: Path, scale) -> None:
 
 
 def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> bool:
-    """Restore optimizer state saved with the model; False when the file has none."""
+    """Restore optimizer state saved with the model; False when the file has none (a package never has)."""
+    if is_package(resolve_model_path(path)):
+        return False
     info, tensors, opt = _read(resolve_model_path(path))
     if opt is None:
         return False

@@ -127,6 +127,25 @@ def scale_intensity(plane, lo: float, hi: float, *, eps: float = 0.0) -> np.ndar
 
 
 def plane_range(plane, norm: dict | None = None) -> tuple[float, float]:
-    """``(lo, hi)`` of one plane with a model's stored percentiles (``{'low': .., 'high': ..}``)."""
+    """``(lo, hi)`` of one plane for a model's stored normalisation, mapped by :func:`scale_intensity`.
+
+    ``{'method': 'percentile', 'low': .., 'high': ..}`` is napari-unet's (the default). Models from
+    bioimage.io packages (core/bioimageio.py) bring others, each an affine map of the plane:
+    ``'mean_std'`` (zero mean, unit variance), ``'affine'`` (``(x - lo) * scale``) and ``'none'``.
+    An ``eps`` is added to the divisor, as bioimage.io does.
+    """
     norm = norm or {}
-    return percentiles(plane, norm.get("low", DEFAULT_LOW), norm.get("high", DEFAULT_HIGH))
+    method = norm.get("method", "percentile")
+    eps = float(norm.get("eps", 0.0))
+    if method == "none":
+        return 0.0, 1.0
+    if method == "affine":
+        lo = float(norm["lo"])
+        return lo, lo + 1.0 / float(norm["scale"])
+    if method == "mean_std":
+        arr = _sample_for_percentiles(plane, 4_000_000).astype(np.float64, copy=False)
+        _check_finite(arr)
+        mean = float(arr.mean())
+        return mean, mean + float(arr.std()) + eps
+    lo, hi = percentiles(plane, norm.get("low", DEFAULT_LOW), norm.get("high", DEFAULT_HIGH))
+    return lo, hi + eps

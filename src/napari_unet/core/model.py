@@ -7,8 +7,6 @@ whose output is as large as its input (the input must then be a multiple of
 ``2**depth``).
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -84,6 +82,9 @@ class UNet(nn.Module):
         end of the contracting path"), applied to the bottom feature map.
     """
 
+    # TorchScript (the bioimage.io export) compiles properties; these read the Python-only config
+    __jit_unused_properties__ = ["depth", "n_classes", "padding"]
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -133,16 +134,20 @@ class UNet(nn.Module):
         return self.config.padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
+        # written so that torch.jit.script compiles it (the torchscript weights of a bioimage.io export):
+        # no reversed(), and zip over the two ModuleLists only
+        skips: list[torch.Tensor] = []
         for block in self.down:
             x = block(x)
-            skips.append(x)
+            skips.insert(0, x)
             x = self.pool(x)
         x = self.dropout(self.bottom(x))
-        for upconv, block, skip in zip(self.upconv, self.up, reversed(skips)):
+        i = 0
+        for upconv, block in zip(self.upconv, self.up):
             x = upconv(x)
-            x = torch.cat([_center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1)
+            x = torch.cat([_center_crop(skips[i], x.shape[-2], x.shape[-1]), x], dim=1)
             x = block(x)
+            i += 1
         return self.head(x)
 
     def output_size(self, size: int) -> int:
@@ -151,6 +156,32 @@ class UNet(nn.Module):
     def margin(self) -> int:
         """Pixels lost on each side by a valid network (0 for 'same')."""
         return margin(self.depth) if self.padding == "valid" else 0
+
+
+class MirroredUNet(nn.Module):
+    """A :class:`UNet` that mirrors its own context in: the output is as large as the input.
+
+    This is the network of a bioimage.io export (``core/bioimageio.py``), for tools that tile an image
+    themselves (deepImageJ, ilastik, bioimageio.core): the input is reflect-padded by ``mirror`` px
+    (the valid network's margin; the tiling context of a padded one), the network runs, and the
+    output is centre-cropped to the input's size. One pass over a whole image equals napari-unet's
+    overlap-tile prediction of it; a tool that tiles crops ``mirror`` px (the declared halo) from
+    every tile. The state dict is the U-Net's under ``unet.``.
+
+    This file imports nothing but torch, so a package can ship it as its architecture source.
+    """
+
+    def __init__(self, mirror: int, **unet_kwargs):
+        super().__init__()
+        self.mirror = int(mirror)
+        self.unet = UNet(**unet_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.mirror
+        h, w = x.shape[-2], x.shape[-1]
+        if p > 0:
+            x = nn.functional.pad(x, (p, p, p, p), mode="reflect")
+        return _center_crop(self.unet(x), h, w)
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -73,6 +73,9 @@ def _positions(size: int, tile: int, stride: int, step: int) -> list[int]:
 def tile_context(model: UNet) -> int:
     """Mirrored context on each side of a tile: the valid network's own :func:`~.model.margin`,
     or a fixed ``2**depth``-aligned context for padded networks."""
+    declared = getattr(model, "context", None)  # a bioimage.io package's halo (core/bioimageio.py)
+    if declared is not None:
+        return int(declared)
     if model.padding == "valid":
         return margin(model.depth)
     step = 2**model.depth
