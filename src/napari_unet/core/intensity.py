@@ -25,6 +25,14 @@ def _check_finite(values: np.ndarray, what: str = "image") -> None:
             )
 
 
+def _not_real(dtype) -> str:
+    what = "complex numbers" if np.dtype(dtype).kind == "c" else f"dtype {dtype}"
+    return (
+        f"image must hold real numbers (integers or floats), got {what}; save the image's magnitude "
+        "(or real part) as the image, e.g. numpy.abs(image)"
+    )
+
+
 def _sample_for_percentiles(image, max_samples: int) -> np.ndarray:
     """A deterministic subsample: evenly spaced planes, then a pixel stride within them.
 
@@ -66,7 +74,7 @@ def percentiles(
         raise ValueError("cannot normalise an empty image (no pixels)")
     sample = _sample_for_percentiles(image, max_samples)
     if sample.dtype.kind not in "biuf":
-        raise ValueError(f"image must be numeric, got dtype {sample.dtype}")
+        raise ValueError(_not_real(sample.dtype))
     _check_finite(sample)
     lo, hi = np.percentile(sample.astype(np.float64, copy=False).ravel(), [low, high])
     return float(lo), float(hi)
@@ -105,7 +113,7 @@ def normalize(
     """
     arr = np.asarray(image)
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"image must be numeric, got dtype {arr.dtype}")
+        raise ValueError(_not_real(arr.dtype))
     _check_finite(arr)
     if lo_hi is None:
         lo, hi = percentiles(arr, low, high)

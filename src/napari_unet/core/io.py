@@ -280,6 +280,11 @@ def _probe(path: Path):
     try:
         with _catch_tifffile_damage(path), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            if 0 in tuple(series.shape):  # before the size check, which took it for a truncated file
+                raise ValueError(
+                    f"cannot read {path}: the image is empty (shape {tuple(series.shape)}, no pixels); "
+                    "open the file the image was saved to, or save it again"
+                )
             page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
             _check_complete(tif, series, path)
             pixel_size, z, unit = _pixel_meta(tif, page)

@@ -77,6 +77,7 @@ def n_classes_for(mode: LabelMode, labels=None, *, border_class: bool = False) -
         return 3 if border_class else 2
     if labels is None:
         return 2
+    labels = _as_int_labels(labels)  # NaN, fractions or negative values: the message says what is wrong
     m = int(np.max(labels)) if np.size(labels) else 0
     return max(2, m)
 

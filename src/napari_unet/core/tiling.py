@@ -254,6 +254,8 @@ def iter_predict(
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if tile_out is not None and min(np.atleast_1d(tile_out)) < 1:
+        raise ValueError(f"tile_out (the output tile side) must be >= 1 px, or None for automatic; got {tile_out}")
     dev = resolve_device(device)
     getter, n_z, (H, W), is_stack = as_stack(image, channel_axis, model.config.in_channels)
     z_list = list(range(n_z)) if slices is None else [int(z) for z in slices]
