@@ -34,6 +34,11 @@ def evaluate_arrays(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     truth = np.asarray(truth)
+    if truth.shape != tuple(np.shape(image)):  # zip() below would score the slices both have, silently
+        raise ValueError(
+            f"the ground truth has shape {truth.shape} but the image has shape {tuple(np.shape(image))}; "
+            "give the labels made for this image (same height, width and slices)"
+        )
     if kind == "auto":
         kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
     output = "labels" if kind == "membranes" else "instances"
