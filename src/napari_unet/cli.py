@@ -87,33 +87,34 @@ def _read(path: str, what: str):
     return arr
 
 
-def _refuse_overwrite(output, inputs, what: str = "input") -> None:
+def _refuse_overwrite(output, inputs, what: str = "input", opt: str = "-o") -> None:
     """SystemExit when ``output`` is one of ``inputs`` (an image, labels or model file this command reads)."""
     out = Path(output).expanduser().resolve()
     for p in inputs:
         if p and Path(p).exists() and Path(p).expanduser().resolve() == out:
             raise SystemExit(
-                f"error: -o {output} is the {what} {p}; writing there would destroy it. Choose another file"
+                f"error: {opt} {output} is the {what} {p}; writing there would destroy it. Choose another file"
             )
 
 
-def _check_output(output, suffix: str | None = None) -> None:
+def _check_output(output, suffix: str | None = None, opt: str = "-o") -> None:
     """SystemExit before any work when ``output`` cannot be written (a folder, a missing or read-only
-    folder, a device or other non-regular file): found after training, it used to cost the trained weights."""
+    folder, a device or other non-regular file): found after training, it used to cost the trained weights.
+    ``opt``: the option that named it, for the message."""
     import os
 
     given = Path(output).expanduser()
     out = given.with_name(given.name + suffix) if suffix and given.suffix != suffix else given
     for p in dict.fromkeys((given, out)):  # the path as given, and as written (with the suffix added)
         if p.is_dir():
-            raise SystemExit(f"error: -o {output} is a folder; give a file name inside it")
+            raise SystemExit(f"error: {opt} {output} is a folder; give a file name inside it")
         if p.exists() and not p.is_file():
-            raise SystemExit(f"error: -o {output} is not a regular file (a device or pipe?); give a file name")
+            raise SystemExit(f"error: {opt} {output} is not a regular file (a device or pipe?); give a file name")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise SystemExit(f"error: -o {output}: the folder {parent} does not exist; create it first")
+        raise SystemExit(f"error: {opt} {output}: the folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
-        raise SystemExit(f"error: -o {output}: the folder {parent} is not writable; choose another folder")
+        raise SystemExit(f"error: {opt} {output}: the folder {parent} is not writable; choose another folder")
 
 
 def _select(arr, slices):
@@ -345,6 +346,11 @@ def cmd_predict(args) -> int:
         _refuse_overwrite(args.output, [resolve_model_path(args.model)], "model")
     except FileNotFoundError:
         pass  # load_model says what is missing
+    from .core.io import TIFF_SUFFIXES
+
+    suffix = Path(args.output).suffix.lower()
+    if suffix and suffix not in TIFF_SUFFIXES:  # a TIFF named result.png: a viewer would fail to open it
+        raise SystemExit(f"error: -o {args.output}: predict writes TIFF files; name it .tif or .tiff")
     model = load_model(args.model)
     image = _read(args.image, "image")
     n = image.shape[0] if image.ndim == 3 else 1
@@ -393,14 +399,20 @@ def cmd_evaluate(args) -> int:
     from .core.checkpoint import load_model
     from .core.evaluate import evaluate_arrays
 
+    if args.json:  # found after the evaluation, a bad --json cost its run (or overwrote an input)
+        _refuse_overwrite(args.json, [args.images, args.labels, args.model], "input", opt="--json")
+        _check_output(args.json, opt="--json")
     model = load_model(args.model)
     image = _read(args.images, "image")
     truth = np.asarray(_read(args.labels, "labels"))
+    if truth.shape != tuple(image.shape):  # before --slices, which would hide a mismatch
+        raise ValueError(
+            f"the ground truth {args.labels} has shape {truth.shape} but the image has shape {tuple(image.shape)}; "
+            "give the labels made for this image (same height, width and slices)"
+        )
     n = image.shape[0] if image.ndim == 3 else 1
     slices = _parse_slices(args.slices, n)
     image, truth = _select(image, slices), _select(truth, slices)
-    if truth.shape != tuple(image.shape):
-        raise ValueError(f"labels have shape {truth.shape} but the image has shape {tuple(image.shape)}")
     bar = _TileBar(args.quiet)
     try:
         report = evaluate_arrays(
