@@ -1,0 +1,397 @@
+"""The bad-input matrix (issue "Nothing lost, nothing silently wrong"): one parametrised test per surface.
+
+Every case is something a user plausibly does wrong. Each asserts that the message names the problem
+and what to do, that no traceback reaches the user, that nothing is lost (inputs and an existing output
+unchanged, no stray temporary files) and that the process stays usable. A few rows are inputs that look
+wrong but are valid (a constant image, a bool mask as image): they must work, or warn, not crash.
+
+The widgets' matrix is in tests/widgets/test_bad_input_widget.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.cli import main
+
+# ----------------------------------------------------------------------------- shared data
+
+PREVIOUS = b"a previous result the user keeps"
+
+
+@pytest.fixture(scope="module")
+def data(isbi, dsb, tmp_path_factory):
+    """Small real crops (ISBI 2012 EM, DSB 2018 nuclei) and a tiny model's bytes, made once."""
+    from napari_unet.core.checkpoint import save_model
+    from napari_unet.core.labels import isbi_to_instances
+    from napari_unet.core.model import UNet
+
+    img, lab, _ = isbi
+    em = np.ascontiguousarray(img[:3, :64, :80])
+    em_labels = isbi_to_instances(lab[:3, :64, :80]).astype(np.uint16)
+    em_labels[2] = 0  # slice 2 not annotated, as a user paints
+    nuclei, nuclei_truth = (np.ascontiguousarray(a[:2, :64, :64]) for a in dsb)
+    torch.manual_seed(0)
+    net = UNet(depth=2, base_channels=4, n_classes=2)
+    model = save_model(tmp_path_factory.mktemp("model") / "tiny", net, label_mode="instance")
+    return {
+        "em": em,
+        "em_labels": em_labels,
+        "nuclei": nuclei,
+        "nuclei_truth": nuclei_truth,
+        "model": model.read_bytes(),
+        "net": net,
+    }
+
+
+def tif(path: Path, array) -> str:
+    with warnings.catch_warnings():  # tifffile warns that a 0-size array makes a nonconformant TIFF: wanted here
+        warnings.simplefilter("ignore", UserWarning)
+        tifffile.imwrite(path, np.asarray(array), photometric="minisblack")
+    return str(path)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) -> sha256 of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+class Files:
+    """The files of one case in its own folder: the crops, the tiny model and outputs that already exist."""
+
+    def __init__(self, tmp: Path, data: dict):
+        self.tmp, self.data = tmp, data
+        self.em = tif(tmp / "em.tif", data["em"])
+        self.em_labels = tif(tmp / "em-labels.tif", data["em_labels"])
+        self.nuclei = tif(tmp / "nuclei.tif", data["nuclei"])
+        self.nuclei_truth = tif(tmp / "nuclei-truth.tif", data["nuclei_truth"])
+        (tmp / "tiny.safetensors").write_bytes(data["model"])
+        self.model = str(tmp / "tiny.safetensors")
+        for name in ("out.tif", "out.safetensors", "report.json"):
+            (tmp / name).write_bytes(PREVIOUS)  # earlier results: a failed run must not touch them
+        self.out_tif, self.out_model, self.report = (
+            str(tmp / n) for n in ("out.tif", "out.safetensors", "report.json")
+        )
+
+    def path(self, name: str) -> str:
+        return str(self.tmp / name)
+
+    def image(self, name: str, array) -> str:
+        return tif(self.tmp / name, array)
+
+    def raw(self, name: str, content: bytes) -> str:
+        (self.tmp / name).write_bytes(content)
+        return str(self.tmp / name)
+
+    def folder(self, name: str, slices=()) -> str:
+        (self.tmp / name).mkdir()
+        for i, s in enumerate(slices):
+            tif(self.tmp / name / f"s{i:02d}.tif", s)
+        return str(self.tmp / name)
+
+    def model_file(self, name: str, net=None, **info) -> str:
+        from napari_unet.core.checkpoint import save_model
+
+        return str(save_model(self.tmp / name, net if net is not None else self.data["net"], **info))
+
+
+# bad files, as users make them: a copy cut short, a download that failed, a renamed file
+def corrupt16(f: Files, name="corrupt.tif") -> str:
+    return f.raw(name, b"II*\x00" + bytes(range(12)))  # a TIFF signature, then nothing that makes sense
+
+
+def truncated(f: Files, name="truncated.tif") -> str:
+    return f.raw(name, Path(f.em).read_bytes()[: Path(f.em).stat().st_size // 2])
+
+
+def random_bytes(f: Files, name="random.tif") -> str:
+    return f.raw(name, np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+
+def png(f: Files, name="image.png") -> str:
+    return f.raw(name, b"\x89PNG\r\n\x1a\n" + bytes(64))
+
+
+def one_d(f: Files, name="1d.tif") -> str:
+    """A 1D TIFF (tifffile writes none, but its 'shaped' description can say (100,))."""
+    tifffile.imwrite(f.tmp / name, np.arange(100, dtype=np.uint8)[None], description='{"shape": [100]}', metadata=None)
+    return f.path(name)
+
+
+def nan_weights(f: Files) -> str:
+    from napari_unet.core.model import UNet
+
+    net = UNet(depth=2, base_channels=4, n_classes=2)
+    with torch.no_grad():
+        net.head.weight[0, 0] = float("nan")
+    return f.model_file("diverged", net)
+
+
+def pickle_model(f: Files) -> str:
+    torch.save(f.data["net"].state_dict(), f.tmp / "model.safetensors")  # a .pt renamed
+    return f.path("model.safetensors")
+
+
+def foreign_safetensors(f: Files) -> str:
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, f.tmp / "other.safetensors")
+    return f.path("other.safetensors")
+
+
+def truncated_model(f: Files) -> str:
+    return f.raw("cut.safetensors", f.data["model"][: len(f.data["model"]) // 2])
+
+
+def newer_model(f: Files) -> str:
+    return f.model_file("newer", format="napari-unet/99")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+NET = ["--depth", "2", "--channels", "4", "--tile-in", "92", "--steps", "2"]
+
+
+def train(f: Files, *extra, images=None, labels=None, out=None, init="scratch") -> list[str]:
+    images = [f.em] if images is None else images
+    labels = [f.em_labels] if labels is None else labels
+    argv = ["train", "--images", *images, "--labels", *labels, "--init", init, *NET, "--device", "cpu", "-q"]
+    return [*argv, "-o", out or f.out_model, *extra]
+
+
+def predict(f: Files, *extra, image=None, model=None, out=None) -> list[str]:
+    argv = ["predict", image or f.em, "--model", model or f.model, "--device", "cpu", "-q"]
+    return [*argv, "-o", out or f.out_tif, *extra]
+
+
+def evaluate(f: Files, *extra, image=None, labels=None, model=None) -> list[str]:
+    argv = ["evaluate", "--images", image or f.nuclei, "--labels", labels or f.nuclei_truth]
+    return [*argv, "--model", model or f.model, "--device", "cpu", "-q", "--json", f.report, *extra]
+
+
+CLI = {
+    # wrong dimensions and content of images
+    "predict-1d": (lambda f: predict(f, image=one_d(f)), r"2D image \(Y, X\) or a stack"),
+    "train-1d": (lambda f: train(f, images=[one_d(f)], labels=[one_d(f, "1dl.tif")]), r"\(Z, Y, X\)"),
+    "predict-4d": (lambda f: predict(f, image=f.image("4d.tif", np.zeros((2, 2, 32, 32), np.uint8))), r"\(Z, Y, X\)"),
+    "predict-5d": (
+        lambda f: predict(f, image=f.image("5d.tif", np.zeros((2, 2, 2, 32, 32), np.uint8))),
+        r"\(Z, Y, X\)",
+    ),
+    "predict-empty-array": (lambda f: predict(f, image=f.image("empty.tif", np.zeros((0, 32), np.uint8))), "empty"),
+    "predict-nan": (lambda f: predict(f, image=f.image("nan.tif", np.full((32, 32), np.nan, np.float32))), "NaN"),
+    "predict-inf": (
+        lambda f: predict(f, image=f.image("inf.tif", np.where(np.eye(32) > 0, np.inf, 1).astype(np.float32))),
+        "NaN or inf",
+    ),
+    "predict-complex": (lambda f: predict(f, image=f.image("c.tif", np.ones((32, 32), np.complex64))), "complex"),
+    "train-nan-image": (
+        lambda f: train(f, images=[f.image("nan.tif", np.where(f.data["em"] > 200, np.nan, f.data["em"]))]),
+        "NaN",
+    ),
+    "train-4d-image": (
+        lambda f: train(
+            f,
+            images=[f.image("4d.tif", np.zeros((2, 3, 64, 80), np.uint8))],
+            labels=[f.image("4dl.tif", np.ones((2, 3, 64, 80), np.uint8))],
+        ),
+        r"\(Z, Y, X\)",
+    ),
+    # labels
+    "train-labels-all-zero": (
+        lambda f: train(f, labels=[f.image("zero.tif", np.zeros((3, 64, 80), np.uint8))]),
+        "nothing is annotated",
+    ),
+    "train-labels-negative": (
+        lambda f: train(f, labels=[f.image("neg.tif", f.data["em_labels"].astype(np.int16) - 2)]),
+        ">= 0",
+    ),
+    "train-labels-float-fractions": (
+        lambda f: train(f, labels=[f.image("frac.tif", f.data["em_labels"] * np.float32(0.5))]),
+        "whole numbers",
+    ),
+    "train-labels-nan": (
+        lambda f: train(f, labels=[f.image("nanl.tif", np.full((3, 64, 80), np.nan, np.float32))]),
+        "NaN",
+    ),
+    "train-semantic-nan-labels": (
+        lambda f: train(
+            f, "--mode", "semantic", labels=[f.image("nanl.tif", np.full((3, 64, 80), np.nan, np.float32))]
+        ),
+        "NaN",
+    ),
+    "train-labels-other-shape": (
+        lambda f: train(f, labels=[f.image("small.tif", f.data["em_labels"][:, :32])]),
+        "has shape",
+    ),
+    "train-labels-fewer-slices": (
+        lambda f: train(f, "--slices", "0", labels=[f.image("two.tif", f.data["em_labels"][:2])]),
+        "has shape",
+    ),
+    "train-more-images-than-labels": (lambda f: train(f, images=[f.em, f.nuclei]), "one labels file per image"),
+    "train-semantic-instance-ids": (
+        lambda f: train(
+            f, "--mode", "semantic", labels=[f.image("ids.tif", f.data["em_labels"].astype(np.uint16) * 200)]
+        ),
+        "--mode instance",
+    ),
+    # files
+    "predict-corrupt-16-bytes": (lambda f: predict(f, image=corrupt16(f)), "damaged or truncated"),
+    "predict-truncated-tiff": (lambda f: predict(f, image=truncated(f)), "damaged or truncated"),
+    "predict-random-bytes-tif": (lambda f: predict(f, image=random_bytes(f)), "not a TIFF"),
+    "predict-png": (lambda f: predict(f, image=png(f)), "convert other formats to TIFF"),
+    "predict-missing-image": (lambda f: predict(f, image=f.path("missing.tif")), "does not exist"),
+    "predict-empty-folder": (lambda f: predict(f, image=f.folder("empty")), "holds no TIFF files"),
+    "predict-folder-mixed-sizes": (
+        lambda f: predict(f, image=f.folder("mixed", [np.zeros((32, 32), np.uint8), np.zeros((32, 40), np.uint8)])),
+        "same shape",
+    ),
+    "train-missing-labels": (lambda f: train(f, labels=[f.path("nope.tif")]), "labels .*does not exist"),
+    "train-corrupt-labels": (lambda f: train(f, labels=[corrupt16(f)]), "damaged or truncated"),
+    "evaluate-missing-truth": (lambda f: evaluate(f, labels=f.path("nope.tif")), "does not exist"),
+    "evaluate-truth-other-shape": (
+        lambda f: evaluate(f, labels=f.image("t.tif", f.data["nuclei_truth"][:1])),
+        "has shape",
+    ),
+    "train-empty-folder": (lambda f: train(f, images=[f.folder("slices")]), "holds no TIFF files"),
+    "predict-output-png": (lambda f: predict(f, out=f.path("result.png")), r"name it \.tif"),
+    # model files
+    "predict-model-missing": (lambda f: predict(f, model=f.path("gone.safetensors")), "no model file"),
+    "predict-model-corrupt": (lambda f: predict(f, model=f.raw("bad.safetensors", bytes(200))), "damaged"),
+    "predict-model-pickle": (lambda f: predict(f, model=pickle_model(f)), "pickle"),
+    "predict-model-foreign": (lambda f: predict(f, model=foreign_safetensors(f)), "not a napari-unet model"),
+    "predict-model-nan-weights": (lambda f: predict(f, model=nan_weights(f)), "NaN"),
+    "predict-model-truncated": (lambda f: predict(f, model=truncated_model(f)), "damaged, truncated"),
+    "predict-model-newer-format": (lambda f: predict(f, model=newer_model(f)), "incompatible version"),
+    "predict-model-empty-file": (lambda f: predict(f, model=f.raw("empty.safetensors", b"")), "damaged"),
+    "predict-model-is-image": (lambda f: predict(f, model=f.em), "not a model file"),
+    "predict-model-is-folder": (lambda f: predict(f, model=f.folder("models")), "is a folder"),
+    "train-init-pickle": (lambda f: train(f, init=pickle_model(f)), "pickle"),
+    "train-init-nan-weights": (lambda f: train(f, init=nan_weights(f)), "NaN"),
+    "train-resume-missing": (lambda f: train(f, "--resume", f.path("run.safetensors")), "no model file"),
+    "evaluate-model-truncated": (lambda f: evaluate(f, model=truncated_model(f)), "damaged, truncated"),
+    # numbers
+    "train-steps-0": (lambda f: train(f, "--steps", "0"), "steps .*>= 1"),
+    "train-tile-in-3": (lambda f: train(f, "--tile-in", "3"), "nearest valid sizes"),
+    "train-batch-size-0": (lambda f: train(f, "--batch-size", "0"), "batch_size must be an integer >= 1"),
+    "train-lr-negative": (lambda f: train(f, "--lr", "-1"), "learning rate must be > 0"),
+    "train-lr-nan": (lambda f: train(f, "--lr", "nan"), "learning rate must be > 0"),
+    "train-val-every-0": (lambda f: train(f, "--val-every", "0"), "val_every must be >= 1"),
+    "train-val-fraction-2": (lambda f: train(f, "--val-fraction", "2"), r"val_fraction must be in \[0, 1\)"),
+    "train-depth-too-deep": (lambda f: train(f, "--depth", "12", "--tile-in", "188"), "depth must be at most"),
+    "train-channels-too-many": (lambda f: train(f, "--channels", "5000"), "base_channels must be at most"),
+    "train-steps-not-a-number": (lambda f: train(f, "--steps", "ten"), "invalid int value"),
+    "train-slices-out-of-range": (lambda f: train(f, "--slices", "0-7"), "out of range"),
+    "train-slices-garbage": (lambda f: train(f, "--slices", "first"), "not a slice number"),
+    "predict-slices-on-2d": (
+        lambda f: predict(f, "--slices", "0", image=f.image("2d.tif", f.data["em"][0])),
+        r"needs a stack",
+    ),
+    "predict-tile-out-0": (lambda f: predict(f, "--tile-out", "0"), "tile"),
+    "predict-min-size-negative": (lambda f: predict(f, "--kind", "instances", "--min-size", "-1"), "min_size"),
+    "predict-slices-out-of-range": (lambda f: predict(f, "--slices", "5"), "out of range"),
+    "evaluate-slices-out-of-range": (lambda f: evaluate(f, "--slices", "2-3"), "out of range"),
+    "evaluate-min-size-negative": (lambda f: evaluate(f, "--min-size", "-1"), "min_size"),
+    "predict-device-nonsense": (lambda f: predict(f, "--device", "gpu0"), "unknown device"),
+    "train-device-nonsense": (lambda f: train(f, "--device", "quantum"), "unknown device"),
+    "predict-unknown-kind": (lambda f: predict(f, "--kind", "masks"), "invalid choice"),
+    # outputs
+    "predict-output-onto-input": (lambda f: predict(f, out=f.em), "would destroy it"),
+    "predict-output-onto-model": (lambda f: predict(f, out=f.model), "is the model"),
+    "train-output-onto-labels": (lambda f: train(f, out=f.em_labels), "would destroy it"),
+    "predict-output-missing-folder": (lambda f: predict(f, out=f.path("no/such/dir/p.tif")), "create it first"),
+    "train-output-missing-folder": (lambda f: train(f, out=f.path("no/such/m.safetensors")), "create it first"),
+    "predict-output-is-folder": (lambda f: predict(f, out=f.folder("results")), "is a folder"),
+    "evaluate-json-missing-folder": (
+        lambda f: [*evaluate(f)[:-2], "--json", f.path("no/dir/r.json")],
+        "create it first",
+    ),
+    "evaluate-json-onto-image": (lambda f: [*evaluate(f)[:-2], "--json", f.nuclei], "would destroy it"),
+}
+
+# inputs that look wrong but are valid: they must work (or warn) without a traceback
+CLI_OK = {
+    "predict-one-row-image": (lambda f: predict(f, image=f.image("row.tif", f.data["em"][0, :1])), None),
+    "predict-constant-image": (lambda f: predict(f, image=f.image("const.tif", np.full((40, 48), 7, np.uint16))), None),
+    "predict-bool-image": (lambda f: predict(f, image=f.image("mask.tif", f.data["em"][0] > 100)), None),
+    "train-constant-image": (lambda f: train(f, images=[f.image("const.tif", np.zeros((3, 64, 80), np.uint8))]), None),
+    "train-only-background": (
+        lambda f: train(f, labels=[f.image("bg.tif", np.where(f.data["em_labels"] > 0, 1, 0).astype(np.uint8))]),
+        "only background is painted",
+    ),
+    "train-only-objects": (
+        lambda f: train(f, labels=[f.image("obj.tif", np.where(f.data["em_labels"] > 1, 2, 0).astype(np.uint8))]),
+        "some background",
+    ),
+    "train-float-whole-labels": (
+        lambda f: train(f, labels=[f.image("fl.tif", f.data["em_labels"].astype(np.float32))]),
+        None,
+    ),
+    "train-val-fraction-all-slices": (lambda f: train(f, "--val-fraction", "0.9"), None),
+    "train-val-fraction-one-slice": (
+        lambda f: train(f, "--val-fraction", "0.5", "--slices", "0"),
+        "annotate a second slice to validate",
+    ),
+    "train-isbi-labels-as-ours": (
+        lambda f: train(f, labels=[f.image("isbi.tif", np.where(f.data["em_labels"] > 1, 255, 0).astype(np.uint8))]),
+        "some background",
+    ),
+}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """main() in-process as the console script runs it: SystemExit(message) prints it and exits 1."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse errors (code 2) and the up-front checks (a message)
+        if isinstance(e.code, str):
+            print(e.code, file=__import__("sys").stderr)
+            rc = 1
+        else:
+            rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize(
+    ("make", "expect", "ok"),
+    [pytest.param(m, e, False, id=k) for k, (m, e) in CLI.items()]
+    + [pytest.param(m, e, True, id=k) for k, (m, e) in CLI_OK.items()],
+)
+def test_cli_bad_input(make, expect, ok, tmp_path, data, capsys):
+    import re
+
+    f = Files(tmp_path, data)
+    argv = make(f)
+    before = snapshot(tmp_path)
+    handler = signal.getsignal(signal.SIGINT)
+    rc, out, err = run_cli(argv, capsys)
+    assert "Traceback" not in err + out
+    if ok:
+        assert rc == 0, err
+        if expect:
+            assert re.search(expect, err + out), err + out
+        written = (set(snapshot(tmp_path)) - set(before)) | {
+            k for k, v in snapshot(tmp_path).items() if before.get(k) != v
+        }
+        assert written == {Path(argv[argv.index("-o") + 1]).name}  # the output, and nothing else
+    else:
+        assert rc not in (0, None), (rc, err, out)
+        assert "error:" in err, err
+        assert re.search(expect, err), err
+        assert snapshot(tmp_path) == before  # inputs and earlier outputs untouched, no stray files
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert main(["models"]) == 0  # the process goes on
+    capsys.readouterr()
