@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize", "percentiles", "plane_range", "scale_intensity"]
+__all__ = ["check_real", "normalize", "percentiles", "plane_range", "scale_intensity"]
 
 DEFAULT_LOW, DEFAULT_HIGH = 1.0, 99.8  # percentiles; a model file may store its own
 
@@ -26,11 +26,18 @@ def _check_finite(values: np.ndarray, what: str = "image") -> None:
 
 
 def _not_real(dtype) -> str:
-    what = "complex numbers" if np.dtype(dtype).kind == "c" else f"dtype {dtype}"
-    return (
-        f"image must hold real numbers (integers or floats), got {what}; save the image's magnitude "
-        "(or real part) as the image, e.g. numpy.abs(image)"
-    )
+    if np.dtype(dtype).kind == "c":
+        return (
+            "image must hold real numbers (integers or floats), got complex numbers; save the image's "
+            "magnitude (or real part) as the image, e.g. numpy.abs(image)"
+        )
+    return f"image must hold numbers (integers or floats), got dtype {dtype}; convert it to a numeric image"
+
+
+def check_real(dtype) -> None:
+    """ValueError unless ``dtype`` is bool, integer or float (a cast would drop a complex part with a warning)."""
+    if np.dtype(dtype).kind not in "biuf":
+        raise ValueError(_not_real(dtype))
 
 
 def _sample_for_percentiles(image, max_samples: int) -> np.ndarray:

@@ -460,6 +460,8 @@ def atomic_write(path: str | os.PathLike):
     crash never leaves a half-written file that looks complete."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():  # else mkstemp's error names a hidden temporary file the user never asked for
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist; create it first")
     _remove_stale_temps(path, folder)
     # the writer's pid in the name, so a later write can tell a killed writer's leftovers from a live one's
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)

@@ -27,7 +27,7 @@ import torch
 
 from .device import autocast_dtype, available_memory, memory_format, resolve_device
 from .events import TileEvent, run
-from .intensity import percentiles, plane_range, scale_intensity
+from .intensity import check_real, percentiles, plane_range, scale_intensity
 from .labels import instances_from_semantic
 from .model import UNet, input_size_for_output, margin
 from .planes import as_stack
@@ -258,6 +258,8 @@ def iter_predict(
         raise ValueError(f"tile_out (the output tile side) must be >= 1 px, or None for automatic; got {tile_out}")
     dev = resolve_device(device)
     getter, n_z, (H, W), is_stack = as_stack(image, channel_axis, model.config.in_channels)
+    if n_z == 0:  # else an empty result, as if there were nothing to find
+        raise ValueError(f"image is empty (shape {tuple(image.shape)}: a stack of 0 slices)")
     z_list = list(range(n_z)) if slices is None else [int(z) for z in slices]
     for z in z_list:
         if not 0 <= z < n_z:
@@ -272,6 +274,8 @@ def iter_predict(
         lo, hi = 0.0, 1.0
     else:
         lo, hi = map(float, normalize)
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN in, NaN logits out: labels from nothing
+            raise ValueError(f"normalize must be True, False or a finite (lo, hi) intensity range, got {normalize}")
 
     C = model.n_classes
     post = getattr(getattr(model, "info", None), "postprocess", None) or {}
@@ -316,6 +320,7 @@ def iter_predict(
     try:
         for z in z_list:
             raw = getter(z)
+            check_real(raw.dtype)  # also with normalize=False, where no percentile looks at the dtype
             if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
                 raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
             plane = scale_intensity(raw, *((lo, hi) if lo is not None else plane_range(raw, norm)))
