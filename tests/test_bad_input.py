@@ -395,3 +395,276 @@ def test_cli_bad_input(make, expect, ok, tmp_path, data, capsys):
     assert signal.getsignal(signal.SIGINT) is handler
     assert main(["models"]) == 0  # the process goes on
     capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------- API (napari_unet.core)
+
+
+class Api:
+    """One API case: its files (as for the CLI) and the arrays it passes, to check none is modified.
+
+    The calls return the call to make, not its result, so that the test sees the files the case made
+    before the call runs (and can tell them from what the call writes).
+    """
+
+    def __init__(self, tmp: Path, data: dict):
+        self.f = Files(tmp, data)
+        self.data = data
+        self.given: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def arr(self, a) -> np.ndarray:
+        a = np.asarray(a)
+        self.given.append((a, a.copy()))
+        return a
+
+    @property
+    def em(self):
+        return self.arr(self.data["em"])
+
+    @property
+    def labels(self):
+        return self.arr(self.data["em_labels"])
+
+    def predict(self, image, **kw):
+        from napari_unet.core.tiling import predict
+
+        image = self.arr(image)
+        return lambda: predict(self.data["net"], image, **{"device": "cpu", **kw})
+
+    def config(self, **kw):
+        from napari_unet.core.train import TrainConfig
+
+        return lambda: TrainConfig(**{**dict(depth=2, base_channels=4, tile_in=92, steps=2, device="cpu"), **kw})
+
+    def train(self, images=None, labels=None, **cfg):
+        """The call returns (TrainResult, the start event's warning)."""
+        from napari_unet.core.events import run
+        from napari_unet.core.train import iter_train
+
+        images = self.em if images is None else images
+        labels = self.labels if labels is None else labels
+        config = self.config(**cfg)
+
+        def call():
+            warnings = []
+            result = run(
+                iter_train(config(), images, labels),
+                lambda ev: warnings.append(ev.warning) if ev.kind == "start" and ev.warning else None,
+            )
+            return result, "; ".join(warnings)
+
+        return call
+
+    def read(self, path):
+        from napari_unet.core.io import read_image
+
+        return lambda: read_image(path)
+
+    def load(self, path):
+        from napari_unet.core.checkpoint import load_model
+
+        return lambda: load_model(path)
+
+    def write(self, path, labels):
+        from napari_unet.core.io import write_labels
+
+        labels = self.arr(labels)
+        return lambda: write_labels(path, labels)
+
+    def evaluate(self, image, truth, **kw):
+        from napari_unet.core.evaluate import evaluate_arrays
+
+        image, truth = self.arr(image), self.arr(truth)
+        return lambda: evaluate_arrays(self.data["net"], image, truth, device="cpu", **kw)
+
+
+def nan_where(a, mask):
+    return np.where(mask, np.nan, a).astype(np.float32)
+
+
+API = {
+    # read_image
+    "read-corrupt-16-bytes": (lambda a: a.read(corrupt16(a.f)), "damaged or truncated"),
+    "read-truncated": (lambda a: a.read(truncated(a.f)), "damaged or truncated"),
+    "read-random-bytes": (lambda a: a.read(random_bytes(a.f)), "not a TIFF file"),
+    "read-png": (lambda a: a.read(png(a.f)), "convert other formats to TIFF"),
+    "read-missing": (lambda a: a.read(a.f.path("missing.tif")), "no such file"),
+    "read-empty-tiff": (lambda a: a.read(a.f.image("e.tif", np.zeros((0, 32), np.uint8))), "the image is empty"),
+    "read-empty-folder": (lambda a: a.read(a.f.folder("empty")), "holds no TIFF files"),
+    "read-mixed-folder": (
+        lambda a: a.read(a.f.folder("mixed", [np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint16)])),
+        "same shape and dtype",
+    ),
+    "read-folder-damaged-slice": (
+        lambda a: a.read(a.f.folder("cut", [a.data["em"][0]]) and (truncated(a.f, "cut/s01.tif"), a.f.path("cut"))[1]),
+        "damaged or truncated",
+    ),
+    "read-empty-list": (lambda a: a.read([]), "empty list"),
+    # predict
+    "predict-1d": (lambda a: a.predict(np.arange(100, dtype=np.uint8)), r"2D image \(Y, X\) or a stack"),
+    "predict-4d": (lambda a: a.predict(np.zeros((2, 2, 32, 32), np.uint8)), r"\(Z, Y, X\)"),
+    "predict-5d": (lambda a: a.predict(np.zeros((1, 2, 2, 32, 32), np.uint8)), r"\(Z, Y, X\)"),
+    "predict-0-size": (lambda a: a.predict(np.zeros((0, 32), np.uint8)), "empty"),
+    "predict-0-width-stack": (lambda a: a.predict(np.zeros((3, 0, 32), np.uint8)), "empty"),
+    "predict-0-slices": (lambda a: a.predict(np.zeros((0, 32, 32), np.uint8)), "empty"),
+    "predict-nan": (lambda a: a.predict(nan_where(a.data["em"][0], a.data["em"][0] > 200)), "NaN"),
+    "predict-inf": (lambda a: a.predict(np.full((32, 32), np.inf, np.float32)), "NaN or inf"),
+    "predict-complex": (lambda a: a.predict(a.data["em"][0].astype(np.complex64)), "complex"),
+    "predict-complex-unnormalised": (
+        lambda a: a.predict(a.data["em"][0].astype(np.complex64), normalize=False),
+        "complex",
+    ),
+    "predict-strings": (lambda a: a.predict(np.full((8, 8), "x")), "numbers"),
+    "predict-nan-range": (lambda a: a.predict(a.data["em"][0], normalize=(0, np.nan)), "finite"),
+    "predict-tile-out-0": (lambda a: a.predict(a.data["em"][0], tile_out=0), "tile_out"),
+    "predict-min-size-negative": (lambda a: a.predict(a.data["em"][0], output="instances", min_size=-1), "min_size"),
+    "predict-slice-out-of-range": (lambda a: a.predict(a.data["em"], slices=[3]), "out of range"),
+    "predict-unknown-output": (lambda a: a.predict(a.data["em"][0], output="masks"), "output must be one of"),
+    "predict-unknown-device": (lambda a: a.predict(a.data["em"][0], device="quantum"), "unknown device"),
+    "predict-out-wrong-shape": (
+        lambda a: a.predict(a.data["em"][0], out=np.zeros((10, 10), np.uint8)),
+        "out has shape",
+    ),
+    # TrainConfig
+    "config-steps-0": (lambda a: a.config(steps=0), "steps must be an integer >= 1"),
+    "config-batch-size-0": (lambda a: a.config(batch_size=0), "batch_size must be an integer >= 1"),
+    "config-lr-negative": (lambda a: a.config(lr=-1.0), "learning rate must be > 0"),
+    "config-lr-nan": (lambda a: a.config(lr=float("nan")), "learning rate must be > 0"),
+    "config-val-every-0": (lambda a: a.config(val_every=0), "val_every must be >= 1"),
+    "config-val-fraction-2": (lambda a: a.config(val_fraction=2.0), "val_fraction must be in"),
+    "config-tile-in-3": (lambda a: a.config(tile_in=3), "nearest valid sizes are 44"),
+    "config-depth-0": (lambda a: a.config(depth=0), "depth must be an integer >= 1"),
+    "config-depth-20": (lambda a: a.config(depth=20), "depth must be at most 8"),
+    "config-optimizer-typo": (lambda a: a.config(optimizer="adamw"), "optimizer must be one of"),
+    "config-label-mode-typo": (lambda a: a.config(label_mode="instances"), "label_mode must be one of"),
+    "config-n-classes-1": (lambda a: a.config(n_classes=1), "n_classes must be >= 2"),
+    "config-keep-prior-negative": (lambda a: a.config(keep_prior=-1.0), "keep_prior must be >= 0"),
+    "config-sigma-0": (lambda a: a.config(sigma=0.0), "sigma must be > 0"),
+    # iter_train
+    "train-labels-negative": (lambda a: a.train(labels=a.arr(a.data["em_labels"].astype(np.int16) - 2)), ">= 0"),
+    "train-labels-fractions": (lambda a: a.train(labels=a.arr(a.data["em_labels"] / 3)), "whole numbers"),
+    "train-labels-nan": (
+        lambda a: a.train(labels=a.arr(nan_where(a.data["em_labels"], a.data["em_labels"] == 1))),
+        "NaN",
+    ),
+    "train-labels-other-shape": (lambda a: a.train(labels=a.arr(a.data["em_labels"][:, :, :40])), "has shape"),
+    "train-labels-all-zero": (lambda a: a.train(labels=a.arr(np.zeros((3, 64, 80), np.uint8))), "nothing is annotated"),
+    "train-list-lengths": (lambda a: a.train(images=[a.em, a.em], labels=[a.labels]), "one labels array per image"),
+    "train-list-and-array": (lambda a: a.train(images=[a.em], labels=a.labels), "both as arrays or both as lists"),
+    "train-no-pairs": (lambda a: a.train(images=[], labels=[]), "no training data"),
+    "train-1d": (
+        lambda a: a.train(images=a.arr(np.arange(100, dtype=np.uint8)), labels=a.arr(np.ones(100, np.uint8))),
+        r"\(Z, Y, X\)",
+    ),
+    "train-0-size": (
+        lambda a: a.train(images=a.arr(np.zeros((0, 64), np.uint8)), labels=a.arr(np.zeros((0, 64), np.uint8))),
+        "empty",
+    ),
+    "train-nan-image": (lambda a: a.train(images=a.arr(nan_where(a.data["em"], a.data["em"] > 200))), "NaN"),
+    "train-complex-image": (lambda a: a.train(images=a.arr(a.data["em"].astype(np.complex64))), "complex"),
+    "train-semantic-object-ids": (
+        lambda a: a.train(labels=a.arr(a.data["em_labels"].astype(np.int32) * 200), label_mode="semantic"),
+        "instance mode",
+    ),
+    "train-semantic-more-classes-than-n": (
+        lambda a: a.train(labels=a.labels, label_mode="semantic", n_classes=2),
+        "use values 1..2",
+    ),
+    "train-init-missing": (lambda a: a.train(init=a.f.path("gone.safetensors")), "no model file"),
+    "train-resume-nan-weights": (lambda a: a.train(resume=nan_weights(a.f)), "NaN"),
+    # load_model
+    "load-missing": (lambda a: a.load(a.f.path("gone.safetensors")), "no model file"),
+    "load-corrupt": (lambda a: a.load(a.f.raw("bad.safetensors", bytes(range(256)))), "damaged"),
+    "load-empty-file": (lambda a: a.load(a.f.raw("empty.safetensors", b"")), "damaged"),
+    "load-pickle": (lambda a: a.load(pickle_model(a.f)), "pickle"),
+    "load-foreign": (lambda a: a.load(foreign_safetensors(a.f)), "not a napari-unet model"),
+    "load-nan-weights": (lambda a: a.load(nan_weights(a.f)), "NaN"),
+    "load-truncated": (lambda a: a.load(truncated_model(a.f)), "damaged, truncated"),
+    "load-newer-format": (lambda a: a.load(newer_model(a.f)), "incompatible version"),
+    "load-folder": (lambda a: a.load(a.f.folder("models")), "is a folder"),
+    # write_labels (onto an existing file: it must stay as it was)
+    "write-negative": (lambda a: a.write(a.f.out_tif, np.full((8, 8), -1, np.int16)), ">= 0"),
+    "write-fractions": (lambda a: a.write(a.f.out_tif, np.full((8, 8), 0.5, np.float32)), "whole numbers"),
+    "write-nan": (lambda a: a.write(a.f.out_tif, np.full((8, 8), np.nan, np.float32)), "NaN"),
+    "write-complex": (lambda a: a.write(a.f.out_tif, np.ones((8, 8), np.complex64)), "integer array"),
+    "write-4d": (lambda a: a.write(a.f.out_tif, np.ones((2, 2, 8, 8), np.uint8)), r"\(Z, Y, X\)"),
+    "write-empty": (lambda a: a.write(a.f.out_tif, np.ones((0, 8), np.uint8)), "empty"),
+    "write-missing-folder": (lambda a: a.write(a.f.path("no/dir/x.tif"), np.ones((8, 8), np.uint8)), "create it first"),
+    # evaluate_arrays
+    "evaluate-truth-fewer-slices": (
+        lambda a: a.evaluate(a.data["nuclei"], a.data["nuclei_truth"][:1]),
+        "ground truth has shape",
+    ),
+    "evaluate-truth-2d-for-stack": (
+        lambda a: a.evaluate(a.data["nuclei"], a.data["nuclei_truth"][0]),
+        "ground truth has shape",
+    ),
+    "evaluate-unknown-kind": (
+        lambda a: a.evaluate(a.data["nuclei"], a.data["nuclei_truth"], kind="dice"),
+        "kind must be",
+    ),
+}
+
+
+def _constant_prediction(a):
+    out = a.predict(np.full((40, 48), 7, np.uint16), output="probabilities")()
+    assert np.isfinite(out).all()
+
+
+def _bool_image(a):
+    assert a.predict(a.data["em"][0] > 100)().shape == (64, 80)
+
+
+def _only_background(a):
+    _, warning = a.train(labels=a.arr((a.data["em_labels"] > 0).astype(np.uint8)))()
+    assert "only background is painted" in warning
+
+
+def _one_slice_validation(a):
+    labels = a.data["em_labels"].copy()
+    labels[1] = 0
+    result, warning = a.train(labels=a.arr(labels), val_fraction=0.5)()
+    assert "annotate a second slice to validate" in warning and result.steps_done == 2
+
+
+def _all_slices_held_out(a):
+    result, _ = a.train(val_fraction=0.9)()  # 2 annotated slices: one trains, one validates
+    assert result.info.training["n_train_slices"] == 1 and result.info.training["n_val_slices"] == 1
+
+
+def _constant_training_image(a):
+    result, _ = a.train(images=a.arr(np.zeros((3, 64, 80), np.uint8)))()
+    assert np.isfinite(result.history[-1][1])
+
+
+API_OK = {
+    "predict-constant-image": _constant_prediction,
+    "predict-bool-image": _bool_image,
+    "train-only-background": _only_background,
+    "train-val-fraction-one-slice": _one_slice_validation,
+    "train-val-fraction-all-slices": _all_slices_held_out,
+    "train-constant-image": _constant_training_image,
+}
+
+
+@pytest.mark.parametrize(
+    ("call", "expect"),
+    [pytest.param(c, e, id=k) for k, (c, e) in API.items()] + [pytest.param(c, None, id=k) for k, c in API_OK.items()],
+)
+def test_api_bad_input(call, expect, tmp_path, data):
+    """Core functions raise ValueError (FileNotFoundError for a missing file) with the message; nothing else."""
+    a = Api(tmp_path, data)
+    net = data["net"]
+    training, grad = net.training, torch.is_grad_enabled()
+    if expect is None:
+        call(a)
+    else:
+        todo = call(a)
+        before = snapshot(tmp_path)
+        with pytest.raises((ValueError, FileNotFoundError), match=expect):
+            todo()
+        assert snapshot(tmp_path) == before  # no file written, replaced or left behind
+    for given, copy in a.given:
+        np.testing.assert_array_equal(given, copy)  # inputs are never modified
+    assert net.training == training and torch.is_grad_enabled() == grad
+    assert a.predict(data["em"][0, :32, :32])().shape == (32, 32)  # the same model goes on predicting
