@@ -668,3 +668,103 @@ def test_api_bad_input(call, expect, tmp_path, data):
         np.testing.assert_array_equal(given, copy)  # inputs are never modified
     assert net.training == training and torch.is_grad_enabled() == grad
     assert a.predict(data["em"][0, :32, :32])().shape == (32, 32)  # the same model goes on predicting
+
+
+# ----------------------------------------------------------------------------- reader (napari's File > Open)
+
+DECLINED = None  # napari_get_reader returns None: napari offers the other readers
+
+
+def _stale_temp(f: Files):
+    folder = f.folder("slices", [f.data["em"][0], f.data["em"][1]])
+    (Path(folder) / ".s00.tif.999999.abc.tmp").write_bytes(b"II*\x00 half a write")  # a killed save's leftover
+    return folder
+
+
+READER = {
+    "corrupt-16-bytes": (corrupt16, "damaged or truncated"),
+    "truncated": (truncated, "damaged or truncated"),
+    "random-bytes-tif": (random_bytes, DECLINED),
+    "png": (png, DECLINED),
+    "text-named-tif": (lambda f: f.raw("notes.tif", b"not a tiff"), DECLINED),
+    "missing": (lambda f: f.path("missing.tif"), DECLINED),
+    "empty-folder": (lambda f: f.folder("empty"), DECLINED),
+    "folder-without-tiffs": (
+        lambda f: f.folder("docs") and f.raw("docs/readme.txt", b"x") and f.path("docs"),
+        DECLINED,
+    ),
+    "folder-mixed-sizes": (
+        lambda f: f.folder("mixed", [np.zeros((8, 8), np.uint8), np.zeros((8, 9), np.uint8)]),
+        "same shape and dtype",
+    ),
+    "folder-mixed-dtypes": (
+        lambda f: f.folder("mixed", [np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.float32)]),
+        "same shape and dtype",
+    ),
+    "folder-damaged-slice": (
+        lambda f: f.folder("cut", [f.data["em"][0]]) and truncated(f, "cut/s01.tif") and f.path("cut"),
+        "damaged or truncated",
+    ),
+    "folder-non-tiff-slice": (
+        lambda f: f.folder("odd", [f.data["em"][0]]) and png(f, "odd/s01.tif") and f.path("odd"),
+        "not a TIFF file",
+    ),
+    "empty-tiff": (lambda f: f.image("e.tif", np.zeros((0, 16), np.uint8)), "the image is empty"),
+    "1d-tiff": (one_d, "1D"),
+    "complex-tiff": (lambda f: f.image("c.tif", np.ones((8, 8), np.complex64)), "complex"),
+    "list-with-missing-file": (lambda f: [f.em, f.path("gone.tif")], DECLINED),
+    "list-with-folder": (lambda f: [f.em, f.folder("sub", [f.data["em"][0]])], DECLINED),
+    "list-mixed-shapes": (lambda f: [f.em, f.image("2d.tif", f.data["em"][0])], "same shape and dtype"),
+    "empty-list": (lambda f: [], DECLINED),
+    "not-a-path": (lambda f: 42, DECLINED),
+}
+
+# valid, if unusual: napari must be able to show what the reader returns
+READER_OK = {
+    "nan-tiff": lambda f: f.image("nan.tif", np.where(f.data["em"] > 200, np.nan, f.data["em"]).astype(np.float32)),
+    "bool-tiff": lambda f: f.image("mask.tif", f.data["em"] > 100),
+    "5d-tiff": lambda f: f.image("5d.tif", np.zeros((2, 2, 2, 8, 8), np.uint8)),
+    "constant-tiff": lambda f: f.image("zero.tif", np.zeros((8, 8), np.uint16)),
+    "upper-case-suffix": lambda f: f.image("EM.TIF", f.data["em"]),
+    "folder-with-stale-temp-file": _stale_temp,
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [pytest.param(m, e, id=k) for k, (m, e) in READER.items()]
+    + [pytest.param(m, "ok", id=k) for k, m in READER_OK.items()],
+)
+def test_reader_bad_input(make, expect, tmp_path, data):
+    """npe2's contract: get_reader returns None for what it cannot read (quickly), and a reader that
+    fails raises; napari then shows 'Original error from plugin "napari-unet": ValueError: <message>'."""
+    from napari.components import ViewerModel
+
+    from napari_unet import _reader
+
+    f = Files(tmp_path, data)
+    path = make(f)
+    before = snapshot(tmp_path)
+    reader = _reader.napari_get_reader(path)
+    if expect is DECLINED:
+        assert reader is None
+    elif expect == "ok":
+        [(layer_data, kwargs, kind)] = reader(path)
+        viewer = ViewerModel()
+        viewer._add_layer_from_data(np.asarray(layer_data), kwargs, kind)  # napari accepts what we return
+        assert len(viewer.layers) == 1
+    else:
+        assert callable(reader)
+        with pytest.raises(ValueError, match=expect):
+            reader(path)
+        # ... and through napari, by the manifest: the same message (napari wraps it in a ReaderPluginError
+        # when it picked the reader itself), and no layer added
+        from npe2 import PluginManager
+
+        if "napari-unet" not in PluginManager.instance():  # what napari does at start-up (not yet in this process)
+            PluginManager.instance().discover(include_npe1=False)
+        viewer = ViewerModel()
+        with pytest.raises(ValueError, match=expect):
+            viewer.open(path, plugin="napari-unet", stack=isinstance(path, list))
+        assert len(viewer.layers) == 0
+    assert snapshot(tmp_path) == before  # reading never writes
