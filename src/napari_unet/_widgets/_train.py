@@ -361,6 +361,11 @@ class TrainWidget(JobWidget, Container):
             # copies: the user keeps painting while the worker reads them
             image = np.array(img.data)
             label = np.array(lab.data)
+            if image.dtype.kind == "f" and not np.isfinite(image).all():  # else a 'crash' from the worker
+                raise ValueError(
+                    f"{where}: the image {img.name!r} contains NaN or inf values; replace them (e.g. "
+                    "numpy.nan_to_num, or Fiji's Process > Math > Remove NaNs) before training"
+                )
             check_pair(image, label, name=f"{where} ({img.name!r} / {lab.name!r})")
             images.append(image)
             labels.append(label)

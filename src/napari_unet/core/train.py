@@ -718,7 +718,7 @@ def _n_classes(config: TrainConfig, pairs) -> int:
             raise ValueError(
                 f"semantic labels up to {n} ask for {n} classes (value k is class k-1), more than a model can "
                 f"hold ({MODEL_BOUNDS['n_classes'][1]}); values like these are object ids: train in instance mode "
-                "(label_mode='instance', the CLI's --mode instance)"
+                "(label_mode='instance'; --mode instance in the CLI, label mode in the Train widget)"
             )
         return n
     return n_classes_for("instance", border_class=config.border_class)
