@@ -292,6 +292,10 @@ CLI = {
     "train-val-fraction-2": (lambda f: train(f, "--val-fraction", "2"), r"val_fraction must be in \[0, 1\)"),
     "train-depth-too-deep": (lambda f: train(f, "--depth", "12", "--tile-in", "188"), "depth must be at most"),
     "train-channels-too-many": (lambda f: train(f, "--channels", "5000"), "base_channels must be at most"),
+    "train-w0-negative": (lambda f: train(f, "--w0", "-1"), "w0 must be >= 0"),
+    "train-sigma-0": (lambda f: train(f, "--sigma", "0"), "sigma must be > 0"),
+    "train-elastic-grid-1": (lambda f: train(f, "--elastic-grid", "1"), "elastic_grid must be >= 2"),
+    "train-seed-negative": (lambda f: train(f, "--seed", "-1"), "seed must be >= 0"),
     "train-steps-not-a-number": (lambda f: train(f, "--steps", "ten"), "invalid int value"),
     "train-slices-out-of-range": (lambda f: train(f, "--slices", "0-7"), "out of range"),
     "train-slices-garbage": (lambda f: train(f, "--slices", "first"), "not a slice number"),
@@ -314,6 +318,8 @@ CLI = {
     "predict-output-missing-folder": (lambda f: predict(f, out=f.path("no/such/dir/p.tif")), "create it first"),
     "train-output-missing-folder": (lambda f: train(f, out=f.path("no/such/m.safetensors")), "create it first"),
     "predict-output-is-folder": (lambda f: predict(f, out=f.folder("results")), "is a folder"),
+    "predict-output-trailing-slash": (lambda f: predict(f, out=f.path("results") + "/"), "names a folder"),
+    "train-output-trailing-slash": (lambda f: train(f, out=f.path("models") + "/"), "names a folder"),
     "evaluate-json-missing-folder": (
         lambda f: [*evaluate(f)[:-2], "--json", f.path("no/dir/r.json")],
         "create it first",
@@ -521,6 +527,8 @@ API = {
     "predict-slice-out-of-range": (lambda a: a.predict(a.data["em"], slices=[3]), "out of range"),
     "predict-unknown-output": (lambda a: a.predict(a.data["em"][0], output="masks"), "output must be one of"),
     "predict-unknown-device": (lambda a: a.predict(a.data["em"][0], device="quantum"), "unknown device"),
+    "predict-batch-size-0": (lambda a: a.predict(a.data["em"][0], batch_size=0), "batch_size must be >= 1"),
+    "predict-precision-typo": (lambda a: a.predict(a.data["em"][0], precision="fp8"), "precision must be one of"),
     "predict-out-wrong-shape": (
         lambda a: a.predict(a.data["em"][0], out=np.zeros((10, 10), np.uint8)),
         "out has shape",
@@ -589,6 +597,14 @@ API = {
     "write-complex": (lambda a: a.write(a.f.out_tif, np.ones((8, 8), np.complex64)), "integer array"),
     "write-4d": (lambda a: a.write(a.f.out_tif, np.ones((2, 2, 8, 8), np.uint8)), r"\(Z, Y, X\)"),
     "write-empty": (lambda a: a.write(a.f.out_tif, np.ones((0, 8), np.uint8)), "empty"),
+    "write-negative-pixel-size": (
+        lambda a: (
+            lambda: __import__("napari_unet.core.io").core.io.write_labels(
+                a.f.out_tif, np.ones((8, 8), np.uint8), pixel_size=-1
+            )
+        ),
+        "pixel_size must be > 0",
+    ),
     "write-missing-folder": (lambda a: a.write(a.f.path("no/dir/x.tif"), np.ones((8, 8), np.uint8)), "create it first"),
     # evaluate_arrays
     "evaluate-truth-fewer-slices": (
@@ -637,7 +653,15 @@ def _constant_training_image(a):
     assert np.isfinite(result.history[-1][1])
 
 
+def _list_of_slices(a):
+    from napari_unet.core.tiling import predict
+
+    slices = [a.arr(a.data["em"][0, :32, :32]), a.arr(a.data["em"][1, :32, :32])]
+    assert predict(a.data["net"], slices, device="cpu").shape == (2, 32, 32)
+
+
 API_OK = {
+    "predict-list-of-slices": _list_of_slices,
     "predict-constant-image": _constant_prediction,
     "predict-bool-image": _bool_image,
     "train-only-background": _only_background,
@@ -667,7 +691,7 @@ def test_api_bad_input(call, expect, tmp_path, data):
     for given, copy in a.given:
         np.testing.assert_array_equal(given, copy)  # inputs are never modified
     assert net.training == training and torch.is_grad_enabled() == grad
-    assert a.predict(data["em"][0, :32, :32])().shape == (32, 32)  # the same model goes on predicting
+    assert a.predict(data["em"][0, :8, :8])().shape == (8, 8)  # the same model goes on predicting
 
 
 # ----------------------------------------------------------------------------- reader (napari's File > Open)

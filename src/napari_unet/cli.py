@@ -103,6 +103,8 @@ def _check_output(output, suffix: str | None = None, opt: str = "-o") -> None:
     ``opt``: the option that named it, for the message."""
     import os
 
+    if str(output).endswith(("/", "\\")):  # Path() drops the slash: 'results/' became a file named results
+        raise SystemExit(f"error: {opt} {output} names a folder; give a file name inside it")
     given = Path(output).expanduser()
     out = given.with_name(given.name + suffix) if suffix and given.suffix != suffix else given
     for p in dict.fromkeys((given, out)):  # the path as given, and as written (with the suffix added)

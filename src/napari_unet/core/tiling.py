@@ -254,6 +254,10 @@ def iter_predict(
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if not hasattr(image, "shape"):  # a list of slices: 'list' object has no attribute 'shape' said nothing useful
+        image = np.asarray(image)
+    if batch_size is not None and batch_size < 1:  # range(..., 0) raised 'arg 3 must not be zero'
+        raise ValueError(f"batch_size must be >= 1 tiles, or None for automatic; got {batch_size}")
     if tile_out is not None and min(np.atleast_1d(tile_out)) < 1:
         raise ValueError(f"tile_out (the output tile side) must be >= 1 px, or None for automatic; got {tile_out}")
     dev = resolve_device(device)
