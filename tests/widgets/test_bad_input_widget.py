@@ -380,3 +380,117 @@ def test_widget_bad_input_matrix(name, viewer, tiny_em, tmp_path, qtbot, message
         assert w._on_save(tmp_path / "mine").name == "mine.safetensors"
     else:
         assert w.complete and w._on_to_labels() is not None
+
+
+# the widgets without a job: Annotate, and the two previews (they update on a timer; _update is the timer's call)
+
+LIGHT = {
+    "Annotate": {
+        "5d-image": (
+            lambda c: setattr(c.w.image, "value", c.layer("image", np.zeros((2, 2, 2, 8, 8), np.uint8))),
+            ("error", r"\(Z, Y, X\)"),
+        ),
+        "multiscale-image": (
+            lambda c: setattr(
+                c.w.image,
+                "value",
+                c.layer("image", [np.zeros((64, 64), np.uint8), np.zeros((32, 32), np.uint8)], multiscale=True),
+            ),
+            ("error", "multiscale"),
+        ),
+    },
+    "Weight map preview": {
+        "negative-labels": (
+            lambda c: setattr(c.w.labels, "value", c.layer("labels", np.full((3, 128, 128), -2, np.int16))),
+            ("warning", ">= 0"),
+        ),
+        "semantic-values-over-classes": (
+            lambda c: (
+                setattr(c.w.labels, "value", c.layer("labels", np.full((3, 128, 128), 70_000, np.int32))),
+                setattr(c.w.mode, "value", "semantic"),
+            ),
+            ("ok", None),
+        ),
+    },
+    "Deformation preview": {
+        "negative-labels": (
+            lambda c: setattr(c.w.labels, "value", c.layer("labels", np.full((3, 128, 128), -2, np.int16))),
+            ("warning", ">= 0"),
+        ),
+        "labels-other-shape": (
+            lambda c: setattr(c.w.labels, "value", c.layer("labels", np.ones((3, 64, 64), np.uint8))),
+            ("warns", "do not match"),
+        ),
+        "5d-image": (
+            lambda c: setattr(c.w.image, "value", c.layer("image", np.zeros((2, 2, 2, 8, 8), np.uint8))),
+            ("status", "grey 2D image"),
+        ),
+        "nan-image": (
+            lambda c: setattr(
+                c.w.image,
+                "value",
+                c.layer("image", np.where(c.image.data > 200, np.nan, c.image.data).astype(np.float32)),
+            ),
+            ("ok", None),
+        ),
+    },
+}
+
+
+def _light_reset(ctx, name):
+    w = ctx.w
+    if name == "Annotate":
+        w.image.value = ctx.image
+    else:
+        w.labels.value = ctx.labels
+        if name == "Deformation preview":
+            w.image.value = ctx.image
+        else:
+            w.mode.value = "instance"
+
+
+def test_light_widgets_bad_input_matrix(viewer, tiny_em, tmp_path, messages):
+    """Annotate and the two previews, docked side by side in one viewer: each case gives one message
+    (or, for the previews, a status line) and changes no layer; every widget works afterwards."""
+    image, labels = tiny_em
+    base_image = viewer.add_image(image, name="em")
+    base_labels = viewer.add_labels(labels, name="em labels")
+    kept = {lay.name: np.array(lay.data) for lay in (base_image, base_labels)}
+    problems = []
+    for name, cases in LIGHT.items():
+        w = dock(viewer, name)
+        ctx = Ctx(viewer, w, tmp_path, base_image, base_labels)
+        act = w._on_new_labels if name == "Annotate" else w._update
+        for case, (setup, (kind, expect)) in cases.items():
+            _light_reset(ctx, name)
+            setup(ctx)
+            before = [lay.name for lay in viewer.layers]
+            n_errors, n_warnings = len(messages["error"]), len(messages["warning"])
+            out = act()
+            errors, warnings = messages["error"][n_errors:], messages["warning"][n_warnings:]
+            status = w.status.value if hasattr(w, "status") else ""
+            got = f"{name} {case}: result={out is not None} errors={errors} warnings={warnings} status={status!r}"
+            if kind == "error":
+                ok = out is None and len(errors) == 1 and re.search(expect, errors[0])
+                ok = ok and [lay.name for lay in viewer.layers] == before
+            elif kind in ("warning", "warns"):  # warns: the preview still shows what it can (the image)
+                ok = (out is None) == (kind == "warning") and not errors and len(warnings) == 1
+                ok = ok and re.search(expect, warnings[0])
+            elif kind == "status":
+                ok = out is None and not errors and not warnings and re.search(expect, status)
+            else:
+                ok = out is not None and not errors and not warnings
+            if not ok:
+                problems.append(got)
+            for lay in list(viewer.layers):
+                if lay not in (base_image, base_labels):
+                    viewer.layers.remove(lay)
+        _light_reset(ctx, name)
+        if act() is None:
+            problems.append(f"{name}: does not work after the bad inputs")
+        for lay in list(viewer.layers):
+            if lay not in (base_image, base_labels):
+                viewer.layers.remove(lay)
+    for lay in (base_image, base_labels):
+        np.testing.assert_array_equal(lay.data, kept[lay.name])
+    assert not problems, "\n".join(problems)
