@@ -267,6 +267,10 @@ CLI = {
     ),
     "train-empty-folder": (lambda f: train(f, images=[f.folder("slices")]), "holds no TIFF files"),
     "predict-output-png": (lambda f: predict(f, out=f.path("result.png")), r"name it \.tif"),
+    "evaluate-training-labels-as-truth": (
+        lambda f: evaluate(f, labels=f.image("painted.tif", f.data["nuclei_truth"].astype(np.uint16) + 1)),
+        "subtract 1",
+    ),
     # model files
     "predict-model-missing": (lambda f: predict(f, model=f.path("gone.safetensors")), "no model file"),
     "predict-model-corrupt": (lambda f: predict(f, model=f.raw("bad.safetensors", bytes(200))), "damaged"),
@@ -614,6 +618,10 @@ API = {
     "evaluate-truth-2d-for-stack": (
         lambda a: a.evaluate(a.data["nuclei"], a.data["nuclei_truth"][0]),
         "ground truth has shape",
+    ),
+    "evaluate-training-labels-as-truth": (
+        lambda a: a.evaluate(a.data["nuclei"], a.data["nuclei_truth"] + 1),
+        "no background",
     ),
     "evaluate-unknown-kind": (
         lambda a: a.evaluate(a.data["nuclei"], a.data["nuclei_truth"], kind="dice"),
