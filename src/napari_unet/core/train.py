@@ -726,6 +726,8 @@ def _n_classes(config: TrainConfig, pairs) -> int:
 
 def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) -> start.StartChoice:
     """init='auto': score every candidate start on the painted pixels (no training) and pick one."""
+    for name in config.candidates:  # a broken file of the user's is reported before the shipped models are scored
+        load_model(name)
     quick = replace(config, border_class=False)  # agreement collapses a border class into its object
     n_classes = _n_classes(quick, pairs)
     slices = prepare_slices(pairs, quick, n_classes, in_channels, channel_axis, weights=False)
