@@ -284,6 +284,14 @@ CLI = {
     "predict-model-is-folder": (lambda f: predict(f, model=f.folder("models")), "is a folder"),
     "train-init-pickle": (lambda f: train(f, init=pickle_model(f)), "pickle"),
     "train-init-nan-weights": (lambda f: train(f, init=nan_weights(f)), "NaN"),
+    "train-candidate-corrupt": (
+        lambda f: train(f, "--candidates", f.raw("junk.safetensors", b"junk" * 10), init="auto"),
+        "junk.safetensors: the file is damaged",
+    ),
+    "train-init-shipped-tile-too-small": (
+        lambda f: train(f, init="em-membrane"),
+        "depth 4; nearest valid sizes are 188",
+    ),
     "train-resume-missing": (lambda f: train(f, "--resume", f.path("run.safetensors")), "no model file"),
     "evaluate-model-truncated": (lambda f: evaluate(f, model=truncated_model(f)), "damaged, truncated"),
     # numbers
