@@ -101,15 +101,29 @@ def test_checkpoint_that_fails_to_load(em_viewer, tmp_path, messages):
 
 
 def test_train_crash_from_a_bad_checkpoint_is_reported(em_viewer, qtbot, tmp_path, messages):
+    """A damaged start file is refused when Train is pressed (its header is read then); one whose
+    header is fine but whose weights are not (NaN) fails in the worker and is reported as a crash."""
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"\x00" * 64)
     w = dock(em_viewer, "Train")
     tiny(w)
     w.start.value = "checkpoint file"
     w.checkpoint.value = bad
+    assert w._on_train() is None
+    assert "broken.safetensors" in messages["error"][-1] and "damaged" in messages["error"][-1]
+    assert w.train_button.enabled and w.status.value == "idle"
+    import torch
+
+    from napari_unet.core.checkpoint import save_model
+    from napari_unet.core.model import UNet
+
+    net = UNet(depth=2, base_channels=4, n_classes=2)
+    with torch.no_grad():
+        net.head.bias[0] = float("nan")
+    w.checkpoint.value = save_model(tmp_path / "diverged", net)
     job = w._on_train()
     qtbot.waitUntil(lambda: not job.running, timeout=30_000)
-    assert messages["error"] and messages["error"][-1].startswith("training failed:")
+    assert messages["error"][-1].startswith("training failed:") and "NaN" in messages["error"][-1]
     assert w.train_button.enabled and w.status.value.startswith("crashed")
 
 
@@ -250,9 +264,9 @@ TRAIN = {
         ("error", "nearest valid sizes are 120 and 124"),
     ),
     "checkpoint-missing": (lambda c: _start(c, "checkpoint file", "missing"), ("error", "choose a model file")),
-    "checkpoint-pickle": (lambda c: _start(c, "checkpoint file", "pickle"), ("failed", "pickle")),
+    "checkpoint-pickle": (lambda c: _start(c, "checkpoint file", "pickle"), ("error", "pickle")),
     "checkpoint-nan-weights": (lambda c: _start(c, "checkpoint file", "nan"), ("failed", "NaN")),
-    "checkpoint-foreign": (lambda c: _start(c, "checkpoint file", "foreign"), ("failed", "not a napari-unet model")),
+    "checkpoint-foreign": (lambda c: _start(c, "checkpoint file", "foreign"), ("error", "not a napari-unet model")),
     "semantic-object-ids": (
         lambda c: (
             _pair(c, labels=c.layer("labels", c.labels.data.astype(np.uint32) * 1000)),

@@ -314,6 +314,9 @@ class TrainWidget(JobWidget, Container):
             path = Path(str(self.checkpoint.value))
             if not path.is_file():
                 raise ValueError(f"choose a model file to start from (now {str(path)!r}), or start from scratch")
+            from napari_unet.core.checkpoint import read_info
+
+            read_info(path)  # its header, now: a pickle or a damaged file is refused here, not as a 'crash'
             init = str(path)
         # TrainConfig checks every value (e.g. a tile size that is not valid for the depth)
         return TrainConfig(
