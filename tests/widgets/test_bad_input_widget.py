@@ -267,6 +267,7 @@ TRAIN = {
     "checkpoint-pickle": (lambda c: _start(c, "checkpoint file", "pickle"), ("error", "pickle")),
     "checkpoint-nan-weights": (lambda c: _start(c, "checkpoint file", "nan"), ("failed", "NaN")),
     "checkpoint-foreign": (lambda c: _start(c, "checkpoint file", "foreign"), ("error", "not a napari-unet model")),
+    "auto-with-corrupt-checkpoint": (lambda c: _start(c, "auto", "corrupt"), ("error", "damaged")),
     "semantic-object-ids": (
         lambda c: (
             _pair(c, labels=c.layer("labels", c.labels.data.astype(np.uint32) * 1000)),

@@ -296,6 +296,7 @@ class TrainWidget(JobWidget, Container):
 
     def config(self):
         """The frozen TrainConfig for the current settings (raises ValueError with a user message)."""
+        from napari_unet.core.checkpoint import read_info
         from napari_unet.core.train import AUTO as AUTO_START
         from napari_unet.core.train import TrainConfig
 
@@ -305,6 +306,8 @@ class TrainWidget(JobWidget, Container):
             # besides the shipped models: the checkpoint file, if chosen, and the models trained in this
             # session (a correction round starts from the model it corrects when that agrees best)
             path = Path(str(self.checkpoint.value))
+            if path.is_file():
+                read_info(path)  # a damaged file is refused now, not after the shipped models were scored
             candidates = ((str(path),) if path.is_file() else ()) + tuple(
                 str(_state.model_file(name)) for name in _state.TRAINED_MODELS
             )
@@ -314,8 +317,6 @@ class TrainWidget(JobWidget, Container):
             path = Path(str(self.checkpoint.value))
             if not path.is_file():
                 raise ValueError(f"choose a model file to start from (now {str(path)!r}), or start from scratch")
-            from napari_unet.core.checkpoint import read_info
-
             read_info(path)  # its header, now: a pickle or a damaged file is refused here, not as a 'crash'
             init = str(path)
         # TrainConfig checks every value (e.g. a tile size that is not valid for the depth)
