@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -95,10 +96,13 @@ class Files:
         (self.tmp / name).write_bytes(content)
         return str(self.tmp / name)
 
-    def folder(self, name: str, slices=()) -> str:
+    def folder(self, name: str, slices=(), extra: dict[str, bytes] | None = None) -> str:
+        """A folder of TIFF slices s00.tif, s01.tif, ... plus ``extra`` files (name -> bytes)."""
         (self.tmp / name).mkdir()
         for i, s in enumerate(slices):
             tif(self.tmp / name / f"s{i:02d}.tif", s)
+        for fname, content in (extra or {}).items():
+            (self.tmp / name / fname).write_bytes(content)
         return str(self.tmp / name)
 
     def model_file(self, name: str, net=None, **info) -> str:
@@ -122,6 +126,13 @@ def random_bytes(f: Files, name="random.tif") -> str:
 
 def png(f: Files, name="image.png") -> str:
     return f.raw(name, b"\x89PNG\r\n\x1a\n" + bytes(64))
+
+
+def damaged_slice(f: Files) -> str:
+    """A folder of slices whose second slice is a copy cut short."""
+    folder = f.folder("cut", [f.data["em"][0]])
+    truncated(f, "cut/s01.tif")
+    return folder
 
 
 def one_d(f: Files, name="1d.tif") -> str:
@@ -375,7 +386,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         rc = main(argv)
     except SystemExit as e:  # argparse errors (code 2) and the up-front checks (a message)
         if isinstance(e.code, str):
-            print(e.code, file=__import__("sys").stderr)
+            print(e.code, file=sys.stderr)
             rc = 1
         else:
             rc = e.code
@@ -483,11 +494,11 @@ class Api:
 
         return lambda: load_model(path)
 
-    def write(self, path, labels):
+    def write(self, path, labels, **kw):
         from napari_unet.core.io import write_labels
 
         labels = self.arr(labels)
-        return lambda: write_labels(path, labels)
+        return lambda: write_labels(path, labels, **kw)
 
     def evaluate(self, image, truth, **kw):
         from napari_unet.core.evaluate import evaluate_arrays
@@ -514,7 +525,7 @@ API = {
         "same shape and dtype",
     ),
     "read-folder-damaged-slice": (
-        lambda a: a.read(a.f.folder("cut", [a.data["em"][0]]) and (truncated(a.f, "cut/s01.tif"), a.f.path("cut"))[1]),
+        lambda a: a.read(damaged_slice(a.f)),
         "damaged or truncated",
     ),
     "read-empty-list": (lambda a: a.read([]), "empty list"),
@@ -610,11 +621,7 @@ API = {
     "write-4d": (lambda a: a.write(a.f.out_tif, np.ones((2, 2, 8, 8), np.uint8)), r"\(Z, Y, X\)"),
     "write-empty": (lambda a: a.write(a.f.out_tif, np.ones((0, 8), np.uint8)), "empty"),
     "write-negative-pixel-size": (
-        lambda a: (
-            lambda: __import__("napari_unet.core.io").core.io.write_labels(
-                a.f.out_tif, np.ones((8, 8), np.uint8), pixel_size=-1
-            )
-        ),
+        lambda a: a.write(a.f.out_tif, np.ones((8, 8), np.uint8), pixel_size=-1),
         "pixel_size must be > 0",
     ),
     "write-missing-folder": (lambda a: a.write(a.f.path("no/dir/x.tif"), np.ones((8, 8), np.uint8)), "create it first"),
@@ -749,7 +756,7 @@ READER = {
     "missing": (lambda f: f.path("missing.tif"), DECLINED),
     "empty-folder": (lambda f: f.folder("empty"), DECLINED),
     "folder-without-tiffs": (
-        lambda f: f.folder("docs") and f.raw("docs/readme.txt", b"x") and f.path("docs"),
+        lambda f: f.folder("docs", extra={"readme.txt": b"x"}),
         DECLINED,
     ),
     "folder-mixed-sizes": (
@@ -761,11 +768,11 @@ READER = {
         "same shape and dtype",
     ),
     "folder-damaged-slice": (
-        lambda f: f.folder("cut", [f.data["em"][0]]) and truncated(f, "cut/s01.tif") and f.path("cut"),
+        damaged_slice,
         "damaged or truncated",
     ),
     "folder-non-tiff-slice": (
-        lambda f: f.folder("odd", [f.data["em"][0]]) and png(f, "odd/s01.tif") and f.path("odd"),
+        lambda f: f.folder("odd", [f.data["em"][0]], extra={"s01.tif": b"\x89PNG\r\n\x1a\n" + bytes(64)}),
         "not a TIFF file",
     ),
     "empty-tiff": (lambda f: f.image("e.tif", np.zeros((0, 16), np.uint8)), "the image is empty"),
