@@ -66,6 +66,14 @@ def _layer_name(path: str) -> str:
 def layer_data(path) -> tuple:
     """One image layer data tuple ``(data, kwargs, 'image')`` for a TIFF file, a folder or a list of files."""
     data, meta = read_image(list(path) if isinstance(path, (list, tuple)) else path)
+    # what napari cannot show: it said 'Image data must have at least 2 dimensions', or an empty NotImplementedError
+    if len(meta.shape) < 2:
+        raise ValueError(f"cannot open {meta.path}: it holds 1D data (shape {meta.shape}); images have 2 or more axes")
+    if meta.dtype.startswith("complex"):
+        raise ValueError(
+            f"cannot open {meta.path}: it holds complex numbers, which napari cannot show; save the image's "
+            "magnitude (e.g. numpy.abs(image)) as a TIFF"
+        )
     kwargs: dict = {"name": _layer_name(meta.path)}
     drop = "S" if meta.axes.endswith("S") else ""  # RGB(A) samples last: napari shows colour
     channel_axis = declared_channel_axis(meta.shape, meta.axes)

@@ -140,33 +140,36 @@ def _n_slices(arr, channel_axis) -> int:
     return arr.shape[0] if arr.ndim - (channel_axis is not None) == 3 else 1
 
 
-def _refuse_overwrite(output, inputs, what: str = "input") -> None:
+def _refuse_overwrite(output, inputs, what: str = "input", opt: str = "-o") -> None:
     """SystemExit when ``output`` is one of ``inputs`` (an image, labels or model file this command reads)."""
     out = Path(output).expanduser().resolve()
     for p in inputs:
         if p and Path(p).exists() and Path(p).expanduser().resolve() == out:
             raise SystemExit(
-                f"error: -o {output} is the {what} {p}; writing there would destroy it. Choose another file"
+                f"error: {opt} {output} is the {what} {p}; writing there would destroy it. Choose another file"
             )
 
 
-def _check_output(output, suffix: str | None = None) -> None:
+def _check_output(output, suffix: str | None = None, opt: str = "-o") -> None:
     """SystemExit before any work when ``output`` cannot be written (a folder, a missing or read-only
-    folder, a device or other non-regular file): found after training, it used to cost the trained weights."""
+    folder, a device or other non-regular file): found after training, it used to cost the trained weights.
+    ``opt``: the option that named it, for the message."""
     import os
 
+    if str(output).endswith(("/", "\\")):  # Path() drops the slash: 'results/' became a file named results
+        raise SystemExit(f"error: {opt} {output} names a folder; give a file name inside it")
     given = Path(output).expanduser()
     out = given.with_name(given.name + suffix) if suffix and given.suffix != suffix else given
     for p in dict.fromkeys((given, out)):  # the path as given, and as written (with the suffix added)
         if p.is_dir():
-            raise SystemExit(f"error: -o {output} is a folder; give a file name inside it")
+            raise SystemExit(f"error: {opt} {output} is a folder; give a file name inside it")
         if p.exists() and not p.is_file():
-            raise SystemExit(f"error: -o {output} is not a regular file (a device or pipe?); give a file name")
+            raise SystemExit(f"error: {opt} {output} is not a regular file (a device or pipe?); give a file name")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise SystemExit(f"error: -o {output}: the folder {parent} does not exist; create it first")
+        raise SystemExit(f"error: {opt} {output}: the folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
-        raise SystemExit(f"error: -o {output}: the folder {parent} is not writable; choose another folder")
+        raise SystemExit(f"error: {opt} {output}: the folder {parent} is not writable; choose another folder")
 
 
 def _select(arr, slices, channel_axis=None):
@@ -417,6 +420,11 @@ def cmd_predict(args) -> int:
         _refuse_overwrite(args.output, [resolve_model_path(args.model)], "model")
     except FileNotFoundError:
         pass  # load_model says what is missing
+    from .core.io import TIFF_SUFFIXES
+
+    suffix = Path(args.output).suffix.lower()
+    if suffix and suffix not in TIFF_SUFFIXES:  # a TIFF named result.png: a viewer would fail to open it
+        raise SystemExit(f"error: -o {args.output}: predict writes TIFF files; name it .tif or .tiff")
     model = load_model(args.model)
     image, ch = _read_image(args.image, args)
     slices = _parse_slices(args.slices, _n_slices(image, ch))
@@ -472,10 +480,14 @@ def cmd_evaluate(args) -> int:
     from .core.evaluate import evaluate_arrays
     from .core.labels import check_shapes
 
+    if args.json:  # found after the evaluation, a bad --json cost its run (or overwrote an input)
+        _refuse_overwrite(args.json, [args.images, args.labels, args.model], "input", opt="--json")
+        _check_output(args.json, opt="--json")
     model = load_model(args.model)
     image, ch = _read_image(args.images, args)
     truth = np.asarray(_read(args.labels, "labels"))
-    check_shapes(image, truth, channel_axis=ch, name=f"{args.labels} on {args.images}")
+    # before --slices, which would hide a mismatch
+    check_shapes(image, truth, channel_axis=ch, name=f"the ground truth {args.labels} on {args.images}")
     slices = _parse_slices(args.slices, _n_slices(image, ch))
     image, truth = _select(image, slices, ch), _select(truth, slices)
     bar = _TileBar(args.quiet)

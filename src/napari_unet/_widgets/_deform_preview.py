@@ -75,8 +75,12 @@ class DeformationWidget(Container):
                 )
             else:
                 labels, _ = current_plane(self.viewer, lab_layer)
+                try:  # labels that break the convention (negative values): a traceback from a timer before
+                    weights = weight_map(labels, mode=self.mode.value)
+                except ValueError as e:
+                    show_warning(f"deformation preview: {e}")
+                    return None
                 labels = labels.astype(np.int32, copy=False)
-                weights = weight_map(labels, mode=self.mode.value)
         t0 = time.perf_counter()
         rng = np.random.default_rng(int(self.seed.value))
         try:

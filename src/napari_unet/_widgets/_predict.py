@@ -365,9 +365,16 @@ class PredictWidget(JobWidget, Container):
     def _on_error(self, exc):
         from napari.utils.notifications import show_error
 
-        show_error(f"prediction failed: {error_text(exc)}")
+        # failed before any tile (e.g. NaN in the image): the empty output layer would look like a
+        # prediction that found nothing, so it goes; a later failure keeps the tiles written, as Cancel does
+        nothing = self.done == 0 and self.layer is not None
+        if nothing and not self._closed and self.layer in self.viewer.layers:
+            self.viewer.layers.remove(self.layer)
+            self.layer = None
+        kept = "" if nothing else f" ({self.done} of {self.total} tiles kept)"
+        show_error(f"prediction failed: {error_text(exc)}{kept}")
         if not self._closed:
-            self.status.value = f"failed: {error_text(exc)}"
+            self.status.value = f"failed: {error_text(exc)}{kept}"
 
     def _on_aborted(self, *_):
         from napari.utils.notifications import show_info

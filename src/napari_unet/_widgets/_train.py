@@ -331,6 +331,7 @@ class TrainWidget(JobWidget, Container):
 
     def config(self):
         """The frozen TrainConfig for the current settings (raises ValueError with a user message)."""
+        from napari_unet.core.checkpoint import read_info
         from napari_unet.core.train import AUTO as AUTO_START
         from napari_unet.core.train import TrainConfig
 
@@ -340,6 +341,8 @@ class TrainWidget(JobWidget, Container):
             # besides the shipped models: the checkpoint file, if chosen, and the models trained in this
             # session (a correction round starts from the model it corrects when that agrees best)
             path = Path(str(self.checkpoint.value))
+            if path.is_file():
+                read_info(path)  # a damaged file is refused now, not after the shipped models were scored
             candidates = ((str(path),) if path.is_file() else ()) + tuple(
                 str(_state.model_file(name)) for name in _state.TRAINED_MODELS
             )
@@ -349,6 +352,7 @@ class TrainWidget(JobWidget, Container):
             path = Path(str(self.checkpoint.value))
             if not path.is_file():
                 raise ValueError(f"choose a model file to start from (now {str(path)!r}), or start from scratch")
+            read_info(path)  # its header, now: a pickle or a damaged file is refused here, not as a 'crash'
             init = str(path)
         # TrainConfig checks every value (e.g. a tile size that is not valid for the depth)
         return TrainConfig(
@@ -398,6 +402,11 @@ class TrainWidget(JobWidget, Container):
             # copies: the user keeps painting while the worker reads them
             image, ch = layer_pixels(img, row.channels.value, copy=True)
             label = np.array(lab.data)
+            if image.dtype.kind == "f" and not np.isfinite(image).all():  # else a 'crash' from the worker
+                raise ValueError(
+                    f"{where}: the image {img.name!r} contains NaN or inf values; replace them (e.g. "
+                    "numpy.nan_to_num, or Fiji's Process > Math > Remove NaNs) before training"
+                )
             check_pair(image, label, channel_axis=ch, name=f"{where} ({img.name!r} / {lab.name!r})")
             channels.add(1 if ch is None else image.shape[-1])
             images.append(image)

@@ -161,6 +161,8 @@ def _read_package_info(path: Path) -> ModelInfo:
 def _read(path: Path, weights: bool = True):
     from safetensors import SafetensorError, safe_open
 
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; choose the model file (.safetensors) inside it")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     with open(path, "rb") as f:
@@ -250,12 +252,13 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     return model.to(device)
 
 
-# what a real network of this package can have; a header beyond them is refused before anything is allocated
-_BOUNDS = {"depth": (1, 8), "base_channels": (1, 1024), "in_channels": (1, 64), "n_classes": (2, 1024)}
+# what a real network of this package can have; a header beyond them is refused before anything is allocated,
+# and training refuses to make a network beyond them (it could not be loaded again)
+MODEL_BOUNDS = {"depth": (1, 8), "base_channels": (1, 1024), "in_channels": (1, 64), "n_classes": (2, 1024)}
 
 
 def _check_bounds(path: Path, model: dict) -> None:
-    for key, (lo, hi) in _BOUNDS.items():
+    for key, (lo, hi) in MODEL_BOUNDS.items():
         v = model.get(key)
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
             raise CheckpointError(

@@ -29,8 +29,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps ({e})") from None
+    except RuntimeError:  # torch's message lists device types this package never uses (xla, ipu, ...)
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             build = "this PyTorch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"

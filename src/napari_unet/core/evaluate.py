@@ -38,6 +38,19 @@ def evaluate_arrays(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     truth = np.asarray(truth)
+    if truth.shape != tuple(np.shape(image)):  # zip() below would score the slices both have, silently
+        raise ValueError(
+            f"the ground truth has shape {truth.shape} but the image has shape {tuple(np.shape(image))}; "
+            "give the labels made for this image (same height, width and slices)"
+        )
+    if kind == "auto" and truth.size and truth.min() >= 1:
+        # every pixel an object: training labels (1 = background) scored as instances, foreground IoU near 1
+        # whatever the model does
+        raise ValueError(
+            "the ground truth has no background (0): these look like training labels (1 = background, "
+            "2.. = objects). Evaluation wants 0 = background, 1..N = objects: subtract 1 from them, or choose "
+            "kind 'instances' to score them as they are"
+        )
     if kind == "auto":
         kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
     output = "labels" if kind == "membranes" else "instances"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize", "percentiles", "plane_range", "scale_intensity"]
+__all__ = ["check_real", "normalize", "percentiles", "plane_range", "scale_intensity"]
 
 DEFAULT_LOW, DEFAULT_HIGH = 1.0, 99.8  # percentiles; a model file may store its own
 
@@ -23,6 +23,21 @@ def _check_finite(values: np.ndarray, what: str = "image") -> None:
                 f"{what} contains {bad} NaN or inf value(s); replace them (e.g. numpy.nan_to_num or "
                 "Fiji's Process > Math > Remove NaNs) before segmenting"
             )
+
+
+def _not_real(dtype) -> str:
+    if np.dtype(dtype).kind == "c":
+        return (
+            "image must hold real numbers (integers or floats), got complex numbers; save the image's "
+            "magnitude (or real part) as the image, e.g. numpy.abs(image)"
+        )
+    return f"image must hold numbers (integers or floats), got dtype {dtype}; convert it to a numeric image"
+
+
+def check_real(dtype) -> None:
+    """ValueError unless ``dtype`` is bool, integer or float (a cast would drop a complex part with a warning)."""
+    if np.dtype(dtype).kind not in "biuf":
+        raise ValueError(_not_real(dtype))
 
 
 def _sample_for_percentiles(image, max_samples: int) -> np.ndarray:
@@ -66,7 +81,7 @@ def percentiles(
         raise ValueError("cannot normalise an empty image (no pixels)")
     sample = _sample_for_percentiles(image, max_samples)
     if sample.dtype.kind not in "biuf":
-        raise ValueError(f"image must be numeric, got dtype {sample.dtype}")
+        raise ValueError(_not_real(sample.dtype))
     _check_finite(sample)
     lo, hi = np.percentile(sample.astype(np.float64, copy=False).ravel(), [low, high])
     return float(lo), float(hi)
@@ -105,7 +120,7 @@ def normalize(
     """
     arr = np.asarray(image)
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"image must be numeric, got dtype {arr.dtype}")
+        raise ValueError(_not_real(arr.dtype))
     _check_finite(arr)
     if lo_hi is None:
         lo, hi = percentiles(arr, low, high)

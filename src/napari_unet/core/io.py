@@ -280,6 +280,11 @@ def _probe(path: Path):
     try:
         with _catch_tifffile_damage(path), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            if 0 in tuple(series.shape):  # before the size check, which took it for a truncated file
+                raise ValueError(
+                    f"cannot read {path}: the image is empty (shape {tuple(series.shape)}, no pixels); "
+                    "open the file the image was saved to, or save it again"
+                )
             page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
             _check_complete(tif, series, path)
             pixel_size, z, unit = _pixel_meta(tif, page)
@@ -455,6 +460,8 @@ def atomic_write(path: str | os.PathLike):
     crash never leaves a half-written file that looks complete."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():  # else mkstemp's error names a hidden temporary file the user never asked for
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist; create it first")
     _remove_stale_temps(path, folder)
     # the writer's pid in the name, so a later write can tell a killed writer's leftovers from a live one's
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)

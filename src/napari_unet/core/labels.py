@@ -80,6 +80,7 @@ def n_classes_for(mode: LabelMode, labels=None, *, border_class: bool = False) -
         return 3 if border_class else 2
     if labels is None:
         return 2
+    labels = _as_int_labels(labels)  # NaN, fractions or negative values: the message says what is wrong
     m = int(np.max(labels)) if np.size(labels) else 0
     return max(2, m)
 
@@ -185,6 +186,8 @@ def check_pair(image: np.ndarray, labels: np.ndarray, *, channel_axis: int | Non
     """Raise a ValueError that says what to do when ``labels`` cannot train on ``image``."""
     check_shapes(image, labels, channel_axis=channel_axis, name=name)
     pre = f"{name}: " if name else ""
+    if np.size(labels) == 0:  # else 'nothing is annotated yet', as if the user had not painted
+        raise ValueError(f"{pre}the image is empty (shape {tuple(np.shape(image))}, no pixels); choose an image")
     lab = _as_int_labels(labels)
     if not np.any(lab > 0):
         raise ValueError(

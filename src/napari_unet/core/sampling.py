@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import augment as aug
-from .intensity import percentiles, scale_intensity
+from .intensity import check_real, percentiles, scale_intensity
 from .labels import IGNORE, annotated_mask, check_pair, targets_from_labels
 from .planes import plane_at
 from .scale import zoom_labels, zoom_plane
@@ -75,7 +75,9 @@ def prepare_slices(
             ann = annotated_mask(lab_z, zero_is_background=config.zero_is_background)
             if not ann.any():
                 continue
-            im = plane_at(img, None if lab.ndim == 2 else z, channel_axis).astype(np.float32)
+            im = plane_at(img, None if lab.ndim == 2 else z, channel_axis)
+            check_real(im.dtype)  # a complex image lost its imaginary part to the cast, with only a warning
+            im = im.astype(np.float32)
             if not np.all(np.isfinite(im)):
                 raise ValueError(
                     f"{name + ': ' if name else ''}the image contains NaN or inf values; replace them before training"

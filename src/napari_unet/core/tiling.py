@@ -27,7 +27,7 @@ import torch
 
 from .device import autocast_dtype, available_memory, memory_format, resolve_device
 from .events import TileEvent, run
-from .intensity import percentiles, plane_range, scale_intensity
+from .intensity import check_real, percentiles, plane_range, scale_intensity
 from .labels import instances_from_semantic
 from .model import UNet, input_size_for_output, margin
 from .planes import as_stack
@@ -264,8 +264,16 @@ def iter_predict(
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if not hasattr(image, "shape"):  # a list of slices: 'list' object has no attribute 'shape' said nothing useful
+        image = np.asarray(image)
+    if batch_size is not None and batch_size < 1:  # range(..., 0) raised 'arg 3 must not be zero'
+        raise ValueError(f"batch_size must be >= 1 tiles, or None for automatic; got {batch_size}")
+    if tile_out is not None and min(np.atleast_1d(tile_out)) < 1:
+        raise ValueError(f"tile_out (the output tile side) must be >= 1 px, or None for automatic; got {tile_out}")
     dev = resolve_device(device)
     getter, n_z, (H, W), is_stack = as_stack(image, channel_axis, model.config.in_channels)
+    if n_z == 0:  # else an empty result, as if there were nothing to find
+        raise ValueError(f"image is empty (shape {tuple(image.shape)}: a stack of 0 slices)")
     z_list = list(range(n_z)) if slices is None else [int(z) for z in slices]
     for z in z_list:
         if not 0 <= z < n_z:
@@ -280,6 +288,8 @@ def iter_predict(
         lo, hi = 0.0, 1.0
     else:
         lo, hi = map(float, normalize)
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN in, NaN logits out: labels from nothing
+            raise ValueError(f"normalize must be True, False or a finite (lo, hi) intensity range, got {normalize}")
 
     C = model.n_classes
     post = getattr(getattr(model, "info", None), "postprocess", None) or {}
@@ -322,6 +332,7 @@ def iter_predict(
     try:
         for z in z_list:
             raw = getter(z)
+            check_real(raw.dtype)  # also with normalize=False, where no percentile looks at the dtype
             if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
                 raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
             plane = scale_intensity(raw, *((lo, hi) if lo is not None else plane_range(raw, norm)))

@@ -26,7 +26,15 @@ import numpy as np
 import torch
 
 from . import sampling, start
-from .checkpoint import ModelInfo, load_model, load_optimizer_state, read_info, resolve_model_path, save_model
+from .checkpoint import (
+    MODEL_BOUNDS,
+    ModelInfo,
+    load_model,
+    load_optimizer_state,
+    read_info,
+    resolve_model_path,
+    save_model,
+)
 from .device import PRECISIONS, autocast_dtype, default_precision, memory_format, resolve_device
 from .events import TrainEvent, TrainState, run
 from .intensity import percentiles
@@ -211,8 +219,9 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.lr is not None and (self.lr <= 0 or not math.isfinite(self.lr)):
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         for name, (lo, hi, what) in _CHECKS.items():
@@ -223,6 +232,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be {what}, got {v!r}")
         if self.n_classes is not None and self.n_classes < 2:
             raise ValueError(f"n_classes must be >= 2 (background and at least one class), got {self.n_classes}")
+        for name in ("depth", "base_channels", "n_classes"):  # a bigger network could not be loaded again
+            hi, v = MODEL_BOUNDS[name][1], getattr(self, name)
+            if v is not None and v > hi:
+                raise ValueError(f"{name} must be at most {hi} (what a model file can hold), got {v}")
         if not 0 <= self.norm_low < self.norm_high <= 100:
             raise ValueError(
                 f"norm percentiles must satisfy 0 <= norm_low < norm_high <= 100, got "
@@ -432,7 +445,8 @@ def iter_train(
             as_pairs(val_images, val_labels), config, n_classes, in_channels, channel_axis, weights=False
         )
     elif config.val_fraction > 0 and len(slices) >= 2:
-        k = max(1, int(round(len(slices) * config.val_fraction)))
+        # at least one slice each way: holding out all (0.9 of 2 slices rounds to 2) left nothing to train on
+        k = min(len(slices) - 1, max(1, int(round(len(slices) * config.val_fraction))))
         order = rng.permutation(len(slices))
         val = [slices[i] for i in sorted(order[:k])]
         slices = [slices[i] for i in sorted(order[k:])]
@@ -444,6 +458,12 @@ def iter_train(
     painted = np.unique(
         np.concatenate([np.unique(start.collapse(s.target[s.target >= 0], config.label_mode)) for s in slices])
     )
+    no_val = ""
+    if config.val_fraction > 0 and val_images is None and not val:  # asked for, and silently skipped before
+        no_val = (
+            f"no validation (val_fraction {config.val_fraction:g}): only one slice is annotated, and training "
+            "needs it; annotate a second slice to validate"
+        )
     one_class = ""
     if len(painted) == 1:
         what = _default_class_names(config, n_classes)[int(painted[0])] if painted[0] < n_classes else "one class"
@@ -495,7 +515,7 @@ def iter_train(
         time.perf_counter() - t_start,
         0.0,
         message=choice.reason if choice is not None else start_note,
-        warning="; ".join(w for w in (one_class, warning) if w),
+        warning="; ".join(w for w in (one_class, no_val, warning) if w),
     )
     if choice is not None:
         start_note = f"{start_note} (auto: {choice.reason})"
@@ -754,12 +774,22 @@ def _n_classes(config: TrainConfig, pairs) -> int:
     if config.n_classes is not None:
         return config.n_classes
     if config.label_mode == "semantic":
-        return max(n_classes_for("semantic", np.asarray(lab), border_class=config.border_class) for _, lab in pairs)
+        n = max(n_classes_for("semantic", np.asarray(lab), border_class=config.border_class) for _, lab in pairs)
+        if n > MODEL_BOUNDS["n_classes"][1]:
+            # instance ids painted for semantic training: it trained a huge head, and saved a model no one could load
+            raise ValueError(
+                f"semantic labels up to {n} ask for {n} classes (value k is class k-1), more than a model can "
+                f"hold ({MODEL_BOUNDS['n_classes'][1]}); values like these are object ids: train in instance mode "
+                "(label_mode='instance'; --mode instance in the CLI, label mode in the Train widget)"
+            )
+        return n
     return n_classes_for("instance", border_class=config.border_class)
 
 
 def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) -> start.StartChoice:
     """init='auto': score every candidate start on the painted pixels (no training) and pick one."""
+    for name in config.candidates:  # a broken file of the user's is reported before the shipped models are scored
+        load_model(name)
     quick = replace(config, border_class=False)  # agreement collapses a border class into its object
     n_classes = _n_classes(quick, pairs)
     slices = prepare_slices(pairs, quick, n_classes, in_channels, channel_axis, weights=False)

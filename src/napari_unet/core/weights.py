@@ -105,6 +105,10 @@ def class_balance_weights(targets: np.ndarray, *, class_balance: bool = True) ->
         return np.zeros(targets.shape, dtype=np.float32)
     # one look-up table indexed by target + 1 (IGNORE = -1 -> entry 0 -> weight 0): no boolean masks
     shifted = targets.ravel() + 1
+    if shifted.max() > 4 * shifted.size + 1024:
+        # sparse huge values (semantic mode on object ids): bincount's table would be as long as the largest
+        # value (16 GB and 11 s for 2**31 - 1); number the values first, entry 0 kept for IGNORE
+        shifted = np.unique(np.concatenate([[0], shifted]), return_inverse=True)[1][1:]
     counts = np.bincount(shifted)
     counts[0] = 0
     n_ann = int(counts.sum())
