@@ -13,13 +13,7 @@ from hypothesis import strategies as st
 from napari_unet.core.model import UNet, margin, output_size
 from napari_unet.core.tiling import mirror_pad, plan_tiles, predict, predict_whole
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

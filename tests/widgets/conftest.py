@@ -16,6 +16,14 @@ def _fresh_state():
 
 
 @pytest.fixture
+def errors(monkeypatch):
+    """The error notifications a widget shows (collected instead of shown)."""
+    got = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", got.append)
+    return got
+
+
+@pytest.fixture
 def viewer(make_napari_viewer):
     return make_napari_viewer()
 

@@ -13,13 +13,6 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def messages(monkeypatch):
-    got = []
-    monkeypatch.setattr("napari.utils.notifications.show_error", got.append)
-    return got
-
-
-@pytest.fixture
 def two_channel_viewer(viewer, dsb):
     """DSB nuclei (2 slices) plus a second channel made from them, opened as napari opens a 2-channel file."""
     images, labels = dsb
@@ -41,7 +34,7 @@ def tiny(w):
     w.steps.value, w.preview_every.value = 3, 0
 
 
-def test_channel_layers_train_and_predict_a_two_channel_model(two_channel_viewer, qtbot, messages):
+def test_channel_layers_train_and_predict_a_two_channel_model(two_channel_viewer, qtbot, errors):
     viewer = two_channel_viewer
     w = dock(viewer, "Train")
     tiny(w)
@@ -50,7 +43,7 @@ def test_channel_layers_train_and_predict_a_two_channel_model(two_channel_viewer
     row.image.value, row.labels.value = viewer.layers["nuclei"], viewer.layers["strokes"]
     row.channels.value = [viewer.layers["other"]]
     job = w._on_train()
-    assert job is not None, messages
+    assert job is not None, errors
     qtbot.waitUntil(lambda: w.result is not None and not job.running, timeout=60_000)
     assert w.result.model.config.in_channels == 2
 
@@ -60,11 +53,11 @@ def test_channel_layers_train_and_predict_a_two_channel_model(two_channel_viewer
     p.image.value = viewer.layers["nuclei"]
     p.channels.value = []
     assert p._on_predict() is None  # one channel for a two-channel model: says what to add
-    assert "expects 2 input channel(s), 'nuclei' gives 1" in messages[-1] and "+ channels" in messages[-1]
+    assert "expects 2 input channel(s), 'nuclei' gives 1" in errors[-1] and "+ channels" in errors[-1]
     p.channels.value = [viewer.layers["other"]]
     p.output.value = "probability map"
     job = p._on_predict()
-    assert job is not None, messages
+    assert job is not None, errors
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     assert p.layer.data.shape == (2, 96, 112)
     z = p.predicted_slices[0]
@@ -73,7 +66,7 @@ def test_channel_layers_train_and_predict_a_two_channel_model(two_channel_viewer
     np.testing.assert_allclose(p.probabilities[:, z], expect, atol=1e-5)
 
 
-def test_rgb_layer_is_three_channels(viewer, dsb, qtbot, messages):
+def test_rgb_layer_is_three_channels(viewer, dsb, qtbot, errors):
     images, labels = dsb
     rgb = np.stack([images[0, :96, :112]] * 3, axis=-1)
     viewer.add_image(rgb, name="colour", rgb=True)
@@ -84,11 +77,11 @@ def test_rgb_layer_is_three_channels(viewer, dsb, qtbot, messages):
     w.pairs[0].image.value, w.pairs[0].labels.value = viewer.layers["colour"], viewer.layers["strokes"]
     assert not w.pairs[0].channels.native.isVisibleTo(w.native)  # no two grey layers of one shape: nothing to combine
     job = w._on_train()
-    assert job is not None, messages
+    assert job is not None, errors
     qtbot.waitUntil(lambda: w.result is not None and not job.running, timeout=60_000)
     assert w.result.model.config.in_channels == 3
     p = dock(viewer, "Predict")
     p.model.value = "nuclei"  # a grey model on colour: told to split the layer
     p.image.value = viewer.layers["colour"]
     assert p._on_predict() is None
-    assert "expects 1 input channel(s), 'colour' gives 3" in messages[-1] and "Split RGB" in messages[-1]
+    assert "expects 1 input channel(s), 'colour' gives 3" in errors[-1] and "Split RGB" in errors[-1]

@@ -9,23 +9,16 @@ from napari_unet.core.tiling import predict
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def messages(monkeypatch):
-    got = []
-    monkeypatch.setattr("napari.utils.notifications.show_error", got.append)
-    return got
-
-
-def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qtbot, messages):
+def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qtbot, errors):
     images, _ = dsb
     viewer.add_image(images[85, :128, :128], name="nuclei")
     p = dock(viewer, "Predict")
     p.model.value, p.image.value = "nuclei", viewer.layers["nuclei"]
     p.zoom.value = 0.05
-    assert p._on_predict() is None and "scale must be between" in messages[-1]
+    assert p._on_predict() is None and "scale must be between" in errors[-1]
     p.zoom.value = 0.5
     job = p._on_predict()
-    assert job is not None, messages
+    assert job is not None, errors
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     from napari_unet.core.checkpoint import load_model
 
@@ -33,14 +26,14 @@ def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qt
     np.testing.assert_array_equal(p.layer.data, expect)
 
 
-def test_uncertainty_ranks_where_to_paint_and_go_jumps_there(em_viewer, qtbot, messages):
+def test_uncertainty_ranks_where_to_paint_and_go_jumps_there(em_viewer, qtbot, errors):
     image = em_viewer.layers["EM (ISBI 2012)"]
     p = dock(em_viewer, "Predict")
     p.model.value, p.image.value = "em-membrane", image
     p.output.value = "uncertainty (where to paint next)"
     p.where.value = "whole stack"
     job = p._on_predict()
-    assert job is not None, messages
+    assert job is not None, errors
     qtbot.waitUntil(lambda: not job.running and p.complete, timeout=120_000)
     assert p.layer.name.endswith("uncertainty") and p.layer.data.dtype == np.float32
     assert p.regions and p.paint_next.native.isVisibleTo(p.native) and "paint next" in p.status.value
