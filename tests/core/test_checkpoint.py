@@ -170,3 +170,20 @@ def test_a_header_length_ending_in_0x80_is_not_a_pickle(tmp_path):
     else:
         pytest.skip("no header length ending in 0x80 reached")
     assert load_model(path).n_classes == 2
+
+
+def test_non_finite_weights_are_refused_at_save(tmp_path):
+    """Saving NaN weights (or values float16 cannot hold) fails before writing: the old file stays."""
+    good = save_model(tmp_path / "m.safetensors", UNet(depth=2, base_channels=4))
+    before = good.read_bytes()
+    broken = UNet(depth=2, base_channels=4)
+    with torch.no_grad():
+        broken.head.weight.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        save_model(good, broken)
+    huge = UNet(depth=2, base_channels=4)
+    with torch.no_grad():
+        huge.head.bias.fill_(1e6)
+    with pytest.raises(CheckpointError, match="too large for float16"):
+        save_model(good, huge, half=True)
+    assert good.read_bytes() == before and not list(tmp_path.glob(".*"))

@@ -106,6 +106,10 @@ def save_model(
         if half and v.is_floating_point():
             v = v.half()
         tensors[f"model.{k}"] = v.contiguous()
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # a file that predicts nothing: refused before anything is written (the old file stays)
+        why = " (too large for float16: save without half)" if half else " (a diverged run?)"
+        raise CheckpointError(f"cannot save {path.name}: weights {bad[:3]} hold NaN or inf values{why}")
     meta = {META_KEY: info.to_json(), "format": FORMAT, "dtype": "float16" if half else "float32"}
     if optimizer is not None:
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
