@@ -27,6 +27,13 @@ def test_strokes_painted_during_a_live_run_join_it(em_viewer, qtbot):
         qtbot.waitUntil(lambda: bool(w.last_live), timeout=60_000)
         assert job.running  # picked up without a restart
         assert w.last_live.startswith("1 painted slice(s) joined")
+        # the preview moves to the painted slice and shows the model's answer there
+        qtbot.waitUntil(
+            lambda: (
+                "prediction preview" in em_viewer.layers and em_viewer.layers["prediction preview"].translate[0] == z
+            ),
+            timeout=60_000,
+        )
         step_then = w.last_event.step
         # the painted layer deleted mid-run: nothing raises, training goes on; Stop keeps the result
         em_viewer.layers.remove(labels)

@@ -398,7 +398,7 @@ def iter_train(
         Live training: called before every step, returns the label planes painted since the last
         call as ``(pair index, slice or None, labels plane)`` (copies: the caller keeps painting).
         Their slices are prepared again (targets, weight maps) and join the training data without
-        a restart; an event of kind 'live' says how many.
+        a restart; an event of kind 'live' says how many, and the preview moves to the slice painted last.
     """
     t_start = time.perf_counter()
     pairs = as_pairs(images, labels)
@@ -655,6 +655,8 @@ def iter_train(
                     counts = np.array([s.n_annotated for s in slices], dtype=np.float64)
                     probs = counts / counts.sum()
                     msg = f"{n_new} painted slice(s) joined the training data" + (f"; {skipped}" if skipped else "")
+                    if preview is not None and updates[-1][0] == preview[0]:  # the preview follows the painting
+                        preview = (preview[0], updates[-1][1] or 0)
                     yield event("live", lr, 0.0, message=msg)
             # through the module, so a benchmark can time (wrap) the sampler
             x, y, w = sampling.sample_batch(slices, probs, config, t_in, t_out, rng)
