@@ -38,10 +38,14 @@ def evaluate_arrays(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     truth = np.asarray(truth)
-    if truth.shape != tuple(np.shape(image)):  # zip() below would score the slices both have, silently
+    spatial = tuple(np.shape(image))
+    if channel_axis is not None:
+        spatial = tuple(n for i, n in enumerate(spatial) if i != channel_axis % len(spatial))
+    if truth.shape != spatial:  # zip() below would score the slices both have, silently
         raise ValueError(
-            f"the ground truth has shape {truth.shape} but the image has shape {tuple(np.shape(image))}; "
-            "give the labels made for this image (same height, width and slices)"
+            f"the ground truth has shape {truth.shape} but the image has shape {spatial}"
+            + (" (without its channel axis)" if channel_axis is not None else "")
+            + "; give the labels made for this image (same height, width and slices)"
         )
     if kind == "auto" and truth.size and truth.min() >= 1:
         # every pixel an object: training labels (1 = background) scored as instances, foreground IoU near 1
