@@ -306,10 +306,6 @@ def iter_predict(
     transforms = _DIHEDRAL if tta else [(0, False)]
     total = plan.n_tiles * len(z_list)
     done = 0
-    (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
-    crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
-    need_softmax = output == "probabilities" or len(transforms) > 1
-    lab_dtype = torch.uint8 if C < 256 else torch.int16
     ids_used = 0  # instances: ids so far, so every slice's objects get new ones (in the order predicted)
     try:
         for z in z_list:
@@ -318,51 +314,27 @@ def iter_predict(
                 raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
             plane = scale_intensity(raw, *((lo, hi) if lo is not None else plane_range(raw, norm)))
             padded = mirror_pad(plane, plan.pad)
-            coords = [(y, x) for y in plan.ys for x in plan.xs]
-            labels_plane = None
-            for b0 in range(0, len(coords), batch_size):
-                batch_coords = coords[b0 : b0 + batch_size]
-                if len(batch_coords) == 1:
-                    y, x = batch_coords[0]
-                    batch = padded[None, :, y : y + tiy, x : x + tix]  # a view: one copy below
-                else:
-                    batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
-                xt = torch.from_numpy(batch).to(dev).contiguous(memory_format=mem_fmt)
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    prob = None
-                    for k, flip in transforms:
-                        xin = _apply_d4(xt, k, flip) if (k or flip) else xt
-                        logits = model(xin)
-                        if crop_y is None:
-                            crop_y = (logits.shape[-2] - toy) // 2
-                            crop_x = (logits.shape[-1] - tox) // 2
-                        if not (k or flip):
-                            # crop before the softmax: padded nets predict their context too
-                            logits = logits[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
-                        if not need_softmax:
-                            prob = logits  # argmax(logits) == argmax(softmax(logits))
-                            break
-                        p = torch.softmax(logits.float(), dim=1)
-                        if k or flip:
-                            p = _invert_d4(p, k, flip)[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
-                        prob = p if prob is None else prob.add_(p)
-                    if len(transforms) > 1:
-                        prob = prob / len(transforms)
+            for (y, x), r in forward_tiles(
+                model,
+                padded,
+                plan,
+                output=output,
+                transforms=transforms,
+                batch_size=batch_size,
+                device=dev,
+                amp_dtype=amp_dtype,
+                mem_fmt=mem_fmt,
+            ):
+                hy, hx = min(plan.tile_out[0], H - y), min(plan.tile_out[1], W - x)
+                region = (slice(y, y + hy), slice(x, x + hx))
                 if output == "probabilities":
-                    res = prob.cpu().numpy()
+                    idx = (slice(None), z, *region) if is_stack else (slice(None), *region)
+                    out[idx] = r[:, :hy, :hx]
                 else:
-                    res = prob.argmax(dim=1).to(lab_dtype).cpu().numpy()
-                for (y, x), r in zip(batch_coords, res):
-                    hy, hx = min(toy, H - y), min(tox, W - x)
-                    region = (slice(y, y + hy), slice(x, x + hx))
-                    if output == "probabilities":
-                        idx = (slice(None), z, *region) if is_stack else (slice(None), *region)
-                        out[idx] = r[:, :hy, :hx]
-                    else:
-                        idx = (z, *region) if is_stack else region
-                        out[idx] = r[:hy, :hx]
-                    done += 1
-                    yield TileEvent(done, total, z, region, "tile")
+                    idx = (z, *region) if is_stack else region
+                    out[idx] = r[:hy, :hx]
+                done += 1
+                yield TileEvent(done, total, z, region, "tile")
             if output == "instances":
                 plane_idx = (z,) if is_stack else ()
                 labels_plane = np.asarray(out[plane_idx])
@@ -380,6 +352,67 @@ def iter_predict(
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return out
+
+
+def forward_tiles(
+    model: UNet,
+    padded: np.ndarray,
+    plan: TilePlan,
+    *,
+    output: Output,
+    transforms=((0, False),),
+    batch_size: int = 1,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    mem_fmt: torch.memory_format = torch.contiguous_format,
+) -> Generator[tuple[tuple[int, int], np.ndarray], None, None]:
+    """The network over the tiles of ``plan`` on one mirrored, normalised (C, H', W') plane.
+
+    Yields ``((y, x), result)`` per tile, ``y, x`` the tile's output origin and ``result`` the full
+    output tile: (C, toy, tox) probabilities or (toy, tox) class indices. The model must already be in
+    eval mode on ``device``. :func:`iter_predict` runs it on whole planes and
+    :func:`~napari_unet.core.blocks.predict_block` on the part of a plane one block needs; both cut
+    the same grid-aligned windows out of the same mirrored plane, so their results agree.
+    """
+    C = model.n_classes
+    (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
+    crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
+    need_softmax = output == "probabilities" or len(transforms) > 1
+    lab_dtype = torch.uint8 if C < 256 else torch.int16
+    coords = [(y, x) for y in plan.ys for x in plan.xs]
+    for b0 in range(0, len(coords), batch_size):
+        batch_coords = coords[b0 : b0 + batch_size]
+        if len(batch_coords) == 1:
+            y, x = batch_coords[0]
+            batch = padded[None, :, y : y + tiy, x : x + tix]  # a view: one copy below
+        else:
+            batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
+        xt = torch.from_numpy(batch).to(device).contiguous(memory_format=mem_fmt)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            prob = None
+            for k, flip in transforms:
+                xin = _apply_d4(xt, k, flip) if (k or flip) else xt
+                logits = model(xin)
+                if crop_y is None:
+                    crop_y = (logits.shape[-2] - toy) // 2
+                    crop_x = (logits.shape[-1] - tox) // 2
+                if not (k or flip):
+                    # crop before the softmax: padded nets predict their context too
+                    logits = logits[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
+                if not need_softmax:
+                    prob = logits  # argmax(logits) == argmax(softmax(logits))
+                    break
+                p = torch.softmax(logits.float(), dim=1)
+                if k or flip:
+                    p = _invert_d4(p, k, flip)[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
+                prob = p if prob is None else prob.add_(p)
+            if len(transforms) > 1:
+                prob = prob / len(transforms)
+        if output == "probabilities":
+            res = prob.float().cpu().numpy()
+        else:
+            res = prob.argmax(dim=1).to(lab_dtype).cpu().numpy()
+        yield from zip(batch_coords, res)
 
 
 def output_spec(output: Output, n_classes: int, spatial: tuple[int, ...]) -> tuple[tuple[int, ...], type]:
