@@ -542,6 +542,8 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
     try:
         for ev in gen:
             if ev.kind == "start":
+                if ev.message and not args.quiet:
+                    print(ev.message, file=sys.stderr)
                 if ev.skipped:
                     print(f"resuming: {ev.skipped} of {ev.total} blocks are already written", file=sys.stderr)
                 where = f"{n_workers} dask worker(s)" if client is not None else "this process"
@@ -608,6 +610,12 @@ def cmd_predict(args) -> int:
     slices = _parse_slices(args.slices, _n_slices(image, ch))
     if slices is not None:
         image = _select(image, slices, ch)
+    if args.precision == "auto":
+        from .core.tiling import choose_precision
+
+        args.precision, why = choose_precision(model, image, device=args.device, channel_axis=ch)
+        if not args.quiet:
+            print(f"precision {args.precision}: {why}", file=sys.stderr)
     gen = iter_predict(
         model,
         image,
@@ -886,11 +894,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default=None,
-        help="default: bf16 on CUDA GPUs that support it, else fp32. On CPUs bf16 depends on the "
-        "chip: 2.4x faster than fp32 on an AMD EPYC with avx512_bf16, slower on an Intel Xeon; "
-        "labels agree 99.6 %% with fp32 (docs/benchmarks.md). Try it on yours",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto (default): bf16 on CUDA GPUs that support it; on a CPU with native bf16 (avx512_bf16, "
+        "amx_bf16) a one-tile trial picks bf16 when it is faster and its labels agree >= 99.5 %% with fp32 "
+        "(2.4-2.7x on an AMD EPYC; docs/benchmarks.md); else fp32. The choice and why are printed",
     )
     pr.add_argument(
         "--name",

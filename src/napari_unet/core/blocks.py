@@ -288,10 +288,23 @@ def iter_predict_blocks(
         chunks = tuple(have[1:] if probs else have) if have is not None else output_chunks(spatial, None)
     blocks = plan_blocks(spatial, tuple(chunks))
     settings = BlockSettings(output, channel_axis, tile_out, str(device), precision, prob_dtype, tta, threads)
+    if precision == "auto":
+        from .tiling import choose_precision
+
+        kw = dict(device=device, channel_axis=channel_axis, normalize=normalize)
+        if client is None:
+            precision, why = choose_precision(model, image, **kw)
+        else:  # the workers' CPUs decide, not this one's
+            precision, why = client.submit(choose_precision, model, image, pure=False, **kw).result()
+        settings = BlockSettings(output, channel_axis, tile_out, str(device), precision, prob_dtype, tta, threads)
+    else:
+        why = ""
     todo = [b for b in blocks if not _done(arr, b, is_stack, probs)]
     skipped = len(blocks) - len(todo)
     total = len(blocks)
-    yield BlockEvent(skipped, total, skipped, None, "start")
+    yield BlockEvent(
+        skipped, total, skipped, None, "start", f"precision {settings.precision or 'default'}: {why}" if why else ""
+    )
     if not todo:
         return arr
     zs = sorted({z for b in todo for z in range(*b.z)})

@@ -58,6 +58,7 @@ class BlockEvent:
     skipped: int
     block: object | None
     kind: Literal["start", "block"] = "block"
+    message: str = ""  # 'start': e.g. the automatic precision choice and why
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ drains it.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+import weakref
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,12 +28,21 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .device import autocast_dtype, available_memory, memory_format, resolve_device
+from .device import (
+    autocast_dtype,
+    available_memory,
+    cpu_bf16_native,
+    default_precision,
+    memory_format,
+    resolve_device,
+)
 from .events import TileEvent, run
 from .intensity import percentiles, plane_range, scale_intensity
 from .labels import instances_from_semantic
 from .model import UNet, input_size_for_output, margin
 from .planes import as_stack
+
+log = logging.getLogger("napari_unet")
 
 Output = Literal["labels", "probabilities", "instances"]
 OUTPUTS = ("labels", "probabilities", "instances")
@@ -209,7 +221,7 @@ def iter_predict(
     batch_size: int | None = None,
     tta: bool = False,
     device: str | torch.device | None = None,
-    precision: Literal["fp32", "bf16", "fp16"] | None = None,
+    precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None,
     memory_budget: int | None = None,
     min_size: int | None = None,
 ) -> Generator[TileEvent, None, np.ndarray]:
@@ -237,9 +249,10 @@ def iter_predict(
         training; (lo, hi) = that fixed intensity range; False = image already scaled.
     tta : bool
         Average the 8 flips/rotations (test-time augmentation).
-    precision : {'fp32', 'bf16', 'fp16'}, optional
+    precision : {'fp32', 'bf16', 'fp16', 'auto'}, optional
         Autocast dtype; default (:func:`.device.default_precision`, as in training): bf16 on CUDA GPUs
-        that support it, fp32 elsewhere.
+        that support it, fp32 elsewhere. 'auto': as the default, except on a CPU with native bf16,
+        where a one-tile trial picks bf16 when it is faster and agrees with fp32 (:func:`choose_precision`).
     min_size : int, optional
         ``output='instances'``: drop objects smaller than this many pixels.
         None = the model's own default (``model.info.postprocess``; 0 if unset).
@@ -286,6 +299,9 @@ def iter_predict(
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} for output={output!r}")
 
+    if precision == "auto":
+        precision, why = choose_precision(model, image, device=dev, channel_axis=channel_axis, normalize=normalize)
+        log.info("precision %s: %s", precision, why)
     amp_dtype = autocast_dtype(precision, dev)
 
     if tile_out is None:
@@ -413,6 +429,94 @@ def forward_tiles(
         else:
             res = prob.argmax(dim=1).to(lab_dtype).cpu().numpy()
         yield from zip(batch_coords, res)
+
+
+# ----------------------------------------------------------------------------- automatic precision
+
+BF16_MIN_AGREEMENT = 0.995  # labels that must agree with fp32 on the trial tile
+BF16_MIN_SPEEDUP = 1.15  # bf16 must be this much faster to be worth the (small) disagreement
+TRIAL_MIN_TILES = 16  # the trial runs 6 tile passes; below 16 tiles' worth of image it cannot pay off
+_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _trial(model: UNet, x: torch.Tensor, amp_dtype: torch.dtype | None, repeats: int = 2) -> tuple[float, np.ndarray]:
+    """(best seconds of ``repeats`` forward passes after one warm-up, the labels) of one tile."""
+    best = math.inf
+    labels = None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
+        model(x)  # warm-up: oneDNN picks and caches its kernels
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            logits = model(x)
+            best = min(best, time.perf_counter() - t0)
+            labels = logits.argmax(dim=1).cpu().numpy()
+    return best, labels
+
+
+def choose_precision(
+    model: UNet,
+    image,
+    *,
+    device: str | torch.device | None = None,
+    channel_axis: int | None = None,
+    normalize: bool | tuple[float, float] = True,
+    tile: int = 256,
+) -> tuple[str, str]:
+    """('bf16' or 'fp32', why) for predicting ``image`` with ``model`` on ``device``.
+
+    Off the CPU: :func:`.device.default_precision`. On a CPU without native bf16 (no avx512_bf16 /
+    amx_bf16, :func:`.device.cpu_bf16_native`): fp32, no trial. Otherwise one tile of ``image`` (the
+    middle slice's centre, ``tile`` px output) runs in fp32 and in bf16: bf16 is chosen when it is
+    at least :data:`BF16_MIN_SPEEDUP` x faster and its labels agree >= :data:`BF16_MIN_AGREEMENT`
+    with fp32's. The choice is remembered per model (one trial per process). An image smaller than
+    :data:`TRIAL_MIN_TILES` trial tiles gets fp32 without a trial: the trial would cost more than it saves.
+    """
+    dev = resolve_device(device)
+    if dev.type != "cpu":
+        p = default_precision(dev)
+        return p, f"{p} is the default on {dev.type}"
+    native, why = cpu_bf16_native()
+    if not native:
+        return "fp32", why
+    cached = _CHOSEN.get(model)
+    if cached is not None:
+        return cached
+    getter, n_z, (H, W), _ = as_stack(image, channel_axis, model.config.in_channels)
+    plan = plan_tiles((H, W), model, (min(tile, H), min(tile, W)))
+    if n_z * H * W < TRIAL_MIN_TILES * plan.tile_out[0] * plan.tile_out[1]:
+        return "fp32", f"{why}, but the image is too small for a bf16 trial to pay off"
+    raw = getter(n_z // 2)
+    norm = getattr(getattr(model, "info", None), "normalization", None) or {}
+    if normalize is True:
+        lo, hi = plane_range(raw, norm)
+    elif normalize is False or normalize is None:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = map(float, normalize)
+    padded = mirror_pad(scale_intensity(raw, lo, hi), plan.pad)
+    y, x = plan.ys[len(plan.ys) // 2], plan.xs[len(plan.xs) // 2]
+    xt = torch.from_numpy(np.ascontiguousarray(padded[None, :, y : y + plan.tile_in[0], x : x + plan.tile_in[1]]))
+    was = model.training
+    model.eval()
+    model.to(dev)
+    try:
+        xt = xt.contiguous(memory_format=memory_format(dev))
+        model.to(memory_format=memory_format(dev))
+        t32, lab32 = _trial(model, xt, None)
+        t16, lab16 = _trial(model, xt, torch.bfloat16)
+    finally:
+        model.train(was)
+    agree = float(np.mean(lab32 == lab16))
+    speed = t32 / max(t16, 1e-9)
+    measured = f"bf16 {speed:.2f}x the speed of fp32 on a {plan.tile_in[0]} px trial tile, labels agree {agree:.2%}"
+    if speed >= BF16_MIN_SPEEDUP and agree >= BF16_MIN_AGREEMENT:
+        choice = ("bf16", f"{why}; {measured}")
+    elif agree < BF16_MIN_AGREEMENT:
+        choice = ("fp32", f"{why}, but {measured} (< {BF16_MIN_AGREEMENT:.1%})")
+    else:
+        choice = ("fp32", f"{why}, but {measured}: not worth it")
+    _CHOSEN[model] = choice
+    return choice
 
 
 def output_spec(output: Output, n_classes: int, spatial: tuple[int, ...]) -> tuple[tuple[int, ...], type]:
