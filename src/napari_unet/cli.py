@@ -453,45 +453,35 @@ def _sha256(path) -> str:
 
 def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
     """Predict into an OME-Zarr image at ``target``, block by block (resumable), here or on dask."""
-    from .core.blocks import default_threads, iter_predict_blocks, output_chunks
+    from .core.blocks import create_prediction, default_threads, iter_predict_blocks, output_chunks
     from .core.checkpoint import resolve_model_path
     from .core.events import run
-    from .core.ngff import create_output, ome_version
+    from .core.ngff import ome_version
     from .core.planes import as_stack
-    from .core.tiling import iter_predict, output_spec
+    from .core.tiling import iter_predict
 
     if args.slices:
         raise SystemExit("error: --slices writes TIFFs only; a .zarr output takes the whole volume (a rerun resumes)")
     _, n_z, (H, W), is_stack = as_stack(image, ch, model.config.in_channels)
     spatial = (n_z, H, W) if is_stack else (H, W)
     chunks = output_chunks(spatial, _spatial_chunks(image, ch))
-    probs = args.kind == "probabilities"
-    shape, dtype = output_spec(args.kind, model.n_classes, spatial)
-    if probs:
-        dtype = args.prob_dtype
-        chunks = (model.n_classes, *chunks)
     inside = target.parent.name == "labels" and Path(args.image).resolve() == target.parent.parent.resolve()
-    axes = ("C" if probs else "") + ("ZYX" if is_stack else "YX")
-    ps = meta.pixel_size or (1.0, 1.0)
-    scale = ((1.0,) if probs else ()) + (((meta.z_spacing or 1.0),) if is_stack else ()) + tuple(ps)
     provenance = {
         "model": str(args.model),
         "model_sha256": _sha256(resolve_model_path(args.model)),
-        "kind": args.kind,
         "tta": bool(args.tta),
         "source": str(Path(args.image).resolve()),
     }
-    if probs:
-        provenance["probabilities"] = args.prob_dtype + (" (p * 255)" if args.prob_dtype == "uint8" else "")
-    out = create_output(
+    out = create_prediction(
         target,
-        shape=shape,
-        dtype=dtype,
+        model,
+        spatial,
+        output=args.kind,
         chunks=chunks,
-        axes=axes,
-        scale=scale,
+        pixel_size=meta.pixel_size,
+        z_spacing=meta.z_spacing,
         unit=meta.unit,
-        labels=not probs,
+        prob_dtype=args.prob_dtype,
         version=ome_version(args.image) if inside else "0.5",
         provenance=provenance,
     )

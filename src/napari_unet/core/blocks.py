@@ -221,6 +221,55 @@ def output_chunks(spatial: tuple[int, ...], image_chunks: tuple[int, ...] | None
     return ((1,) if len(spatial) == 3 else ()) + yx
 
 
+def create_prediction(
+    path,
+    model,
+    spatial: tuple[int, ...],
+    *,
+    output: str = "labels",
+    chunks: tuple[int, ...],
+    pixel_size: tuple[float, float] | None = None,
+    z_spacing: float | None = None,
+    unit: str | None = None,
+    prob_dtype: str = "float16",
+    version: str = "0.5",
+    provenance: dict | None = None,
+):
+    """The OME-Zarr image :func:`iter_predict_blocks` fills (:func:`~.ngff.create_output`): labels as an NGFF
+    labels image, probabilities (class axis first) as ``prob_dtype``; a rerun with the same settings reopens it."""
+    from .ngff import create_output
+    from .tiling import output_spec
+
+    if output not in BLOCK_OUTPUTS + ("instances",):
+        raise ValueError(f"output must be labels, probabilities or instances, got {output!r}")
+    probs = output == "probabilities"
+    shape, dtype = output_spec(output, model.n_classes, spatial)
+    chunks = tuple(chunks)
+    if probs:
+        if prob_dtype not in PROB_DTYPES:
+            raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {prob_dtype!r}")
+        dtype, chunks = prob_dtype, (model.n_classes, *chunks)
+    is_stack = len(spatial) == 3
+    axes = ("C" if probs else "") + ("ZYX" if is_stack else "YX")
+    ps = tuple(pixel_size) if pixel_size is not None else (1.0, 1.0)
+    scale = ((1.0,) if probs else ()) + ((z_spacing or 1.0,) if is_stack else ()) + ps
+    prov = {"kind": output, **(provenance or {})}
+    if probs:
+        prov["probabilities"] = prob_dtype + (" (p * 255)" if prob_dtype == "uint8" else "")
+    return create_output(
+        path,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        axes=axes,
+        scale=scale,
+        unit=unit,
+        labels=not probs,
+        version=version,
+        provenance=prov,
+    )
+
+
 def iter_predict_blocks(
     model,
     image,
@@ -236,6 +285,8 @@ def iter_predict_blocks(
     tta: bool = False,
     chunks: tuple[int, ...] | None = None,
     client=None,
+    workers: int | None = None,
+    processes: bool = True,
     threads: int | None = None,
     in_flight: int | None = None,
     retries: int = 2,
@@ -259,6 +310,9 @@ def iter_predict_blocks(
         Average the 8 flips/rotations, as :func:`~.tiling.iter_predict`.
     client : dask.distributed.Client, optional
         Run the blocks on its workers (the model is scattered once); None = here, one after another.
+    workers : int, optional
+        Without a client: start a LocalCluster of this many workers (``processes``: worker processes,
+        else threads) for this run and close it at the end (also when the generator is closed early).
     threads : int, optional
         torch threads per block task (per worker); None = torch's default.
     in_flight : int, optional
@@ -267,6 +321,33 @@ def iter_predict_blocks(
     retries : int
         How often the scheduler retries a failed block (e.g. a worker that was killed).
     """
+    if client is None and workers:
+        own = local_cluster(workers, processes=processes)
+        try:
+            return (
+                yield from iter_predict_blocks(
+                    model,
+                    image,
+                    out,
+                    output=output,
+                    channel_axis=channel_axis,
+                    normalize=normalize,
+                    tile_out=tile_out,
+                    device=device,
+                    precision=precision,
+                    prob_dtype=prob_dtype,
+                    tta=tta,
+                    chunks=chunks,
+                    client=own,
+                    threads=threads or default_threads(workers),
+                    in_flight=in_flight,
+                    retries=retries,
+                )
+            )
+        finally:
+            cluster = own.cluster
+            own.close()
+            cluster.close()
     if output not in BLOCK_OUTPUTS:
         raise ValueError(
             f"block-wise prediction writes {' or '.join(BLOCK_OUTPUTS)}, not {output!r}: instances need whole "
