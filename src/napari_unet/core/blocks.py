@@ -45,6 +45,7 @@ __all__ = ["Block", "BlockSettings", "iter_predict_blocks", "plan_blocks", "plan
 
 BLOCK_OUTPUTS = ("labels", "probabilities")
 PROB_DTYPES = ("float16", "uint8", "float32")
+SCATTER_LIMIT = 2 << 30  # an in-memory image is copied to every worker up to this size
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,17 @@ def predict_block(model, image, block: Block, ranges, settings: BlockSettings) -
     cols = _reflect(np.arange(ax0 - m, ax0 + plan.xs[-1] + plan.tile_out[1] + m), W, symmetric)
     r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
 
+    # A model shared by several worker threads must not change under them: switch modes and layouts only
+    # when needed (the distributed path sends a copy that is already in eval mode, so nothing changes)
     was_training = model.training
-    model.eval()
-    model.to(dev)
+    if was_training:
+        model.eval()
     mem_fmt = memory_format(dev)
-    model.to(memory_format=mem_fmt)
+    here = next(model.parameters()).device
+    if here.type != dev.type or (dev.index is not None and here.index != dev.index):
+        model.to(dev)
+    if _needs_layout(model, mem_fmt):
+        model.to(memory_format=mem_fmt)
     amp = autocast_dtype(settings.precision, dev)
     C = model.n_classes
     nz = block.z[1] - block.z[0]
@@ -168,9 +175,23 @@ def predict_block(model, image, block: Block, ranges, settings: BlockSettings) -
                 else:
                     res[k, ty : ty + hy, tx : tx + hx] = r[:hy, :hx]
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train(True)
     res = res[..., y0 - ay0 :, x0 - ax0 :]
     return res if is_stack else res[..., 0, :, :]
+
+
+def _needs_layout(model, mem_fmt) -> bool:
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    return w is not None and not w.is_contiguous(memory_format=mem_fmt)
+
+
+def _eval_copy(model):
+    """A CPU copy in eval mode (Dropout off) and the convolution layout set: what workers share read-only."""
+    import copy
+
+    m = copy.deepcopy(model).cpu().eval()
+    return m.to(memory_format=memory_format(torch.device("cpu")))
 
 
 def _to_store_dtype(res: np.ndarray, prob_dtype: str) -> np.ndarray:
@@ -428,8 +449,16 @@ def _distributed(
     from distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    if not _picklable_by_path(image):
+        nbytes = int(np.prod(image.shape, dtype=np.int64)) * np.dtype(image.dtype).itemsize
+        if nbytes > SCATTER_LIMIT:
+            raise ValueError(
+                f"the image ({nbytes / 2**30:.1f} GiB) is no OME-Zarr: every worker would get a copy of it. Convert "
+                "it to an OME-Zarr on storage the workers see and predict that (workers read their blocks from it)"
+            )
     image_arg = image if _picklable_by_path(image) else client.scatter(image, broadcast=True, hash=False)
-    model_arg = client.scatter(model.cpu(), broadcast=True, hash=False)  # once per worker
+    # once per worker; eval mode before it leaves: threads of one worker share the object
+    model_arg = client.scatter(_eval_copy(model), broadcast=True, hash=False)
     if normalize is True:
         futs = [
             client.submit(_plane_range_task, model_arg, image_arg, z, channel_axis, pure=False, retries=retries)
@@ -495,7 +524,7 @@ def local_cluster(
         threads_per_worker=1,
         processes=processes,
         memory_limit=memory_limit,
-        dashboard_address=None,
+        dashboard_address=":0",
     )
     return Client(cluster)
 
