@@ -104,6 +104,12 @@ def test_probabilities_and_tiff_out_from_zarr(tmp_path, em):
     p, meta = ngff.read_ome_zarr(probs)
     assert p.dtype == np.uint8 and p.shape == (2, *vol.shape) and meta.axes == "CZYX"
     assert np.mean(np.argmax(np.asarray(p[:, 0]), axis=0) == ref[0]) > 0.99  # p * 255 rounded: ties aside
+    # instances: whole planes, one process, into labels/unet-instances; the same as the TIFF path's
+    assert main(["predict", str(path), "--model", str(model), "--kind", "instances", "-q"]) == 0
+    tif_inst = tmp_path / "inst.tif"
+    assert main(["predict", str(path), "-o", str(tif_inst), "--model", str(model), "--kind", "instances", "-q"]) == 0
+    np.testing.assert_array_equal(ngff.open_output(path / "labels" / "unet-instances")[:], tifffile.imread(tif_inst))
+    assert ngff.labels_of(path) == ["unet-instances"]
     # the TIFF path still works on a zarr input (read lazily, one plane at a time)
     tif = tmp_path / "l.tif"
     assert main(["predict", str(path), "-o", str(tif), "--model", str(model), "--slices", "1", "-q"]) == 0
@@ -138,3 +144,42 @@ def test_killed_run_resumes_with_the_same_result(tmp_path, em):
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming: {written} of 27 blocks" in rerun.stderr or "resuming:" in rerun.stderr
     np.testing.assert_array_equal(ngff.open_output(path / "labels" / "unet-labels")[:], ref)
+
+
+def test_scheduler_address_of_an_existing_cluster(tmp_path, em):
+    """--scheduler ADDR: the blocks run on a cluster someone else started (here: threads, in this process)."""
+    distributed = pytest.importorskip("distributed")
+    model, _, vol, ref = em
+    path = _zarr(tmp_path, vol)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc:
+        rc = main(
+            [
+                "predict",
+                str(path),
+                "-o",
+                str(tmp_path / "s.zarr"),
+                "--model",
+                str(model),
+                "--scheduler",
+                lc.scheduler_address,
+                "-q",
+            ]
+        )
+        assert rc == 0 and len(lc.workers) == 2  # the CLI closed its client, not the cluster
+    np.testing.assert_array_equal(ngff.open_output(tmp_path / "s.zarr")[:], ref)
+    with pytest.raises(SystemExit, match="instances needs whole planes"):
+        main(
+            [
+                "predict",
+                str(path),
+                "-o",
+                str(tmp_path / "i.zarr"),
+                "--kind",
+                "instances",
+                "--model",
+                str(model),
+                "--workers",
+                "2",
+                "-q",
+            ]
+        )

@@ -462,6 +462,11 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
 
     if args.slices:
         raise SystemExit("error: --slices writes TIFFs only; a .zarr output takes the whole volume (a rerun resumes)")
+    if args.kind == "instances" and (args.workers or args.scheduler):
+        raise SystemExit(
+            "error: --kind instances needs whole planes and runs in one process: drop --workers/--scheduler "
+            "(or predict labels on the cluster; docs/scaling.md)"
+        )
     _, n_z, (H, W), is_stack = as_stack(image, ch, model.config.in_channels)
     spatial = (n_z, H, W) if is_stack else (H, W)
     chunks = output_chunks(spatial, _spatial_chunks(image, ch))
@@ -486,11 +491,6 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
         provenance=provenance,
     )
     if args.kind == "instances":
-        if args.workers or args.scheduler:
-            raise SystemExit(
-                "error: --kind instances needs whole planes and runs in one process: drop --workers/--scheduler "
-                "(or predict labels on the cluster; docs/scaling.md)"
-            )
         bar = _TileBar(args.quiet)
         try:
             run(

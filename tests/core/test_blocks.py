@@ -109,3 +109,25 @@ def test_interrupted_run_resumes_skipping_finished_chunks(net, volume, reference
 def test_instances_are_refused_with_what_to_do(net, volume):
     with pytest.raises(ValueError, match="instances need whole planes"):
         run(iter_predict_blocks(net, volume, np.zeros(volume.shape, np.uint32), output="instances"))
+
+
+def test_a_killed_worker_process_loses_nothing(net, volume, reference, tmp_path):
+    """SIGKILL one of two worker processes mid-run: the scheduler reruns its blocks elsewhere, the result is whole."""
+    import os
+    import signal
+
+    distributed = pytest.importorskip("distributed")
+    labels, _ = reference
+    image = _zarr_image(tmp_path, volume[:2])
+    path = _output(tmp_path, "labels.zarr", labels[:2].shape)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc:
+        with distributed.Client(lc) as client:
+            gen = iter_predict_blocks(net, image, str(path), client=client, threads=1)
+            killed = False
+            for ev in gen:
+                if ev.kind == "block" and ev.done >= 2 and not killed:
+                    pid = next(iter(client.run(os.getpid).values()))
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+    assert killed and ev.done == ev.total == 18
+    np.testing.assert_array_equal(ngff.open_output(path)[:], labels[:2])
