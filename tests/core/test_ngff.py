@@ -116,3 +116,26 @@ def test_chunk_writes_are_atomic(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "o.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json"]
     arr[:4, :4] = 7
     assert ngff.chunk_done(arr, (0, 0)) and int(ngff.open_output(tmp_path / "o.zarr")[0, 0]) == 7
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_outputs_validate_against_the_ngff_models(tmp_path, version):
+    """ome-zarr-models (pydantic models of the NGFF spec) reads our image, labels group and labels image."""
+    models = pytest.importorskip("ome_zarr_models")
+    zarr = pytest.importorskip("zarr")
+    path = tmp_path / "img.zarr"
+    kw = dict(shape=(3, 40, 50), dtype="uint8", chunks=(1, 16, 32), axes="ZYX", scale=(0.05, 0.004, 0.004), unit="µm")
+    ngff.create_output(path, labels=False, version=version, **kw)[:] = 1
+    ngff.create_output(path / "labels" / "pred", version=version, **kw)[:] = 1
+    probs = tmp_path / "p.zarr"
+    ngff.create_output(probs, shape=(2, 3, 40, 50), dtype="float16", chunks=(2, 1, 16, 32), axes="CZYX", labels=False)
+    found = {
+        q.relative_to(tmp_path).as_posix(): type(models.open_ome_zarr(zarr.open_group(str(q), mode="r"))).__name__
+        for q in (path, path / "labels", path / "labels" / "pred", probs)
+    }
+    assert found == {
+        "img.zarr": "Image",
+        "img.zarr/labels": "Labels",
+        "img.zarr/labels/pred": "ImageLabel",
+        "p.zarr": "Image",
+    }
