@@ -18,7 +18,7 @@ def test_manifest_validates_and_imports_resolve():
     assert {w.display_name for w in c.widgets} == WIDGETS
     assert {s.key for s in c.sample_data} == {"em", "nuclei"}
     (reader,) = c.readers
-    assert set(reader.filename_patterns) == {"*.tif", "*.tiff"} and reader.accepts_directories
+    assert set(reader.filename_patterns) == {"*.tif", "*.tiff", "*.zarr"} and reader.accepts_directories
     (writer,) = c.writers
     assert [str(t) for t in writer.layer_types] == ["labels"]
     assert set(writer.filename_extensions) == {".tif", ".tiff"}

@@ -1,8 +1,10 @@
-"""npe2 reader: TIFF files and folders of TIFF slices, lazily when large.
+"""npe2 reader: TIFF files, folders of TIFF slices and OME-Zarr images, lazily when large.
 
 No Qt, no napari import: the reader returns plain layer data tuples. Large files
 come back as a dask array (over tifffile's zarr store) or a read-only memmap, so
-a stack bigger than RAM opens at once.
+a stack bigger than RAM opens at once. An OME-Zarr folder (drag and drop
+``image.zarr``) opens as a lazy multiscale image plus one Labels layer per image
+in its ``labels`` group (where napari-unet writes predictions).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from pathlib import Path
 
 from napari_unet.core.io import TIFF_SUFFIXES, is_tiff, list_tiffs, read_image
+from napari_unet.core.ngff import is_ome_zarr
 from napari_unet.core.planes import declared_channel_axis
 
 
@@ -23,6 +26,8 @@ def _readable(path) -> bool:
         return False
     p = Path(path)
     if p.is_dir():
+        if is_ome_zarr(p):
+            return True
         try:
             return bool(list_tiffs(p))
         except OSError:
@@ -92,6 +97,70 @@ def layer_data(path) -> tuple:
     return _as_dask(data), kwargs, "image"
 
 
+def _zarr_levels(path: Path, fixed: dict[int, int]) -> list:
+    """Every resolution level of an OME-Zarr image as a lazy dask array, the ``fixed`` axes dropped."""
+    import dask.array as da
+
+    from napari_unet.core.ngff import _attrs, _ome, import_zarr
+
+    zarr = import_zarr()
+    ms = _ome(_attrs(path)[0])["multiscales"][0]
+    levels = []
+    for ds in ms["datasets"]:
+        arr = da.from_zarr(zarr.open_array(str(path / ds["path"]), mode="r"))
+        levels.append(arr[tuple(fixed.get(ax, slice(None)) for ax in range(arr.ndim))])
+    return levels
+
+
+def zarr_layers(path) -> list[tuple]:
+    """An OME-Zarr image (lazy, all levels) and the Labels layers of its ``labels`` group.
+
+    A labels image (``image.zarr/labels/<name>``, or any image with NGFF ``image-label`` metadata) opens as
+    a Labels layer.
+    """
+    from napari_unet.core.ngff import _attrs, _ome, labels_of, read_ome_zarr
+
+    p = Path(path)
+    view, meta = read_ome_zarr(p)
+    levels = _zarr_levels(p, view.fixed)
+    attrs = _ome(_attrs(p)[0])
+    kind = "labels" if "image-label" in attrs else "image"
+    kwargs: dict = {"name": p.name.removesuffix(".zarr").removesuffix(".ome") or p.name}
+    channel_axis = declared_channel_axis(meta.shape, meta.axes)
+    drop = ""
+    if channel_axis is not None and kind == "image":
+        kwargs["channel_axis"] = channel_axis
+        drop = "C"
+    kwargs["scale"] = meta.scale(drop=drop)
+    kwargs["metadata"] = {
+        "path": meta.path,
+        "axes": meta.axes,
+        "pixel_size": meta.pixel_size,
+        "z_spacing": meta.z_spacing,
+        "unit": meta.unit,
+        "lazy": True,
+    }
+    if len(levels) > 1:
+        kwargs["multiscale"] = True
+    layers = [(levels if len(levels) > 1 else levels[0], kwargs, kind)]
+    for name in labels_of(p):
+        sub, sub_meta = read_ome_zarr(p / "labels" / name)
+        lv = _zarr_levels(p / "labels" / name, sub.fixed)
+        lkw = {
+            "name": name,
+            "scale": sub_meta.scale(),
+            "opacity": 0.6,
+            "metadata": {"path": sub_meta.path, "axes": sub_meta.axes, "lazy": True},
+        }
+        if len(lv) > 1:
+            lkw["multiscale"] = True
+        layers.append((lv if len(lv) > 1 else lv[0], lkw, "labels"))
+    return layers
+
+
 def reader_function(path):
-    """Read a TIFF file, a folder of slices or a list of TIFF files (stacked) into one image layer."""
+    """Read a TIFF file, a folder of slices or a list of TIFF files (stacked) into one image layer;
+    an OME-Zarr folder into its image and its labels."""
+    if isinstance(path, (str, os.PathLike)) and is_ome_zarr(path):
+        return zarr_layers(path)
     return [layer_data(path)]

@@ -98,13 +98,9 @@ def _read_image(path: str, args):
     The channel axis is the file's own (tifffile's C or S axis, e.g. ImageJ/OME channels, RGB, planar
     RGB), or ``--channel-axis`` (``none``: the file's C axis is slices); ``--channel K`` keeps one channel.
     """
-    from .core.io import read_image
-    from .core.planes import channels_last, declared_channel_axis, pick_channel
+    from .core.planes import channels_last, declared_channel_axis
 
-    try:
-        arr, meta = read_image(path)
-    except FileNotFoundError:
-        raise SystemExit(f"error: image {path} does not exist") from None
+    arr, meta = _open_image(path)
     given = getattr(args, "channel_axis", None)
     if given is None:
         ch = declared_channel_axis(arr.shape, meta.axes)
@@ -120,10 +116,36 @@ def _read_image(path: str, args):
                 f"--channel {args.channel}: {path} (shape {tuple(arr.shape)}, axes {meta.axes}) declares no "
                 "channel axis; say which axis holds the channels with --channel-axis"
             )
-        return pick_channel(arr, ch, args.channel), None
+        return _pick(arr, ch, args.channel), None
     if ch is not None and arr.shape[ch] == 1:
-        return pick_channel(arr, ch, 0), None
+        return _pick(arr, ch, 0), None
+    if hasattr(arr, "take") and type(arr).__name__ == "ZarrView":
+        return arr, (None if ch is None else ch % arr.ndim)  # lazy: the channel axis stays where it is
     return channels_last(arr, ch), (None if ch is None else -1)
+
+
+def _pick(arr, ch, k):
+    from .core.planes import pick_channel
+
+    if type(arr).__name__ == "ZarrView":  # lazy: fix the axis instead of reading the whole channel
+        n = arr.shape[ch]
+        if not -n <= k < n:
+            raise ValueError(f"channel {k} does not exist; the image has {n} channels (0..{n - 1})")
+        return arr.take(ch, k)
+    return pick_channel(arr, ch, k)
+
+
+def _open_image(path: str):
+    """(pixels, ImageMeta) of a TIFF, a folder of TIFF slices or an OME-Zarr image (lazily)."""
+    from .core.io import read_image
+    from .core.ngff import is_ome_zarr, read_ome_zarr
+
+    if is_ome_zarr(path):
+        return read_ome_zarr(path)
+    try:
+        return read_image(path)
+    except FileNotFoundError:
+        raise SystemExit(f"error: image {path} does not exist") from None
 
 
 def _channel_axis_arg(text: str):
@@ -406,30 +428,227 @@ def cmd_train(args) -> int:
 # ----------------------------------------------------------------------------- predict
 
 
+def _is_zarr_path(path) -> bool:
+    from .core.ngff import ZARR_SUFFIXES, is_ome_zarr
+
+    return str(path).rstrip("/").lower().endswith(ZARR_SUFFIXES) or is_ome_zarr(path)
+
+
+def _zarr_target(args, image_is_zarr: bool) -> Path | None:
+    """Where a zarr prediction goes: -o out.zarr, or (no -o) labels/<name> inside the input container."""
+    if args.output is not None:
+        return Path(args.output) if _is_zarr_path(args.output) else None
+    if not image_is_zarr:
+        raise SystemExit("error: -o is required (a TIFF, or a .zarr folder), unless the image is an OME-Zarr")
+    if args.kind == "probabilities":
+        raise SystemExit(
+            "error: probabilities are no labels image: give -o probabilities.zarr (an OME-Zarr image of its own)"
+        )
+    return Path(args.image) / "labels" / (args.name or f"unet-{args.kind}")
+
+
+def _client(args):
+    """A dask.distributed Client for --scheduler / --workers, or None (this process)."""
+    if args.scheduler:
+        try:
+            from distributed import Client
+        except ImportError as err:
+            raise ImportError("--scheduler needs dask.distributed: pip install 'napari-unet[zarr]'") from err
+        return Client(args.scheduler)
+    if args.workers:
+        from .core.blocks import local_cluster
+
+        return local_cluster(args.workers, memory_limit=args.worker_memory)
+    return None
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
+    """Predict into an OME-Zarr image at ``target``, block by block (resumable), here or on dask."""
+    from .core.blocks import create_prediction, default_threads, iter_predict_blocks, output_chunks
+    from .core.checkpoint import resolve_model_path
+    from .core.events import run
+    from .core.ngff import ome_version
+    from .core.planes import as_stack
+    from .core.tiling import iter_predict
+
+    if args.slices:
+        raise SystemExit("error: --slices writes TIFFs only; a .zarr output takes the whole volume (a rerun resumes)")
+    from .core.scale import model_scale
+
+    zoom = model_scale(model) if args.scale is None else args.scale
+    if zoom != 1.0 and args.kind != "instances":
+        raise SystemExit(
+            f"error: block-wise OME-Zarr prediction runs at the image's own scale, and this model zooms images "
+            f"x{zoom:.2f}: predict into a TIFF (-o out.tif), or give --scale 1 to predict the volume as it is"
+        )
+    if args.kind not in ("labels", "probabilities", "instances"):
+        raise SystemExit(
+            f"error: --kind {args.kind} writes a TIFF (-o out.tif); an OME-Zarr output takes labels, "
+            "probabilities or instances"
+        )
+    if args.kind == "instances" and (args.workers or args.scheduler):
+        raise SystemExit(
+            "error: --kind instances needs whole planes and runs in one process: drop --workers/--scheduler "
+            "(or predict labels on the cluster; docs/scaling.md)"
+        )
+    _, n_z, (H, W), is_stack = as_stack(image, ch, model.config.in_channels)
+    spatial = (n_z, H, W) if is_stack else (H, W)
+    chunks = output_chunks(spatial, _spatial_chunks(image, ch))
+    inside = target.parent.name == "labels" and Path(args.image).resolve() == target.parent.parent.resolve()
+    provenance = {
+        "model": str(args.model),
+        "model_sha256": _sha256(resolve_model_path(args.model)),
+        "tta": bool(args.tta),
+        "source": str(Path(args.image).resolve()),
+    }
+    out = create_prediction(
+        target,
+        model,
+        spatial,
+        output=args.kind,
+        chunks=chunks,
+        pixel_size=meta.pixel_size,
+        z_spacing=meta.z_spacing,
+        unit=meta.unit,
+        prob_dtype=args.prob_dtype,
+        version=ome_version(args.image) if inside else "0.5",
+        provenance=provenance,
+    )
+    if args.kind == "instances":
+        bar = _TileBar(args.quiet)
+        try:
+            run(
+                iter_predict(
+                    model,
+                    image,
+                    channel_axis=ch,
+                    output="instances",
+                    out=out,
+                    tile_out=args.tile_out,
+                    tta=args.tta,
+                    device=args.device,
+                    min_size=args.min_size,
+                    precision=args.precision,
+                    scale=args.scale,
+                ),
+                bar,
+            )
+        finally:
+            bar.close()
+        print(f"wrote {target} (instances, shape {tuple(out.shape)})")
+        return 0
+    client = _client(args)
+    n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
+    gen = iter_predict_blocks(
+        model,
+        image,
+        str(target) if client is not None else out,
+        output=args.kind,
+        channel_axis=ch,
+        tile_out=args.tile_out,
+        tta=args.tta,
+        device=args.device if client is None else ("cpu" if args.device == "auto" else args.device),
+        precision=args.precision,
+        prob_dtype=args.prob_dtype,
+        client=client,
+        threads=default_threads(n_workers) if args.workers else None,
+    )
+    bar = None
+    try:
+        for ev in gen:
+            if ev.kind == "start":
+                if ev.message and not args.quiet:
+                    print(ev.message, file=sys.stderr)
+                if ev.skipped:
+                    print(f"resuming: {ev.skipped} of {ev.total} blocks are already written", file=sys.stderr)
+                where = f"{n_workers} dask worker(s)" if client is not None else "this process"
+                bar = _bar(ev.total, f"predict ({where})", args.quiet)
+                bar.unit = "block"
+                bar.update(ev.skipped)
+            else:
+                bar.update(1)
+    except KeyboardInterrupt:
+        print(
+            f"\ncancelled: the blocks written so far stay in {target}; run the same command to resume", file=sys.stderr
+        )
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if args.workers and cluster is not None:
+                cluster.close()
+    print(f"wrote {target} ({args.kind}, shape {tuple(out.shape)}, chunks {tuple(out.chunks)})")
+    return 0
+
+
+def _spatial_chunks(image, ch):
+    chunks = getattr(image, "chunks", None)
+    if chunks is None:
+        return None
+    return tuple(c for i, c in enumerate(chunks) if ch is None or i != ch % len(chunks))
+
+
 def cmd_predict(args) -> int:
     import numpy as np
 
     from .core.checkpoint import load_model, resolve_model_path
     from .core.events import run
     from .core.io import write_labels
+    from .core.ngff import is_ome_zarr
     from .core.tiling import iter_predict
 
-    _refuse_overwrite(args.output, [args.image], "input image")
-    _check_output(args.output)
+    image_is_zarr = is_ome_zarr(args.image)
+    target = _zarr_target(args, image_is_zarr)
+    if target is None:
+        _refuse_overwrite(args.output, [args.image], "input image")
+        _check_output(args.output)
+    else:
+        if target.resolve() == Path(args.image).resolve():
+            raise SystemExit(f"error: -o {target} is the input image; writing there would destroy it")
+        parent = target.parent if target.parent.name != "labels" else target.parent.parent
+        if not parent.is_dir():
+            raise SystemExit(f"error: -o {target}: the folder {parent} does not exist; create it first")
     try:
-        _refuse_overwrite(args.output, [resolve_model_path(args.model)], "model")
+        if args.output is not None:
+            _refuse_overwrite(args.output, [resolve_model_path(args.model)], "model")
     except FileNotFoundError:
         pass  # load_model says what is missing
-    from .core.io import TIFF_SUFFIXES
+    if target is None:
+        from .core.io import TIFF_SUFFIXES
 
-    suffix = Path(args.output).suffix.lower()
-    if suffix and suffix not in TIFF_SUFFIXES:  # a TIFF named result.png: a viewer would fail to open it
-        raise SystemExit(f"error: -o {args.output}: predict writes TIFF files; name it .tif or .tiff")
+        suffix = Path(args.output).suffix.lower()
+        if suffix and suffix not in TIFF_SUFFIXES:  # a TIFF named result.png: a viewer would fail to open it
+            raise SystemExit(
+                f"error: -o {args.output}: predict writes TIFF files (.tif, .tiff) or OME-Zarr (.zarr); rename it"
+            )
+    if (args.workers or args.scheduler) and target is None:
+        raise SystemExit("error: --workers/--scheduler write an OME-Zarr: give -o out.zarr (or an OME-Zarr input)")
     model = load_model(args.model)
     image, ch = _read_image(args.image, args)
+    if target is not None:
+        return _predict_zarr(args, model, image, _open_image(args.image)[1], ch, target)
     slices = _parse_slices(args.slices, _n_slices(image, ch))
     if slices is not None:
         image = _select(image, slices, ch)
+    if args.precision == "auto":
+        from .core.tiling import choose_precision
+
+        args.precision, why = choose_precision(model, image, device=args.device, channel_axis=ch)
+        if not args.quiet:
+            print(f"precision {args.precision}: {why}", file=sys.stderr)
     gen = iter_predict(
         model,
         image,
@@ -758,16 +977,17 @@ def build_parser() -> argparse.ArgumentParser:
     scale(t, "'auto': the zoom at which the start model agrees best with your labels (1 from scratch)")
     t.set_defaults(func=cmd_train)
 
-    pr = sub.add_parser("predict", help="overlap-tile prediction of a TIFF image or stack")
-    pr.add_argument("image", help="image TIFF (2D or stack) or folder of slices")
+    pr = sub.add_parser("predict", help="overlap-tile prediction of a TIFF or OME-Zarr image or stack")
+    pr.add_argument("image", help="image TIFF (2D or stack), folder of slices, or OME-Zarr image (image.zarr)")
     pr.add_argument(
         "-o",
         "--output",
         "--output-path",
         dest="output",
-        required=True,
+        default=None,
         action=_OutputPath,
-        help="TIFF to write (as train's -o: the file this command makes)",
+        help="TIFF to write, or a .zarr folder (an OME-Zarr image, written block by block; a rerun resumes). "
+        "Default for an OME-Zarr input: labels/<--name> inside it (the NGFF labels layout)",
     )
     pr.add_argument(
         "--model",
@@ -799,11 +1019,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto (default): bf16 on CUDA GPUs that support it; on a CPU with native bf16 (avx512_bf16, "
+        "amx_bf16) a one-tile trial picks bf16 when it is faster and its labels agree >= 99.5 %% with fp32 "
+        "(2.4-2.7x on an AMD EPYC; docs/benchmarks.md); else fp32. The choice and why are printed",
+    )
+    pr.add_argument(
+        "--name",
         default=None,
-        help="default: bf16 on CUDA GPUs that support it, else fp32. On CPUs bf16 depends on the "
-        "chip: 2.4x faster than fp32 on an AMD EPYC with avx512_bf16, slower on an Intel Xeon; "
-        "labels agree 99.6 %% with fp32 (docs/benchmarks.md). Try it on yours",
+        help="OME-Zarr input without -o: the labels image's name (default unet-<kind>, e.g. image.zarr/labels/unet-labels)",
+    )
+    pr.add_argument(
+        "--prob-dtype",
+        choices=["float16", "uint8", "float32"],
+        default="float16",
+        help=".zarr output of --kind probabilities: float16 (default) or uint8 (p * 255, rounded)",
+    )
+    pr.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="predict on a dask LocalCluster of N worker processes (needs a .zarr output); same result as one process",
+    )
+    pr.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        help="predict on an existing dask cluster, e.g. tcp://host:8786 (input and output on storage all workers see)",
+    )
+    pr.add_argument(
+        "--worker-memory",
+        default="2GiB",
+        help="--workers: memory limit per worker (dask's; default 2GiB)",
     )
     common(pr)
     channels(pr)

@@ -1,12 +1,18 @@
-"""Predict: overlap-tile prediction written straight into a layer, tile by tile."""
+"""Predict: overlap-tile prediction written straight into a layer, tile by tile.
+
+For stacks bigger than RAM the prediction goes into an OME-Zarr image block by block (an
+"OME-Zarr output" folder, or the image's own container's labels/ group), shown as a zarr-backed
+layer while it fills, optionally on a dask LocalCluster ("workers"); a rerun resumes.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 
 from . import _state
 from ._layers import (
@@ -63,6 +69,22 @@ class PredictWidget(JobWidget, Container):
         )
         self.tta = CheckBox(text="test-time augmentation (8 flips/rotations)", value=False)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        self.zarr_out = FileEdit(
+            label="OME-Zarr output",
+            mode="w",
+            filter="*.zarr",
+            tooltip="empty: the prediction lives in memory. A .zarr folder: it is written there block by block "
+            "(stacks bigger than RAM; a rerun resumes) and the layer shows it as it fills",
+        )
+        self.workers = SpinBox(
+            label="workers",
+            min=0,
+            max=max(1, os.cpu_count() or 1),
+            value=0,
+            tooltip="0: predict in napari's process. N: a dask LocalCluster of N worker processes writes the whole "
+            "stack into the OME-Zarr output (or, for an image opened from an OME-Zarr, into its labels/ group)",
+        )
+        self.processes = True  # LocalCluster worker processes (tests use threads: faster to start)
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.paint_next = ComboBox(label="paint next", choices=[], visible=False, nullable=True)
@@ -89,6 +111,8 @@ class PredictWidget(JobWidget, Container):
                 self.zoom,
                 self.tta,
                 self.device,
+                self.zarr_out,
+                self.workers,
                 row,
                 self.paint_next,
                 self.go_button,
@@ -102,6 +126,7 @@ class PredictWidget(JobWidget, Container):
         self.predicted_slices = None  # what the last run covered: None = all, else the slice indices
         self.complete = False  # the last run finished every tile
         self.done = self.total = 0
+        self._unit = "tiles"  # what done / total count: tiles, or blocks of an OME-Zarr output
         self._refresh = Throttle(0.1)  # at most 10 layer refreshes per second
 
         self.model.changed.connect(lambda v: setattr(self.model_file, "visible", v == MODEL_FILE))
@@ -191,6 +216,13 @@ class PredictWidget(JobWidget, Container):
             return None
 
         output = OUTPUTS[self.output.value]
+        try:
+            target = self._zarr_target(layer, output)
+        except ValueError as e:
+            show_error(f"cannot predict: {e}")
+            return None
+        if target is not None:
+            return self._predict_blocks(layer, model, output, target)
         spatial = tuple(data.shape[:-1] if channel_axis is not None else data.shape)
         idx = current_index(self.viewer, layer)
         slices = [idx[0]] if (self.where.value == CURRENT and idx) else None
@@ -215,7 +247,7 @@ class PredictWidget(JobWidget, Container):
         except (ValueError, RuntimeError) as e:
             show_error(f"cannot predict: {e}")
             return None
-        self.done, self.total = 0, 0
+        self.done, self.total, self._unit = 0, 0, "tiles"
         return self._run_job(
             job,
             gen,
@@ -229,7 +261,116 @@ class PredictWidget(JobWidget, Container):
             aborted=self._on_aborted,
         )
 
-    def _output_layer(self, image, output: str, out: np.ndarray, model):
+    def _zarr_target(self, layer, output: str) -> Path | None:
+        """Where a block-wise prediction goes, or None (in memory, tile by tile)."""
+        from napari_unet.core.ngff import is_ome_zarr
+
+        chosen = str(self.zarr_out.value or "")
+        if chosen not in ("", "."):
+            return Path(chosen)
+        if not self.workers.value:
+            return None
+        src = (layer.metadata or {}).get("path")
+        if src and is_ome_zarr(src) and output != "probabilities":
+            return Path(src) / "labels" / f"unet-{output}"
+        raise ValueError(
+            "workers write into an OME-Zarr: choose an 'OME-Zarr output' folder (.zarr), or open the image from an "
+            "OME-Zarr (the prediction then goes into its labels/ group)"
+        )
+
+    def _predict_blocks(self, layer, model, output: str, target: Path):
+        """Block-wise prediction into the OME-Zarr ``target``, shown as a zarr-backed layer as it fills."""
+        from napari.utils.notifications import show_error
+
+        from napari_unet.core.blocks import create_prediction, iter_predict_blocks, output_chunks
+        from napari_unet.core.ngff import ZarrView, is_ome_zarr, read_ome_zarr
+
+        try:
+            if output == "instances":
+                raise ValueError(
+                    "instances need whole planes: predict them in memory (no OME-Zarr output, 0 workers), or "
+                    "predict semantic labels into the OME-Zarr"
+                )
+            if self.channels.value or getattr(layer, "rgb", False):
+                raise ValueError("an OME-Zarr output takes one grey image layer (no RGB, no '+ channels')")
+            if float(self.zoom.value) not in (0.0, 1.0):
+                raise ValueError("an OME-Zarr output is predicted at the image's own scale: set zoom to 0")
+            src = (layer.metadata or {}).get("path")
+            image = None
+            if src and is_ome_zarr(src):
+                view, _ = read_ome_zarr(src)
+                if tuple(view.shape) == tuple(layer.data.shape):
+                    image = view  # lazy, and workers reopen it from its path
+            if image is None:
+                image = np.asarray(layer.data)
+            spatial = tuple(image.shape)
+            md = layer.metadata or {}
+            scale = tuple(float(v) for v in layer.scale)
+            out = create_prediction(
+                target,
+                model,
+                spatial,
+                output=output,
+                chunks=output_chunks(spatial, getattr(image, "chunks", None)),
+                pixel_size=md.get("pixel_size") or scale[-2:],
+                z_spacing=md.get("z_spacing") or (scale[0] if len(spatial) == 3 else None),
+                unit=md.get("unit"),
+                provenance={"model": str(getattr(getattr(model, "info", None), "name", "") or self.model.value)},
+            )
+            workers = int(self.workers.value)
+            gen = iter_predict_blocks(
+                model,
+                image,
+                str(target) if workers else out,
+                output=output,
+                tta=bool(self.tta.value),
+                device="cpu" if workers and self.device.value == "auto" else self.device.value,
+                precision="auto",
+                workers=workers or None,
+                processes=self.processes,
+            )
+        except (ValueError, ImportError, RuntimeError) as e:
+            show_error(f"cannot predict: {e}")
+            return None
+        if output == "probabilities":
+            fg = 1 if model.n_classes > 1 else 0
+            shown = ZarrView(target / "0", {0: fg})  # lazy: re-read at every refresh
+        else:
+            shown = out
+        self.layer = self._output_layer(layer, output, shown, model, zarr_path=target)
+        self.predicted_slices, self.complete = None, False
+        self.probabilities = None
+        self.job = job = Job("predict")
+        self.done, self.total, self._unit = 0, 0, "blocks"
+        return self._run_job(
+            job,
+            gen,
+            self.device.value,
+            total=0,
+            desc="U-Net prediction (blocks)",
+            status=f"predicting into {target}…",
+            yielded=self._on_block,
+            returned=self._on_result,
+            errored=self._on_error,
+            aborted=self._on_aborted,
+        )
+
+    def _on_block(self, ev):
+        if self._closed:
+            return
+        self.done, self.total = ev.done, ev.total
+        if ev.kind == "start" and ev.skipped:
+            self.status.value = f"resuming: {ev.skipped} of {ev.total} blocks already written"
+        elif self._refresh(force=ev.done == ev.total):
+            self.status.value = f"{ev.done} of {ev.total} blocks"
+        if self.progress is not None:
+            if self.progress.total != ev.total:
+                self.progress.total = ev.total
+            self.progress.update(ev.done - self.progress.n)
+        if ev.kind == "block" and self.layer is not None and self.layer in self.viewer.layers:
+            self.layer.refresh()
+
+    def _output_layer(self, image, output: str, out, model, zarr_path: Path | None = None):
         """A fresh layer whose data IS ``out`` (the worker writes, the GUI thread refreshes)."""
         name = (
             f"{image.name} "
@@ -254,6 +395,12 @@ class PredictWidget(JobWidget, Container):
                 "label_mode": getattr(info, "label_mode", ""),
             },
         )
+        if zarr_path is not None:
+            kw["metadata"]["path"] = str(zarr_path)
+            if output == "probabilities":
+                return self.viewer.add_image(
+                    out, colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive", **kw
+                )
         if output == "uncertainty":
             return self.viewer.add_image(out, colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.6, **kw)
         if output == "probabilities":
@@ -286,7 +433,7 @@ class PredictWidget(JobWidget, Container):
         if self.layer in self.viewer.layers:
             self.layer.refresh()
         self.complete = True
-        self.status.value = f"done: {self.total} tiles"
+        self.status.value = f"done: {self.total} {self._unit}"
         if self.layer.metadata.get("output") == "uncertainty":
             self._rank_regions()
 

@@ -73,6 +73,36 @@ def default_precision(device: torch.device) -> str:
     return "fp32"
 
 
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_bf16_native() -> tuple[bool, str]:
+    """(True, why) when this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16) and torch uses AVX512.
+
+    Without them oneDNN emulates bf16 and it is slower than fp32 (an Intel Xeon without avx512_bf16:
+    docs/benchmarks.md), so only these CPUs are worth a trial.
+    """
+    cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
+    flags = cpu_flags() & set(_BF16_FLAGS)
+    if not flags:
+        return False, f"the CPU has no native bf16 (no {' / '.join(_BF16_FLAGS)} flag; torch uses {cap})"
+    if not str(cap).upper().startswith("AVX512"):
+        return False, f"the CPU has {', '.join(sorted(flags))}, but torch runs {cap} kernels"
+    return True, f"the CPU has {', '.join(sorted(flags))} and torch runs {cap} kernels"
+
+
 def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` (None = :func:`default_precision`); None = no autocast.
 

@@ -46,6 +46,22 @@ class TileEvent:
 
 
 @dataclass(frozen=True)
+class BlockEvent:
+    """Progress of :func:`~napari_unet.core.blocks.iter_predict_blocks`.
+
+    ``kind='start'``: the plan is made; ``done`` = ``skipped`` blocks were already on disk (a resumed
+    run). ``kind='block'``: ``block`` (a :class:`~napari_unet.core.blocks.Block`) is written.
+    """
+
+    done: int
+    total: int
+    skipped: int
+    block: object | None
+    kind: Literal["start", "block"] = "block"
+    message: str = ""  # 'start': e.g. the automatic precision choice and why
+
+
+@dataclass(frozen=True)
 class TrainEvent:
     """One step (or validation / preview pass) of :func:`~napari_unet.core.train.iter_train`."""
 

@@ -17,7 +17,10 @@ drains it.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+import weakref
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,13 +28,22 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .device import autocast_dtype, available_memory, memory_format, resolve_device
+from .device import (
+    autocast_dtype,
+    available_memory,
+    cpu_bf16_native,
+    default_precision,
+    memory_format,
+    resolve_device,
+)
 from .events import TileEvent, run
 from .intensity import check_real, percentiles, plane_range, scale_intensity
 from .labels import instances_from_semantic
 from .model import UNet, input_size_for_output, margin
 from .planes import as_stack
 from .scale import check_scale, model_scale, resize, shape_at, zoom_plane
+
+log = logging.getLogger("napari_unet")
 
 Output = Literal["labels", "probabilities", "instances", "uncertainty"]
 OUTPUTS = ("labels", "probabilities", "instances", "uncertainty")
@@ -213,7 +225,7 @@ def iter_predict(
     batch_size: int | None = None,
     tta: bool = False,
     device: str | torch.device | None = None,
-    precision: Literal["fp32", "bf16", "fp16"] | None = None,
+    precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None,
     memory_budget: int | None = None,
     min_size: int | None = None,
     scale: float | None = None,
@@ -244,9 +256,10 @@ def iter_predict(
         training; (lo, hi) = that fixed intensity range; False = image already scaled.
     tta : bool
         Average the 8 flips/rotations (test-time augmentation).
-    precision : {'fp32', 'bf16', 'fp16'}, optional
+    precision : {'fp32', 'bf16', 'fp16', 'auto'}, optional
         Autocast dtype; default (:func:`.device.default_precision`, as in training): bf16 on CUDA GPUs
-        that support it, fp32 elsewhere.
+        that support it, fp32 elsewhere. 'auto': as the default, except on a CPU with native bf16,
+        where a one-tile trial picks bf16 when it is faster and agrees with fp32 (:func:`choose_precision`).
     min_size : int, optional
         ``output='instances'``: drop objects smaller than this many pixels.
         None = the model's own default (``model.info.postprocess``; 0 if unset).
@@ -306,6 +319,9 @@ def iter_predict(
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} for output={output!r}")
 
+    if precision == "auto":
+        precision, why = choose_precision(model, image, device=dev, channel_axis=channel_axis, normalize=normalize)
+        log.info("precision %s: %s", precision, why)
     amp_dtype = autocast_dtype(precision, dev)
     zoom = model_scale(model) if scale is None else check_scale(scale)
     if zoom != 1.0:
@@ -325,7 +341,27 @@ def iter_predict(
     was_training = model.training
     model.eval()
     model.to(dev)
-    run_tiles = _TileRunner(model, plan, dev, amp_dtype, _DIHEDRAL if tta else [(0, False)], batch_size)
+    mem_fmt = memory_format(dev)
+    model.to(memory_format=mem_fmt)
+    transforms = _DIHEDRAL if tta else [(0, False)]
+
+    def run_tiles(plane: np.ndarray, want: str):
+        """(region, result cropped at the plane's edge) per tile of one normalised (C, h, w) plane."""
+        h, w = plane.shape[-2:]
+        for (y, x), r in forward_tiles(
+            model,
+            mirror_pad(plane, plan.pad),
+            plan,
+            output=want,
+            transforms=transforms,
+            batch_size=batch_size,
+            device=dev,
+            amp_dtype=amp_dtype,
+            mem_fmt=mem_fmt,
+        ):
+            hy, hx = min(plan.tile_out[0], h - y), min(plan.tile_out[1], w - x)
+            yield (slice(y, y + hy), slice(x, x + hx)), r[..., :hy, :hx]
+
     total = plan.n_tiles * len(z_list)
     done = 0
     ids_used = 0  # instances: ids so far, so every slice's objects get new ones (in the order predicted)
@@ -380,62 +416,159 @@ def iter_predict(
     return out
 
 
-class _TileRunner:
-    """The network over the overlap tiles of one normalised (C, h, w) plane: yields (region, result) with
-    ``region`` in the plane's coordinates and ``result`` the class indices (h', w') or probabilities (C, h', w')
-    of that region (cropped at the plane's edge)."""
+def forward_tiles(
+    model: UNet,
+    padded: np.ndarray,
+    plan: TilePlan,
+    *,
+    output: Output,
+    transforms=((0, False),),
+    batch_size: int = 1,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    mem_fmt: torch.memory_format = torch.contiguous_format,
+) -> Generator[tuple[tuple[int, int], np.ndarray], None, None]:
+    """The network over the tiles of ``plan`` on one mirrored, normalised (C, H', W') plane.
 
-    def __init__(self, model: UNet, plan: TilePlan, dev, amp_dtype, transforms, batch_size: int):
-        self.model, self.plan, self.dev, self.amp_dtype = model, plan, dev, amp_dtype
-        self.transforms, self.batch_size = transforms, batch_size
-        self.mem_fmt = memory_format(dev)
-        model.to(memory_format=self.mem_fmt)
-        self.crop = None  # how much the network output exceeds the tile (padded nets)
-        self.lab_dtype = torch.uint8 if model.n_classes < 256 else torch.int16
+    Yields ``((y, x), result)`` per tile, ``y, x`` the tile's output origin and ``result`` the full
+    output tile: (C, toy, tox) probabilities or (toy, tox) class indices. The model must already be in
+    eval mode on ``device``. :func:`iter_predict` runs it on whole planes and
+    :func:`~napari_unet.core.blocks.predict_block` on the part of a plane one block needs; both cut
+    the same grid-aligned windows out of the same mirrored plane, so their results agree.
+    """
+    C = model.n_classes
+    (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
+    crop_y = crop_x = None  # how much the network output exceeds the tile (padded nets)
+    need_softmax = output == "probabilities" or len(transforms) > 1
+    lab_dtype = torch.uint8 if C < 256 else torch.int16
+    coords = [(y, x) for y in plan.ys for x in plan.xs]
+    for b0 in range(0, len(coords), batch_size):
+        batch_coords = coords[b0 : b0 + batch_size]
+        if len(batch_coords) == 1:
+            y, x = batch_coords[0]
+            batch = padded[None, :, y : y + tiy, x : x + tix]  # a view: one copy below
+        else:
+            batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
+        xt = torch.from_numpy(batch).to(device).contiguous(memory_format=mem_fmt)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            prob = None
+            for k, flip in transforms:
+                xin = _apply_d4(xt, k, flip) if (k or flip) else xt
+                logits = model(xin)
+                if crop_y is None:
+                    crop_y = (logits.shape[-2] - toy) // 2
+                    crop_x = (logits.shape[-1] - tox) // 2
+                if not (k or flip):
+                    # crop before the softmax: padded nets predict their context too
+                    logits = logits[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
+                if not need_softmax:
+                    prob = logits  # argmax(logits) == argmax(softmax(logits))
+                    break
+                p = torch.softmax(logits.float(), dim=1)
+                if k or flip:
+                    p = _invert_d4(p, k, flip)[..., crop_y : crop_y + toy, crop_x : crop_x + tox]
+                prob = p if prob is None else prob.add_(p)
+            if len(transforms) > 1:
+                prob = prob / len(transforms)
+        if output == "probabilities":
+            res = prob.float().cpu().numpy()
+        else:
+            res = prob.argmax(dim=1).to(lab_dtype).cpu().numpy()
+        yield from zip(batch_coords, res)
 
-    def __call__(self, plane: np.ndarray, output: str):
-        plan, dev, transforms = self.plan, self.dev, self.transforms
-        (toy, tox), (tiy, tix) = plan.tile_out, plan.tile_in
-        H, W = plane.shape[-2:]
-        need_softmax = output == "probabilities" or len(transforms) > 1
-        padded = mirror_pad(plane, plan.pad)
-        coords = [(y, x) for y in plan.ys for x in plan.xs]
-        for b0 in range(0, len(coords), self.batch_size):
-            batch_coords = coords[b0 : b0 + self.batch_size]
-            if len(batch_coords) == 1:
-                y, x = batch_coords[0]
-                batch = padded[None, :, y : y + tiy, x : x + tix]  # a view: one copy below
-            else:
-                batch = np.stack([padded[:, y : y + tiy, x : x + tix] for y, x in batch_coords])
-            xt = torch.from_numpy(batch).to(dev).contiguous(memory_format=self.mem_fmt)
-            amp = self.amp_dtype
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                prob = None
-                for k, flip in transforms:
-                    xin = _apply_d4(xt, k, flip) if (k or flip) else xt
-                    logits = self.model(xin)
-                    if self.crop is None:
-                        self.crop = ((logits.shape[-2] - toy) // 2, (logits.shape[-1] - tox) // 2)
-                    cy, cx = self.crop
-                    if not (k or flip):
-                        # crop before the softmax: padded nets predict their context too
-                        logits = logits[..., cy : cy + toy, cx : cx + tox]
-                    if not need_softmax:
-                        prob = logits  # argmax(logits) == argmax(softmax(logits))
-                        break
-                    p = torch.softmax(logits.float(), dim=1)
-                    if k or flip:
-                        p = _invert_d4(p, k, flip)[..., cy : cy + toy, cx : cx + tox]
-                    prob = p if prob is None else prob.add_(p)
-                if len(transforms) > 1:
-                    prob = prob / len(transforms)
-            if output == "probabilities":
-                res = prob.float().cpu().numpy()
-            else:
-                res = prob.argmax(dim=1).to(self.lab_dtype).cpu().numpy()
-            for (y, x), r in zip(batch_coords, res):
-                hy, hx = min(toy, H - y), min(tox, W - x)
-                yield (slice(y, y + hy), slice(x, x + hx)), r[..., :hy, :hx]
+
+# ----------------------------------------------------------------------------- automatic precision
+
+BF16_MIN_AGREEMENT = 0.995  # labels that must agree with fp32 on the trial tile
+BF16_MIN_SPEEDUP = 1.15  # bf16 must be this much faster to be worth the (small) disagreement
+TRIAL_ROUNDS = 3  # fp32, bf16, fp32, bf16, ...: each a warm-up and a timed pass
+TRIAL_MIN_TILES = 16  # the trial runs 12 tile passes; below 16 tiles' worth of image it cannot pay off
+_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _trial(model: UNet, x: torch.Tensor, amp_dtype: torch.dtype | None, repeats: int = 2) -> tuple[float, np.ndarray]:
+    """(best seconds of ``repeats`` forward passes after one warm-up, the labels) of one tile."""
+    best = math.inf
+    labels = None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
+        model(x)  # warm-up: oneDNN picks and caches its kernels
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            logits = model(x)
+            best = min(best, time.perf_counter() - t0)
+            labels = logits.argmax(dim=1).cpu().numpy()
+    return best, labels
+
+
+def choose_precision(
+    model: UNet,
+    image,
+    *,
+    device: str | torch.device | None = None,
+    channel_axis: int | None = None,
+    normalize: bool | tuple[float, float] = True,
+    tile: int = 256,
+) -> tuple[str, str]:
+    """('bf16' or 'fp32', why) for predicting ``image`` with ``model`` on ``device``.
+
+    Off the CPU: :func:`.device.default_precision`. On a CPU without native bf16 (no avx512_bf16 /
+    amx_bf16, :func:`.device.cpu_bf16_native`): fp32, no trial. Otherwise one tile of ``image`` (the
+    middle slice's centre, ``tile`` px output) runs in fp32 and in bf16: bf16 is chosen when it is
+    at least :data:`BF16_MIN_SPEEDUP` x faster and its labels agree >= :data:`BF16_MIN_AGREEMENT`
+    with fp32's. The choice is remembered per model (one trial per process). An image smaller than
+    :data:`TRIAL_MIN_TILES` trial tiles gets fp32 without a trial: the trial would cost more than it saves.
+    """
+    dev = resolve_device(device)
+    if dev.type != "cpu":
+        p = default_precision(dev)
+        return p, f"{p} is the default on {dev.type}"
+    native, why = cpu_bf16_native()
+    if not native:
+        return "fp32", why
+    cached = _CHOSEN.get(model)
+    if cached is not None:
+        return cached
+    getter, n_z, (H, W), _ = as_stack(image, channel_axis, model.config.in_channels)
+    plan = plan_tiles((H, W), model, (min(tile, H), min(tile, W)))
+    if n_z * H * W < TRIAL_MIN_TILES * plan.tile_out[0] * plan.tile_out[1]:
+        return "fp32", f"{why}, but the image is too small for a bf16 trial to pay off"
+    raw = getter(n_z // 2)
+    norm = getattr(getattr(model, "info", None), "normalization", None) or {}
+    if normalize is True:
+        lo, hi = plane_range(raw, norm)
+    elif normalize is False or normalize is None:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = map(float, normalize)
+    padded = mirror_pad(scale_intensity(raw, lo, hi), plan.pad)
+    y, x = plan.ys[len(plan.ys) // 2], plan.xs[len(plan.xs) // 2]
+    xt = torch.from_numpy(np.ascontiguousarray(padded[None, :, y : y + plan.tile_in[0], x : x + plan.tile_in[1]]))
+    was = model.training
+    model.eval()
+    model.to(dev)
+    try:
+        xt = xt.contiguous(memory_format=memory_format(dev))
+        model.to(memory_format=memory_format(dev))
+        # interleaved rounds, best of each: a load spike from other processes hits one round, not one precision
+        t32 = t16 = math.inf
+        for _ in range(TRIAL_ROUNDS):
+            t, lab32 = _trial(model, xt, None, repeats=1)
+            t32 = min(t32, t)
+            t, lab16 = _trial(model, xt, torch.bfloat16, repeats=1)
+            t16 = min(t16, t)
+    finally:
+        model.train(was)
+    agree = float(np.mean(lab32 == lab16))
+    speed = t32 / max(t16, 1e-9)
+    measured = f"bf16 {speed:.2f}x the speed of fp32 on a {plan.tile_in[0]} px trial tile, labels agree {agree:.2%}"
+    if speed >= BF16_MIN_SPEEDUP and agree >= BF16_MIN_AGREEMENT:
+        choice = ("bf16", f"{why}; {measured}")
+    elif agree < BF16_MIN_AGREEMENT:
+        choice = ("fp32", f"{why}, but {measured} (< {BF16_MIN_AGREEMENT:.1%})")
+    else:
+        choice = ("fp32", f"{why}, but {measured}: not worth it")
+    _CHOSEN[model] = choice
+    return choice
 
 
 def entropy(prob: np.ndarray) -> np.ndarray:
