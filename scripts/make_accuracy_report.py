@@ -670,6 +670,15 @@ NOTES_ADAPT_TAIL = """### What this says
   image, and unstable between snapshots (nothing at 1 min). Auto does not choose scratch when a model
   trained on similar images exists; the scratch foreground target (within 1.5x of the truth) is met on DSB
   only (1.5x on ISBI, 2.2x on VNC membranes, 4.7x on mitochondria).
+* **Another magnification (DSB zoomed 3x)**: the auto start scores each start at 5 zooms and finds the
+  nuclei model agreeing 0.97 with the strokes at x0.5 against 0.92 as is; used at that zoom with no
+  training at all it gives 0.813 / F1 0.81 (as is: 0.750 / F1 0.80). Five minutes of stroke training on
+  top cost F1 (0.75-0.76, with or without the zoom), and a U-Net from scratch did best (0.825 / F1 0.82):
+  on 768 px images 2.5 % strokes are 9x more painted pixels than on the 256 px DSB images. Auto is 0.026
+  below scratch there (not met): fine-tuning the nuclei model on strokes loses instance separation
+  (F1 0.79 -> 0.75 on DSB itself too); teaching "object, interior or border" on partly painted objects
+  instead of "interior" (now the default) moved DSB's 5-minute F1 by +0.02 for keep_prior 1 and +0.01 for
+  auto, within the noise of one run (`benchmarks/results/adapt/anyobject/`).
 * **Corrections**: two simulated rounds of "Correct it: to training labels" (the prediction becomes
   dense labels, strokes of the true label over the largest wrong regions, 2 CPU minutes of training per
   round, auto start, which picks the previous round's model) lift ISBI from 0.665 to 0.671 and DSB from
