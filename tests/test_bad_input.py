@@ -142,12 +142,11 @@ def one_d(f: Files, name="1d.tif") -> str:
 
 
 def nan_weights(f: Files) -> str:
+    from model_files import save_diverged
+
     from napari_unet.core.model import UNet
 
-    net = UNet(depth=2, base_channels=4, n_classes=2)
-    with torch.no_grad():
-        net.head.weight[0, 0] = float("nan")
-    return f.model_file("diverged", net)
+    return str(save_diverged(f.tmp / "diverged.safetensors", UNet(depth=2, base_channels=4, n_classes=2)))
 
 
 def pickle_model(f: Files) -> str:
@@ -277,7 +276,7 @@ CLI = {
         "has shape",
     ),
     "train-empty-folder": (lambda f: train(f, images=[f.folder("slices")]), "holds no TIFF files"),
-    "predict-output-png": (lambda f: predict(f, out=f.path("result.png")), r"name it \.tif"),
+    "predict-output-png": (lambda f: predict(f, out=f.path("result.png")), r"predict writes TIFF files \(\.tif"),
     "evaluate-training-labels-as-truth": (
         lambda f: evaluate(f, labels=f.image("painted.tif", f.data["nuclei_truth"].astype(np.uint16) + 1)),
         "subtract 1",

@@ -112,15 +112,12 @@ def test_train_crash_from_a_bad_checkpoint_is_reported(em_viewer, qtbot, tmp_pat
     assert w._on_train() is None
     assert "broken.safetensors" in messages["error"][-1] and "damaged" in messages["error"][-1]
     assert w.train_button.enabled and w.status.value == "idle"
-    import torch
 
-    from napari_unet.core.checkpoint import save_model
+    from model_files import save_diverged
+
     from napari_unet.core.model import UNet
 
-    net = UNet(depth=2, base_channels=4, n_classes=2)
-    with torch.no_grad():
-        net.head.bias[0] = float("nan")
-    w.checkpoint.value = save_model(tmp_path / "diverged", net)
+    w.checkpoint.value = save_diverged(tmp_path / "diverged", UNet(depth=2, base_channels=4, n_classes=2))
     job = w._on_train()
     qtbot.waitUntil(lambda: not job.running, timeout=30_000)
     assert messages["error"][-1].startswith("training failed:") and "NaN" in messages["error"][-1]
@@ -184,11 +181,9 @@ class Ctx:
 
             torch.save(net.state_dict(), path)
         elif make == "nan":
-            import torch
+            from model_files import save_diverged
 
-            with torch.no_grad():
-                net.head.bias[0] = float("nan")
-            save_model(path, net)
+            save_diverged(path, net)
         elif make == "foreign":
             import torch
             from safetensors.torch import save_file
