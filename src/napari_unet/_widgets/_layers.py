@@ -46,11 +46,18 @@ def channel_select(viewer, label: str = ""):
     def choices(widget=None):
         from napari.layers import Image
 
-        grey = [layer for layer in viewer.layers if isinstance(layer, Image) and not layer.rgb]
+        # grey images, not this plugin's own outputs (predictions, uncertainty, previews carry 'output')
+        grey = [
+            layer
+            for layer in viewer.layers
+            if isinstance(layer, Image) and not layer.rgb and not (layer.metadata or {}).get("output")
+        ]
         shapes = [tuple(layer.data.shape) for layer in grey]
+        # only layers with a same-shape partner can be channels of one image
+        grouped = [layer for layer, shape in zip(grey, shapes) if shapes.count(shape) > 1]
         if widget is not None:
-            widget.visible = len(set(shapes)) < len(shapes)
-        return [(layer.name, layer) for layer in grey]
+            widget.visible = bool(grouped)
+        return [(layer.name, layer) for layer in grouped]
 
     select = Select(
         label=label,
@@ -185,6 +192,7 @@ def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...],
         if name in viewer.layers:
             viewer.layers.remove(name)
         add = viewer.add_labels if kind == "labels" else viewer.add_image
+        kwargs.setdefault("metadata", {"output": "preview"})  # a plugin output: never offered as an input channel
         layer = add(data, name=name, scale=scale, translate=translate, **kwargs)
     if active is not None and active in viewer.layers:
         viewer.layers.selection.active = active  # keep painting on the labels layer
