@@ -213,6 +213,49 @@ def replicate_line() -> str:
     )
 
 
+def guidance_section() -> str:
+    """Where to paint next: IoU vs strokes, guided by the uncertainty ranking vs random (bench_guidance.py)."""
+    runs = {}
+    for p in sorted(RESULTS.glob("guidance_*.json")):
+        d = json.loads(p.read_text())
+        runs.setdefault(d["dataset"], {})[d["arm"]] = d
+    out = ""
+    for which, arms in runs.items():
+        if not {"guided", "random"} <= set(arms):
+            continue
+        g, r = arms["guided"]["rows"], arms["random"]["rows"]
+        a = arms["guided"]["args"]
+        out += (
+            f"\n## Where to paint next: strokes guided by the uncertainty vs random ({which})\n\n"
+            f"A simulated user paints {a['per_round']} strokes per round, at the most uncertain unpainted places "
+            f"(`core.guidance.rank_regions`) or at random ones, and trains {a['steps']} steps per round from the "
+            "previous round's model (same seed for both: the rounds differ only by where the strokes are). "
+            "Scratch start with one background and one object stroke per image; held-out images as above "
+            "(`benchmarks/bench_guidance.py`).\n\n"
+            "| round | strokes | guided IoU / F1 | random IoU / F1 |\n|---:|---:|---:|---:|\n"
+        )
+        for x, y in zip(g, r):
+            out += (
+                f"| {x['round']} | {x['strokes']} | {x['iou']:.3f} / {x.get('f1', float('nan')):.2f} "
+                f"| {y['iou']:.3f} / {y.get('f1', float('nan')):.2f} |\n"
+            )
+        end = r[-1]["iou"]
+        reach = next((x["strokes"] for x in g if x["iou"] >= end), None)
+        verdict = (
+            f"guided strokes reach random's final IoU ({end:.3f}, {r[-1]['strokes']} strokes) with {reach} strokes"
+            if reach is not None
+            else f"guided strokes do not reach random's final IoU ({end:.3f})"
+        )
+        half = reach is not None and reach <= r[-1]["strokes"] / 2
+        pg, pr = 100 * g[-1]["painted_fraction"], 100 * r[-1]["painted_fraction"]
+        out += (
+            f"\nOne run per arm: {verdict} (target: at most half: {'met' if half else '**not met**'}). Guided "
+            f"strokes are longer on average (they land inside large uncertain regions; random ones often at an "
+            f"edge): at {g[-1]['strokes']} strokes they cover {pg:.2f}% of the pixels, random ones {pr:.2f}%.\n"
+        )
+    return out
+
+
 def adapt_section() -> str:
     """The defaults (init='auto') against the other starts and the forest, per data set, with the issue's checks."""
     ft = load_ft(ADAPT)
@@ -525,6 +568,7 @@ def main(argv=None):
         + adapt_section()
         + NOTES_ADAPT_TAIL.format(replicate=replicate_line())
     )
+    text += guidance_section()
     text += "\n## Earlier study: fine-tuning from sparse scribbles (previous recipe)\n\n" + NOTES_FT
     text += "\n### ISBI 2012 (membrane IoU on slices 28-29; scribbles on 25-27)\n\n" + ft_table(ft, "em")
     text += "\n### DSB 2018 (nucleus IoU, instance F1@0.5 in brackets, images 85-99; scribbles on 80-84)\n\n"
