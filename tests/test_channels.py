@@ -112,3 +112,13 @@ def test_api_refuses_channels_last_as_a_stack(nuclei):
     with pytest.raises(ValueError, match="2 channels last"):
         predict(model, yxc)
     assert np.array_equal(predict(model, yxc[..., 0]), predict(model, grey[0]))
+
+
+def test_slices_of_a_channels_first_stack_are_cut_on_its_z_axis():
+    """An OME-Zarr keeps its channels first (C, Z, Y, X): --slices and the slice count use Z, not C."""
+    from napari_unet.cli import _n_slices, _select
+
+    stack = np.arange(2 * 5 * 4 * 3).reshape(2, 5, 4, 3)
+    assert _n_slices(stack, 0) == 5 and _n_slices(stack, -1) == 2 and _n_slices(stack[0], None) == 5
+    np.testing.assert_array_equal(_select(stack, [1, 3], 0), stack[:, [1, 3]])
+    np.testing.assert_array_equal(_select(stack, [1], -1), stack[[1]])

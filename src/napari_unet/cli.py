@@ -157,9 +157,14 @@ def _channel_axis_arg(text: str):
         raise argparse.ArgumentTypeError(f"{text!r}: give an axis number (0, 1, -1 ...) or 'none'") from None
 
 
+def _z_axis(channel_axis, ndim: int) -> int:
+    """The slice axis of a stack with ``channel_axis`` (channels last for TIFFs; anywhere in an OME-Zarr)."""
+    return 1 if channel_axis is not None and channel_axis % ndim == 0 else 0
+
+
 def _n_slices(arr, channel_axis) -> int:
-    """Slices of a (Z, Y, X) stack (channels last when ``channel_axis`` is set); 1 for a 2D image."""
-    return arr.shape[0] if arr.ndim - (channel_axis is not None) == 3 else 1
+    """Slices of a (Z, Y, X) stack (plus a channel axis when ``channel_axis`` is set); 1 for a 2D image."""
+    return arr.shape[_z_axis(channel_axis, arr.ndim)] if arr.ndim - (channel_axis is not None) == 3 else 1
 
 
 def _refuse_overwrite(output, inputs, what: str = "input", opt: str = "-o") -> None:
@@ -201,7 +206,8 @@ def _select(arr, slices, channel_axis=None):
         return arr
     if arr.ndim - (channel_axis is not None) != 3:
         raise ValueError("--slices needs a stack (Z, Y, X)")
-    return np.stack([np.asarray(arr[i]) for i in slices])
+    z = _z_axis(channel_axis, arr.ndim)
+    return np.stack([np.asarray(arr[(slice(None),) * z + (i,)]) for i in slices], axis=z)
 
 
 def _bar(total: int, desc: str, quiet: bool):
@@ -286,11 +292,12 @@ def cmd_train(args) -> int:
         raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
     _refuse_overwrite(args.output, [*args.images, *args.labels], "training data")
     _check_output(args.output, ".safetensors")
-    images, labels, channels = [], [], set()
+    images, labels, channels, axes = [], [], set(), set()
     for ip, lp in zip(args.images, args.labels):
         (im, ch), lab = _read_image(ip, args), _read(lp, "labels")
         check_shapes(im, lab, channel_axis=ch, name=f"{lp} on {ip}")  # before --slices, which would hide a mismatch
-        channels.add(1 if ch is None else im.shape[-1])
+        channels.add(1 if ch is None else im.shape[ch])
+        axes.add(None if ch is None else ch % im.ndim - im.ndim)  # counted from the end: 2D and stacks alike
         sl = _parse_slices(args.slices, _n_slices(im, ch))
         im, lab = _select(im, sl, ch), _select(lab, sl)
         lab = np.asarray(lab)
@@ -305,7 +312,9 @@ def cmd_train(args) -> int:
             f"the images have different numbers of channels ({sorted(channels)}); train on images with the same "
             "channels, or keep one with --channel K"
         )
-    channel_axis = -1 if channels != {1} else None
+    if len(axes) > 1:
+        raise ValueError("the images hold their channels on different axes; give files of one layout")
+    channel_axis = next(iter(axes)) if channels != {1} else None
     if args.init is None:
         # the default start is 'auto', unless the command asks for a run of its own: --resume continues
         # one, --depth / --channels ask for a new architecture (from scratch)
@@ -562,6 +571,7 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
         prob_dtype=args.prob_dtype,
         client=client,
         threads=default_threads(n_workers) if args.workers else None,
+        scale=args.scale,
     )
     bar = None
     try:
@@ -798,6 +808,14 @@ def cmd_export(args) -> int:
         data=args.data,
     )
     print(f"wrote {out} (bioimage.io model package, spec 0.5; check it with `bioimageio test {out}`)")
+    from .core.scale import model_scale
+
+    if model_scale(model) != 1.0:
+        print(
+            f"note: this model expects images zoomed x{model_scale(model):.3g} (it was trained so); napari-unet "
+            "zooms for you when it loads the zip, other tools do not: the model card says so",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -131,3 +131,65 @@ def test_auto_start_trains_at_the_scale_the_start_model_agrees_best(big_nuclei, 
     cfg = TrainConfig(init=None, depth=2, base_channels=4, tile_in=92, steps=1, device="cpu")
     assert train(cfg, im, strokes).info.scale == {}
     assert train(replace(cfg, scale=0.71), im, strokes).info.scale == {"input_scale": 0.71}
+
+
+def test_a_given_scale_is_kept_by_the_auto_start(big_nuclei, monkeypatch):
+    """--init auto --scale 1: the start is scored (and trained) at the zoom given, not at the best one."""
+    from napari_unet.core import start
+    from napari_unet.core.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    im, lab = big_nuclei
+    im, lab = im[:1, :256, :256], lab[:1, :256, :256]
+    strokes = np.where(lab > 0, 2, 1).astype(np.int32)
+    strokes[:, ::2] = 0
+    tried = []
+    real = start.agreement
+
+    def spy(model, slices, label_mode, *, scale=1.0, **kw):
+        tried.append(scale)
+        return real(model, slices, label_mode, scale=scale, **kw)
+
+    monkeypatch.setattr(start, "agreement", spy)
+    cfg = TrainConfig(init="auto", scale=1.0, steps=1, tile_in=188, device="cpu")
+    result = train(cfg, im, strokes)
+    assert set(tried) == {1.0}
+    assert model_scale(result.model) == 1.0
+
+
+def test_block_wise_prediction_runs_a_zoomed_model_at_scale_1_only_when_asked(tmp_path):
+    from napari_unet.core.blocks import iter_predict_blocks
+    from napari_unet.core.events import run
+
+    model = load_model("nuclei")
+    zoomed = load_model(
+        save_model(tmp_path / "z.safetensors", model, info=replace(model.info, scale={"input_scale": 0.5}))
+    )
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    with pytest.raises(ValueError, match="zooms images x0.50"):
+        run(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8)))
+    out = run(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8), scale=1.0))
+    np.testing.assert_array_equal(out, predict(model, image, output="labels"))
+
+
+def test_an_explicit_min_size_is_in_the_images_pixels(big_nuclei):
+    """The model's own size filter is in its pixels (divided by zoom^2); a size the user gives is not."""
+    im, _ = big_nuclei
+    model = load_model("nuclei")
+    plane = im[0, :256, :256]
+    small = predict(model, plane, output="instances", scale=0.5, min_size=1)
+    sizes = np.bincount(small.ravel())[1:]
+    cut = int(np.median(sizes[sizes > 0])) + 1  # about half the objects are smaller
+    big = predict(model, plane, output="instances", scale=0.5, min_size=cut)
+    kept = np.bincount(big.ravel())[1:]
+    assert kept[kept > 0].min() >= cut  # at zoom 0.5 the model's own rule would have kept 1/4 of cut
+    assert 0 < len(np.unique(big)) < len(np.unique(small))
+
+
+def test_the_package_of_a_zoomed_model_says_so():
+    from napari_unet.core.bioimageio import _zoom_note
+
+    model = load_model("nuclei")
+    assert _zoom_note(model) == ""
+    model.info = replace(model.info, scale={"input_scale": 0.5})
+    assert "zoomed x0.5" in _zoom_note(model) and "resample" in _zoom_note(model)

@@ -293,8 +293,14 @@ class PredictWidget(JobWidget, Container):
                 )
             if self.channels.value or getattr(layer, "rgb", False):
                 raise ValueError("an OME-Zarr output takes one grey image layer (no RGB, no '+ channels')")
-            if float(self.zoom.value) not in (0.0, 1.0):
-                raise ValueError("an OME-Zarr output is predicted at the image's own scale: set zoom to 0")
+            from napari_unet.core.scale import model_scale
+
+            zoom = float(self.zoom.value) or model_scale(model)
+            if zoom != 1.0:
+                raise ValueError(
+                    f"an OME-Zarr output is predicted at the image's own scale, and zoom is x{zoom:.2f}: set zoom "
+                    "to 1, or predict in memory (no OME-Zarr output)"
+                )
             src = (layer.metadata or {}).get("path")
             image = None
             if src and is_ome_zarr(src):
@@ -328,6 +334,7 @@ class PredictWidget(JobWidget, Container):
                 precision="auto",
                 workers=workers or None,
                 processes=self.processes,
+                scale=zoom,
             )
         except (ValueError, ImportError, RuntimeError) as e:
             show_error(f"cannot predict: {e}")

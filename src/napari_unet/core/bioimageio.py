@@ -266,7 +266,21 @@ def _package_notes(model: UNet, lo: int, step: int, halo: int) -> str:
             else ""
         )
         + "\n* weights: `pytorch_state_dict` and `torchscript`; the napari-unet model file is attached "
-        "(`napari-unet predict image.tif -o out.tif --model this.zip` loads it as it was)\n\n"
+        "(`napari-unet predict image.tif -o out.tif --model this.zip` loads it as it was)\n" + _zoom_note(model) + "\n"
+    )
+
+
+def _zoom_note(model: UNet) -> str:
+    """A zoomed model (core/scale.py) expects its images resampled: napari-unet does it, other tools do not."""
+    from .scale import model_scale
+
+    z = model_scale(model)
+    if z == 1.0:
+        return ""
+    return (
+        f"* **scale**: this model was trained on images zoomed x{z:.3g}. napari-unet (loading this zip) zooms for "
+        f"you; in other tools, resample your images by x{z:.3g} before the model and the result back by "
+        f"x{1 / z:.3g}, else objects are at the wrong size for it\n"
     )
 
 

@@ -311,6 +311,7 @@ def iter_predict_blocks(
     threads: int | None = None,
     in_flight: int | None = None,
     retries: int = 2,
+    scale: float | None = None,
 ) -> Generator[BlockEvent, None, object]:
     """Predict ``image`` block by block into ``out``; yields a :class:`BlockEvent` per block, returns ``out``.
 
@@ -341,6 +342,8 @@ def iter_predict_blocks(
         process holds a task per block of a huge volume.
     retries : int
         How often the scheduler retries a failed block (e.g. a worker that was killed).
+    scale : float, optional
+        The zoom to predict at (None: the model's own, :func:`~.scale.model_scale`); only 1 works block-wise.
     """
     if client is None and workers:
         own = local_cluster(workers, processes=processes)
@@ -376,10 +379,11 @@ def iter_predict_blocks(
         )
     from .scale import model_scale
 
-    if model_scale(model) != 1.0:  # blocks are cut on the image's grid; a zoomed model needs whole planes
+    zoom = model_scale(model) if scale is None else float(scale)
+    if zoom != 1.0:  # blocks are cut on the image's grid; a zoomed model needs whole planes
         raise ValueError(
-            f"this model zooms images x{model_scale(model):.2f} (core/scale.py); block-wise prediction runs at the "
-            "image's own scale: predict plane by plane (iter_predict) instead"
+            f"this model zooms images x{zoom:.2f} (core/scale.py); block-wise prediction runs at the "
+            "image's own scale: predict plane by plane (iter_predict) instead, or at scale 1"
         )
     if prob_dtype not in PROB_DTYPES:
         raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {prob_dtype!r}")

@@ -241,8 +241,11 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
     return StartChoice(SCRATCH, 0.0, why, list(candidates))
 
 
-def score_candidate(name: str, slices, label_mode: str, n_classes: int, signature: dict, *, device="cpu"):
-    """A :class:`Candidate` for model ``name`` on the prepared ``slices``."""
+def score_candidate(
+    name: str, slices, label_mode: str, n_classes: int, signature: dict, *, device="cpu", scale: float | None = None
+):
+    """A :class:`Candidate` for model ``name`` on the prepared ``slices`` (``scale``: the zoom asked for, else
+    the one of :data:`.scale.SCALES` around the model's own at which it agrees best)."""
     from .checkpoint import load_model
 
     model = load_model(name)
@@ -254,8 +257,12 @@ def score_candidate(name: str, slices, label_mode: str, n_classes: int, signatur
     if not matches:
         return Candidate(name, None, sim, "other classes")
     # the magnification: the zoom at which the model agrees best on a small part of the strokes
-    own = model_scale(model)
-    tried = sorted({own, *(own * s for s in SCALES if SCALE_RANGE[0] <= own * s <= SCALE_RANGE[1])})
+    own = model_scale(model) if scale is None else scale
+    tried = (
+        [own]
+        if scale is not None
+        else sorted({own, *(own * z for z in SCALES if SCALE_RANGE[0] <= own * z <= SCALE_RANGE[1])})
+    )
     quick = {
         z: agreement(model, slices, label_mode, device=device, scale=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
     }

@@ -399,7 +399,7 @@ def iter_predict(
             if output == "instances":
                 plane_idx = (z,) if is_stack else ()
                 # the size filter is in the model's pixels: at another scale, objects cover 1/zoom^2 as many
-                px = int(round(min_px / zoom**2))
+                px = int(round(min_px / zoom**2)) if min_size is None else min_px  # a given size: the image's px
                 inst = instances_from_semantic(np.asarray(out[plane_idx]), C, min_size=px, border_class=border)
                 # unique ids over the whole stack: offset by the ids the slices before used (a running count:
                 # re-reading earlier slices was O(Z^2) on zarr / memmap outputs, and with out-of-order

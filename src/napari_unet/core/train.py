@@ -579,6 +579,7 @@ def iter_train(
     agree = None  # running balanced accuracy on the painted pixels of the batches (event.agreement)
     state = TrainState.TRAINING
     step = step0
+    fresh = step0  # best weights are tracked from here (live strokes move it)
     last_loss = float("nan")
 
     def snapshot_model() -> UNet:
@@ -652,6 +653,8 @@ def iter_train(
                     n_new, skipped = _take_strokes(
                         updates, pairs, slices, val, config, n_classes, in_channels, channel_axis
                     )
+                    # the data changed: weights from before the strokes are no 'best' (the loss rises with them)
+                    best_metric, ema, fresh = None, None, step
                     counts = np.array([s.n_annotated for s in slices], dtype=np.float64)
                     probs = counts / counts.sum()
                     msg = f"{n_new} painted slice(s) joined the training data" + (f"; {skipped}" if skipped else "")
@@ -687,7 +690,7 @@ def iter_train(
             if np.isfinite(acc):
                 agree = acc if agree is None else 0.9 * agree + 0.1 * acc
             ema = last_loss if ema is None else 0.95 * ema + 0.05 * last_loss
-            if not val and (best_metric is None or -ema > best_metric) and step - step0 >= min(20, config.steps):
+            if not val and (best_metric is None or -ema > best_metric) and step - fresh >= min(20, config.steps):
                 best_metric, best_step, best_state = -ema, step, _cpu_state(model)
             elapsed = time.perf_counter() - t_start
             per_step = elapsed / max(step - step0, 1)
@@ -742,12 +745,9 @@ def _take_strokes(updates, pairs, slices, val, config, n_classes, in_channels, c
     for i, z, lab in updates:
         if not 0 <= i < len(pairs):
             continue
-        img = pairs[i][0]
-        plane = img if z is None else img[z]
+        plane = plane_at(pairs[i][0], z, channel_axis)  # (C, H, W), wherever the channel axis is
         try:
-            new = prepare_slices(
-                [(plane, np.asarray(lab))], config, n_classes, in_channels, channel_axis, weights=False
-            )
+            new = prepare_slices([(plane, np.asarray(lab))], config, n_classes, in_channels, 0, weights=False)
         except ValueError as e:  # nothing left painted there, or a class the model does not have
             if "nothing is annotated" not in str(e):
                 skipped.append(f"slice {z}: {e}")
@@ -792,7 +792,8 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
     """init='auto': score every candidate start on the painted pixels (no training) and pick one."""
     for name in config.candidates:  # a broken file of the user's is reported before the shipped models are scored
         load_model(name)
-    quick = replace(config, border_class=False)  # agreement collapses a border class into its object
+    # agreement collapses a border class into its object; the slices as painted (each candidate zooms them)
+    quick = replace(config, border_class=False, scale=None)
     n_classes = _n_classes(quick, pairs)
     slices = prepare_slices(pairs, quick, n_classes, in_channels, channel_axis, weights=False)
     signature = start.domain_signature(s.image for s in slices)
@@ -801,7 +802,7 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
         if name == start.SCRATCH:
             scored.append(start.Candidate(name))
             continue
-        scored.append(start.score_candidate(name, slices, config.label_mode, n_classes, signature))
+        scored.append(start.score_candidate(name, slices, config.label_mode, n_classes, signature, scale=config.scale))
     return start.choose(scored)
 
 
