@@ -14,6 +14,7 @@ A stroke is a short brushed line along the true object (or background) under tha
 after every round: the curve IoU vs strokes. Results: ``benchmarks/results/guidance_<set>_<arm>.json``.
 
     python benchmarks/bench_guidance.py nuclei --arms guided,random --rounds 5 --per-round 6
+    python benchmarks/bench_guidance.py vnc-mito --init em-membrane --arms guided --rounds 4
 """
 
 from __future__ import annotations
@@ -95,7 +96,12 @@ def train_round(which: str, images, painted, init, steps: int, seed: int):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", choices=["nuclei", "em"])
+    ap.add_argument("which", choices=sorted(SETS))
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="round 0 starts from this model (keep_prior by agreement, as the defaults); default: scratch",
+    )
     ap.add_argument("--arms", default="guided,random")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-round", type=int, default=6)
@@ -124,7 +130,7 @@ def main(argv=None):
         strokes, rows, init, model_path = (
             2 * len(images),
             [],
-            None,
+            args.init,
             args.dir / f"guidance_{args.which}_{arm}.safetensors",
         )
         for rnd in range(args.rounds + 1):

@@ -61,10 +61,19 @@ def test_closing_napari_mid_live_run(make_napari_viewer, qtbot):
     paint(labels, 0, 1, (0, 10, 0, 10))  # no hook left to fire into a closed widget
 
 
-def test_live_training_with_the_default_settings(em_viewer, qtbot):
+@pytest.mark.parametrize("shown", [False, True], ids=["hidden", "shown"])
+def test_live_training_with_the_default_settings(make_napari_viewer, qtbot, shown):
     """The Train widget as it opens (auto start: em-membrane, 316 px tiles) in live mode, strokes painted
-    while it trains: the event loop's longest pause and 99th percentile are reported, not asserted
-    (noisy machines); docs/user-guide.md quotes them."""
+    while it trains, until the preview has moved to them: the event loop's longest pause and 99th
+    percentile are reported, not asserted (noisy machines); docs/user-guide.md quotes them. The click
+    itself (it makes the preview layer: napari needs 0.2-0.4 s for a new layer) is reported apart.
+    ``shown``: the window on screen, so the canvas is drawn too (on this machine by software OpenGL,
+    Mesa llvmpipe under Xvfb: slower than any GPU a user's laptop draws with)."""
+    import time
+
+    em_viewer = make_napari_viewer(show=shown)
+    em_viewer.open_sample("napari-unet", "em")
+
     from napari_unet._widgets._workers import TORCH_WARM
 
     w = dock(em_viewer, "Train")
@@ -73,16 +82,57 @@ def test_live_training_with_the_default_settings(em_viewer, qtbot):
     labels = em_viewer.layers["EM labels"]
     z = labels.data.shape[0] - 1
     labels.data[z] = 0
+    em_viewer.dims.set_current_step(0, 0)
+    qtbot.wait(200)
+    # the click's answer: from the press until the canvas has drawn the new preview layer once
+    drawn = []
+    canvas = em_viewer.window._qt_viewer.canvas._scene_canvas
+    canvas.events.draw.connect(lambda e: drawn.append(time.perf_counter()))
+    t = time.perf_counter()
+    job = w._on_train()
+    assert job is not None
+    assert em_viewer.layers["prediction preview"].translate[0] == 0  # made at the click, on the slice shown
+    if shown:
+        qtbot.waitUntil(lambda: bool(drawn), timeout=10_000)
+    what = "until the canvas drew it" if shown else "window hidden"
+    record_gap(
+        f"pressing Train in live mode (makes the preview layer; {what})",
+        ((drawn or [time.perf_counter()])[0] - t) * 1000,
+        0,
+    )
     with GapMeter() as gap:
-        job = w._on_train()
-        assert job is not None
         qtbot.waitUntil(lambda: w.last_event is not None and w.last_event.step >= 2, timeout=180_000)
         em_viewer.dims.set_current_step(0, z)
         for k in range(4):  # four strokes, a second apart, as a user paints
             paint(labels, z, 1 + k % 2, (20 + 40 * k, 40 + 40 * k, 20, 200))
             qtbot.wait(1000)
         qtbot.waitUntil(lambda: bool(w.last_live), timeout=180_000)
+        # the preview follows the strokes to their slice: a preview update is part of the measured loop
+        qtbot.waitUntil(lambda: em_viewer.layers["prediction preview"].translate[0] == z, timeout=180_000)
         w._on_stop()
         qtbot.waitUntil(lambda: not job.running, timeout=180_000)
-    record_gap("live training (default settings)", gap.longest, gap.ticks, gap)
+    record_gap(
+        f"live training (default settings, window {'shown' if shown else 'hidden'})", gap.longest, gap.ticks, gap
+    )
     assert gap.ticks >= 3 and w.result is not None
+
+
+def test_painting_without_training_in_a_shown_window(make_napari_viewer, qtbot):
+    """The baseline for the shown-window numbers above: the same strokes, no training. What napari and
+    Qt cost on their own here (software OpenGL composes the whole window on every repaint)."""
+    em_viewer = make_napari_viewer(show=True)
+    em_viewer.open_sample("napari-unet", "em")
+    labels = em_viewer.layers["EM labels"]
+    z = labels.data.shape[0] - 1
+    labels.data[z] = 0
+    dock(em_viewer, "Train")
+    qtbot.wait(500)
+    with GapMeter() as gap:
+        qtbot.wait(1000)
+        em_viewer.dims.set_current_step(0, z)
+        for k in range(4):
+            paint(labels, z, 1 + k % 2, (20 + 40 * k, 40 + 40 * k, 20, 200))
+            qtbot.wait(1000)
+        qtbot.wait(4000)
+    record_gap("painting, no training (window shown)", gap.longest, gap.ticks, gap)
+    assert gap.ticks >= 3

@@ -42,7 +42,13 @@ def test_train_plots_loss_previews_and_keeps_gui_alive(em_viewer, qtbot, tmp_pat
     # the longest gap is reported in the closing note and docs/user-guide.md
     assert gap.ticks >= 3
     assert len(w.plot.steps) == 12 and np.all(np.isfinite(w.plot.losses))
-    assert len(w.plot.loss_line.get_xdata()) > 0  # the canvas got the points
+    # the canvas painted the curve: its pixels hold the loss colour
+    from napari_unet._widgets._plot import LOSS_COLOUR
+
+    img = w.plot.native.grab().toImage()
+    colours = {img.pixelColor(x, y).getRgb()[:3] for x in range(0, img.width(), 2) for y in range(img.height())}
+    assert len(w.plot.last_polyline) > 1
+    assert any(sum(abs(a - b) for a, b in zip(c, LOSS_COLOUR)) < 60 for c in colours)
     assert w.result.state.value == "done" and w.result.steps_done == 12
     pv = em_viewer.layers["prediction preview"]
     assert pv.data.shape == (1, 256, 256) and pv.translate[0] == 2

@@ -1,41 +1,72 @@
-"""A small loss / validation plot docked inside a widget (matplotlib's Qt canvas)."""
+"""A small loss / validation plot docked inside a widget, painted with QPainter.
+
+Why not matplotlib (which this plot used until stop 19): redrawing a matplotlib canvas costs 40-65 ms of
+the GUI thread on a busy 2-core CPU (most of it rendering tick labels), and a live run redraws every
+0.3-0.5 s, so napari's event loop stalled 40-65 ms twice a second: the live loop's measured pauses
+(tests/widgets/test_live_widget.py) were the plot's. Painting a polyline and six labels with QPainter
+takes about a millisecond.
+"""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ._workers import Throttle
+
+LOSS_COLOUR = (31, 119, 180)  # matplotlib's tab:blue and tab:orange, as before
+VAL_COLOUR = (255, 127, 14)
+
+
+def nice_ceiling(x: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= ``x`` (axis ends that grow in steps, not every point)."""
+    if x <= 0:
+        return 1.0
+    k = 10 ** math.floor(math.log10(x))
+    return next(m * k for m in (1, 2, 2.5, 5, 10) if m * k >= x * (1 - 1e-9))
+
+
+def column_means(xs: np.ndarray, ys: np.ndarray, n_cols: int, x_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``n_cols`` points: the mean loss per pixel column (a long run draws as many points as fit)."""
+    if len(xs) <= n_cols:
+        return xs, ys
+    col = np.minimum((xs / x_max * (n_cols - 1)).astype(np.int64), n_cols - 1)
+    count = np.bincount(col, minlength=n_cols)
+    keep = count > 0
+    return (
+        (np.bincount(col, weights=xs, minlength=n_cols)[keep] / count[keep]),
+        (np.bincount(col, weights=ys, minlength=n_cols)[keep] / count[keep]),
+    )
 
 
 class LossPlot:
-    """Training loss (left axis) and validation IoU (right axis) against the step.
+    """Training loss (left axis) and validation IoU (right axis, 0-1) against the step.
 
-    ``add_loss`` / ``add_val`` only store points; the canvas redraws at most
-    every ``interval`` seconds (``draw_idle``), so a fast run cannot flood the
-    GUI thread with redraws.
+    ``add_loss`` / ``add_val`` store points and ask Qt for a repaint at most every ``interval``
+    seconds; Qt merges repaints, and a paint costs about a millisecond however long the run.
     """
 
-    def __init__(self, interval: float = 0.3, height: int = 180):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+    def __init__(self, interval: float = 0.3, height: int = 150):
+        from qtpy.QtWidgets import QWidget
 
-        self.figure = Figure(figsize=(3.2, 1.8), dpi=80, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        plot = self
+
+        class _Canvas(QWidget):
+            def paintEvent(self, event):  # noqa: N802 (Qt's name)
+                plot._paint(self)
+
+        self.canvas = _Canvas()
         self.canvas.setMinimumHeight(height)
-        self.ax = self.figure.add_subplot(111)
-        self.ax.set_xlabel("step", fontsize=8)
-        self.ax.set_ylabel("loss", fontsize=8)
-        self.ax.tick_params(labelsize=7)
-        self.ax2 = self.ax.twinx()
-        self.ax2.set_ylabel("val IoU", fontsize=8, color="tab:orange")
-        self.ax2.tick_params(labelsize=7, colors="tab:orange")
-        self.ax2.set_ylim(0, 1)
-        (self.loss_line,) = self.ax.plot([], [], lw=1, color="tab:blue", label="loss")
-        (self.val_line,) = self.ax2.plot([], [], "o-", ms=3, lw=1, color="tab:orange", label="val IoU")
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.val_steps: list[int] = []
         self.vals: list[float] = []
         self._throttle = Throttle(interval)
-        self._laid_out = False
+        self._x_max = 1.0
+        self._y_range = (0.0, 1.0)
+        self.painted = 0  # paints done (tests)
+        self.last_polyline: np.ndarray = np.zeros((0, 2))  # the loss points of the last paint, in pixels
 
     @property
     def native(self):
@@ -43,6 +74,7 @@ class LossPlot:
 
     def clear(self) -> None:
         self.steps.clear(), self.losses.clear(), self.val_steps.clear(), self.vals.clear()
+        self._x_max, self._y_range = 1.0, (0.0, 1.0)
         self.redraw(force=True)
 
     def add_loss(self, step: int, loss: float) -> None:
@@ -56,17 +88,89 @@ class LossPlot:
         self.redraw(force=True)
 
     def redraw(self, force: bool = False) -> None:
-        if not self._throttle(force):
-            return
-        self.loss_line.set_data(self.steps, self.losses)
-        self.val_line.set_data(self.val_steps, self.vals)
-        if self.steps:
-            self.ax.set_xlim(0, max(self.steps[-1], 1))
-            lo, hi = min(self.losses), max(self.losses)
-            pad = 0.05 * (hi - lo or 1.0)
-            self.ax.set_ylim(max(0.0, lo - pad), hi + pad)
-        # constrained layout costs half of a draw (~35 of ~70 ms on a busy 2-core CPU, on the GUI
-        # thread): lay out on forced redraws (start, validation, end) and keep that layout between
-        self.figure.set_layout_engine("constrained" if force or not self._laid_out else "none")
-        self._laid_out = True
-        self.canvas.draw_idle()
+        if self._throttle(force):
+            self.canvas.update()  # a paint event, merged with any pending one
+
+    def _limits(self) -> tuple[float, tuple[float, float]]:
+        """x: 0 to a nice number past the last step; y: the finite losses' range, padded."""
+        last = max([*self.steps[-1:], *self.val_steps[-1:], 1])
+        if last > self._x_max:
+            self._x_max = nice_ceiling(last)
+        finite = [v for v in self.losses if math.isfinite(v)]
+        if finite:
+            lo, hi = min(finite), max(finite)
+            pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+            self._y_range = (max(0.0, lo - pad), hi + pad)
+        return self._x_max, self._y_range
+
+    def _paint(self, widget) -> None:
+        from qtpy.QtCore import QPointF, QRectF, Qt
+        from qtpy.QtGui import QColor, QFont, QPainter, QPen, QPolygonF
+
+        self.painted += 1
+        x_max, (y_lo, y_hi) = self._limits()
+        p = QPainter(widget)
+        try:
+            p.setRenderHint(QPainter.RenderHint.Antialiasing)
+            font = QFont(p.font())
+            font.setPointSizeF(7.5)
+            p.setFont(font)
+            fm = p.fontMetrics()
+            text = widget.palette().windowText().color()
+            w, h = widget.width(), widget.height()
+            left = fm.horizontalAdvance("0.0000") + 6
+            right = fm.horizontalAdvance("1.0") + 6
+            top, bottom = fm.height() // 2 + 2, fm.height() + 6
+            box = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
+            p.setPen(QPen(text, 1))
+            p.drawRect(box)
+            # axis labels: the ends of each axis (what a glance at a loss curve needs)
+            p.drawText(
+                QRectF(0, box.top() - fm.height() / 2, left - 3, fm.height()),
+                Qt.AlignmentFlag.AlignRight,
+                f"{y_hi:.3g}",
+            )
+            p.drawText(
+                QRectF(0, box.bottom() - fm.height() / 2, left - 3, fm.height()),
+                Qt.AlignmentFlag.AlignRight,
+                f"{y_lo:.3g}",
+            )
+            p.drawText(QRectF(box.left(), box.bottom() + 2, 60, fm.height()), Qt.AlignmentFlag.AlignLeft, "0")
+            p.drawText(
+                QRectF(box.right() - 120, box.bottom() + 2, 120, fm.height()),
+                Qt.AlignmentFlag.AlignRight,
+                f"step {int(x_max)}",
+            )
+            p.drawText(QRectF(box.left() + 4, box.top() + 1, 60, fm.height()), Qt.AlignmentFlag.AlignLeft, "loss")
+            orange = QColor(*VAL_COLOUR)
+            p.setPen(QPen(orange, 1))
+            p.drawText(QRectF(box.right() + 3, box.top() - fm.height() / 2, right, fm.height()), 0, "1")
+            p.drawText(QRectF(box.right() + 3, box.bottom() - fm.height() / 2, right, fm.height()), 0, "0")
+            if self.vals:
+                p.drawText(
+                    QRectF(box.right() - 84, box.top() + 1, 80, fm.height()), Qt.AlignmentFlag.AlignRight, "val IoU"
+                )
+
+            def to_px(xs, ys, lo, hi):
+                px = box.left() + np.asarray(xs, float) / x_max * box.width()
+                py = box.bottom() - (np.asarray(ys, float) - lo) / ((hi - lo) or 1.0) * box.height()
+                return np.stack([px, np.clip(py, box.top(), box.bottom())], axis=1)
+
+            xs, ys = np.asarray(self.steps, float), np.asarray(self.losses, float)
+            ok = np.isfinite(ys)
+            xs, ys = column_means(xs[ok], ys[ok], int(box.width()), x_max)
+            pts = to_px(xs, ys, y_lo, y_hi)
+            self.last_polyline = pts
+            if len(pts):
+                p.setPen(QPen(QColor(*LOSS_COLOUR), 1.2))
+                p.drawPolyline(QPolygonF([QPointF(float(a), float(b)) for a, b in pts]))
+            if self.vals:
+                vp = to_px(self.val_steps, self.vals, 0.0, 1.0)
+                p.setPen(QPen(orange, 1.2))
+                p.setBrush(orange)
+                if len(vp) > 1:
+                    p.drawPolyline(QPolygonF([QPointF(float(a), float(b)) for a, b in vp]))
+                for a, b in vp:
+                    p.drawEllipse(QPointF(float(a), float(b)), 2.0, 2.0)
+        finally:
+            p.end()
