@@ -158,7 +158,8 @@ def test_a_given_scale_is_kept_by_the_auto_start(big_nuclei, monkeypatch):
 
 
 def test_block_wise_prediction_runs_a_zoomed_model_at_scale_1_only_when_asked(tmp_path):
-    from napari_unet.core.blocks import iter_predict_blocks
+    pytest.importorskip("distributed")
+    from napari_unet.core.blocks import create_prediction, iter_predict_blocks
     from napari_unet.core.events import run
 
     model = load_model("nuclei")
@@ -170,6 +171,13 @@ def test_block_wise_prediction_runs_a_zoomed_model_at_scale_1_only_when_asked(tm
         run(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8)))
     out = run(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8), scale=1.0))
     np.testing.assert_array_equal(out, predict(model, image, output="labels"))
+    # the same on a cluster of its own (the widget's 'workers'): the scale reaches the inner call
+    with pytest.raises(ValueError, match="zooms images x0.50"):  # refused before any cluster starts
+        run(iter_predict_blocks(zoomed, image, str(tmp_path / "none.zarr"), workers=1, processes=False))
+    target = tmp_path / "pred.zarr"
+    create_prediction(target, zoomed, (96, 96), chunks=(48, 48))
+    on_cluster = run(iter_predict_blocks(zoomed, image, str(target), scale=1.0, workers=1, processes=False))
+    np.testing.assert_array_equal(np.asarray(on_cluster[...]), out)
 
 
 def test_an_explicit_min_size_is_in_the_images_pixels(big_nuclei):

@@ -345,7 +345,22 @@ def iter_predict_blocks(
     scale : float, optional
         The zoom to predict at (None: the model's own, :func:`~.scale.model_scale`); only 1 works block-wise.
     """
-    if client is None and workers:
+    if output not in BLOCK_OUTPUTS:
+        raise ValueError(
+            f"block-wise prediction writes {' or '.join(BLOCK_OUTPUTS)}, not {output!r}: instances need whole "
+            "planes; predict labels, then make instances per slice (docs/scaling.md)"
+        )
+    from .scale import model_scale
+
+    zoom = model_scale(model) if scale is None else float(scale)
+    if zoom != 1.0:  # blocks are cut on the image's grid; a zoomed model needs whole planes
+        raise ValueError(
+            f"this model zooms images x{zoom:.2f} (core/scale.py); block-wise prediction runs at the "
+            "image's own scale: predict plane by plane (iter_predict) instead, or at scale 1"
+        )
+    if prob_dtype not in PROB_DTYPES:
+        raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {prob_dtype!r}")
+    if client is None and workers:  # a cluster of our own, checked first: the same call on it
         own = local_cluster(workers, processes=processes)
         try:
             return (
@@ -366,27 +381,13 @@ def iter_predict_blocks(
                     threads=threads or default_threads(workers),
                     in_flight=in_flight,
                     retries=retries,
+                    scale=scale,
                 )
             )
         finally:
             cluster = own.cluster
             own.close()
             cluster.close()
-    if output not in BLOCK_OUTPUTS:
-        raise ValueError(
-            f"block-wise prediction writes {' or '.join(BLOCK_OUTPUTS)}, not {output!r}: instances need whole "
-            "planes; predict labels, then make instances per slice (docs/scaling.md)"
-        )
-    from .scale import model_scale
-
-    zoom = model_scale(model) if scale is None else float(scale)
-    if zoom != 1.0:  # blocks are cut on the image's grid; a zoomed model needs whole planes
-        raise ValueError(
-            f"this model zooms images x{zoom:.2f} (core/scale.py); block-wise prediction runs at the "
-            "image's own scale: predict plane by plane (iter_predict) instead, or at scale 1"
-        )
-    if prob_dtype not in PROB_DTYPES:
-        raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {prob_dtype!r}")
     _, n_z, (H, W), is_stack = as_stack(image, channel_axis, model.config.in_channels)
     spatial = (n_z, H, W) if is_stack else (H, W)
     probs = output == "probabilities"
@@ -400,7 +401,7 @@ def iter_predict_blocks(
         have = getattr(arr, "chunks", None)
         chunks = tuple(have[1:] if probs else have) if have is not None else output_chunks(spatial, None)
     blocks = plan_blocks(spatial, tuple(chunks))
-    settings = BlockSettings(output, channel_axis, tile_out, str(device), precision, prob_dtype, tta, threads)
+    why = ""
     if precision == "auto":
         from .tiling import choose_precision
 
@@ -409,9 +410,7 @@ def iter_predict_blocks(
             precision, why = choose_precision(model, image, **kw)
         else:  # the workers' CPUs decide, not this one's
             precision, why = client.submit(choose_precision, model, image, pure=False, **kw).result()
-        settings = BlockSettings(output, channel_axis, tile_out, str(device), precision, prob_dtype, tta, threads)
-    else:
-        why = ""
+    settings = BlockSettings(output, channel_axis, tile_out, str(device), precision, prob_dtype, tta, threads)
     todo = [b for b in blocks if not _done(arr, b, is_stack, probs)]
     skipped = len(blocks) - len(todo)
     total = len(blocks)
