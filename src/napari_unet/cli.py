@@ -82,18 +82,22 @@ def _parse_slices(text: str | None, n: int) -> list[int] | None:
     return sorted(out)
 
 
-def _read(path: str, what: str):
+def _read_with_meta(path: str, what: str):
+    """(pixels, ImageMeta) of a TIFF or a folder of TIFF slices; a missing file is a one-line error."""
     from .core.io import read_image
 
     try:
-        arr, _meta = read_image(path)
+        return read_image(path)
     except FileNotFoundError:
         raise SystemExit(f"error: {what} {path} does not exist") from None
-    return arr
+
+
+def _read(path: str, what: str):
+    return _read_with_meta(path, what)[0]
 
 
 def _read_image(path: str, args):
-    """The pixels of image ``path`` and their channel axis: -1 (moved last, a view) or None.
+    """The pixels of image ``path``, their channel axis (-1: moved last, a view; or None) and the file's ImageMeta.
 
     The channel axis is the file's own (tifffile's C or S axis, e.g. ImageJ/OME channels, RGB, planar
     RGB), or ``--channel-axis`` (``none``: the file's C axis is slices); ``--channel K`` keeps one channel.
@@ -116,12 +120,12 @@ def _read_image(path: str, args):
                 f"--channel {args.channel}: {path} (shape {tuple(arr.shape)}, axes {meta.axes}) declares no "
                 "channel axis; say which axis holds the channels with --channel-axis"
             )
-        return _pick(arr, ch, args.channel), None
+        return _pick(arr, ch, args.channel), None, meta
     if ch is not None and arr.shape[ch] == 1:
-        return _pick(arr, ch, 0), None
+        return _pick(arr, ch, 0), None, meta
     if hasattr(arr, "take") and type(arr).__name__ == "ZarrView":
-        return arr, (None if ch is None else ch % arr.ndim)  # lazy: the channel axis stays where it is
-    return channels_last(arr, ch), (None if ch is None else -1)
+        return arr, (None if ch is None else ch % arr.ndim), meta  # lazy: the channel axis stays where it is
+    return channels_last(arr, ch), (None if ch is None else -1), meta
 
 
 def _pick(arr, ch, k):
@@ -137,15 +141,9 @@ def _pick(arr, ch, k):
 
 def _open_image(path: str):
     """(pixels, ImageMeta) of a TIFF, a folder of TIFF slices or an OME-Zarr image (lazily)."""
-    from .core.io import read_image
     from .core.ngff import is_ome_zarr, read_ome_zarr
 
-    if is_ome_zarr(path):
-        return read_ome_zarr(path)
-    try:
-        return read_image(path)
-    except FileNotFoundError:
-        raise SystemExit(f"error: image {path} does not exist") from None
+    return read_ome_zarr(path) if is_ome_zarr(path) else _read_with_meta(path, "image")
 
 
 def _channel_axis_arg(text: str):
@@ -294,7 +292,7 @@ def cmd_train(args) -> int:
     _check_output(args.output, ".safetensors")
     images, labels, channels, axes = [], [], set(), set()
     for ip, lp in zip(args.images, args.labels):
-        (im, ch), lab = _read_image(ip, args), _read(lp, "labels")
+        (im, ch, _), lab = _read_image(ip, args), _read(lp, "labels")
         check_shapes(im, lab, channel_axis=ch, name=f"{lp} on {ip}")  # before --slices, which would hide a mismatch
         channels.add(1 if ch is None else im.shape[ch])
         axes.add(None if ch is None else ch % im.ndim - im.ndim)  # counted from the end: 2D and stacks alike
@@ -481,14 +479,39 @@ def _sha256(path) -> str:
     return h.hexdigest()[:16]
 
 
+def _predict_tiles(args, model, image, ch, out=None):
+    """``args.kind`` of ``image`` by overlap-tile prediction (into ``out`` if given), with the tile bar."""
+    from .core.events import run
+    from .core.tiling import iter_predict
+
+    bar = _TileBar(args.quiet)
+    try:
+        return run(
+            iter_predict(
+                model,
+                image,
+                channel_axis=ch,
+                output=args.kind,
+                out=out,
+                tile_out=args.tile_out,
+                tta=args.tta,
+                device=args.device,
+                min_size=args.min_size,
+                precision=args.precision,
+                scale=args.scale,
+            ),
+            bar,
+        )
+    finally:
+        bar.close()
+
+
 def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
     """Predict into an OME-Zarr image at ``target``, block by block (resumable), here or on dask."""
     from .core.blocks import create_prediction, default_threads, iter_predict_blocks, output_chunks
     from .core.checkpoint import resolve_model_path
-    from .core.events import run
     from .core.ngff import ome_version
     from .core.planes import as_stack
-    from .core.tiling import iter_predict
 
     if args.slices:
         raise SystemExit("error: --slices writes TIFFs only; a .zarr output takes the whole volume (a rerun resumes)")
@@ -534,26 +557,7 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
         provenance=provenance,
     )
     if args.kind == "instances":
-        bar = _TileBar(args.quiet)
-        try:
-            run(
-                iter_predict(
-                    model,
-                    image,
-                    channel_axis=ch,
-                    output="instances",
-                    out=out,
-                    tile_out=args.tile_out,
-                    tta=args.tta,
-                    device=args.device,
-                    min_size=args.min_size,
-                    precision=args.precision,
-                    scale=args.scale,
-                ),
-                bar,
-            )
-        finally:
-            bar.close()
+        _predict_tiles(args, model, image, ch, out=out)
         print(f"wrote {target} (instances, shape {tuple(out.shape)})")
         return 0
     client = _client(args)
@@ -615,10 +619,8 @@ def cmd_predict(args) -> int:
     import numpy as np
 
     from .core.checkpoint import load_model, resolve_model_path
-    from .core.events import run
     from .core.io import write_labels
     from .core.ngff import is_ome_zarr
-    from .core.tiling import iter_predict
 
     image_is_zarr = is_ome_zarr(args.image)
     target = _zarr_target(args, image_is_zarr)
@@ -647,9 +649,9 @@ def cmd_predict(args) -> int:
     if (args.workers or args.scheduler) and target is None:
         raise SystemExit("error: --workers/--scheduler write an OME-Zarr: give -o out.zarr (or an OME-Zarr input)")
     model = load_model(args.model)
-    image, ch = _read_image(args.image, args)
+    image, ch, meta = _read_image(args.image, args)
     if target is not None:
-        return _predict_zarr(args, model, image, _open_image(args.image)[1], ch, target)
+        return _predict_zarr(args, model, image, meta, ch, target)
     slices = _parse_slices(args.slices, _n_slices(image, ch))
     if slices is not None:
         image = _select(image, slices, ch)
@@ -659,26 +661,11 @@ def cmd_predict(args) -> int:
         args.precision, why = choose_precision(model, image, device=args.device, channel_axis=ch)
         if not args.quiet:
             print(f"precision {args.precision}: {why}", file=sys.stderr)
-    gen = iter_predict(
-        model,
-        image,
-        channel_axis=ch,
-        output=args.kind,
-        tile_out=args.tile_out,
-        tta=args.tta,
-        device=args.device,
-        min_size=args.min_size,
-        precision=args.precision,
-        scale=args.scale,
-    )
-    bar = _TileBar(args.quiet)
     try:
-        result = run(gen, bar)
+        result = _predict_tiles(args, model, image, ch)
     except KeyboardInterrupt:
         print("\ncancelled: nothing was written", file=sys.stderr)
         return 130
-    finally:
-        bar.close()
     out = Path(args.output)
     if args.kind in ("probabilities", "uncertainty"):
         import tifffile
@@ -713,7 +700,7 @@ def cmd_evaluate(args) -> int:
         _refuse_overwrite(args.json, [args.images, args.labels, args.model], "input", opt="--json")
         _check_output(args.json, opt="--json")
     model = load_model(args.model)
-    image, ch = _read_image(args.images, args)
+    image, ch, _ = _read_image(args.images, args)
     truth = np.asarray(_read(args.labels, "labels"))
     # before --slices, which would hide a mismatch
     check_shapes(image, truth, channel_axis=ch, name=f"the ground truth {args.labels} on {args.images}")
