@@ -18,9 +18,9 @@ def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Ten
     :data:`.labels.ANY_OBJECT` pixels (part of a partly painted object) cost -log(p_interior + p_border).
     """
     any_obj = target == ANY_OBJECT
-    ce = F.cross_entropy(logits.float(), torch.where(any_obj, 1, target).clamp_min(0), reduction="none")
+    logp = F.log_softmax(logits.float(), dim=1)  # once: cross_entropy is nll_loss of it
+    ce = F.nll_loss(logp, torch.where(any_obj, 1, target).clamp_min(0), reduction="none")
     if bool(any_obj.any()):
-        logp = F.log_softmax(logits.float(), dim=1)
         ce = torch.where(any_obj, -torch.logsumexp(logp[:, 1:], dim=1), ce)
     ann = target != IGNORE
     n = ann.sum().clamp_min(1)

@@ -242,13 +242,22 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
 
 
 def score_candidate(
-    name: str, slices, label_mode: str, n_classes: int, signature: dict, *, device="cpu", scale: float | None = None
+    name: str,
+    slices,
+    label_mode: str,
+    n_classes: int,
+    signature: dict,
+    *,
+    device="cpu",
+    scale: float | None = None,
+    model=None,
 ):
     """A :class:`Candidate` for model ``name`` on the prepared ``slices`` (``scale``: the zoom asked for, else
-    the one of :data:`.scale.SCALES` around the model's own at which it agrees best)."""
+    the one of :data:`.scale.SCALES` around the model's own at which it agrees best; ``model``: ``name``
+    already loaded)."""
     from .checkpoint import load_model
 
-    model = load_model(name)
+    model = load_model(name) if model is None else model
     model_domain = (model.info.training or {}).get("domain")
     sim = domain_similarity(signature, model_domain)
     if model.config.in_channels != slices[0].image.shape[0]:
@@ -258,15 +267,13 @@ def score_candidate(
         return Candidate(name, None, sim, "other classes")
     # the magnification: the zoom at which the model agrees best on a small part of the strokes
     own = model_scale(model) if scale is None else scale
-    tried = (
-        [own]
-        if scale is not None
-        else sorted({own, *(own * z for z in SCALES if SCALE_RANGE[0] <= own * z <= SCALE_RANGE[1])})
-    )
-    quick = {
-        z: agreement(model, slices, label_mode, device=device, scale=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
-    }
-    zoom = pick_scale(quick, default=own)
+    zoom = own
+    if scale is None:
+        tried = sorted({own, *(own * z for z in SCALES if SCALE_RANGE[0] <= own * z <= SCALE_RANGE[1])})
+        quick = {
+            z: agreement(model, slices, label_mode, device=device, scale=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
+        }
+        zoom = pick_scale(quick, default=own)
     agree, per_class = agreement(model, slices, label_mode, device=device, scale=zoom)
     if zoom != own and prior_weight(min(per_class.values()) if per_class else None) == 0:
         # a model that contradicts the strokes at every zoom says nothing about their scale: its own

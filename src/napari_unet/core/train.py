@@ -746,17 +746,17 @@ def _take_strokes(updates, pairs, slices, val, config, n_classes, in_channels, c
         if not 0 <= i < len(pairs):
             continue
         plane = plane_at(pairs[i][0], z, channel_axis)  # (C, H, W), wherever the channel axis is
+        where = (i, 0 if z is None else int(z))
         try:
-            new = prepare_slices([(plane, np.asarray(lab))], config, n_classes, in_channels, 0, weights=False)
+            new = prepare_slices([(plane, np.asarray(lab))], config, n_classes, in_channels, 0)
         except ValueError as e:  # nothing left painted there, or a class the model does not have
             if "nothing is annotated" not in str(e):
                 skipped.append(f"slice {z}: {e}")
             new = []
         for s in new:
-            s.where = (i, 0 if z is None else int(z))
-        sampling.weigh(new, config)
+            s.where = where
         for group in (val, slices):
-            old = [k for k, s in enumerate(group) if s.where == (i, 0 if z is None else int(z))]
+            old = [k for k, s in enumerate(group) if s.where == where]
             if old:
                 if new:
                     group[old[0]] = new[0]
@@ -790,8 +790,8 @@ def _n_classes(config: TrainConfig, pairs) -> int:
 
 def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) -> start.StartChoice:
     """init='auto': score every candidate start on the painted pixels (no training) and pick one."""
-    for name in config.candidates:  # a broken file of the user's is reported before the shipped models are scored
-        load_model(name)
+    # a broken file of the user's is reported before the shipped models are scored (and each file is read once)
+    loaded = {name: load_model(name) for name in config.candidates}
     # agreement collapses a border class into its object; the slices as painted (each candidate zooms them)
     quick = replace(config, border_class=False, scale=None)
     n_classes = _n_classes(quick, pairs)
@@ -802,7 +802,11 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
         if name == start.SCRATCH:
             scored.append(start.Candidate(name))
             continue
-        scored.append(start.score_candidate(name, slices, config.label_mode, n_classes, signature, scale=config.scale))
+        scored.append(
+            start.score_candidate(
+                name, slices, config.label_mode, n_classes, signature, scale=config.scale, model=loaded.get(name)
+            )
+        )
     return start.choose(scored)
 
 
