@@ -44,7 +44,7 @@ class AnnotateWidget(Container):
 
         layer = self.image.value
         try:
-            check_image_layer(layer, colour=True)  # an RGB image's colours are channels for a model
+            check_image_layer(layer)  # an RGB image's colours are channels for a model
         except ValueError as e:
             show_error(str(e))
             return None

@@ -90,16 +90,11 @@ def follow_layers(viewer, container) -> None:
     container.native.destroyed.connect(lambda *_: disconnect())
 
 
-def check_image_layer(layer, what: str = "image", *, colour: bool = False) -> None:
-    """Raise ValueError (user-facing) unless ``layer`` is a grey 2D image or a (Z, Y, X) stack
-    (or, with ``colour``, an RGB one: its colours are channels for a model)."""
+def check_image_layer(layer, what: str = "image") -> None:
+    """Raise ValueError (user-facing) unless ``layer`` is a 2D image or a (Z, Y, X) stack, grey or RGB
+    (an RGB image's colours are channels for a model)."""
     if layer is None:
         raise ValueError(f"no {what} layer chosen: open an image (File > Open, or File > Open Sample > U-Net Segment)")
-    if getattr(layer, "rgb", False) and not colour:
-        raise ValueError(
-            f"{layer.name!r} is an RGB image; U-Net Segment works on grey images. Convert it first "
-            "(right-click the layer > Split RGB, then use one channel)"
-        )
     if getattr(layer, "multiscale", False):
         raise ValueError(
             f"{layer.name!r} is a multiscale (pyramid) image; open its full-resolution level as a plain layer"

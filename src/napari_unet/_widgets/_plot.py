@@ -63,8 +63,6 @@ class LossPlot:
         self.val_steps: list[int] = []
         self.vals: list[float] = []
         self._throttle = Throttle(interval)
-        self._x_max = 1.0
-        self._y_range = (0.0, 1.0)
         self.painted = 0  # paints done (tests)
         self.last_polyline: np.ndarray = np.zeros((0, 2))  # the loss points of the last paint, in pixels
 
@@ -74,7 +72,6 @@ class LossPlot:
 
     def clear(self) -> None:
         self.steps.clear(), self.losses.clear(), self.val_steps.clear(), self.vals.clear()
-        self._x_max, self._y_range = 1.0, (0.0, 1.0)
         self.redraw(force=True)
 
     def add_loss(self, step: int, loss: float) -> None:
@@ -91,24 +88,24 @@ class LossPlot:
         if self._throttle(force):
             self.canvas.update()  # a paint event, merged with any pending one
 
-    def _limits(self) -> tuple[float, tuple[float, float]]:
-        """x: 0 to a nice number past the last step; y: the finite losses' range, padded."""
-        last = max([*self.steps[-1:], *self.val_steps[-1:], 1])
-        if last > self._x_max:
-            self._x_max = nice_ceiling(last)
-        finite = [v for v in self.losses if math.isfinite(v)]
-        if finite:
-            lo, hi = min(finite), max(finite)
-            pad = 0.05 * (hi - lo or abs(hi) or 1.0)
-            self._y_range = (max(0.0, lo - pad), hi + pad)
-        return self._x_max, self._y_range
+    def _limits(self, finite: np.ndarray) -> tuple[float, tuple[float, float]]:
+        """x: 0 to a nice number past the last step; y: the range of the ``finite`` losses, padded."""
+        x_max = nice_ceiling(max([*self.steps[-1:], *self.val_steps[-1:], 1]))
+        if not len(finite):
+            return x_max, (0.0, 1.0)
+        lo, hi = float(finite.min()), float(finite.max())
+        pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+        return x_max, (max(0.0, lo - pad), hi + pad)
 
     def _paint(self, widget) -> None:
         from qtpy.QtCore import QPointF, QRectF, Qt
         from qtpy.QtGui import QColor, QFont, QPainter, QPen, QPolygonF
 
         self.painted += 1
-        x_max, (y_lo, y_hi) = self._limits()
+        xs, ys = np.asarray(self.steps, float), np.asarray(self.losses, float)
+        ok = np.isfinite(ys)
+        xs, ys = xs[ok], ys[ok]
+        x_max, (y_lo, y_hi) = self._limits(ys)
         p = QPainter(widget)
         try:
             p.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -156,9 +153,7 @@ class LossPlot:
                 py = box.bottom() - (np.asarray(ys, float) - lo) / ((hi - lo) or 1.0) * box.height()
                 return np.stack([px, np.clip(py, box.top(), box.bottom())], axis=1)
 
-            xs, ys = np.asarray(self.steps, float), np.asarray(self.losses, float)
-            ok = np.isfinite(ys)
-            xs, ys = column_means(xs[ok], ys[ok], int(box.width()), x_max)
+            xs, ys = column_means(xs, ys, int(box.width()), x_max)
             pts = to_px(xs, ys, y_lo, y_hi)
             self.last_polyline = pts
             if len(pts):

@@ -191,7 +191,7 @@ class PredictWidget(JobWidget, Container):
             return None
         layer = self.image.value
         try:
-            check_image_layer(layer, colour=True)
+            check_image_layer(layer)
             model = self.load()
             want, have = model.config.in_channels, n_channels(layer, self.channels.value)
             if want != have:
@@ -255,7 +255,7 @@ class PredictWidget(JobWidget, Container):
             total=0,
             desc="U-Net prediction",
             status="predicting…",
-            yielded=self._on_tile,
+            yielded=self._on_progress,
             returned=self._on_result,
             errored=self._on_error,
             aborted=self._on_aborted,
@@ -356,26 +356,11 @@ class PredictWidget(JobWidget, Container):
             total=0,
             desc="U-Net prediction (blocks)",
             status=f"predicting into {target}…",
-            yielded=self._on_block,
+            yielded=self._on_progress,
             returned=self._on_result,
             errored=self._on_error,
             aborted=self._on_aborted,
         )
-
-    def _on_block(self, ev):
-        if self._closed:
-            return
-        self.done, self.total = ev.done, ev.total
-        if ev.kind == "start" and ev.skipped:
-            self.status.value = f"resuming: {ev.skipped} of {ev.total} blocks already written"
-        elif self._refresh(force=ev.done == ev.total):
-            self.status.value = f"{ev.done} of {ev.total} blocks"
-        if self.progress is not None:
-            if self.progress.total != ev.total:
-                self.progress.total = ev.total
-            self.progress.update(ev.done - self.progress.n)
-        if ev.kind == "block" and self.layer is not None and self.layer in self.viewer.layers:
-            self.layer.refresh()
 
     def _output_layer(self, image, output: str, out, model, zarr_path: Path | None = None):
         """A fresh layer whose data IS ``out`` (the worker writes, the GUI thread refreshes)."""
@@ -418,20 +403,23 @@ class PredictWidget(JobWidget, Container):
             )
         return self.viewer.add_labels(out, opacity=0.6, **kw)
 
-    def _on_tile(self, ev):
+    def _on_progress(self, ev):
+        """A TileEvent or a BlockEvent (GUI thread): status, progress bar, and a throttled layer refresh."""
         if self._closed:
             return
         # status first: the progress bar and refresh below may process queued
         # events (the returned/finished slots) before they return
         self.done, self.total = ev.done, ev.total
-        refresh = ev.kind == "slice" or self._refresh()
-        if refresh:
-            self.status.value = f"{ev.done} of {ev.total} tiles"
+        refresh = ev.kind == "slice" or self._refresh(force=ev.kind == "block" and ev.done == ev.total)
+        if ev.kind == "start" and ev.skipped:
+            self.status.value = f"resuming: {ev.skipped} of {ev.total} blocks already written"
+        elif refresh:
+            self.status.value = f"{ev.done} of {ev.total} {self._unit}"
         if self.progress is not None:
             if self.progress.total != ev.total:
                 self.progress.total = ev.total
             self.progress.update(ev.done - self.progress.n)
-        if refresh and self.layer is not None and self.layer in self.viewer.layers:
+        if refresh and ev.kind != "start" and self.layer is not None and self.layer in self.viewer.layers:
             self.layer.refresh()
 
     def _on_result(self, out):
@@ -525,7 +513,7 @@ class PredictWidget(JobWidget, Container):
         if nothing and not self._closed and self.layer in self.viewer.layers:
             self.viewer.layers.remove(self.layer)
             self.layer = None
-        kept = "" if nothing else f" ({self.done} of {self.total} tiles kept)"
+        kept = "" if nothing else f" ({self.done} of {self.total} {self._unit} kept)"
         show_error(f"prediction failed: {error_text(exc)}{kept}")
         if not self._closed:
             self.status.value = f"failed: {error_text(exc)}{kept}"

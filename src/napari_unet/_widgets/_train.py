@@ -23,6 +23,7 @@ from ._layers import (
     channel_select,
     check_image_layer,
     current_index,
+    current_plane,
     follow_layers,
     layer_choices,
     layer_pixels,
@@ -68,6 +69,8 @@ class PairRow(Container):
 
 class TrainWidget(JobWidget, Container):
     """Pick image/labels pairs, a starting model and a few settings; train; watch; stop; save."""
+
+    _unhook_strokes = None  # live mode: disconnects the stroke hooks (set by _watch_strokes)
 
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
@@ -276,10 +279,14 @@ class TrainWidget(JobWidget, Container):
         if len(self.pairs) > 1:
             self.pairs_box.remove(self.pairs.pop())
 
-    def _on_close(self):
-        if getattr(self, "_unhook_strokes", None) is not None:  # live mode: no stroke reaches a closed widget
+    def _stop_watching(self):
+        """Live mode: no stroke reaches the run (or a closed widget) any more."""
+        if self._unhook_strokes is not None:
             self._unhook_strokes()
             self._unhook_strokes = None
+
+    def _on_close(self):
+        self._stop_watching()
         _state.events.weights_changed.disconnect(self._on_weights_changed)
 
     def _on_weights_changed(self, w0: float, sigma: float):
@@ -398,7 +405,7 @@ class TrainWidget(JobWidget, Container):
             where = f"pair {i + 1}" if len(self.pairs) > 1 else "training pair"
             if img is None or lab is None:
                 raise ValueError(f"{where}: choose an image and its painted labels (Annotate > New training labels)")
-            check_image_layer(img, colour=True)
+            check_image_layer(img)
             # copies: the user keeps painting while the worker reads them
             image, ch = layer_pixels(img, row.channels.value, copy=True)
             label = np.array(lab.data)
@@ -657,8 +664,7 @@ class TrainWidget(JobWidget, Container):
         if image is None:
             show_warning("choose the first pair's image: a slice of it is the package's test image")
             return None
-        idx = current_index(self.viewer, image)
-        data = np.asarray(image.data[idx[0]] if idx else image.data)
+        data, _ = current_plane(self.viewer, image)
         if data.ndim != 2:
             show_error(f"the package's test image must be a grey 2D slice; {image.name!r} gives shape {data.shape}")
             return None
@@ -695,7 +701,7 @@ class TrainWidget(JobWidget, Container):
             bioimageio.export_package,
             model,
             Path(path),
-            sample=data.copy(),
+            sample=data,
             authors=[getpass.getuser() or "napari-unet user"],
             _start_thread=False,
         )
@@ -705,9 +711,8 @@ class TrainWidget(JobWidget, Container):
         return worker
 
     def _set_running(self, running: bool):
-        if not running and getattr(self, "_unhook_strokes", None) is not None:
-            self._unhook_strokes()
-            self._unhook_strokes = None
+        if not running:
+            self._stop_watching()
         self.train_button.enabled = not running
         self.stop_button.enabled = running
         self.save_button.enabled = (not running) and self.result is not None
