@@ -37,9 +37,9 @@ import torch
 
 from .device import autocast_dtype, memory_format, resolve_device
 from .events import BlockEvent
-from .intensity import plane_range, scale_intensity
-from .planes import as_stack
-from .tiling import _DIHEDRAL, auto_tile_out, forward_tiles, plan_tiles, tile_context
+from .intensity import fixed_range, model_normalization, plane_range, scale_intensity
+from .planes import as_stack, plane_at
+from .tiling import _DIHEDRAL, auto_tile_out, check_plane, forward_tiles, plan_tiles, tile_context
 
 __all__ = ["Block", "BlockSettings", "iter_predict_blocks", "plan_blocks", "plane_ranges", "predict_block"]
 
@@ -96,23 +96,10 @@ def _reflect(idx: np.ndarray, n: int, symmetric: bool) -> np.ndarray:
     return np.where(j >= n, 2 * n - 2 - j, j)
 
 
-def _read_window(image, z: int | None, rows: slice, cols: slice, channel_axis: int | None) -> np.ndarray:
-    """(C, h, w) of plane ``z`` (None: a 2D image) in ``rows`` x ``cols``; reads only that box."""
-    idx: list = ([] if z is None else [z]) + [rows, cols]
-    if channel_axis is None:
-        return np.asarray(image[tuple(idx)])[None]
-    ndim = len(image.shape)
-    ca = channel_axis % ndim
-    idx.insert(ca, slice(None))
-    win = np.asarray(image[tuple(idx)])
-    pos = ca if z is None else (0 if ca == 0 else ca - 1)  # an int z removed the axis before the channels
-    return np.moveaxis(win, pos, 0)
-
-
 def plane_ranges(model, image, zs: Sequence[int], channel_axis: int | None = None) -> list[tuple[float, float]]:
     """Each plane's normalisation range, exactly as :func:`~.tiling.iter_predict` computes it."""
     getter = as_stack(image, channel_axis, model.config.in_channels)[0]
-    norm = getattr(getattr(model, "info", None), "normalization", None) or {}
+    norm = model_normalization(model)
     return [plane_range(getter(z), norm) for z in zs]
 
 
@@ -153,9 +140,8 @@ def predict_block(model, image, block: Block, ranges, settings: BlockSettings) -
     res = np.zeros((C, nz, ry, rx), np.float32) if probs else np.zeros((nz, ry, rx), np.uint8 if C < 256 else np.uint16)
     try:
         for k, z in enumerate(range(*block.z)):
-            raw = _read_window(image, z if is_stack else None, slice(r0, r1), slice(c0, c1), settings.channel_axis)
-            if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
-                raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
+            raw = plane_at(image, z if is_stack else None, settings.channel_axis, slice(r0, r1), slice(c0, c1))
+            check_plane(raw, z)
             window = raw[:, rows - r0][:, :, cols - c0]
             lo, hi = ranges[z]
             plane = scale_intensity(window, lo, hi)
@@ -360,6 +346,7 @@ def iter_predict_blocks(
         )
     if prob_dtype not in PROB_DTYPES:
         raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {prob_dtype!r}")
+    fixed = fixed_range(normalize)  # None: each plane's own range
     if client is None and workers:  # a cluster of our own, checked first: the same call on it
         own = local_cluster(workers, processes=processes)
         try:
@@ -422,10 +409,9 @@ def iter_predict_blocks(
     zs = sorted({z for b in todo for z in range(*b.z)})
 
     if client is None:
-        if normalize is True:
+        if fixed is None:
             ranges = dict(zip(zs, plane_ranges(model, image, zs, channel_axis)))
         else:
-            fixed = (0.0, 1.0) if normalize is False else tuple(map(float, normalize))
             ranges = {z: fixed for z in zs}
         done = skipped
         for b in todo:
@@ -441,7 +427,7 @@ def iter_predict_blocks(
         out,
         todo,
         zs,
-        normalize,
+        fixed,
         channel_axis,
         settings,
         is_stack,
@@ -454,7 +440,7 @@ def iter_predict_blocks(
 
 
 def _distributed(
-    client, model, image, out, todo, zs, normalize, channel_axis, settings, is_stack, skipped, total, in_flight, retries
+    client, model, image, out, todo, zs, fixed, channel_axis, settings, is_stack, skipped, total, in_flight, retries
 ):
     from distributed import as_completed
 
@@ -469,14 +455,13 @@ def _distributed(
     image_arg = image if _picklable_by_path(image) else client.scatter(image, broadcast=True, hash=False)
     # once per worker; eval mode before it leaves: threads of one worker share the object
     model_arg = client.scatter(_eval_copy(model), broadcast=True, hash=False)
-    if normalize is True:
+    if fixed is None:  # each plane's own range, computed where the image is
         futs = [
             client.submit(_plane_range_task, model_arg, image_arg, z, channel_axis, pure=False, retries=retries)
             for z in zs
         ]
         ranges = dict(zip(zs, client.gather(futs)))
     else:
-        fixed = (0.0, 1.0) if normalize is False else tuple(map(float, normalize))
         ranges = {z: fixed for z in zs}
     limit = in_flight or 3 * n_workers
     out_arg = str(out)

@@ -80,8 +80,7 @@ def percentiles(
     if int(np.prod(np.shape(image))) == 0:
         raise ValueError("cannot normalise an empty image (no pixels)")
     sample = _sample_for_percentiles(image, max_samples)
-    if sample.dtype.kind not in "biuf":
-        raise ValueError(_not_real(sample.dtype))
+    check_real(sample.dtype)
     _check_finite(sample)
     lo, hi = np.percentile(sample.astype(np.float64, copy=False).ravel(), [low, high])
     return float(lo), float(hi)
@@ -119,8 +118,7 @@ def normalize(
         NaN or inf in the image, or a non-numeric image.
     """
     arr = np.asarray(image)
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(_not_real(arr.dtype))
+    check_real(arr.dtype)
     _check_finite(arr)
     if lo_hi is None:
         lo, hi = percentiles(arr, low, high)
@@ -139,6 +137,24 @@ def scale_intensity(plane, lo: float, hi: float, *, eps: float = 0.0) -> np.ndar
     out = np.asarray(plane).astype(np.float32, copy=False)
     scale = 1.0 / (hi - lo) if hi - lo > eps else 1.0
     return (out - np.float32(lo)) * np.float32(scale)
+
+
+def model_normalization(model) -> dict:
+    """The normalisation ``model`` stores (its ``info.normalization``; {} = napari-unet's default)."""
+    return getattr(getattr(model, "info", None), "normalization", None) or {}
+
+
+def fixed_range(normalize) -> tuple[float, float] | None:
+    """A prediction's ``normalize`` argument as one (lo, hi) for every plane, or None (True: each plane's own
+    range, :func:`plane_range`). False / None: the image as it is, (0, 1)."""
+    if normalize is True:
+        return None
+    if normalize is False or normalize is None:
+        return 0.0, 1.0
+    lo, hi = map(float, normalize)
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN in, NaN logits out: labels from nothing
+        raise ValueError(f"normalize must be True, False or a finite (lo, hi) intensity range, got {normalize}")
+    return lo, hi
 
 
 def plane_range(plane, norm: dict | None = None) -> tuple[float, float]:

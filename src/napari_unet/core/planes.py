@@ -51,24 +51,21 @@ def pick_channel(image, channel_axis: int | None, channel: int):
     return image[tuple(idx)]
 
 
-def plane_at(image, z: int | None, channel_axis: int | None = None) -> np.ndarray:
-    """Plane ``z`` of ``image`` as a (C, H, W) array (C = 1 without a channel axis).
+def plane_at(
+    image, z: int | None, channel_axis: int | None = None, rows: slice = slice(None), cols: slice = slice(None)
+) -> np.ndarray:
+    """Plane ``z`` of ``image`` (its ``rows`` x ``cols`` box) as a (C, h, w) array (C = 1 without a channel axis).
 
     ``z`` None: ``image`` is one plane (2D, plus the channel axis if any). Only
-    that plane is read from a lazy (memmap, zarr, dask) stack.
+    that box of that plane is read from a lazy (memmap, zarr, dask) stack.
     """
+    idx: list = ([] if z is None else [z]) + [rows, cols]
     if channel_axis is None:
-        return np.asarray(image if z is None else image[z])[None]
-    ndim = len(np.shape(image))
-    channel_axis = channel_axis % ndim
-    if z is None:
-        return np.moveaxis(np.asarray(image), channel_axis, 0)
-    # index z first (lazily), then move the channel axis to the front
-    z_axis = 0 if channel_axis != 0 else 1
-    idx = [slice(None)] * ndim
-    idx[z_axis] = z
-    plane = np.asarray(image[tuple(idx)])
-    return np.moveaxis(plane, channel_axis if channel_axis < z_axis else channel_axis - 1, 0)
+        return np.asarray(image[tuple(idx)])[None]
+    ca = channel_axis % len(np.shape(image))
+    idx.insert(ca, slice(None))
+    plane = np.asarray(image[tuple(idx)])  # lazily indexed first, then the channel axis to the front
+    return np.moveaxis(plane, ca if z is None else (0 if ca == 0 else ca - 1), 0)  # an int z removed its axis
 
 
 def as_stack(image, channel_axis: int | None, in_channels: int):

@@ -37,7 +37,7 @@ from .device import (
     resolve_device,
 )
 from .events import TileEvent, run
-from .intensity import check_real, percentiles, plane_range, scale_intensity
+from .intensity import check_real, fixed_range, model_normalization, percentiles, plane_range, scale_intensity
 from .labels import instances_from_semantic
 from .model import UNet, input_size_for_output, margin
 from .planes import as_stack
@@ -212,6 +212,14 @@ def _invert_d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return x
 
 
+def check_plane(raw: np.ndarray, z: int) -> None:
+    """ValueError unless plane (or window) ``raw`` of slice ``z`` holds real, finite numbers: also with
+    normalize=False, where no percentile looks at the pixels."""
+    check_real(raw.dtype)
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
+        raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
+
+
 def iter_predict(
     model: UNet,
     image,
@@ -294,15 +302,8 @@ def iter_predict(
 
     # Percentiles per 2D plane, as in training: a slice gets the same input whether it
     # is predicted alone or as part of its stack.
-    norm = getattr(getattr(model, "info", None), "normalization", None) or {}
-    if normalize is True:
-        lo = hi = None
-    elif normalize is False or normalize is None:
-        lo, hi = 0.0, 1.0
-    else:
-        lo, hi = map(float, normalize)
-        if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN in, NaN logits out: labels from nothing
-            raise ValueError(f"normalize must be True, False or a finite (lo, hi) intensity range, got {normalize}")
+    norm = model_normalization(model)
+    lo, hi = fixed_range(normalize) or (None, None)
 
     C = model.n_classes
     post = getattr(getattr(model, "info", None), "postprocess", None) or {}
@@ -368,9 +369,7 @@ def iter_predict(
     try:
         for z in z_list:
             raw = getter(z)
-            check_real(raw.dtype)  # also with normalize=False, where no percentile looks at the dtype
-            if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
-                raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
+            check_plane(raw, z)
             plane = scale_intensity(raw, *((lo, hi) if lo is not None else plane_range(raw, norm)))
             if zoom == 1.0:
                 # class indices (or probabilities) straight into ``out``, tile by tile
@@ -486,18 +485,15 @@ TRIAL_MIN_TILES = 16  # the trial runs 12 tile passes; below 16 tiles' worth of 
 _CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _trial(model: UNet, x: torch.Tensor, amp_dtype: torch.dtype | None, repeats: int = 2) -> tuple[float, np.ndarray]:
-    """(best seconds of ``repeats`` forward passes after one warm-up, the labels) of one tile."""
-    best = math.inf
-    labels = None
+def _trial(model: UNet, x: torch.Tensor, amp_dtype: torch.dtype | None) -> tuple[float, np.ndarray]:
+    """(seconds of one forward pass after a warm-up, the labels) of one tile (choose_precision interleaves
+    its trials, so noise hits both precisions alike)."""
     with torch.inference_mode(), torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
         model(x)  # warm-up: oneDNN picks and caches its kernels
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            logits = model(x)
-            best = min(best, time.perf_counter() - t0)
-            labels = logits.argmax(dim=1).cpu().numpy()
-    return best, labels
+        t0 = time.perf_counter()
+        logits = model(x)
+        seconds = time.perf_counter() - t0
+    return seconds, logits.argmax(dim=1).cpu().numpy()
 
 
 def choose_precision(
@@ -533,13 +529,7 @@ def choose_precision(
     if n_z * H * W < TRIAL_MIN_TILES * plan.tile_out[0] * plan.tile_out[1]:
         return "fp32", f"{why}, but the image is too small for a bf16 trial to pay off"
     raw = getter(n_z // 2)
-    norm = getattr(getattr(model, "info", None), "normalization", None) or {}
-    if normalize is True:
-        lo, hi = plane_range(raw, norm)
-    elif normalize is False or normalize is None:
-        lo, hi = 0.0, 1.0
-    else:
-        lo, hi = map(float, normalize)
+    lo, hi = fixed_range(normalize) or plane_range(raw, model_normalization(model))
     padded = mirror_pad(scale_intensity(raw, lo, hi), plan.pad)
     y, x = plan.ys[len(plan.ys) // 2], plan.xs[len(plan.xs) // 2]
     xt = torch.from_numpy(np.ascontiguousarray(padded[None, :, y : y + plan.tile_in[0], x : x + plan.tile_in[1]]))
@@ -552,9 +542,9 @@ def choose_precision(
         # interleaved rounds, best of each: a load spike from other processes hits one round, not one precision
         t32 = t16 = math.inf
         for _ in range(TRIAL_ROUNDS):
-            t, lab32 = _trial(model, xt, None, repeats=1)
+            t, lab32 = _trial(model, xt, None)
             t32 = min(t32, t)
-            t, lab16 = _trial(model, xt, torch.bfloat16, repeats=1)
+            t, lab16 = _trial(model, xt, torch.bfloat16)
             t16 = min(t16, t)
     finally:
         model.train(was)
