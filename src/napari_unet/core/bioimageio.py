@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import os
 import shutil
@@ -45,8 +46,8 @@ import torch
 from torch import nn
 
 from .checkpoint import SUFFIX, ModelInfo, is_package, load_model, save_model
-from .intensity import plane_range
-from .model import MirroredUNet, UNet, margin, min_input_size
+from .intensity import DEFAULT_HIGH, DEFAULT_LOW, plane_range
+from .model import MirroredUNet, UNet, nearest_valid_sizes
 from .tiling import mirror_pad, predict_whole, tile_context
 
 INSTALL_HINT = "pip install 'napari-unet[bioimageio]'"
@@ -113,16 +114,9 @@ def mirror_of(model: UNet) -> int:
 def valid_package_sizes(model: UNet) -> tuple[int, int]:
     """(min, step) of the exported network's input side: ``size + 2 * mirror`` is a valid U-Net input,
     and a tile keeps at least one pixel after its halo is cropped."""
-    step = 2**model.depth
     m = mirror_of(model)
-    if model.padding == "valid":
-        first = (min_input_size(model.depth) - 2 * m) % step or step
-    else:
-        first = step
-    size = first
-    while size <= 2 * m:
-        size += step
-    return size, step
+    # the smallest valid input above 4 * mirror: a package input of it keeps a pixel after its halo is cropped
+    return nearest_valid_sizes(4 * m + 1, model.depth, model.padding)[1] - 2 * m, 2**model.depth
 
 
 def sample_crop(model: UNet, image: np.ndarray, max_side: int = 212) -> np.ndarray:
@@ -173,9 +167,16 @@ def cover_image(image: np.ndarray, labels: np.ndarray, n_classes: int) -> np.nda
     return (np.concatenate([rgb, over], axis=1) * 255).round().astype(np.uint8)
 
 
+def _percentiles(info: ModelInfo) -> tuple[float, float]:
+    """The (low, high) percentiles each plane is normalised to (napari-unet's defaults unless the file says)."""
+    norm = info.normalization or {}
+    return norm.get("low", DEFAULT_LOW), norm.get("high", DEFAULT_HIGH)
+
+
 def model_card(info: ModelInfo, model: UNet, data: str | None = None) -> str:
     """A model card for a model without one (a model trained in napari / the CLI): what the file records."""
     cfg = model.config
+    low, high = _percentiles(info)
     tr = info.training or {}
     tc = tr.get("config", {})
     lines = [
@@ -186,9 +187,8 @@ def model_card(info: ModelInfo, model: UNet, data: str | None = None) -> str:
         "| | |",
         "|---|---|",
         f"| network | U-Net, depth {cfg.depth}, {cfg.base_channels} base channels, {cfg.padding} 3x3 convolutions, "
-        f"dropout {cfg.dropout}; {margin(cfg.depth) if cfg.padding == 'valid' else 0} px context margin per side |",
-        f"| input | {cfg.in_channels} channel(s); each 2D plane normalised to its {info.normalization.get('low', 1.0)} / "
-        f"{info.normalization.get('high', 99.8)} percentiles |",
+        f"dropout {cfg.dropout}; {model.margin()} px context margin per side |",
+        f"| input | {cfg.in_channels} channel(s); each 2D plane normalised to its {low} / {high} percentiles |",
         f"| output | classes {', '.join(f'{i} = {c}' for i, c in enumerate(info.classes))} |",
         f"| label mode | {info.label_mode}{' (with a border class)' if info.border_class else ''} |",
         "",
@@ -249,6 +249,7 @@ def _validation_section(info: ModelInfo) -> str:
 
 def _package_notes(model: UNet, lo: int, step: int, halo: int) -> str:
     info = model.info
+    low, high = _percentiles(info)
     return (
         "\n\n## This bioimage.io package\n\n"
         "Written by napari-unet (`napari-unet export`). The network is `MirroredUNet` from the shipped "
@@ -256,8 +257,8 @@ def _package_notes(model: UNet, lo: int, step: int, halo: int) -> str:
         f"large as its input. Inputs must be {lo} + k x {step} px per side (k >= 0). A tool that tiles an "
         f"image crops the halo of {halo} px per side from every tile; one pass over a whole image gives "
         "exactly napari-unet's overlap-tile prediction.\n\n"
-        f"* preprocessing: `scale_range` at the {info.normalization.get('low', 1.0)} / "
-        f"{info.normalization.get('high', 99.8)} percentiles of each 2D plane (napari-unet's normalisation)\n"
+        f"* preprocessing: `scale_range` at the {low} / {high} percentiles of each 2D plane (napari-unet's "
+        "normalisation)\n"
         f"* output: class probabilities (`softmax`), channels {', '.join(info.classes)}; the labels are the "
         "argmax over the channels"
         + (
@@ -331,10 +332,8 @@ def export_package(
         model = load_model(src_path)
     if not isinstance(model, UNet):
         raise PackageError("only napari-unet U-Nets can be exported (this model came from another package)")
-    info0 = getattr(model, "info", None)
-    model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
-    model.info = info0
     info: ModelInfo = getattr(model, "info", None) or ModelInfo(model=model.config.to_dict())
+    model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
     model.info = info
     name = name or info.name or "napari-unet model"
     if model.config.in_channels != 1:
@@ -375,7 +374,7 @@ def export_package(
         (d / "README.md").write_text(doc, encoding="utf-8")
 
         in_id, ax_y, ax_x = bio.TensorId("raw"), bio.AxisId("y"), bio.AxisId("x")
-        norm = info.normalization or {}
+        low, high = _percentiles(info)
         inputs = [
             bio.InputTensorDescr(
                 id=in_id,
@@ -392,8 +391,8 @@ def export_package(
                     bio.ScaleRangeDescr(
                         kwargs=bio.ScaleRangeKwargs(
                             axes=[ax_y, ax_x],
-                            min_percentile=float(norm.get("low", 1.0)),
-                            max_percentile=float(norm.get("high", 99.8)),
+                            min_percentile=float(low),
+                            max_percentile=float(high),
                         )
                     )
                 ],
@@ -549,14 +548,23 @@ def _config_file(rdf) -> str | None:
     return str(f) if f else None
 
 
-def _load_own(source: Path, device) -> UNet | None:
+@contextlib.contextmanager
+def own_model_file(source: str | os.PathLike):
+    """The napari-unet model file attached to package ``source``, written to a temporary folder for the
+    ``with`` block (None: the package has none)."""
     own = own_model_bytes(source)
     if own is None:
-        return None
+        yield None
+        return
     with tempfile.TemporaryDirectory(prefix="napari-unet-package-") as t:
         f = Path(t) / own[0]
         f.write_bytes(own[1])
-        return load_model(f, device=device)  # reads every tensor: the file may go
+        yield f
+
+
+def _load_own(source: Path, device) -> UNet | None:
+    with own_model_file(source) as f:
+        return None if f is None else load_model(f, device=device)  # reads every tensor: the file may go
 
 
 @dataclass(frozen=True)
@@ -810,11 +818,8 @@ def _load_net(descr, what: str) -> nn.Module:
     errors = []
     if w.torchscript is not None:
         try:
-            with tempfile.TemporaryDirectory() as t:
-                p = Path(t) / "weights.pt"
-                p.write_bytes(w.torchscript.get_reader().read())
-                with _torchscript_ok():
-                    return torch.jit.load(str(p), map_location="cpu").eval()
+            with _torchscript_ok():
+                return torch.jit.load(io.BytesIO(w.torchscript.get_reader().read()), map_location="cpu").eval()
         except Exception as e:  # fall back to the state dict
             errors.append(f"torchscript: {e}")
     if w.pytorch_state_dict is not None:
@@ -823,10 +828,8 @@ def _load_net(descr, what: str) -> nn.Module:
 
             sd = w.pytorch_state_dict
             net = import_callable(sd.architecture)(**sd.architecture.kwargs)
-            with tempfile.TemporaryDirectory() as t:
-                p = Path(t) / "weights.pt"
-                p.write_bytes(sd.get_reader().read())
-                state = torch.load(str(p), map_location="cpu", weights_only=True)  # no pickled code
+            # no pickled code
+            state = torch.load(io.BytesIO(sd.get_reader().read()), map_location="cpu", weights_only=True)
             net.load_state_dict(state, strict=sd.strict)
             return net.eval()
         except Exception as e:

@@ -143,22 +143,17 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
 
 
 def _read_package_info(path: Path) -> ModelInfo:
-    from .bioimageio import own_model_bytes
+    from .bioimageio import own_model_file
 
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    own = own_model_bytes(path)
-    if own is None:
-        raise CheckpointError(
-            f"{path.name} is a bioimage.io package napari-unet did not write: predict and evaluate run it, but "
-            "training (--init, --resume, fine-tuning) needs a napari-unet U-Net (a .safetensors file or a package "
-            "exported by napari-unet)"
-        )
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="napari-unet-package-") as t:
-        f = Path(t) / own[0]
-        f.write_bytes(own[1])
+    with own_model_file(path) as f:
+        if f is None:
+            raise CheckpointError(
+                f"{path.name} is a bioimage.io package napari-unet did not write: predict and evaluate run it, but "
+                "training (--init, --resume, fine-tuning) needs a napari-unet U-Net (a .safetensors file or a "
+                "package exported by napari-unet)"
+            )
         return _read(f, weights=False)[0]
 
 
@@ -287,9 +282,10 @@ def _check_scale(path: Path, scale) -> None:
 
 def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> bool:
     """Restore optimizer state saved with the model; False when the file has none (a package never has)."""
-    if is_package(resolve_model_path(path)):
+    file = resolve_model_path(path)
+    if is_package(file):
         return False
-    info, tensors, opt = _read(resolve_model_path(path))
+    info, tensors, opt = _read(file)
     if opt is None:
         return False
     state = {}
