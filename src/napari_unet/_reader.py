@@ -79,9 +79,14 @@ def layer_data(path) -> tuple:
             f"cannot open {meta.path}: it holds complex numbers, which napari cannot show; save the image's "
             "magnitude (e.g. numpy.abs(image)) as a TIFF"
         )
-    kwargs: dict = {"name": _layer_name(meta.path)}
+    return _as_dask(data), _image_kwargs(meta, _layer_name(meta.path)), "image"
+
+
+def _image_kwargs(meta, name: str, channels: bool = True) -> dict:
+    """An image layer's name, scale and metadata; with ``channels``, the file's channel axis (one layer each)."""
+    kwargs: dict = {"name": name}
     drop = "S" if meta.axes.endswith("S") else ""  # RGB(A) samples last: napari shows colour
-    channel_axis = declared_channel_axis(meta.shape, meta.axes)
+    channel_axis = declared_channel_axis(meta.shape, meta.axes) if channels else None
     if channel_axis is not None and not (drop and channel_axis == len(meta.axes) - 1):
         kwargs["channel_axis"] = channel_axis  # channels (or planar RGB): one layer each
         drop += meta.axes[channel_axis]
@@ -94,17 +99,25 @@ def layer_data(path) -> tuple:
         "unit": meta.unit,
         "lazy": meta.lazy,
     }
-    return _as_dask(data), kwargs, "image"
+    return kwargs
 
 
-def _zarr_levels(path: Path, fixed: dict[int, int]) -> list:
-    """Every resolution level of an OME-Zarr image as a lazy dask array, the ``fixed`` axes dropped."""
+def _pyramid(levels: list, kwargs: dict):
+    """A layer's data: the levels of a multiscale image (``kwargs`` says so), or its only level."""
+    if len(levels) > 1:
+        kwargs["multiscale"] = True
+        return levels
+    return levels[0]
+
+
+def _zarr_levels(path: Path, fixed: dict[int, int], ms: dict) -> list:
+    """Every resolution level (``ms``: its NGFF multiscales entry) of an OME-Zarr image as a lazy dask
+    array, the ``fixed`` axes dropped."""
     import dask.array as da
 
-    from napari_unet.core.ngff import _attrs, _ome, import_zarr
+    from napari_unet.core.ngff import import_zarr
 
     zarr = import_zarr()
-    ms = _ome(_attrs(path)[0])["multiscales"][0]
     levels = []
     for ds in ms["datasets"]:
         arr = da.from_zarr(zarr.open_array(str(path / ds["path"]), mode="r"))
@@ -122,39 +135,21 @@ def zarr_layers(path) -> list[tuple]:
 
     p = Path(path)
     view, meta = read_ome_zarr(p)
-    levels = _zarr_levels(p, view.fixed)
     attrs = _ome(_attrs(p)[0])
     kind = "labels" if "image-label" in attrs else "image"
-    kwargs: dict = {"name": p.name.removesuffix(".zarr").removesuffix(".ome") or p.name}
-    channel_axis = declared_channel_axis(meta.shape, meta.axes)
-    drop = ""
-    if channel_axis is not None and kind == "image":
-        kwargs["channel_axis"] = channel_axis
-        drop = "C"
-    kwargs["scale"] = meta.scale(drop=drop)
-    kwargs["metadata"] = {
-        "path": meta.path,
-        "axes": meta.axes,
-        "pixel_size": meta.pixel_size,
-        "z_spacing": meta.z_spacing,
-        "unit": meta.unit,
-        "lazy": True,
-    }
-    if len(levels) > 1:
-        kwargs["multiscale"] = True
-    layers = [(levels if len(levels) > 1 else levels[0], kwargs, kind)]
+    kwargs = _image_kwargs(meta, p.name.removesuffix(".zarr").removesuffix(".ome") or p.name, kind == "image")
+    layers = [(_pyramid(_zarr_levels(p, view.fixed, attrs["multiscales"][0]), kwargs), kwargs, kind)]
     for name in labels_of(p):
-        sub, sub_meta = read_ome_zarr(p / "labels" / name)
-        lv = _zarr_levels(p / "labels" / name, sub.fixed)
+        sub_path = p / "labels" / name
+        sub, sub_meta = read_ome_zarr(sub_path)
         lkw = {
             "name": name,
             "scale": sub_meta.scale(),
             "opacity": 0.6,
             "metadata": {"path": sub_meta.path, "axes": sub_meta.axes, "lazy": True},
         }
-        if len(lv) > 1:
-            lkw["multiscale"] = True
-        layers.append((lv if len(lv) > 1 else lv[0], lkw, "labels"))
+        ms = _ome(_attrs(sub_path)[0])["multiscales"][0]
+        layers.append((_pyramid(_zarr_levels(sub_path, sub.fixed, ms), lkw), lkw, "labels"))
     return layers
 
 

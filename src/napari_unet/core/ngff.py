@@ -24,7 +24,6 @@ imported only here and only when needed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -244,6 +243,8 @@ def _atomic_put(path: Path, data: bytes) -> None:
 
 
 def _atomic_store_class():
+    import asyncio  # here: the reader imports this module, and only writing needs it
+
     zarr = import_zarr()
     from zarr.storage import LocalStore
 
