@@ -129,13 +129,10 @@ def _read_image(path: str, args):
 
 
 def _pick(arr, ch, k):
-    from .core.planes import pick_channel
+    from .core.planes import channel_index, pick_channel
 
     if type(arr).__name__ == "ZarrView":  # lazy: fix the axis instead of reading the whole channel
-        n = arr.shape[ch]
-        if not -n <= k < n:
-            raise ValueError(f"channel {k} does not exist; the image has {n} channels (0..{n - 1})")
-        return arr.take(ch, k)
+        return arr.take(ch, channel_index(arr.shape[ch], k))
     return pick_channel(arr, ch, k)
 
 
@@ -609,10 +606,10 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
 
 
 def _spatial_chunks(image, ch):
+    from .core.planes import spatial_shape
+
     chunks = getattr(image, "chunks", None)
-    if chunks is None:
-        return None
-    return tuple(c for i, c in enumerate(chunks) if ch is None or i != ch % len(chunks))
+    return None if chunks is None else spatial_shape(chunks, ch)
 
 
 def cmd_predict(args) -> int:

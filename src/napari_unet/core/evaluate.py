@@ -8,6 +8,7 @@ import numpy as np
 
 from . import metrics
 from .events import TileEvent, run
+from .planes import spatial_shape
 from .tiling import iter_predict
 
 KINDS = ("auto", "membranes", "instances")
@@ -38,24 +39,22 @@ def evaluate_arrays(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     truth = np.asarray(truth)
-    spatial = tuple(np.shape(image))
-    if channel_axis is not None:
-        spatial = tuple(n for i, n in enumerate(spatial) if i != channel_axis % len(spatial))
+    spatial = spatial_shape(np.shape(image), channel_axis)
     if truth.shape != spatial:  # zip() below would score the slices both have, silently
         raise ValueError(
             f"the ground truth has shape {truth.shape} but the image has shape {spatial}"
             + (" (without its channel axis)" if channel_axis is not None else "")
             + "; give the labels made for this image (same height, width and slices)"
         )
-    if kind == "auto" and truth.size and truth.min() >= 1:
-        # every pixel an object: training labels (1 = background) scored as instances, foreground IoU near 1
-        # whatever the model does
-        raise ValueError(
-            "the ground truth has no background (0): these look like training labels (1 = background, "
-            "2.. = objects). Evaluation wants 0 = background, 1..N = objects: subtract 1 from them, or choose "
-            "kind 'instances' to score them as they are"
-        )
     if kind == "auto":
+        if truth.size and truth.min() >= 1:
+            # every pixel an object: training labels (1 = background) scored as instances, foreground IoU near 1
+            # whatever the model does
+            raise ValueError(
+                "the ground truth has no background (0): these look like training labels (1 = background, "
+                "2.. = objects). Evaluation wants 0 = background, 1..N = objects: subtract 1 from them, or choose "
+                "kind 'instances' to score them as they are"
+            )
         kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
     output = "labels" if kind == "membranes" else "instances"
     pred = run(

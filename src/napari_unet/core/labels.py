@@ -27,6 +27,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from .planes import spatial_shape
+
 IGNORE = -1
 # a target for "object, interior or border": object pixels of a partly painted object (a stroke inside it)
 # in instance mode with a border class; where its border runs is not painted, so neither class is asserted
@@ -170,9 +172,7 @@ def instances_from_labels(labels, *, mode: LabelMode = "instance", zero_is_backg
 
 def check_shapes(image, labels, *, channel_axis: int | None = None, name: str = "") -> None:
     """ValueError unless ``labels`` has the shape of ``image`` (without its channel axis); reads no data."""
-    ishape = tuple(np.shape(image))
-    if channel_axis is not None:
-        ishape = tuple(s for i, s in enumerate(ishape) if i != channel_axis % len(ishape))
+    ishape = spatial_shape(np.shape(image), channel_axis)
     lshape = tuple(np.shape(labels))
     pre = f"{name}: " if name else ""
     if ishape != lshape:

@@ -43,12 +43,24 @@ def pick_channel(image, channel_axis: int | None, channel: int):
     if channel_axis is None:
         raise ValueError(f"channel {channel} was asked for, but the image (shape {shape}) has no channel axis")
     axis = channel_axis % len(shape)
-    n = shape[axis]
+    idx = [slice(None)] * len(shape)
+    idx[axis] = channel_index(shape[axis], channel)
+    return image[tuple(idx)]
+
+
+def channel_index(n: int, channel: int) -> int:
+    """Channel ``channel`` (negative: from the end) of ``n`` as an index 0..n-1, or a ValueError that says so."""
     if not -n <= channel < n:
         raise ValueError(f"channel {channel} does not exist; the image has {n} channels (0..{n - 1})")
-    idx = [slice(None)] * len(shape)
-    idx[axis] = channel % n
-    return image[tuple(idx)]
+    return channel % n
+
+
+def spatial_shape(shape, channel_axis: int | None) -> tuple:
+    """``shape`` (of an image, or its chunks) without the channel axis (None: all of it)."""
+    shape = tuple(shape)
+    if channel_axis is None:
+        return shape
+    return tuple(n for i, n in enumerate(shape) if i != channel_axis % len(shape))
 
 
 def plane_at(
@@ -73,7 +85,7 @@ def as_stack(image, channel_axis: int | None, in_channels: int):
     ndim = len(image.shape)
     if channel_axis is not None:
         channel_axis = channel_axis % ndim
-        spatial = [s for i, s in enumerate(image.shape) if i != channel_axis]
+        spatial = list(spatial_shape(image.shape, channel_axis))
         n_ch = image.shape[channel_axis]
     else:
         spatial = list(image.shape)
@@ -148,9 +160,7 @@ def as_grey(
         channel_axis = channel_axis % ndim
         n = shape[channel_axis]
         if channel is not None:
-            if not -n <= channel < n:
-                raise ValueError(f"channel {channel} does not exist; the image has {n} channels (0..{n - 1})")
-            image = np.take(np.asarray(image), channel, axis=channel_axis)
+            image = np.take(np.asarray(image), channel_index(n, channel), axis=channel_axis)
         elif convert_rgb:
             arr = np.moveaxis(np.asarray(image), channel_axis, -1).astype(np.float32)
             if n in (3, 4):
