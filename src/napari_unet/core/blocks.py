@@ -388,6 +388,11 @@ def iter_predict_blocks(
         have = getattr(arr, "chunks", None)
         chunks = tuple(have[1:] if probs else have) if have is not None else output_chunks(spatial, None)
     blocks = plan_blocks(spatial, tuple(chunks))
+    todo = [b for b in blocks if not _done(arr, b, is_stack, probs)]
+    skipped = len(blocks) - len(todo)
+    total = len(blocks)
+    # with a client, the model and the image (unless workers read it from its path) travel once, before any task
+    shipped = _ship(client, model, image) if client is not None and (todo or precision == "auto") else None
     why = ""
     if precision == "auto":
         from .tiling import choose_precision
@@ -396,11 +401,8 @@ def iter_predict_blocks(
         if client is None:
             precision, why = choose_precision(model, image, **kw)
         else:  # the workers' CPUs decide, not this one's
-            precision, why = client.submit(choose_precision, model, image, pure=False, **kw).result()
+            precision, why = client.submit(choose_precision, *shipped, pure=False, **kw).result()
     settings = BlockSettings(output, channel_axis, tile_out, str(device), precision, prob_dtype, tta, threads)
-    todo = [b for b in blocks if not _done(arr, b, is_stack, probs)]
-    skipped = len(blocks) - len(todo)
-    total = len(blocks)
     yield BlockEvent(
         skipped, total, skipped, None, "start", f"precision {settings.precision or 'default'}: {why}" if why else ""
     )
@@ -422,8 +424,7 @@ def iter_predict_blocks(
 
     yield from _distributed(
         client,
-        model,
-        image,
+        *shipped,
         out,
         todo,
         zs,
@@ -439,22 +440,42 @@ def iter_predict_blocks(
     return arr
 
 
-def _distributed(
-    client, model, image, out, todo, zs, fixed, channel_axis, settings, is_stack, skipped, total, in_flight, retries
-):
-    from distributed import as_completed
-
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    if not _picklable_by_path(image):
+def _ship(client, model, image) -> tuple:
+    """(model, image) for tasks on ``client``: scattered once to every worker (the image only when workers
+    cannot reopen it from its path, and only below :data:`SCATTER_LIMIT`)."""
+    by_path = _picklable_by_path(image)
+    if not by_path:
         nbytes = int(np.prod(image.shape, dtype=np.int64)) * np.dtype(image.dtype).itemsize
         if nbytes > SCATTER_LIMIT:
             raise ValueError(
                 f"the image ({nbytes / 2**30:.1f} GiB) is no OME-Zarr: every worker would get a copy of it. Convert "
                 "it to an OME-Zarr on storage the workers see and predict that (workers read their blocks from it)"
             )
-    image_arg = image if _picklable_by_path(image) else client.scatter(image, broadcast=True, hash=False)
+    image_arg = image if by_path else client.scatter(image, broadcast=True, hash=False)
     # once per worker; eval mode before it leaves: threads of one worker share the object
     model_arg = client.scatter(_eval_copy(model), broadcast=True, hash=False)
+    return model_arg, image_arg
+
+
+def _distributed(
+    client,
+    model_arg,
+    image_arg,
+    out,
+    todo,
+    zs,
+    fixed,
+    channel_axis,
+    settings,
+    is_stack,
+    skipped,
+    total,
+    in_flight,
+    retries,
+):
+    from distributed import as_completed
+
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     if fixed is None:  # each plane's own range, computed where the image is
         futs = [
             client.submit(_plane_range_task, model_arg, image_arg, z, channel_axis, pure=False, retries=retries)
