@@ -76,3 +76,19 @@ def test_cli_uncertainty(tmp_path, isbi, capsys):
     unc = tifffile.imread(out)
     assert unc.shape == (2, 128, 128) and unc.dtype == np.float32
     assert "paint next (most uncertain first): slice" in capsys.readouterr().out
+
+
+def test_every_third_region_is_the_one_farthest_from_the_strokes():
+    """A model can be sure and wrong: one region in three goes where nobody painted, whatever its entropy."""
+    unc = np.zeros((1, 128, 128), np.float32)
+    unc[0, :32, :64] = 0.8  # the model's doubts sit next to the strokes
+    painted = np.zeros(unc.shape, np.uint16)
+    painted[0, 40:44, 0:20] = 1
+    regions = rank_regions(unc, painted=painted, size=32, k=3)
+    assert [r.far for r in regions] == [False, False, True]
+    assert [(r.y, r.x) for r in regions[:2]] == [(0, 0), (0, 32)]
+    assert (regions[2].y, regions[2].x) == (96, 96)  # the corner farthest from the strokes and the two above
+    assert "far from your strokes" in regions[2].describe()
+    assert not any(r.far for r in rank_regions(unc, painted=painted, size=32, k=3, explore=0))
+    assert len(rank_regions(unc, size=32, k=16)) == 16  # every square once
+    assert len({(r.y, r.x) for r in rank_regions(unc, size=32, k=16)}) == 16

@@ -37,8 +37,10 @@ def test_uncertainty_ranks_where_to_paint_and_go_jumps_there(em_viewer, qtbot, e
     qtbot.waitUntil(lambda: not job.running and p.complete, timeout=120_000)
     assert p.layer.name.endswith("uncertainty") and p.layer.data.dtype == np.float32
     assert p.regions and p.paint_next.native.isVisibleTo(p.native) and "paint next" in p.status.value
-    scores = [r.score for r in p.regions]
+    # the most uncertain first; every third entry is the square farthest from the strokes instead
+    scores = [r.score for r in p.regions if not r.far]
     assert scores == sorted(scores, reverse=True)
+    assert [i for i, r in enumerate(p.regions) if r.far] == [2, 5]
     assert p.paint_next.value == p.regions[0]
     p._on_go()
     assert em_viewer.dims.current_step[0] == p.regions[0].z
