@@ -27,6 +27,8 @@ Arms (``--arms``):
               from a different domain: EM -> nuclei, nuclei -> EM).
 ``auto``      the defaults: start, keep_prior and scale chosen on the strokes (``core/start.py``).
 ``autonoscale`` ``auto`` with the images at their own scale (``scale=1``).
+``autowhole`` ``auto`` with partly painted objects taught as interior (``partial_objects=False``, the
+              recipe before ANY_OBJECT).
 ``asis``      ``auto``'s start (model and zoom) with no training: what choosing alone gives.
 ``rf``        ``skimage.feature.multiscale_basic_features`` + ``RandomForestClassifier``
               (100 trees) on the scribbled pixels: the ilastik pixel-classification recipe.
@@ -242,10 +244,11 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         "ftx": s["ftx"],
         "auto": "auto",
         "autonoscale": "auto",
+        "autowhole": "auto",
         "asis": "auto",
     }.get(arm)
     rec = recommended_settings("cpu", init)  # the widget's and the CLI's defaults
-    keep_prior = {"ftkeep": 1.0, "auto": None, "autonoscale": None, "asis": None}.get(arm, 0.0)
+    keep_prior = {"ftkeep": 1.0, "auto": None, "autonoscale": None, "autowhole": None, "asis": None}.get(arm, 0.0)
     cfg = TrainConfig(
         depth=4,
         base_channels=16,
@@ -270,6 +273,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         device="cpu",
         keep_prior=keep_prior,
         scale=1.0 if arm == "autonoscale" else None,  # None: the start's (auto: the zoom it agrees best at)
+        partial_objects=arm != "autowhole",
     )
     budgets = sorted(budgets_min)
     snaps = []

@@ -180,3 +180,21 @@ def test_strokes_in_objects_do_not_assert_interior_over_border():
     p = torch.softmax(logits[0, :, 0, 0], 0)
     assert torch.isclose(any_loss, -torch.log(p[1] + p[2]))
     assert torch.isclose(weighted_loss(logits, torch.tensor([[[1]]]), torch.ones(1, 1, 1)), -torch.log(p[1]))
+
+
+def test_training_config_chooses_how_partly_painted_objects_teach():
+    """TrainConfig.partial_objects reaches the targets training samples (the benchmark's 'autowhole' arm)."""
+    from napari_unet.core.labels import ANY_OBJECT
+    from napari_unet.core.sampling import prepare_slices
+    from napari_unet.core.train import TrainConfig
+
+    image = np.random.default_rng(0).random((12, 20)).astype(np.float32)
+    lab = np.zeros((12, 20), np.int32)
+    lab[1:11, 1:9] = 1
+    lab[4:6, 12:18] = 3  # a stroke in an object
+    cfg = TrainConfig(border_class=True)
+    (new,) = prepare_slices([(image, lab)], cfg, 3, 1, None, weights=False)
+    (old,) = prepare_slices(
+        [(image, lab)], TrainConfig(border_class=True, partial_objects=False), 3, 1, None, weights=False
+    )
+    assert (new.target[4:6, 12:18] == ANY_OBJECT).all() and (old.target[4:6, 12:18] == 1).all()

@@ -97,7 +97,7 @@ def prepare_slices(
                 n_classes=n_classes,
                 zero_is_background=config.zero_is_background,
                 border_class=config.border_class,
-                partial_objects=True,
+                partial_objects=config.partial_objects,
             )
             ones = np.ones(lab_z.shape, np.float32)  # until weigh()
             idx = np.flatnonzero(target.ravel() != IGNORE)
