@@ -753,7 +753,9 @@ NOTES_ADAPT_TAIL = """### What this says
   below scratch there (not met): fine-tuning the nuclei model on strokes loses instance separation
   (F1 0.79 -> 0.75 on DSB itself too); teaching "object, interior or border" on partly painted objects
   instead of "interior" (now the default) moved DSB's 5-minute F1 by +0.02 for keep_prior 1 and +0.01 for
-  auto, within the noise of one run (`benchmarks/results/adapt/anyobject/`).
+  auto, within the noise of one run; on the 3x images, where the nuclei model has not seen the object
+  size, the defaults with and without it score 0.800 / F1 0.750 and 0.790 / F1 0.750 at 5 minutes (one run
+  each, `benchmarks/results/adapt/anyobject/`): no measurable cost, kept as the more faithful target.
 * **Corrections**: two simulated rounds of "Correct it: to training labels" (the prediction becomes
   dense labels, strokes of the true label over the largest wrong regions, 2 CPU minutes of training per
   round, auto start, which picks the previous round's model) lift ISBI from 0.665 to 0.671 and DSB from
