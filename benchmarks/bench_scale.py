@@ -11,17 +11,22 @@ must not grow with the volume. The peer: MONAI's ``sliding_window_inference`` (r
 the padded twin with the same weights) inside ``dask.array.map_overlap`` (halo 92 px, mirrored) on the
 same cluster, writing with ``to_zarr``.
 
-Precision: 'auto' (the CLI's default); the choice and its trial are in the table. On this 2-core
-machine the full >= 4 GB volume would take about an hour per run, so BENCH_SCALE_Z planes (default
-32: 128 MiB) are run and the 4 GiB figure is extrapolated from the measured throughput (the time is
-linear in the volume: blocks are independent, and memory is flat, as the table shows).
+Precision: 'auto' (the CLI's default); the choice and its trial are in the table. Volumes: BENCH_SCALE_Z
+planes (default 960: 4.03 GB, the issue's ">= 4 GB") with 2 workers, and a 4x smaller one with 1 and 2
+(scaling; a 4 GB run takes most of an hour on this 2-core machine, so 1 worker runs there only with
+``--arms big/1``); the
+one-process reference and the MONAI peer run on BENCH_SCALE_PEER_Z planes (default 8: 34 MB), where a
+whole-volume numpy output and MONAI's full-block buffers fit, next to ours on the same volume. Every run's numbers
+go to benchmarks/results/scale.json as soon as it ends (``--reuse`` rewrites the docs section from it).
 
 Run: ``python benchmarks/bench_scale.py`` (writes the ``scale`` section of docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -43,7 +48,9 @@ from napari_unet.core.tiling import choose_precision
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 2048
 CHUNK = (1, 1024, 1024)
-Z_BIG = int(os.environ.get("BENCH_SCALE_Z", "32"))
+Z_BIG = int(os.environ.get("BENCH_SCALE_Z", "960"))
+Z_PEER = int(os.environ.get("BENCH_SCALE_PEER_Z", "8"))
+RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 MIB = 1 << 20
 
 
@@ -184,83 +191,138 @@ def monai_peer(image_path: Path, workers: int, precision: str) -> dict:
     return {"s": secs, "peak": max(peak.values()), "start": max(start.values()), "px": int(np.prod(view.shape))}
 
 
-def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    big, small = root / "big.zarr", root / "small.zarr"
-    build_volume(big, Z_BIG)
-    build_volume(small, max(1, Z_BIG // 4))
-    model = load_model("em-membrane")
-    precision, why = choose_precision(model, ngff.read_ome_zarr(big)[0])
-    print(f"precision {precision}: {why}", flush=True)
+ARMS = ("peer/one", "peer/2", "peer/monai", "quarter/1", "quarter/2", "big/2")
 
-    results = {("small", "one"): one_process(small, precision)}
-    print("one process", results[("small", "one")], flush=True)
-    for name, path in (("small", small), ("big", big)):
-        for w in (1, 2):
-            results[(name, w)] = r = ours(path, w, precision)
-            print(name, w, r, flush=True)
+
+def measure(arms, res: dict | None = None) -> dict:
+    """Run ``arms`` ('volume/workers', 'peer/one', 'peer/monai'); each result lands in RESULTS as soon as it
+    ends (a 4 GB run takes most of an hour here). Given ``res``, its precision is kept and its runs merged."""
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    vols = {
+        "big": (root / "big.zarr", Z_BIG),
+        "quarter": (root / "quarter.zarr", max(1, Z_BIG // 4)),
+        "peer": (root / "peer.zarr", Z_PEER),
+    }
     try:
-        results[("small", "monai")] = r = monai_peer(small, 2, precision)
-        print("monai", r, flush=True)
-    except ImportError as e:  # MONAI is in the 'bench' extra
-        print(f"MONAI peer skipped: {e}", flush=True)
+        for name in dict.fromkeys(a.split("/")[0] for a in arms):
+            path, nz = vols[name]
+            t0 = time.perf_counter()
+            build_volume(path, nz)
+            print(f"built {path.name}: {nz} planes in {time.perf_counter() - t0:.0f} s", flush=True)
+        if res is None:
+            model = load_model("em-membrane")
+            precision, why = choose_precision(model, ngff.read_ome_zarr(vols["peer"][0])[0])
+            res = {"precision": precision, "why": why, "runs": {}}
+        precision = res["precision"]
+        print(f"precision {precision}: {res['why']}", flush=True)
+        for key in arms:
+            vol, arm = key.split("/")
+            path = vols[vol][0]
+            load0 = os.getloadavg()[0]
+            try:
+                if arm == "one":
+                    r = one_process(path, precision)
+                elif arm == "monai":
+                    r = monai_peer(path, 2, precision)
+                else:
+                    r = ours(path, int(arm), precision)
+            except ImportError as e:  # MONAI is in the 'bench' extra
+                print(f"{key} skipped: {e}", flush=True)
+                continue
+            r["load"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+            res["runs"][key] = r
+            print(key, r, flush=True)
+            RESULTS.write_text(json.dumps(res, indent=1) + "\n")
+        return res
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def report(res: dict) -> None:
+    runs = res["runs"]
 
     def row(label, key, workers):
-        r = results[key]
-        mpx = r["px"] / r["s"] / 1e6
-        gb = r["px"] / 1e9
+        r = runs[key]
         return [
             label,
-            f"{gb * 1000:.0f} MB",
+            f"{r['px'] / 1e6:.0f} MB",
             workers,
             round(r["s"], 1),
-            round(mpx, 2),
-            round(r["start"] / MIB),
+            round(r["px"] / r["s"] / 1e6, 2),
+            round(r["start"] / MIB) if r["start"] else "-",
             round(r["peak"] / MIB),
+            f"{r['load'][0]:.1f} / {r['load'][1]:.1f}",
         ]
 
-    header = ["run", "volume (uint8)", "workers", "s", "Mpx/s", "worker RSS before (MiB)", "worker peak RSS (MiB)"]
-    rows = [  # "before": after the cluster started, torch imported, before the warm-up
-        row(
-            "napari-unet `tiling.predict`, one process, whole planes, no dask (peak: this process)", ("small", "one"), 0
-        ),
-        row("napari-unet blocks", ("small", 1), 1),
-        row("napari-unet blocks", ("small", 2), 2),
-        row("napari-unet blocks", ("big", 1), 1),
-        row("napari-unet blocks", ("big", 2), 2),
+    header = [
+        "run",
+        "volume (uint8)",
+        "workers",
+        "s",
+        "Mpx/s",
+        "worker RSS before (MiB)",
+        "worker peak RSS (MiB)",
+        "load average at start / end",
     ]
-    if ("small", "monai") in results:
-        rows.append(row("MONAI sliding_window_inference in dask map_overlap", ("small", "monai"), 2))
-    t1 = results[("big", 1)]
-    t2 = results[("big", 2)]
-    scaling = t1["s"] / t2["s"]
-    mpx2 = t2["px"] / t2["s"] / 1e6
-    hours_4g = 4e9 / (mpx2 * 1e6) / 3600
+    rows = []  # "before": after the cluster started, torch imported, before the warm-up
+    if "peer/one" in runs:
+        rows.append(
+            row("napari-unet `tiling.predict`, one process, whole planes, no dask (peak: this process)", "peer/one", 0)
+        )
+    labels = {
+        1: "napari-unet blocks",
+        2: "napari-unet blocks",
+        "monai": "MONAI sliding_window_inference in dask map_overlap",
+    }
+    for vol in ("peer", "quarter", "big"):
+        for arm in (1, 2, "monai"):
+            if f"{vol}/{arm}" in runs:
+                rows.append(row(labels[arm], f"{vol}/{arm}", 2 if arm == "monai" else arm))
+    big, q2 = runs["big/2"], runs["quarter/2"]
+    vol = "big" if "big/1" in runs else "quarter"  # scaling where both worker counts ran
+    one, two = runs[f"{vol}/1"], runs[f"{vol}/2"]
+    peaks = [r["peak"] / MIB for k, r in runs.items() if k.split("/")[0] in ("quarter", "big")]
     text = (
         f"ISBI 2012 slices tiled 4 x 4 and mirrored into 2048 x 2048 planes, OME-Zarr (zarr v3) with "
         f"{CHUNK[1]} x {CHUNK[2]} chunks; the shipped em-membrane model (depth 4, 16 channels, valid); a dask "
         f"LocalCluster of worker processes, 2 GiB memory limit each, {default_threads(1)} torch threads shared out "
-        f"(1 worker: {default_threads(1)} threads, 2 workers: {default_threads(2)} each). Precision '{precision}' "
-        f"(auto: {why}). One run each; the machine is shared with other jobs (load average ~8 on its 2 cores "
-        "during the run), so absolute rates are low and noisy; the one-process row, measured in the same run, "
-        "is the reference for the blocks' overhead.\n\n"
+        f"(1 worker: {default_threads(1)} threads, 2 workers: {default_threads(2)} each). Precision "
+        f"'{res['precision']}' (auto: {res['why']}). One run each, on a machine that ran nothing else heavy (the "
+        "load column). The one-process row and the MONAI peer use a small volume (a whole-volume numpy output, "
+        "MONAI's full-block buffers), next to ours on the same volume.\n\n"
         + table(header, rows)
-        + f"\n\nScaling 1 -> 2 workers on the larger volume: {scaling:.2f}x (this machine has 2 cores: 2 workers of "
-        "1 thread compete for the same cores as 1 worker of 2 threads, so ~1x is what to expect here; blocks are "
-        "independent, so on N machines or GPUs the time divides by N up to the storage's bandwidth).\n"
-        + (
-            f"Against the peer on the same 2-worker cluster and volume: MONAI took {results[('small', 'monai')]['s']:.1f} s, "
-            f"napari-unet {results[('small', 2)]['s']:.1f} s; peak per worker {results[('small', 'monai')]['peak'] / MIB:.0f} "
-            f"vs {results[('small', 2)]['peak'] / MIB:.0f} MiB (not the same prediction: a padded net, gaussian blending).\n"
-            if ("small", "monai") in results
-            else ""
-        )
-        + f"Peak memory per worker: the same for the volume and the 4x smaller one (one block at a time, results "
-        f"written to disk, at most 3 blocks per worker in flight). Extrapolated, a 4 GB volume (4e9 px) takes "
-        f"{hours_4g:.1f} h on this 2-core machine at the measured {mpx2:.2f} Mpx/s, with the same memory per worker. "
-        "Full 4 GB runs were not made here (the 20-minute benchmark budget); docs/scaling.md has the GPU estimate.\n"
+        + f"\n\nThe {big['px'] / 1e9:.2f} GB volume with 2 workers: {big['s'] / 3600:.2f} h, "
+        f"{big['px'] / big['s'] / 1e6:.2f} Mpx/s. From 1 to 2 workers on the {one['px'] / 1e9:.2f} GB volume: "
+        f"{one['s'] / two['s']:.2f}x (this machine has 2 cores, so 2 workers of 1 thread compete for the cores "
+        "1 worker of 2 threads uses, and ~1x is what to expect here; blocks are independent, so on N machines "
+        "or GPUs the time divides by N up to the storage's bandwidth).\n"
+        f"Peak memory per worker: {min(peaks):.0f}-{max(peaks):.0f} MiB on the {big['px'] / 1e9:.2f} GB volume "
+        f"and the 4x smaller one ({q2['px'] / 1e9:.2f} GB): it does not grow with the volume (one block at a "
+        "time, results written to disk, at most 3 blocks per worker in flight).\n"
     )
+    if "peer/monai" in runs:
+        mo, us = runs["peer/monai"], runs["peer/2"]
+        text += (
+            f"Against the peer on the same 2-worker cluster and volume: MONAI took {mo['s']:.1f} s, napari-unet "
+            f"{us['s']:.1f} s ({mo['s'] / us['s']:.2f}x); peak per worker {mo['peak'] / MIB:.0f} vs "
+            f"{us['peak'] / MIB:.0f} MiB (not the same prediction: a padded net, gaussian blending; ours equals the "
+            "one-process result). MONAI was not run on the big volumes: at its rate it would take hours more, "
+            "and the comparison is per block.\n"
+        )
+    text += "docs/scaling.md has the cluster command and the GPU estimate.\n"
     write_section("scale", "Big volumes: OME-Zarr, block-wise prediction on dask.distributed", text)
+
+
+def main() -> None:
+    """``--reuse``: rewrite the docs from RESULTS; ``--arms a,b``: run these arms and merge them into RESULTS."""
+    args = sys.argv[1:]
+    if "--reuse" in args:
+        res = json.loads(RESULTS.read_text())
+    elif "--arms" in args:
+        res = measure(args[args.index("--arms") + 1].split(","), json.loads(RESULTS.read_text()))
+    else:
+        res = measure(ARMS)
+    report(res)
 
 
 if __name__ == "__main__":
