@@ -10,7 +10,13 @@ strokes, drawn from the ground truth:
 ``random``  at random unpainted places
 
 A stroke is a short brushed line along the true object (or background) under that pixel, as
-``bench_finetune`` draws them. The score is IoU (and instance F1 for nuclei) on held-out images
+``bench_finetune`` draws them.
+
+``--user look`` simulates a user who looks before painting, as the widget's *paint next* list asks: jumped to
+a square (``guided``: the ranking's, 128 px as in the Predict widget; ``random``: a random one of the same
+grid), they paint over the largest mistake of the current prediction in it (the middle of the largest wrong
+region); where it has none, at the most uncertain pixel (``guided``) or a random one (``random``). Both arms
+then differ only by which squares are looked at. The default ``--user blind`` is the user above. The score is IoU (and instance F1 for nuclei) on held-out images
 after every round: the curve IoU vs strokes. Results: ``benchmarks/results/guidance_<set>_<arm>.json``.
 
     python benchmarks/bench_guidance.py nuclei --arms guided,random --rounds 5 --per-round 6
@@ -46,6 +52,54 @@ def stroke_at(lab: np.ndarray, y: int, x: int, rng) -> np.ndarray:
         s = np.zeros(lab.shape, bool)
         s[y, x] = True
     return s, value
+
+
+LOOK_SIZE = 128  # the Predict widget's squares (rank_regions' default)
+
+
+def largest_mistake(pred: np.ndarray, truth_lab: np.ndarray, free: np.ndarray) -> tuple[int, int] | None:
+    """The middle (the pixel farthest inside) of the largest unpainted region where ``pred`` (classes) has the
+    wrong object/background, or None."""
+    wrong = ((pred >= 1) != (truth_lab >= 2)) & free
+    comp, n = ndi.label(wrong)
+    if not n:
+        return None
+    sizes = ndi.sum_labels(np.ones_like(comp), comp, index=np.arange(1, n + 1))
+    biggest = comp == 1 + int(np.argmax(sizes))
+    inside = ndi.distance_transform_edt(biggest)
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(inside)), inside.shape))
+
+
+def place_looking(arm: str, model, images, painted, truth_lab, k: int, rng) -> int:
+    """``--user look``: ``k`` squares (ranked or random), a stroke over the largest mistake in each."""
+    preds = [predict(model, im, output="labels") for im in images]
+    size = LOOK_SIZE
+    if arm == "guided":
+        unc = np.stack([predict(model, im, output="uncertainty") for im in images])
+        squares = [(r.z, r.y, r.x) for r in rank_regions(unc, painted=painted, size=size, k=k)]
+    else:
+        grid = [
+            (z, y, x)
+            for z in range(len(images))
+            for y in range(0, images.shape[1], size)
+            for x in range(0, images.shape[2], size)
+        ]
+        squares = [grid[i] for i in rng.permutation(len(grid))[:k]]
+    for z, y, x in squares:
+        win = (slice(y, y + size), slice(x, x + size))
+        free = painted[z][win] == 0
+        at = largest_mistake(preds[z][win], truth_lab[z][win], free)
+        if at is None:  # nothing wrong here: where the model is least sure (guided) or anywhere (random)
+            if arm == "guided":
+                block = np.where(free, unc[z][win], -1)
+                at = np.unravel_index(int(np.argmax(block)), block.shape)
+            else:
+                ys, xs = np.nonzero(free)
+                i = int(rng.integers(len(ys)))
+                at = (ys[i], xs[i])
+        st, v = stroke_at(truth_lab[z], y + int(at[0]), x + int(at[1]), rng)
+        painted[z][st] = v
+    return len(squares)
 
 
 def place(arm: str, model, images, painted, truth_lab, k: int, rng) -> int:
@@ -108,6 +162,7 @@ def main(argv=None):
     ap.add_argument(
         "--steps", type=int, default=150, help="training steps per round (a step budget: both arms train alike)"
     )
+    ap.add_argument("--user", choices=["blind", "look"], default="blind", help="see the module's docstring")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dir", type=Path, default=RESULTS)
@@ -117,6 +172,7 @@ def main(argv=None):
     img, lab, truth = load(args.which)
     images, truth_lab = img[s["train"]], lab[s["train"]]
     test_img, test_truth = img[s["test"]], truth[s["test"]]
+    tag = "_look" if args.user == "look" else ""
     for arm in args.arms.split(","):
         rng = np.random.default_rng(args.seed)
         painted = np.zeros(truth_lab.shape, np.int32)
@@ -131,7 +187,7 @@ def main(argv=None):
             2 * len(images),
             [],
             args.init,
-            args.dir / f"guidance_{args.which}_{arm}.safetensors",
+            args.dir / f"guidance_{args.which}_{arm}{tag}.safetensors",
         )
         for rnd in range(args.rounds + 1):
             result = train_round(args.which, images, painted, init, args.steps, args.seed)
@@ -149,8 +205,10 @@ def main(argv=None):
                 break
             result.save(model_path)
             init = str(model_path)
-            strokes += place(arm, model, images, painted, truth_lab, args.per_round, rng)
-        out = args.dir / f"guidance_{args.which}_{arm}.json"
+            strokes += (place_looking if args.user == "look" else place)(
+                arm, model, images, painted, truth_lab, args.per_round, rng
+            )
+        out = args.dir / f"guidance_{args.which}_{arm}{tag}.json"
         out.write_text(
             json.dumps(
                 {"dataset": args.which, "arm": arm, "args": vars(args) | {"dir": str(args.dir)}, "rows": rows}, indent=2

@@ -218,18 +218,29 @@ def guidance_section() -> str:
     runs = {}
     for p in sorted(RESULTS.glob("guidance_*.json")):
         d = json.loads(p.read_text())
-        runs.setdefault(d["dataset"], {})[d["arm"]] = d
+        runs.setdefault((d["dataset"], d["args"].get("user", "blind")), {})[d["arm"]] = d
     out = ""
-    for which, arms in runs.items():
+    for (which, user), arms in runs.items():
         if not {"guided", "random"} <= set(arms):
             continue
         g, r = arms["guided"]["rows"], arms["random"]["rows"]
         a = arms["guided"]["args"]
-        out += (
-            f"\n## Where to paint next: strokes guided by the uncertainty vs random ({which})\n\n"
-            f"A simulated user paints {a['per_round']} strokes per round where `core.guidance.rank_regions` says "
+        how = (
             "(*guided*: the most uncertain unpainted squares, every third one instead the square farthest from "
-            "every stroke; *entropy only*: the ranking before stop 19, uncertainty alone) or at random places, and "
+            "every stroke; *entropy only*: the ranking before stop 19, uncertainty alone) or at random places, "
+            "without looking at the prediction (a stroke at the square's most uncertain pixel, or at a random "
+            "pixel)"
+            if user == "blind"
+            else "after looking: it jumps to the squares `core.guidance.rank_regions` lists (*guided*, 128 px "
+            "as in the Predict widget) or to random squares of the same grid (*random*), and paints over the "
+            "largest mistake of the current prediction in each (the middle of the largest wrong region; where "
+            "there is none, at the most uncertain or a random pixel)"
+        )
+        out += (
+            f"\n## Where to paint next: strokes guided by the uncertainty vs random ({which}"
+            + (", a user who looks" if user == "look" else "")
+            + ")\n\n"
+            f"A simulated user paints {a['per_round']} strokes per round {how}, and "
             f"trains {a['steps']} steps per round from the "
             "previous round's model (same seed for both: the rounds differ only by where the strokes are). "
             + (
@@ -264,7 +275,7 @@ def guidance_section() -> str:
         out += (
             f"\nOne run per arm: {verdict} (target: at most half: {'met' if half else '**not met**'}). At "
             f"{g[-1]['strokes']} strokes guided ones cover {pg:.3g}% of the pixels, random ones {pr:.3g}%.\n"
-            + GUIDANCE_NOTES.get(which, "")
+            + GUIDANCE_NOTES.get(which if user == "blind" else f"{which}/{user}", "")
         )
     return out
 
@@ -276,6 +287,14 @@ GUIDANCE_NOTES = {
     "nuclei": "Guided strokes are longer on average: they land inside large uncertain regions, random ones often "
     "at an edge. The far squares cost the end of the curve here (0.738 at 34 strokes, 0.766 with the entropy "
     "alone, one run each); the target is met either way.\n",
+    "vnc-mito/look": "Looking is worth more than where: strokes painted over the largest mistake of a 128 px square "
+    "rather than at the most uncertain pixel of a 32 px one (or at a random pixel) lift the guided curve from 0.19 "
+    "to 0.51 at 34 strokes, and the random one from 0.30 to 0.47. Guided squares end ahead of random ones (0.51 vs 0.47) but "
+    "trail them until 28 strokes: random squares on this image are mostly background the model wrongly calls "
+    "mitochondrion, the largest mistake there is a good stroke, and the ranking's uncertain squares hold smaller "
+    "mistakes at first.\n",
+    "em/look": "From scratch, 30 short strokes teach no arm ISBI's membranes whatever the user does (0.36-0.39 "
+    "from round 1 on, guided and random alike, within the noise of one run).\n",
     "vnc-mito": "\nWhy the entropy alone fails here: em-membrane calls every cell 'object', and after round 0 the "
     "model still predicts mitochondria over 60-86 % of the image (truth 5.6 %), *confidently*. The entropy ranks "
     "its unsure places, the borders, where it is right often enough; its mistakes are where it is sure (0.07-0.09 "
@@ -763,6 +782,13 @@ NOTES_ADAPT_TAIL = """### What this says
   With the previous recipe (class balance and border weights also when the start is kept) the same
   rounds *thickened* the membranes (19.8 % -> 26.5 % of the image) and lost 0.047: reweighting moves a
   calibrated model's boundary, so a kept start now trains with plain cross-entropy.
+  Tried and not kept (stop 20, one run each, `benchmarks/results/adapt/focus/`): a corrected prediction is
+  the start's own output except for ~0.5 % corrected pixels, so a tile centred on a random painted pixel
+  rarely holds a correction. Centring half the tiles on the pixels where the labels disagree with the
+  start (the corrections) gave ISBI 0.663 -> 0.665 -> 0.662 and DSB 0.809 -> 0.826 -> 0.831 (F1 0.82);
+  weighing those pixels 5x on top, 0.660 -> 0.661 -> 0.668 and 0.818 -> 0.817 -> 0.820 (F1 0.81): no
+  better than the defaults (0.671, 0.836). The uncorrected mistakes stay in the dense labels as the
+  truth, and in a tiny test the corrected patch was still predicted wrong after 40 steps with either.
 * **Not yet right: corrections painted as sparse strokes into the stroke layer** (`strokes` tables
   above). They sit where the model is wrong by construction, so the balanced agreement drops (0.98 ->
   0.75); keep_prior follows the worst painted class (0.51-0.76 there, a contradicting start scores

@@ -447,7 +447,10 @@ class PredictWidget(JobWidget, Container):
         self.paint_next.visible = self.go_button.visible = bool(self.regions)
         if self.regions:
             self.paint_next.value = self.regions[0]
-            self.status.value += f"; paint next: {self.regions[0].describe()} (Go jumps there)"
+            self.status.value += (
+                f"; paint next: {self.regions[0].describe()} (Go jumps there: paint over what the prediction "
+                "gets wrong in that square)"
+            )
 
     def _painted_like(self, shape):
         """The training labels painted on this image (Annotate names them '<image> labels'), if any."""
