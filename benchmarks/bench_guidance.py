@@ -84,6 +84,7 @@ def place_looking(arm: str, model, images, painted, truth_lab, k: int, rng) -> i
             for y in range(0, images.shape[1], size)
             for x in range(0, images.shape[2], size)
         ]
+        grid = [(z, y, x) for z, y, x in grid if not painted[z, y : y + size, x : x + size].all()]
         squares = [grid[i] for i in rng.permutation(len(grid))[:k]]
     for z, y, x in squares:
         win = (slice(y, y + size), slice(x, x + size))
