@@ -104,6 +104,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2, help="correction rounds after the first training")
     ap.add_argument("--mode", choices=["dense", "strokes"], default="dense")
     ap.add_argument("--plain", action="store_true", help="no class balance, no border weights (plain CE)")
+    ap.add_argument(
+        "--confident", type=float, default=0.0, help="dense: leave pixels predicted with less than this unpainted"
+    )
     ap.add_argument("--tag", default="", help="suffix of the result file")
     ap.add_argument("--budget", type=float, default=2.0, help="CPU minutes of training per round")
     ap.add_argument("--per-image", type=int, default=15, help="correction strokes per image and round")
@@ -135,13 +138,15 @@ def main(argv=None):
             if r:
                 labels = np.zeros_like(painted)
                 for z, im in enumerate(train_img):
-                    classes = predict(model, im, output="labels")  # the previous round's model
+                    probs = predict(model, im, output="probabilities")  # the previous round's model
+                    classes = probs.argmax(0)
                     fixed = painted[z] > 0
                     add = correction_strokes(classes, train_lab[z], fixed, rng, args)
                     painted[z] = np.where(add > 0, add, painted[z])
                     if args.mode == "dense":
                         inst = instances_from_semantic(classes.astype(np.int64), model.n_classes)
                         dense = np.where(inst > 0, inst + 1, 1).astype(painted.dtype)
+                        dense[probs.max(0) < args.confident] = 0  # unsure pixels left unpainted
                         # objects the user paints get new values (above every predicted one)
                         offset = int(dense.max())
                         user = np.where(painted[z] >= 2, painted[z] + offset, painted[z])

@@ -799,6 +799,9 @@ NOTES_ADAPT_TAIL = """### What this says
   weighing those pixels 5x on top, 0.660 -> 0.661 -> 0.668 and 0.818 -> 0.817 -> 0.820 (F1 0.81): no
   better than the defaults (0.671, 0.836). The uncorrected mistakes stay in the dense labels as the
   truth, and in a tiny test the corrected patch was still predicted wrong after 40 steps with either.
+  Leaving the pixels the model predicts with less than 0.9 probability unpainted in the corrected
+  labels (`bench_corrections.py --confident 0.9`: they learn from the start's soft prediction instead)
+  did no better: ISBI 0.659 -> 0.658 -> 0.661, DSB 0.819 -> 0.820 -> 0.823 (F1 0.76).
 * **Not yet right: corrections painted as sparse strokes into the stroke layer** (`strokes` tables
   above). They sit where the model is wrong by construction, so the balanced agreement drops (0.98 ->
   0.75); keep_prior follows the worst painted class (0.51-0.76 there, a contradicting start scores
