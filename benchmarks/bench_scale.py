@@ -238,6 +238,16 @@ def measure(arms, res: dict | None = None) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# measured in stop 19 (bench_predict and this script's precision trial), kept with the table it explains
+PRECISION_TRIALS = """
+The automatic precision trial on this machine (em-membrane, 444 px tile; the same CPU, different moments
+of load): bf16 2.70x, 2.40x, 1.80x, 1.71x, 1.60x and 0.74x the speed of fp32, labels agreeing 99.91-99.94 %;
+with back-to-back trials one burst of another job's load decided it, so the trial alternates fp32 and bf16
+in 3 rounds and keeps the best of each. A depth-2, 4-channel net: 0.97x (fp32 kept). On an idle machine
+bench_predict measured 2.4x (section "Prediction" above).
+"""
+
+
 def report(res: dict) -> None:
     runs = res["runs"]
 
@@ -287,12 +297,16 @@ def report(res: dict) -> None:
         f"{CHUNK[1]} x {CHUNK[2]} chunks; the shipped em-membrane model (depth 4, 16 channels, valid); a dask "
         f"LocalCluster of worker processes, 2 GiB memory limit each, {default_threads(1)} torch threads shared out "
         f"(1 worker: {default_threads(1)} threads, 2 workers: {default_threads(2)} each). Precision "
-        f"'{res['precision']}' (auto: {res['why']}). One run each, on a machine that ran nothing else heavy (the "
-        "load column). The one-process row and the MONAI peer use a small volume (a whole-volume numpy output, "
-        "MONAI's full-block buffers), next to ours on the same volume.\n\n"
+        f"'{res['precision']}' (auto: {res['why']}). One run each. The last column is the machine's 1-minute "
+        "load average at the start and the end of the run (2 cores: above ~2, other jobs shared them, and the "
+        "rate is lower than the machine can do). The one-process row and the MONAI peer use a small volume (a "
+        "whole-volume numpy output, MONAI's full-block buffers), next to ours on the same volume.\n\n"
         + table(header, rows)
         + f"\n\nThe {big['px'] / 1e9:.2f} GB volume with 2 workers: {big['s'] / 3600:.2f} h, "
-        f"{big['px'] / big['s'] / 1e6:.2f} Mpx/s. From 1 to 2 workers on the {one['px'] / 1e9:.2f} GB volume: "
+        f"{big['px'] / big['s'] / 1e6:.2f} Mpx/s, with other jobs on the cores for part of the run (load "
+        f"{big['load'][0]:.1f} at its start); the same 2 workers ran the 4x smaller volume at "
+        f"{q2['px'] / q2['s'] / 1e6:.2f} Mpx/s (load {q2['load'][0]:.1f} at its start), which would be "
+        f"{big['px'] / (q2['px'] / q2['s']) / 3600:.2f} h for the big one. From 1 to 2 workers on the {one['px'] / 1e9:.2f} GB volume: "
         f"{one['s'] / two['s']:.2f}x (this machine has 2 cores, so 2 workers of 1 thread compete for the cores "
         "1 worker of 2 threads uses, and ~1x is what to expect here; blocks are independent, so on N machines "
         "or GPUs the time divides by N up to the storage's bandwidth).\n"
@@ -309,7 +323,7 @@ def report(res: dict) -> None:
             "one-process result). MONAI was not run on the big volumes: at its rate it would take hours more, "
             "and the comparison is per block.\n"
         )
-    text += "docs/scaling.md has the cluster command and the GPU estimate.\n"
+    text += "docs/scaling.md has the cluster command and the GPU estimate.\n" + PRECISION_TRIALS
     write_section("scale", "Big volumes: OME-Zarr, block-wise prediction on dask.distributed", text)
 
 
