@@ -14,6 +14,9 @@ mistakes, train again, ... Here the user is simulated from the ground truth:
   ~``--length`` px long, along the region's skeleton) with the true label in each
   of the ``--per-image`` largest ones (objects get a new label value, as napari's
   label picker offers);
+* ``--confident P`` (dense): pixels the model predicts with less than probability P
+  are left unpainted in the corrected labels (they then learn from the kept start's
+  soft prediction, not from its hard guess);
 * ``--mode strokes``: the same correction strokes added to the sparse strokes
   (no dense labels);
 * every round trains with the widget's and the CLI's defaults (``init='auto'``,
