@@ -409,12 +409,15 @@ def iter_predict_blocks(
     if not todo:
         return arr
     zs = sorted({z for b in todo for z in range(*b.z)})
+    if fixed is not None:
+        ranges = {z: fixed for z in zs}
+    elif client is None:
+        ranges = dict(zip(zs, plane_ranges(model, image, zs, channel_axis)))
+    else:  # each plane's own range, computed where the image is
+        futs = [client.submit(_plane_range_task, *shipped, z, channel_axis, pure=False, retries=retries) for z in zs]
+        ranges = dict(zip(zs, client.gather(futs)))
 
     if client is None:
-        if fixed is None:
-            ranges = dict(zip(zs, plane_ranges(model, image, zs, channel_axis)))
-        else:
-            ranges = {z: fixed for z in zs}
         done = skipped
         for b in todo:
             run_block(model, image, arr, b, ranges, settings, is_stack)
@@ -422,21 +425,7 @@ def iter_predict_blocks(
             yield BlockEvent(done, total, skipped, b, "block")
         return arr
 
-    yield from _distributed(
-        client,
-        *shipped,
-        out,
-        todo,
-        zs,
-        fixed,
-        channel_axis,
-        settings,
-        is_stack,
-        skipped,
-        total,
-        in_flight,
-        retries,
-    )
+    yield from _distributed(client, *shipped, out, todo, ranges, settings, is_stack, skipped, total, in_flight, retries)
     return arr
 
 
@@ -458,32 +447,11 @@ def _ship(client, model, image) -> tuple:
 
 
 def _distributed(
-    client,
-    model_arg,
-    image_arg,
-    out,
-    todo,
-    zs,
-    fixed,
-    channel_axis,
-    settings,
-    is_stack,
-    skipped,
-    total,
-    in_flight,
-    retries,
+    client, model_arg, image_arg, out, todo, ranges, settings, is_stack, skipped, total, in_flight, retries
 ):
     from distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    if fixed is None:  # each plane's own range, computed where the image is
-        futs = [
-            client.submit(_plane_range_task, model_arg, image_arg, z, channel_axis, pure=False, retries=retries)
-            for z in zs
-        ]
-        ranges = dict(zip(zs, client.gather(futs)))
-    else:
-        ranges = {z: fixed for z in zs}
     limit = in_flight or 3 * n_workers
     out_arg = str(out)
     pending = iter(todo)
