@@ -1,5 +1,9 @@
 """Train widget: a few steps of a tiny net on the shipped EM sample, through the manifest."""
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 from widget_helpers import GapMeter, dock, record_gap
@@ -208,3 +212,26 @@ def test_export_for_bioimageio_after_training(em_viewer, qtbot, tmp_path, monkey
     back = load_model(tmp_path / "mine.zip")
     img = em_viewer.layers["EM (ISBI 2012)"].data[0, :96, :96]
     np.testing.assert_array_equal(predict(back, img), predict(w.result.best_model(), img))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are set on Linux only")
+def test_jobs_run_below_the_gui_thread():
+    """A job's worker thread runs at nice +10 (so the GUI and the canvas take a core first); the
+    thread that drains a job synchronously (here the main thread, as a test or script would) is left as is."""
+    from napari_unet._widgets._workers import BACKGROUND_NICE, drain
+
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def job():
+        seen.append(nice())
+        yield "event"
+        return "result"
+
+    seen: list[int] = []
+    main_before = nice()
+    t = threading.Thread(target=lambda: list(drain(job(), threads=1)))
+    t.start()
+    t.join()
+    list(drain(job()))
+    assert seen == [max(BACKGROUND_NICE, main_before), main_before] and nice() == main_before

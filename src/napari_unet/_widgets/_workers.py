@@ -60,8 +60,34 @@ def gui_threads() -> int:
     return max(1, n - 1)
 
 
+BACKGROUND_NICE = 10  # the worker threads' nice value (Linux): below the GUI thread's 0
+
+
+def run_below_gui() -> None:
+    """Lower the calling worker thread's CPU priority (Linux: nice +10, that thread only).
+
+    On a busy CPU the GUI thread (and, with software OpenGL, the threads drawing the canvas) then
+    take a core before the training thread does. Unprivileged, a thread cannot raise its priority
+    back, so the pool thread stays low for later jobs too, which is where background work belongs.
+    Elsewhere, and on the main thread (a test draining a job synchronously), nothing changes.
+    """
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or threading.current_thread() is threading.main_thread():
+        return
+    tid = threading.get_native_id()  # on Linux, PRIO_PROCESS with a thread id sets that thread alone
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < BACKGROUND_NICE:
+            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+    except OSError:  # a sandbox that forbids it: the job runs at normal priority
+        pass
+
+
 def drain(gen: Generator, threads: int | None = None):
-    """Yield from a core generator and return its result; ``threads`` caps torch's CPU threads meanwhile."""
+    """Yield from a core generator and return its result, below the GUI's priority (:func:`run_below_gui`);
+    ``threads`` caps torch's CPU threads meanwhile."""
+    run_below_gui()
     if threads is None:
         result = yield from gen
         return result
