@@ -170,6 +170,23 @@ def test_prior_loss_is_zero_for_the_teacher_and_ignores_annotated_pixels():
     assert prior_loss(s2, t, target).item() == pytest.approx(prior_loss(s, t, target).item(), rel=1e-5)
 
 
+def test_kept_start_loss_counts_each_pixel_once():
+    """A stroke pixel weighs as much as an unpainted one: with 1 painted pixel of 64, the loss is
+    (its cross-entropy + keep_prior x the KL summed over the other 63) / 64; dense labels give eq. 2 alone."""
+    from napari_unet.core.losses import kept_start_loss, prior_loss
+
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(1, 2, 8, 8, generator=g), torch.randn(1, 2, 8, 8, generator=g)
+    w = torch.ones(1, 8, 8)
+    target = torch.full((1, 8, 8), -1)
+    target[0, 0, 0] = 1
+    ce = -torch.log_softmax(s, 1)[0, 1, 0, 0]
+    kl_sum = prior_loss(s, t, target) * 63
+    assert kept_start_loss(s, t, target, w, 0.5).item() == pytest.approx(((ce + 0.5 * kl_sum) / 64).item(), rel=1e-5)
+    dense = torch.zeros(1, 8, 8, dtype=torch.long)
+    assert kept_start_loss(s, t, dense, w, 1.0).item() == pytest.approx(weighted_loss(s, dense, w).item(), rel=1e-6)
+
+
 def test_keep_prior_keeps_the_starting_model_where_nobody_painted(tmp_path, nuclei):
     """Fine-tuning on a few strokes: a user paints one 4 px stripe of background. Without keep_prior
     the model forgets every nucleus (strokes never show it one); with it, the unpainted pixels keep

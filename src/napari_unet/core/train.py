@@ -39,7 +39,7 @@ from .device import PRECISIONS, autocast_dtype, default_precision, memory_format
 from .events import TrainEvent, TrainState, run
 from .intensity import percentiles
 from .labels import MODES, n_classes_for
-from .losses import annotated_iou, prior_loss, weighted_loss
+from .losses import annotated_iou, kept_start_loss, weighted_loss
 from .model import UNet, build_model, check_tile_in, is_valid_size, nearest_valid_sizes
 from .planes import plane_at
 from .sampling import TrainSlice, as_pairs, prepare_slices
@@ -207,7 +207,7 @@ class TrainConfig:
     candidates: tuple[str, ...] = ()  # init='auto': the user's own model files to consider too
     # fine-tuning: weight of a loss that keeps the starting model's prediction on the pixels nobody
     # annotated (knowledge distillation). 0 = off (the paper); None = from the start model's agreement
-    # with the strokes (1 when it agrees, 0 when it contradicts them); see prior_loss and core/start.py.
+    # with the strokes (1 when it agrees, 0 when it contradicts them); see losses.kept_start_loss and core/start.py.
     keep_prior: float | None = 0.0
     resume: str | None = None  # a model file saved with optimizer state
     seed: int = 0
@@ -671,11 +671,12 @@ def iter_train(
             wt = torch.from_numpy(w).to(dev)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(xt)
-            loss = weighted_loss(logits, yt, wt)
-            if teacher is not None:
+            if teacher is None:
+                loss = weighted_loss(logits, yt, wt)
+            else:
                 with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     t_logits = teacher(xt)
-                loss = loss + config.keep_prior * prior_loss(logits, t_logits, yt)
+                loss = kept_start_loss(logits, t_logits, yt, wt, config.keep_prior)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {loss.item()} at step {step + 1}; lower the learning rate (now {lr:g})"
