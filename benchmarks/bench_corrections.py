@@ -19,6 +19,13 @@ mistakes, train again, ... Here the user is simulated from the ground truth:
   soft prediction, not from its hard guess);
 * ``--mode strokes``: the same correction strokes added to the sparse strokes
   (no dense labels);
+* ``--user region`` (dense; Cellpose 2.0's loop): instead of one stroke in each of
+  the largest wrong regions, the user corrects *every* mistake in one
+  ``--square`` px square per image and round, the square holding the most wrong
+  pixels; an object completed there keeps the value of the predicted object it
+  overlaps most (napari's label picker), a missed one gets a new value.
+  ``--user all``: every pixel corrected, i.e. the training images' full truth
+  from round 1 on: the ceiling of any correction for the recipe and budget;
 * every round trains with the widget's and the CLI's defaults (``init='auto'``,
   keep_prior by agreement) for ``--budget`` CPU minutes; the candidates are the
   shipped models and the model of the previous round (the user's own), as in
@@ -70,6 +77,38 @@ def correction_strokes(pred: np.ndarray, lab: np.ndarray, fixed: np.ndarray, rng
     return out
 
 
+def correction_square(pred: np.ndarray, lab: np.ndarray, fixed: np.ndarray, size: int) -> np.ndarray:
+    """The true label (instance-mode values, 0 elsewhere) on the pixels of the ``size`` px square holding
+    the most pixels where ``pred`` (classes) is wrong, outside the pixels ``fixed`` already holds."""
+    wrong = ((pred >= 1) != (lab >= 2)) & ~fixed
+    count = ndi.uniform_filter(wrong.astype(np.float32), size, mode="constant")
+    cy, cx = np.unravel_index(int(np.argmax(count)), count.shape)
+    y0 = int(np.clip(cy - size // 2, 0, max(lab.shape[0] - size, 0)))
+    x0 = int(np.clip(cx - size // 2, 0, max(lab.shape[1] - size, 0)))
+    out = np.zeros_like(lab)
+    sq = (slice(y0, y0 + size), slice(x0, x0 + size))
+    out[sq] = np.where(fixed[sq], 0, lab[sq])
+    return out
+
+
+def picked_values(user: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """The user's object values (>= 2) renamed as napari's label picker would: each takes the value of the
+    dense label's object it overlaps most, unless another user object took it already; a new value otherwise."""
+    out = user.copy()
+    taken: set[int] = set()
+    new = int(dense.max()) + 1
+    ids, sizes = np.unique(user[user >= 2], return_counts=True)
+    for t in ids[np.argsort(-sizes)]:
+        m = user == t
+        under, n = np.unique(dense[m & (dense >= 2)], return_counts=True)
+        pick = next((int(v) for v in under[np.argsort(-n)] if int(v) not in taken), None)
+        if pick is None:
+            pick, new = new, new + 1
+        taken.add(pick)
+        out[m] = pick
+    return out
+
+
 def train_round(which, images, labels, candidates, budget_min, seed, log, plain=False):
     rec = recommended_settings("cpu", "auto")
     cfg = TrainConfig(
@@ -106,6 +145,8 @@ def main(argv=None):
     ap.add_argument("which", choices=list(SETS))
     ap.add_argument("--rounds", type=int, default=2, help="correction rounds after the first training")
     ap.add_argument("--mode", choices=["dense", "strokes"], default="dense")
+    ap.add_argument("--user", choices=["largest", "region", "all"], default="largest", help="who corrects what")
+    ap.add_argument("--square", type=int, default=128, help="--user region: the square's side (px)")
     ap.add_argument("--plain", action="store_true", help="no class balance, no border weights (plain CE)")
     ap.add_argument(
         "--confident", type=float, default=0.0, help="dense: leave pixels predicted with less than this unpainted"
@@ -120,6 +161,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dir", type=Path, default=RESULTS / "adapt")
     args = ap.parse_args(argv)
+    if args.user != "largest" and args.mode != "dense":
+        ap.error("--user region/all corrects a dense prediction: use --mode dense")
     set_up(args)
     s = SETS[args.which]
     img, lab, truth = load(args.which)
@@ -144,15 +187,22 @@ def main(argv=None):
                     probs = predict(model, im, output="probabilities")  # the previous round's model
                     classes = probs.argmax(0)
                     fixed = painted[z] > 0
-                    add = correction_strokes(classes, train_lab[z], fixed, rng, args)
+                    if args.user == "all":
+                        add = train_lab[z]
+                    elif args.user == "region":
+                        add = correction_square(classes, train_lab[z], fixed, args.square)
+                    else:
+                        add = correction_strokes(classes, train_lab[z], fixed, rng, args)
                     painted[z] = np.where(add > 0, add, painted[z])
                     if args.mode == "dense":
                         inst = instances_from_semantic(classes.astype(np.int64), model.n_classes)
                         dense = np.where(inst > 0, inst + 1, 1).astype(painted.dtype)
                         dense[probs.max(0) < args.confident] = 0  # unsure pixels left unpainted
-                        # objects the user paints get new values (above every predicted one)
-                        offset = int(dense.max())
-                        user = np.where(painted[z] >= 2, painted[z] + offset, painted[z])
+                        if args.user == "largest":  # objects the user paints get new values (above every predicted one)
+                            offset = int(dense.max())
+                            user = np.where(painted[z] >= 2, painted[z] + offset, painted[z])
+                        else:
+                            user = picked_values(painted[z], dense)
                         labels[z] = np.where(painted[z] > 0, user, dense)
                     else:
                         labels[z] = painted[z]
