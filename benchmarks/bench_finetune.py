@@ -17,7 +17,8 @@ Arms (``--arms``):
               augmentation (the package defaults for sparse labels).
 ``plain``     the same net with none of these: no class balance, no border weights,
               no augmentation (the prior probe).
-``noaug``     ``scratch`` without augmentation; ``nobal`` without class balance/border weights.
+``noaug``     ``scratch`` without augmentation; ``nobal`` without class balance/border weights;
+              ``noelastic`` without the elastic deformation, ``nointensity`` without the intensity jitter.
 ``ft``        fine-tune the shipped model of the same kind (Adam 1e-4).
 ``ftlow``     the same with Adam 2e-5.
 ``ftnobal``   ``ft`` without class balance / border weights (plain cross-entropy on the strokes).
@@ -268,6 +269,8 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         batch_size=1,
         tile_in=rec["tile_in"],
         augment=arm not in ("plain", "noaug"),
+        elastic_sigma=0.0 if arm == "noelastic" else TrainConfig.elastic_sigma,
+        intensity=arm != "nointensity",
         init=init,
         seed=seed,
         device="cpu",
