@@ -56,7 +56,7 @@ def kept_start_loss(
     Averaging each term over its own pixels instead weighs a stroke pixel ~40x an unpainted one when
     strokes cover 2.5 % of the tile: the strokes (object interiors, far background, which a model that
     is kept already gets right) then pull its boundaries out of place, and 5 CPU minutes on DSB strokes
-    cost the shipped nuclei model 0.02 IoU and 0.05 instance F1 (docs/accuracy.md). Counted once,
+    cost the shipped nuclei model 0.016 IoU and 0.04 instance F1 (docs/accuracy.md). Counted once,
     it holds them. On dense labels (a corrected prediction) it is eq. 2 alone.
     """
     share = (target != IGNORE).float().mean()
