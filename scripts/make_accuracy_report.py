@@ -802,8 +802,10 @@ NOTES_ADAPT_TAIL = """### What this says
   training at all it gives 0.813 / F1 0.81 (as is: 0.750 / F1 0.80), and 5 minutes of stroke training
   keep it there (0.813 / F1 0.81; before pixels were counted once, 0.799 / F1 0.75). A U-Net from
   scratch did best (0.825 / F1 0.82): on 768 px images 2.5 % strokes are 9x more painted pixels than
-  on the 256 px DSB images. Auto is 0.012 below it (within the 0.02 target), and picks the nuclei model
-  where scratch is 0.012 better in one run each. Teaching "object, interior or border" on partly
+  on the 256 px DSB images. Auto is 0.012 below it (within the 0.02 target). Replicated with other
+  strokes and seed 1 (`benchmarks/results/adapt/seed1/`): auto 0.811 / F1 0.82, scratch 0.787 / F1 0.49;
+  over the two seeds auto 0.812 / F1 0.81 against scratch 0.806 / F1 0.66, so picking the nuclei model
+  is the better choice on average, and scratch is the unstable one. Teaching "object, interior or border" on partly
   painted objects instead of "interior" (now the default) moved DSB's 5-minute F1 by +0.02 for
   keep_prior 1 and +0.01 for auto, within the noise of one run; on the 3x images the defaults with and
   without it scored 0.800 / F1 0.750 and 0.790 / F1 0.750 at 5 minutes (one run each, before pixels
@@ -818,7 +820,8 @@ NOTES_ADAPT_TAIL = """### What this says
   from round 1 on) gets ISBI 0.667 -> 0.676 -> 0.677 (+0.011) and DSB 0.822 -> 0.822 -> 0.825 (+0.004, F1
   0.82) with the same 2 CPU minutes per round. So the simulated user is not what stops the target: at
   this budget, 3 or 5 more images move a model trained on 25 or 80 by about 0.01 whoever corrects them,
-  and one run moves by about as much. A user who corrects every mistake in one 128 px square per image
+  and one run moves by about as much. Nor is the budget: the defaults with 5 CPU minutes per round
+  give ISBI 0.665 -> 0.669 -> 0.673 (+0.008). A user who corrects every mistake in one 128 px square per image
   and round (Cellpose 2.0's loop, `--user region`) gets ISBI 0.667 -> 0.668 -> 0.672 (+0.007) and DSB
   0.822 -> 0.835 -> 0.835 (+0.014, F1 0.82).
   With the previous recipe (class balance and border weights also when the start is kept) the same
