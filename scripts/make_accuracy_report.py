@@ -832,7 +832,7 @@ NOTES_ADAPT_TAIL = """### What this says
   rarely holds a correction. Centring half the tiles on the pixels where the labels disagree with the
   start (the corrections) gave ISBI 0.663 -> 0.665 -> 0.662 and DSB 0.809 -> 0.826 -> 0.831 (F1 0.82);
   weighing those pixels 5x on top, 0.660 -> 0.661 -> 0.668 and 0.818 -> 0.817 -> 0.820 (F1 0.81): no
-  better than the defaults (0.671, 0.836). The uncorrected mistakes stay in the dense labels as the
+  better than the defaults of that stop (0.671, 0.836). The uncorrected mistakes stay in the dense labels as the
   truth, and in a tiny test the corrected patch was still predicted wrong after 40 steps with either.
   Leaving the pixels the model predicts with less than 0.9 probability unpainted in the corrected
   labels (`bench_corrections.py --confident 0.9`: they learn from the start's soft prediction instead)
