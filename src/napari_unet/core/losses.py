@@ -58,6 +58,11 @@ def kept_start_loss(
     is kept already gets right) then pull its boundaries out of place, and 5 CPU minutes on DSB strokes
     cost the shipped nuclei model 0.016 IoU and 0.04 instance F1 (docs/accuracy.md). Counted once,
     it holds them. On dense labels (a corrected prediction) it is eq. 2 alone.
+
+    Its scale is a dense loss's (a mean over all pixels): Adam (the CPU default, where it was measured)
+    does not see the difference, but with SGD (the CUDA default) the strokes' gradient is the painted
+    share of what it was, and a resumed run (which has no teacher) starts with gradients that much
+    larger than the saved optimizer state's. Neither is measured yet.
     """
     share = (target != IGNORE).float().mean()
     kl = prior_loss(logits, teacher_logits, target)
