@@ -24,6 +24,7 @@ Arms (``--arms``):
 ``ftnobal``   ``ft`` without class balance / border weights (plain cross-entropy on the strokes).
 ``ftkeep``    ``ft`` plus ``keep_prior=1``: unannotated pixels keep the starting model's
               prediction (distillation, ``train.prior_loss``); the widget's default.
+``ftkeepsgd`` ``ftkeep`` with the CUDA recipe's optimizer (SGD, momentum 0.99) at the same rate.
 ``ftx``       fine-tune the shipped model of the *other* kind (a pretrained start
               from a different domain: EM -> nuclei, nuclei -> EM).
 ``auto``      the defaults: start, keep_prior and scale chosen on the strokes (``core/start.py``).
@@ -242,6 +243,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         "ftlow": s["ft"],
         "ftnobal": s["ft"],
         "ftkeep": s["ft"],
+        "ftkeepsgd": s["ft"],
         "ftx": s["ftx"],
         "auto": "auto",
         "autonoscale": "auto",
@@ -249,7 +251,14 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         "asis": "auto",
     }.get(arm)
     rec = recommended_settings("cpu", init)  # the widget's and the CLI's defaults
-    keep_prior = {"ftkeep": 1.0, "auto": None, "autonoscale": None, "autowhole": None, "asis": None}.get(arm, 0.0)
+    keep_prior = {
+        "ftkeep": 1.0,
+        "ftkeepsgd": 1.0,
+        "auto": None,
+        "autonoscale": None,
+        "autowhole": None,
+        "asis": None,
+    }.get(arm, 0.0)
     cfg = TrainConfig(
         depth=4,
         base_channels=16,
@@ -262,7 +271,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         # None: the default (on from scratch or a contradicting start, off from a start that is kept)
         class_balance=False if arm in ("plain", "nobal", "ftnobal") else None,
         border_weights=False if arm in ("plain", "nobal", "ftnobal") else None,
-        optimizer="adam",
+        optimizer="sgd" if arm == "ftkeepsgd" else "adam",
         lr=2e-5 if arm == "ftlow" else rec["lr"],
         schedule="constant",
         steps=100_000,

@@ -797,6 +797,12 @@ NOTES_ADAPT_TAIL = """### What this says
   0.663 -> 0.666 at 5 minutes, VNC membranes 0.682 either way with the predicted foreground 19.3 % ->
   17.7 % (truth 17.3 %), DSB zoomed 3x 0.799 / F1 0.75 -> 0.813 / F1 0.81. A start that contradicts
   the strokes (keep_prior 0, mitochondria) and dense labels (a corrected prediction) train as before.
+  With the CUDA recipe's optimizer (SGD, momentum 0.99, 1e-4; `--arms ftkeepsgd`, the CPU network,
+  `benchmarks/results/adapt/sgd/`) the same holds: DSB 0.821 / F1 0.79 at 1, 2 and 5 CPU minutes, where
+  the terms averaged apart gave 0.811 / 0.815 / 0.792 (F1 0.76 / 0.77 / 0.76). The price: a kept
+  model learns little from strokes that contradict it on a few pixels only; fixed at keep_prior 1 on
+  the 3x images at their own scale (agreement 0.92), 0.791 / F1 0.76 became 0.753 / F1 0.80 (as it is:
+  0.750 / 0.80). The defaults avoid that case by zooming; a corrected prediction (dense) is unaffected.
 * **Another magnification (DSB zoomed 3x)**: the auto start scores each start at 5 zooms and finds the
   nuclei model agreeing 0.97 with the strokes at x0.5 against 0.92 as is; used at that zoom with no
   training at all it gives 0.813 / F1 0.81 (as is: 0.750 / F1 0.80), and 5 minutes of stroke training
