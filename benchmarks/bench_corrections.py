@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_finetune import RESULTS, SETS, _strokes, load, log, score, scribbles, set_up, unet_predict
+from bench_finetune import RESULTS, SETS, _strokes, load, log, mistakes, score, scribbles, set_up, unet_predict
 from scipy import ndimage as ndi
 
 from napari_unet.core.checkpoint import load_model, save_model
@@ -80,7 +80,7 @@ def correction_strokes(pred: np.ndarray, lab: np.ndarray, fixed: np.ndarray, rng
 def correction_square(pred: np.ndarray, lab: np.ndarray, fixed: np.ndarray, size: int) -> np.ndarray:
     """The true label (instance-mode values, 0 elsewhere) on the pixels of the ``size`` px square holding
     the most pixels where ``pred`` (classes) is wrong, outside the pixels ``fixed`` already holds."""
-    wrong = ((pred >= 1) != (lab >= 2)) & ~fixed
+    wrong = mistakes(pred, lab) & ~fixed
     count = ndi.uniform_filter(wrong.astype(np.float32), size, mode="constant")
     cy, cx = np.unravel_index(int(np.argmax(count)), count.shape)
     y0 = int(np.clip(cy - size // 2, 0, max(lab.shape[0] - size, 0)))

@@ -149,6 +149,12 @@ def load(which: str):
     return img, np.where(inst > 0, inst + 1, 1).astype(np.int32), inst
 
 
+def mistakes(pred: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Where a prediction (classes, >= 1 object) has the wrong object/background for instance labels
+    (1 background, >= 2 objects): what a simulated user corrects."""
+    return (pred >= 1) != (lab >= 2)
+
+
 def _strokes(mask: np.ndarray, rng, *, n: int, length: int, erode: int, brush: int) -> np.ndarray:
     """``n`` strokes of about ``length`` px along the skeleton of ``mask`` (eroded), ``brush`` px wide."""
     inner = ndi.binary_erosion(mask, iterations=erode) if erode else mask

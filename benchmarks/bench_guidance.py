@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from bench_finetune import RESULTS, SETS, _strokes, load, log, score, set_up, unet_predict
+from bench_finetune import RESULTS, SETS, _strokes, load, log, mistakes, score, set_up, unet_predict
 from scipy import ndimage as ndi
 
 from napari_unet.core.events import run
@@ -60,7 +60,7 @@ LOOK_SIZE = 128  # the Predict widget's squares (rank_regions' default)
 def largest_mistake(pred: np.ndarray, truth_lab: np.ndarray, free: np.ndarray) -> tuple[int, int] | None:
     """The middle (the pixel farthest inside) of the largest unpainted region where ``pred`` (classes) has the
     wrong object/background, or None."""
-    wrong = ((pred >= 1) != (truth_lab >= 2)) & free
+    wrong = mistakes(pred, truth_lab) & free
     comp, n = ndi.label(wrong)
     if not n:
         return None
