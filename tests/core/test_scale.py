@@ -32,6 +32,8 @@ def test_scale_bounds_and_choice():
             check_scale(bad)
     assert pick_scale({1.0: 0.80, 0.5: 0.82}) == 1.0  # within MIN_GAIN: the image as it is
     assert pick_scale({1.0: 0.70, 0.5: 0.90, 2.0: 0.5}) == 0.5
+    assert pick_scale({1.0: 0.92, 0.5: 0.97}) == 0.5  # another magnification: most disagreement gone
+    assert pick_scale({1.0: 0.69, 2.0: 0.73}) == 1.0  # correction strokes: disagreement at every zoom
     assert pick_scale({1.0: float("nan"), 0.71: 0.6}) == 0.71
     assert pick_scale({}) == 1.0
 
