@@ -182,6 +182,25 @@ def test_status_lines_wrap_instead_of_cutting_off(em_viewer):
     assert train.status.native.heightForWidth(width) > train.status.native.fontMetrics().height()
 
 
+def test_a_long_status_never_widens_the_dock(make_napari_viewer, qtbot):
+    """The status wraps within the dock's width: a long start message once widened the dock and
+    resized (redrew) the canvas the moment training started."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-unet", "em")
+    train = dock(viewer, "Train")
+    qtbot.wait(200)
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    before, dock_width = tuple(canvas.size), train.native.width()
+    train.status.value = (
+        "start from em-membrane: it already agrees 0.97 with your strokes, so it is fine-tuned and kept where "
+        "you did not paint (keep_prior 1.00) [em-membrane (agrees 0.97 with your strokes, image similarity "
+        "0.94); nuclei (agrees 0.82 with your strokes, image similarity 0.20)]"
+    )
+    qtbot.wait(200)
+    assert train.native.width() == dock_width
+    assert tuple(canvas.size)[0] == before[0]
+
+
 @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -15,11 +15,18 @@ DEBOUNCE_MS = 200  # paint -> preview delay: long enough to skip mid-stroke upda
 
 def status_label(value: str = ""):
     """The status line under a widget's buttons: wraps, so a docked widget shows the whole sentence
-    (a start choice and its reason, an error) instead of cutting it off at the dock's width."""
+    (a start choice and its reason, an error) instead of cutting it off at the dock's width.
+
+    It takes the width the dock has and never asks for more: a wrapped label's preferred width
+    grows with its text, and a long message would widen the dock and shrink (redraw) the canvas
+    beside it the moment training starts (with software OpenGL, the longest pause of a live run).
+    """
     from magicgui.widgets import Label
+    from qtpy.QtWidgets import QSizePolicy
 
     label = Label(value=value)
     label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     return label
 
 
