@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from widget_helpers import GapMeter, dock, paint, record_gap
+from widget_helpers import GapMeter, brush, dock, paint, record_gap
 
 pytestmark = pytest.mark.gui
 
@@ -104,7 +104,7 @@ def test_live_training_with_the_default_settings(make_napari_viewer, qtbot, show
         qtbot.waitUntil(lambda: w.last_event is not None and w.last_event.step >= 2, timeout=180_000)
         em_viewer.dims.set_current_step(0, z)
         for k in range(4):  # four strokes, a second apart, as a user paints
-            paint(labels, z, 1 + k % 2, (20 + 40 * k, 40 + 40 * k, 20, 200))
+            brush(labels, z, 1 + k % 2, 30 + 40 * k, 20, 200, qtbot)
             qtbot.wait(1000)
         qtbot.waitUntil(lambda: bool(w.last_live), timeout=180_000)
         # the preview follows the strokes to their slice: a preview update is part of the measured loop
@@ -131,7 +131,7 @@ def test_painting_without_training_in_a_shown_window(make_napari_viewer, qtbot):
         qtbot.wait(1000)
         em_viewer.dims.set_current_step(0, z)
         for k in range(4):
-            paint(labels, z, 1 + k % 2, (20 + 40 * k, 40 + 40 * k, 20, 200))
+            brush(labels, z, 1 + k % 2, 30 + 40 * k, 20, 200, qtbot)
             qtbot.wait(1000)
         qtbot.wait(4000)
     record_gap("painting, no training (window shown)", gap.longest, gap.ticks, gap)

@@ -16,6 +16,16 @@ def dock(viewer, name: str):
     return widget
 
 
+def brush(layer, idx, value, y, x0, x1, qtbot, *, step: int = 5, ms: int = 16):
+    """A brush stroke along row ``y`` of slice ``idx`` as napari's paint tool makes one from a mouse drag:
+    one dab per mouse move (~60 Hz), each redrawing only the painted part of the labels texture, and one
+    undo item and ``paint`` event at the release."""
+    with layer.block_history():
+        for x in range(x0, x1 + 1, step):
+            layer.paint((idx, y, x), value)
+            qtbot.wait(ms)
+
+
 class GapMeter:
     """Longest gap between ticks of a 10 ms QTimer: how long the event loop was blocked."""
 
