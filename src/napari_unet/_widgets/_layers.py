@@ -7,7 +7,6 @@ Everything here runs on the GUI thread; workers never see a layer (see :mod:`._w
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Callable
 
 import numpy as np
