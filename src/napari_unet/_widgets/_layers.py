@@ -6,7 +6,6 @@ Everything here runs on the GUI thread; workers never see a layer (see :mod:`._w
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -181,15 +180,12 @@ def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...],
         and ((kind == "labels") == isinstance(viewer.layers[name], Labels))
     ):
         layer = viewer.layers[name]
-        # each assignment refreshes the layer (slice, thumbnail: 4-6 ms of the GUI thread for a
-        # preview that comes every few steps of a running training): set only what changed, and
-        # let the new data's refresh be the only one (napari's private _block_refresh, where it exists)
-        block = getattr(layer, "_block_refresh", contextlib.nullcontext)
-        with block():
-            if not np.array_equal(layer.translate, translate):
-                layer.translate = translate
-            if not np.array_equal(layer.scale, scale):
-                layer.scale = scale
+        # each assignment refreshes the layer: set only what changed (the preview of a
+        # running training comes every few steps, on the GUI thread)
+        if not np.array_equal(layer.translate, translate):
+            layer.translate = translate
+        if not np.array_equal(layer.scale, scale):
+            layer.scale = scale
         layer.data = data
         for k, v in kwargs.items():
             if k not in ("colormap", "name") and getattr(layer, k, None) != v:
