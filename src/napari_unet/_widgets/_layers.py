@@ -26,7 +26,9 @@ def status_label(value: str = ""):
 
     label = Label(value=value)
     label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    policy = label.native.sizePolicy()  # keeps the height-for-width that word wrap set
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    label.native.setSizePolicy(policy)
     return label
 
 

@@ -27,7 +27,8 @@ SCALE_RANGE = (0.125, 8.0)
 # with at most MAX_LEFT of the disagreement left. A model at another magnification mostly stops
 # disagreeing when zoomed (DSB nuclei 3x: 0.92 -> 0.97 at x0.5); strokes painted over a model's mistakes
 # are disagreement by construction, at every zoom, and a zoom that happens to score 0.03 better there
-# (ISBI correction strokes: ~0.70 -> 0.73 at x2) is noise that cost 0.17 IoU (docs/accuracy.md)
+# (ISBI correction strokes: 0.73 at x2, which cleared MIN_GAIN over the images as they are) is noise
+# that cost 0.17 IoU (docs/accuracy.md)
 MIN_GAIN = 0.03
 MAX_LEFT = 0.5
 
