@@ -17,8 +17,12 @@ def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Ten
 
     :data:`.labels.ANY_OBJECT` pixels (part of a partly painted object) cost -log(p_interior + p_border).
     """
+    return _weighted_ce(F.log_softmax(logits.float(), dim=1), target, weights)
+
+
+def _weighted_ce(logp: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """:func:`weighted_loss` from the log-probabilities (cross_entropy is nll_loss of them)."""
     any_obj = target == ANY_OBJECT
-    logp = F.log_softmax(logits.float(), dim=1)  # once: cross_entropy is nll_loss of it
     ce = F.nll_loss(logp, torch.where(any_obj, 1, target).clamp_min(0), reduction="none")
     if bool(any_obj.any()):
         ce = torch.where(any_obj, -torch.logsumexp(logp[:, 1:], dim=1), ce)
@@ -38,10 +42,14 @@ def prior_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch
     knowledge, while the painted pixels (the weighted loss) correct it where the
     user says it is wrong.
     """
-    unann = target == IGNORE
-    if not bool(unann.any()):
+    if not bool((target == IGNORE).any()):
         return logits.new_zeros(())
-    logp = F.log_softmax(logits.float(), dim=1)
+    return _prior_kl(F.log_softmax(logits.float(), dim=1), teacher_logits, target)
+
+
+def _prior_kl(logp: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`prior_loss` from the model's log-probabilities (some pixel must be unannotated)."""
+    unann = target == IGNORE
     logq = F.log_softmax(teacher_logits.float(), dim=1)
     kl = (logq.exp() * (logq - logp)).sum(dim=1)
     return (kl * unann).sum() / unann.sum()
@@ -66,8 +74,11 @@ def kept_start_loss(
     teacher) starts with gradients larger than the saved optimizer state's by that share: not measured.
     """
     share = (target != IGNORE).float().mean()
-    kl = prior_loss(logits, teacher_logits, target)
-    return share * weighted_loss(logits, target, weights) + keep_prior * (1 - share) * kl
+    logp = F.log_softmax(logits.float(), dim=1)  # once for both terms
+    ce = _weighted_ce(logp, target, weights)
+    if share >= 1:  # dense labels: nothing left to keep
+        return ce
+    return share * ce + keep_prior * (1 - share) * _prior_kl(logp, teacher_logits, target)
 
 
 def annotated_iou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
