@@ -413,16 +413,20 @@ def adapt_section() -> str:
             start = Path(start).stem if start.endswith(".safetensors") else start
             f1 = f"{r['f1']:.3f}" if "f1" in r else ""
             out.append(f"| {r['round']} | {painted} | {r['iou']:.3f} | {f1} | {start or r.get('model', '')} |\n")
-        last, first = d["rows"][-1], d["rows"][0]
-        f1 = f", instance F1 {last['f1'] - first['f1']:+.2f}" if "f1" in last and "f1" in first else ""
-        summary = f"{last['iou'] - first['iou']:+.3f} IoU{f1} over the start model as it is"
+        last = d["rows"][-1]
+        summary = f"{_gain(last, d['rows'][0])} over the start model as it is"
         asis = ADAPT / f"ft_{d['dataset']}_asis.json"  # the auto start's model at its zoom, untrained
         if asis.exists():
             z = json.loads(asis.read_text())["rows"][0]
-            f1 = f", instance F1 {last['f1'] - z['f1']:+.2f}" if "f1" in last and "f1" in z else ""
-            summary += f"; {last['iou'] - z['iou']:+.3f} IoU{f1} over it at the auto start's zoom (x{z['scale']:.2f}, {z['iou']:.3f})"
+            summary += f"; {_gain(last, z)} over it at the auto start's zoom (x{z['scale']:.2f}, {z['iou']:.3f})"
         out.append(f"\nAfter {last['round']} correction rounds: {summary} (target +0.02).\n\n")
     return "".join(out)
+
+
+def _gain(row: dict, ref: dict) -> str:
+    """``row``'s IoU (and instance F1, where both have it) over ``ref``'s, as the report writes it."""
+    f1 = f", instance F1 {row['f1'] - ref['f1']:+.2f}" if "f1" in row and "f1" in ref else ""
+    return f"{row['iou'] - ref['iou']:+.3f} IoU{f1}"
 
 
 def curve_figure(ft: dict, path: Path):
