@@ -51,11 +51,13 @@ import numpy as np
 from bench_finetune import RESULTS, SETS, _strokes, load, log, mistakes, score, scribbles, set_up, unet_predict
 from scipy import ndimage as ndi
 
-from napari_unet.core.checkpoint import load_model, save_model
-from napari_unet.core.events import run
-from napari_unet.core.labels import instances_from_semantic
-from napari_unet.core.tiling import predict
-from napari_unet.core.train import TrainConfig, iter_train, recommended_settings
+from napari_unet.core.data.labels import instances_from_semantic
+from napari_unet.core.drain import drain
+from napari_unet.core.models.checkpoint import save_model
+from napari_unet.core.models.load import load_model
+from napari_unet.core.predict.tiles import predict
+from napari_unet.core.train.config import TrainConfig, recommended_settings
+from napari_unet.core.train.loop import iter_train
 
 
 def correction_strokes(pred: np.ndarray, lab: np.ndarray, fixed: np.ndarray, rng, args) -> np.ndarray:
@@ -136,7 +138,7 @@ def train_round(which, images, labels, candidates, budget_min, seed, log, plain=
         elif time.process_time() - c0 >= budget_min * 60:
             cancel.set()
 
-    result = run(iter_train(cfg, images, labels, cancel=cancel), watch)
+    result = drain(iter_train(cfg, images, labels, cancel=cancel), watch)
     return result.last_model(), start.get("message", ""), result.steps_done
 
 

@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, timeit, write_section
 
-from napari_unet.core.augment import (
+from napari_unet.core.train.augment import (
     coarse_displacements,
     dense_displacement,
     elastic_deform,

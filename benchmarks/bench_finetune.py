@@ -60,14 +60,15 @@ import torch
 from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
-from napari_unet.core import metrics
-from napari_unet.core.checkpoint import load_model
-from napari_unet.core.events import run
-from napari_unet.core.labels import instances_from_semantic, isbi_to_instances
-from napari_unet.core.scale import zoom_labels, zoom_plane
-from napari_unet.core.tiling import predict
-from napari_unet.core.train import TrainConfig, iter_train, recommended_settings
-from napari_unet.core.weights import SIGMA, W0
+from napari_unet.core.data.labels import instances_from_semantic, isbi_to_instances
+from napari_unet.core.data.zoom import zoom_labels, zoom_plane
+from napari_unet.core.drain import drain
+from napari_unet.core.evaluate import metrics
+from napari_unet.core.models.load import load_model
+from napari_unet.core.predict.tiles import predict
+from napari_unet.core.train.config import TrainConfig, recommended_settings
+from napari_unet.core.train.loop import iter_train
+from napari_unet.core.train.weights import SIGMA, W0
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -298,7 +299,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
     cancel = threading.Event()
     if arm == "asis":  # the auto start's choice (model, zoom) used as it is: no step of training
         cancel.set()
-        result = run(iter_train(cfg, img, scrib, cancel=cancel), lambda ev: None)
+        result = drain(iter_train(cfg, img, scrib, cancel=cancel), lambda ev: None)
         net = result.model.eval()
         r = {"minutes": 0.0, "steps": 0, "scale": result.info.scale.get("input_scale", 1.0)}
         r.update(score(unet_predict(net, test_img), test_truth, which, net.n_classes))
@@ -318,7 +319,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         if len(snaps) == len(budgets):
             cancel.set()
 
-    result = run(iter_train(cfg, img, scrib, cancel=cancel), watch)
+    result = drain(iter_train(cfg, img, scrib, cancel=cancel), watch)
     rows = []
     if init and arm in ("ft", "ftlow", "ftnobal", "ftkeep"):  # the shipped model as it is, before any fine-tuning
         m0 = load_model(init)

@@ -33,10 +33,11 @@ import numpy as np
 from bench_finetune import RESULTS, SETS, _strokes, load, log, mistakes, score, set_up, unet_predict
 from scipy import ndimage as ndi
 
-from napari_unet.core.events import run
-from napari_unet.core.guidance import rank_regions
-from napari_unet.core.tiling import predict
-from napari_unet.core.train import TrainConfig, iter_train, recommended_settings
+from napari_unet.core.drain import drain
+from napari_unet.core.predict.guidance import rank_regions
+from napari_unet.core.predict.tiles import predict
+from napari_unet.core.train.config import TrainConfig, recommended_settings
+from napari_unet.core.train.loop import iter_train
 
 
 def stroke_at(lab: np.ndarray, y: int, x: int, rng) -> np.ndarray:
@@ -146,7 +147,7 @@ def train_round(which: str, images, painted, init, steps: int, seed: int):
         device="cpu",
         val_fraction=0.0,
     )
-    return run(iter_train(cfg, images, painted))
+    return drain(iter_train(cfg, images, painted))
 
 
 def main(argv=None):

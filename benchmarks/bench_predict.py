@@ -1,7 +1,7 @@
 """Overlap-tile prediction of a 2048 x 2048 EM mosaic on the CPU: napari-unet vs MONAI.
 
 napari-unet runs the paper's valid-convolution U-Net (depth 4, 16 base channels) with
-``tiling.predict`` (automatic tile size); MONAI runs the same-capacity ``padding='same'``
+``tiles.predict`` (automatic tile size); MONAI runs the same-capacity ``padding='same'``
 twin (identical weights) with ``sliding_window_inference`` (roi 512, overlap 0.25,
 gaussian blending), in the same process, repetitions interleaved (A, B, A, B, ...) so
 that load from other jobs hits both alike; every time is a median.
@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section
 
-from napari_unet.core import tiling
-from napari_unet.core.model import UNet, input_size_for_output
+from napari_unet.core.network.unet import UNet, input_size_for_output
+from napari_unet.core.predict import tiles
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 2048
@@ -137,7 +137,7 @@ def main() -> None:
 
     def ours(output, **kw):
         def f():
-            res[(output, kw.get("precision", "fp32"))] = tiling.predict(
+            res[(output, kw.get("precision", "fp32"))] = tiles.predict(
                 valid,
                 img,
                 output=output,
@@ -206,8 +206,8 @@ def main() -> None:
         return f
 
     sweep_t = interleaved({t: tile_fwd(t) for t in sweep_out}, max(2, ROUNDS))
-    auto = tiling.auto_tile_out((SIZE, SIZE), valid, torch.device("cpu"))
-    plan = tiling.plan_tiles((SIZE, SIZE), valid, auto)
+    auto = tiles.auto_tile_out((SIZE, SIZE), valid, torch.device("cpu"))
+    plan = tiles.plan_tiles((SIZE, SIZE), valid, auto)
 
     # ------------------------------------------------------------------ report
     mpx = SIZE * SIZE / 1e6
@@ -288,7 +288,7 @@ Dense throughput of the padded net (whole tiles, channels_last, no overlap), the
 
 Tile sweep of the valid net (one tile each, interleaved; "2048^2 s" = tiles needed x tile time with equal tiles;
 the automatic choice splits the image evenly into the fewest tiles of at most `CPU_MAX_TILE_IN` =
-{tiling.CPU_MAX_TILE_IN} px input, here {plan.tile_in[0]} -> {plan.tile_out[0]}):
+{tiles.CPU_MAX_TILE_IN} px input, here {plan.tile_in[0]} -> {plan.tile_out[0]}):
 
 {
         table(

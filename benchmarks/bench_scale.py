@@ -38,12 +38,12 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section
 
-from napari_unet.core import ngff
-from napari_unet.core.blocks import create_prediction, default_threads, iter_predict_blocks, local_cluster
-from napari_unet.core.checkpoint import load_model
-from napari_unet.core.events import run
-from napari_unet.core.model import UNet, margin
-from napari_unet.core.tiling import choose_precision
+from napari_unet.core.data import ngff
+from napari_unet.core.drain import drain
+from napari_unet.core.models.load import load_model
+from napari_unet.core.network.unet import UNet, margin
+from napari_unet.core.predict.blocks import create_prediction, default_threads, iter_predict_blocks, local_cluster
+from napari_unet.core.predict.tiles import choose_precision
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 2048
@@ -102,7 +102,7 @@ def _current_rss():
 
 def _warm_up(precision: str, threads: int) -> None:
     """One interior block's worth of tiles on a worker, so that oneDNN's kernel set-up is not timed."""
-    from napari_unet.core.blocks import Block, BlockSettings, predict_block
+    from napari_unet.core.predict.blocks import Block, BlockSettings, predict_block
 
     zeros = np.zeros((1, *CHUNK[1:]), np.uint8)
     block = Block((0, 0, 0), (0, 1), (0, CHUNK[1]), (0, CHUNK[2]))
@@ -122,7 +122,7 @@ def ours(image_path: Path, workers: int, precision: str) -> dict:
         client.run(_warm_up, precision, default_threads(workers))
         client.run(_reset_peak)
         t0 = time.perf_counter()
-        run(
+        drain(
             iter_predict_blocks(
                 model, view, str(target), client=client, precision=precision, threads=default_threads(workers)
             )
@@ -138,7 +138,7 @@ def ours(image_path: Path, workers: int, precision: str) -> dict:
 
 def one_process(image_path: Path, precision: str) -> dict:
     """The reference: ``tiling.predict`` in this process, whole planes, into a numpy array (no dask, no zarr)."""
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.predict.tiles import predict
 
     model = load_model("em-membrane")
     view, _ = ngff.read_ome_zarr(image_path)

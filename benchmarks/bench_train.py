@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, write_section
 from bench_predict import DATA, dense_throughput, flops, nets
 
-from napari_unet.core import sampling
-from napari_unet.core.labels import isbi_to_instances
-from napari_unet.core.model import output_size
-from napari_unet.core.train import TrainConfig, iter_train
+from napari_unet.core.data.labels import isbi_to_instances
+from napari_unet.core.network.unet import output_size
+from napari_unet.core.train import sampling
+from napari_unet.core.train.config import TrainConfig
+from napari_unet.core.train.loop import iter_train
 
 STEPS = int(os.environ.get("BENCH_STEPS", "16"))
 SKIP = 3  # first steps warm up oneDNN and the allocator

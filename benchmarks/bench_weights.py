@@ -14,7 +14,7 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import table, timeit, write_section
 
-from napari_unet.core.weights import weight_map, weight_map_reference
+from napari_unet.core.train.weights import weight_map, weight_map_reference
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

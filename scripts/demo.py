@@ -23,12 +23,13 @@ def headless(steps: int, seed: int = 0) -> dict:
     import numpy as np
 
     from napari_unet._sample_data import load_em_sample
-    from napari_unet.core import metrics
-    from napari_unet.core.checkpoint import available_models
-    from napari_unet.core.events import run
-    from napari_unet.core.io import write_labels
-    from napari_unet.core.tiling import iter_predict
-    from napari_unet.core.train import TrainConfig, iter_train, recommended_settings
+    from napari_unet.core.data.files import write_labels
+    from napari_unet.core.drain import drain
+    from napari_unet.core.evaluate import metrics
+    from napari_unet.core.models.checkpoint import available_models
+    from napari_unet.core.predict.tiles import iter_predict
+    from napari_unet.core.train.config import TrainConfig, recommended_settings
+    from napari_unet.core.train.loop import iter_train
 
     image, labels = load_em_sample()  # (8, 256, 256) EM, instance labels: 1 = membrane, >= 2 cells
     train_z, test_z = list(range(0, 6)), [6, 7]
@@ -46,13 +47,13 @@ def headless(steps: int, seed: int = 0) -> dict:
         if ev.kind == "step" and (ev.step % 10 == 0 or ev.step == ev.total):
             print(f"  step {ev.step:4d}/{ev.total}  loss {ev.loss:.4f}  eta {ev.eta:5.0f} s", flush=True)
 
-    result = run(iter_train(cfg, image[train_z], labels[train_z]), show)
+    result = drain(iter_train(cfg, image[train_z], labels[train_z]), show)
     t_train = time.perf_counter() - t0
     model = result.best_model()
     OUT.mkdir(exist_ok=True)
     model_path = result.save(OUT / "demo-model.safetensors")
     t0 = time.perf_counter()
-    pred = run(iter_predict(model, image, output="labels"))
+    pred = drain(iter_predict(model, image, output="labels"))
     t_pred = time.perf_counter() - t0
     write_labels(OUT / "em_prediction.tif", pred)
     truth_cells = labels[test_z] >= 2

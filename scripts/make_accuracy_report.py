@@ -127,8 +127,8 @@ def example_figure(path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from napari_unet.core.checkpoint import load_model
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.models.load import load_model
+    from napari_unet.core.predict.tiles import predict
 
     em_img = tifffile.imread(ISBI / "train-volume.tif", key=27)
     em_gt = tifffile.imread(ISBI / "train-labels.tif", key=27)
@@ -581,7 +581,8 @@ def main(argv=None):
     example_figure(IMAGES / "accuracy_examples.png")
     ft = load_ft()
     curve_figure(ft, IMAGES / "accuracy_finetune.png")
-    from napari_unet.core.checkpoint import read_info, resolve_model_path
+    from napari_unet.core.models.checkpoint import resolve_model_path
+    from napari_unet.core.models.load import read_info
 
     em_info, nu_info = read_info(resolve_model_path("em-membrane")), read_info(resolve_model_path("nuclei"))
     em, nu, nu0 = ev["em"], ev["nuclei"], ev["nuclei_nofilter"]

@@ -21,9 +21,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_models import EM_TRAIN, MODELS, NUC_TRAIN, load_dsb, load_isbi  # noqa: E402
 
-from napari_unet.core.checkpoint import load_model, save_model  # noqa: E402
-from napari_unet.core.intensity import percentiles, scale_intensity  # noqa: E402
-from napari_unet.core.start import domain_signature  # noqa: E402
+from napari_unet.core.data.intensity import percentiles, scale_intensity
+from napari_unet.core.models.checkpoint import save_model
+from napari_unet.core.models.load import load_model
+from napari_unet.core.train.start import domain_signature
 
 
 def signature(images, low: float, high: float) -> dict:

@@ -58,14 +58,16 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_unet.core import metrics
-from napari_unet.core.checkpoint import load_model, save_model
-from napari_unet.core.evaluate import evaluate_arrays
-from napari_unet.core.events import run
-from napari_unet.core.labels import isbi_to_instances
-from napari_unet.core.tiling import predict
-from napari_unet.core.train import TrainConfig, iter_train
-from napari_unet.core.weights import SIGMA, W0
+from napari_unet.core.data.labels import isbi_to_instances
+from napari_unet.core.drain import drain
+from napari_unet.core.evaluate import metrics
+from napari_unet.core.evaluate.score import evaluate_arrays
+from napari_unet.core.models.checkpoint import save_model
+from napari_unet.core.models.load import load_model
+from napari_unet.core.predict.tiles import predict
+from napari_unet.core.train.config import TrainConfig
+from napari_unet.core.train.loop import iter_train
+from napari_unet.core.train.weights import SIGMA, W0
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"  # ../shared beside the repository
@@ -155,7 +157,7 @@ def run_budget(
             log(f"snapshot -> {snapshot_path} (step {ev.step})")
             last_snap[0] = time.process_time()
 
-    result = run(iter_train(config, images, labels, cancel=cancel), watch)
+    result = drain(iter_train(config, images, labels, cancel=cancel), watch)
     return result, time.process_time() - c0
 
 

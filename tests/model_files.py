@@ -9,7 +9,7 @@ def save_diverged(path, net, key: str = "model.head.bias"):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from napari_unet.core.checkpoint import save_model
+    from napari_unet.core.models.checkpoint import save_model
 
     path = save_model(path, net)
     with safe_open(str(path), "pt") as fh:

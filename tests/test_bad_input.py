@@ -31,9 +31,9 @@ PREVIOUS = b"a previous result the user keeps"
 @pytest.fixture(scope="module")
 def data(isbi, dsb, tmp_path_factory):
     """Small real crops (ISBI 2012 EM, DSB 2018 nuclei) and a tiny model's bytes, made once."""
-    from napari_unet.core.checkpoint import save_model
-    from napari_unet.core.labels import isbi_to_instances
-    from napari_unet.core.model import UNet
+    from napari_unet.core.data.labels import isbi_to_instances
+    from napari_unet.core.models.checkpoint import save_model
+    from napari_unet.core.network.unet import UNet
 
     img, lab, _ = isbi
     em = np.ascontiguousarray(img[:3, :64, :80])
@@ -106,7 +106,7 @@ class Files:
         return str(self.tmp / name)
 
     def model_file(self, name: str, net=None, **info) -> str:
-        from napari_unet.core.checkpoint import save_model
+        from napari_unet.core.models.checkpoint import save_model
 
         return str(save_model(self.tmp / name, net if net is not None else self.data["net"], **info))
 
@@ -144,7 +144,7 @@ def one_d(f: Files, name="1d.tif") -> str:
 def nan_weights(f: Files) -> str:
     from model_files import save_diverged
 
-    from napari_unet.core.model import UNet
+    from napari_unet.core.network.unet import UNet
 
     return str(save_diverged(f.tmp / "diverged.safetensors", UNet(depth=2, base_channels=4, n_classes=2)))
 
@@ -454,20 +454,20 @@ class Api:
         return self.arr(self.data["em_labels"])
 
     def predict(self, image, **kw):
-        from napari_unet.core.tiling import predict
+        from napari_unet.core.predict.tiles import predict
 
         image = self.arr(image)
         return lambda: predict(self.data["net"], image, **{"device": "cpu", **kw})
 
     def config(self, **kw):
-        from napari_unet.core.train import TrainConfig
+        from napari_unet.core.train.config import TrainConfig
 
         return lambda: TrainConfig(**{**dict(depth=2, base_channels=4, tile_in=92, steps=2, device="cpu"), **kw})
 
     def train(self, images=None, labels=None, **cfg):
         """The call returns (TrainResult, the start event's warning)."""
-        from napari_unet.core.events import run
-        from napari_unet.core.train import iter_train
+        from napari_unet.core.drain import drain
+        from napari_unet.core.train.loop import iter_train
 
         images = self.em if images is None else images
         labels = self.labels if labels is None else labels
@@ -475,7 +475,7 @@ class Api:
 
         def call():
             warnings = []
-            result = run(
+            result = drain(
                 iter_train(config(), images, labels),
                 lambda ev: warnings.append(ev.warning) if ev.kind == "start" and ev.warning else None,
             )
@@ -484,23 +484,23 @@ class Api:
         return call
 
     def read(self, path):
-        from napari_unet.core.io import read_image
+        from napari_unet.core.data.files import read_image
 
         return lambda: read_image(path)
 
     def load(self, path):
-        from napari_unet.core.checkpoint import load_model
+        from napari_unet.core.models.load import load_model
 
         return lambda: load_model(path)
 
     def write(self, path, labels, **kw):
-        from napari_unet.core.io import write_labels
+        from napari_unet.core.data.files import write_labels
 
         labels = self.arr(labels)
         return lambda: write_labels(path, labels, **kw)
 
     def evaluate(self, image, truth, **kw):
-        from napari_unet.core.evaluate import evaluate_arrays
+        from napari_unet.core.evaluate.score import evaluate_arrays
 
         image, truth = self.arr(image), self.arr(truth)
         return lambda: evaluate_arrays(self.data["net"], image, truth, device="cpu", **kw)
@@ -676,7 +676,7 @@ def _constant_training_image(a):
 
 
 def _list_of_slices(a):
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.predict.tiles import predict
 
     slices = [a.arr(a.data["em"][0, :32, :32]), a.arr(a.data["em"][1, :32, :32])]
     assert predict(a.data["net"], slices, device="cpu").shape == (2, 32, 32)
@@ -687,7 +687,7 @@ def _huge_semantic_values(a):
     table is as long as the number of values, not as the largest one (16 GB and 11 s before)."""
     from unittest import mock
 
-    from napari_unet.core import weights
+    from napari_unet.core.train import weights
 
     labels = np.full((16, 16), 2**31 - 1, np.int32)
     labels[0] = 0

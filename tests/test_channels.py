@@ -7,9 +7,9 @@ import tifffile
 from scipy import ndimage
 
 from napari_unet.cli import main
-from napari_unet.core.checkpoint import load_model
-from napari_unet.core.io import read_image
-from napari_unet.core.planes import declared_channel_axis
+from napari_unet.core.data.files import read_image
+from napari_unet.core.data.planes import declared_channel_axis
+from napari_unet.core.models.load import load_model
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_train_takes_its_input_channels_from_the_data(tmp_path, nuclei, capsys):
 
 
 def test_api_refuses_channels_last_as_a_stack(nuclei):
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.predict.tiles import predict
 
     grey, zcyx, _ = nuclei
     model = load_model("nuclei")

@@ -9,8 +9,8 @@ import tifffile
 import torch
 
 from napari_unet.cli import _parse_slices, main
-from napari_unet.core.checkpoint import read_info
-from napari_unet.core.start import prior_weight
+from napari_unet.core.models.load import read_info
+from napari_unet.core.train.start import prior_weight
 
 
 def cli(line: str) -> int:
@@ -135,7 +135,7 @@ def test_outputs_never_overwrite_an_input(tmp_path, em_files):
         with pytest.raises(SystemExit, match="would destroy it"):
             main(argv)
     model = tmp_path / "copy.safetensors"
-    from napari_unet.core.checkpoint import resolve_model_path
+    from napari_unet.core.models.checkpoint import resolve_model_path
 
     model.write_bytes(resolve_model_path("em-membrane").read_bytes())
     with pytest.raises(SystemExit, match="is the model"):
@@ -149,7 +149,7 @@ def test_help_runs_as_console_script():
 
 
 def test_train_crash_saves_the_steps_done(tmp_path, em_files, monkeypatch, capsys):
-    import napari_unet.core.train as core_train
+    import napari_unet.core.train.loop as core_train
 
     real, calls = core_train.weighted_loss, []
 

@@ -36,13 +36,13 @@ def test_core_loads_no_gui():
 def test_core_and_cli_work_without_the_bioimageio_extra(tmp_path):
     """The extra is optional: importing the core loads no bioimageio, and without it a package is refused
     with the command that installs it (simulated by making `import bioimageio` fail)."""
-    assert not {m.split(".")[0] for m in _loaded("import napari_unet.core.bioimageio, napari_unet.cli")} & {
+    assert not {m.split(".")[0] for m in _loaded("import napari_unet.core.export.bioimageio, napari_unet.cli")} & {
         "bioimageio"
     }
     (tmp_path / "m.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
     code = (
         "import sys; sys.modules['bioimageio'] = None\n"
-        "from napari_unet.core.checkpoint import load_model\n"
+        "from napari_unet.core.models import load_model\n"
         "from napari_unet.cli import main\n"
         f"try:\n    load_model({str(tmp_path / 'm.zip')!r})\nexcept ValueError as e:\n    print('load:', e)\n"
         f"main(['export', 'nuclei', '-o', {str(tmp_path / 'x.zip')!r}])\n"
@@ -99,9 +99,70 @@ def test_import_contract_fails_on_a_deliberate_violation(tmp_path):
 
     ok = lint()
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    events = src / "napari_unet" / "core" / "events.py"
-    events.write_text(events.read_text() + "\nfrom napari_unet import cli  # a deliberate violation\n")
+    drain = src / "napari_unet" / "core" / "drain.py"
+    original = drain.read_text()
+    drain.write_text(original + "\nfrom napari_unet import cli  # a deliberate violation\n")
     broken = lint()
     assert broken.returncode != 0
     assert "core/ is GUI- and CLI-free" in broken.stdout and "BROKEN" in broken.stdout
-    assert "napari_unet.core.events -> napari_unet.cli" in broken.stdout
+    assert "napari_unet.core.drain -> napari_unet.cli" in broken.stdout
+    # a stage that imports a later one breaks the layers contract
+    drain.write_text(original)
+    labels = src / "napari_unet" / "core" / "data" / "labels.py"
+    labels.write_text(labels.read_text() + "\nfrom napari_unet.core.train import weights  # a deliberate violation\n")
+    upward = lint()
+    assert upward.returncode != 0
+    assert "core/ stages point one way" in upward.stdout and "BROKEN" in upward.stdout
+
+
+def _internal_imports(path: Path, module: str) -> set[str]:
+    """The napari_unet modules ``module`` (at ``path``) imports, at any depth (inside functions and
+    ``if TYPE_CHECKING:`` too), relative imports resolved."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("napari_unet"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target.startswith("napari_unet"):
+                out.add(target)
+                out.update(f"{target}.{a.name}" for a in node.names)
+    return out
+
+
+def test_no_import_cycle_in_src():
+    """Walk every import in src/ (function-level and TYPE_CHECKING ones included) and find no cycle between
+    modules: a package's own ``__init__`` re-exports are not cycles (the package imports its modules,
+    never the reverse)."""
+    root = REPO / "src"
+    modules = {}
+    for f in root.rglob("*.py"):
+        name = ".".join(f.relative_to(root).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = f
+    graph = {}
+    for name, f in modules.items():
+        deps = {d for d in _internal_imports(f, name) if d in modules and d != name}
+        # importing a package from inside it runs its __init__, which only re-exports: not an edge back
+        graph[name] = {d for d in deps if not (modules[d].name == "__init__.py" and name.startswith(d + "."))}
+    state, stack, cycles = {}, [], []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph[n]):
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d) :] + [d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from napari_unet import _reader, _sample_data, _writer
-from napari_unet.core import io
-from napari_unet.core.labels import instances_from_labels, targets_from_labels
+from napari_unet.core.data import files
+from napari_unet.core.data.labels import instances_from_labels, targets_from_labels
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_reader_large_file_is_lazy(tmp_path, monkeypatch):
     data = np.arange(6 * 40 * 50, dtype=np.uint16).reshape(6, 40, 50)
     tifffile.imwrite(tmp_path / "c.tif", data, compression="zlib", photometric="minisblack")
     tifffile.imwrite(tmp_path / "u.tif", data, photometric="minisblack")
-    monkeypatch.setattr(io, "default_lazy_threshold", lambda: 1024)  # "bigger than RAM"
+    monkeypatch.setattr(files, "default_lazy_threshold", lambda: 1024)  # "bigger than RAM"
     [(arr, kwargs, _)] = _reader.reader_function(str(tmp_path / "c.tif"))
     assert isinstance(arr, dask_array.Array) and kwargs["metadata"]["lazy"]
     np.testing.assert_array_equal(arr[3].compute(), data[3])
@@ -118,7 +118,7 @@ def test_writer_round_trip_with_scale(tmp_path):
     labels[:, 2:5, 3:7] = 3
     out = _writer.write_labels(str(tmp_path / "pred.tif"), labels, {"scale": (2.0, 0.5, 0.5), "name": "x"})
     assert out == [str(tmp_path / "pred.tif")]
-    data, meta = io.read_image(out[0])
+    data, meta = files.read_image(out[0])
     np.testing.assert_array_equal(data, labels)
     assert meta.pixel_size == pytest.approx((0.5, 0.5)) and meta.z_spacing == pytest.approx(2.0)
     with tifffile.TiffFile(out[0]) as tif:
@@ -128,7 +128,7 @@ def test_writer_round_trip_with_scale(tmp_path):
 def test_writer_adds_suffix_and_skips_default_scale(tmp_path):
     out = _writer.write_labels(str(tmp_path / "pred"), np.ones((4, 4), np.uint8), {"scale": (1.0, 1.0)})
     assert out == [str(tmp_path / "pred.tif")]
-    assert io.read_image(out[0])[1].pixel_size is None
+    assert files.read_image(out[0])[1].pixel_size is None
 
 
 # --------------------------------------------------------------------------- sample data

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from napari_unet.core import metrics
-from napari_unet.core.checkpoint import available_models, load_model, read_info
-from napari_unet.core.tiling import predict
+from napari_unet.core.evaluate import metrics
+from napari_unet.core.models.checkpoint import available_models
+from napari_unet.core.models.load import load_model, read_info
+from napari_unet.core.predict.tiles import predict
 
 
 @pytest.mark.parametrize("name", ["em-membrane", "nuclei"])

@@ -18,9 +18,9 @@ pytest.importorskip("zarr")
 
 from napari_unet import _reader  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
-from napari_unet.core import ngff  # noqa: E402
-from napari_unet.core.checkpoint import save_model  # noqa: E402
-from napari_unet.core.model import UNet  # noqa: E402
+from napari_unet.core.data import ngff
+from napari_unet.core.models.checkpoint import save_model
+from napari_unet.core.network.unet import UNet
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from napari_unet.core.io import TIFF_SUFFIXES, is_tiff, list_tiffs, read_image
-from napari_unet.core.ngff import is_ome_zarr
-from napari_unet.core.planes import declared_channel_axis
+from napari_unet.core.data.files import TIFF_SUFFIXES, is_tiff, list_tiffs, read_image
+from napari_unet.core.data.ngff import is_ome_zarr
+from napari_unet.core.data.planes import declared_channel_axis
 
 
 def _tiff_file(path: Path) -> bool:
@@ -115,7 +115,7 @@ def _zarr_levels(path: Path, fixed: dict[int, int], ms: dict) -> list:
     array, the ``fixed`` axes dropped."""
     import dask.array as da
 
-    from napari_unet.core.ngff import import_zarr
+    from napari_unet.core.data.ngff import import_zarr
 
     zarr = import_zarr()
     levels = []
@@ -131,7 +131,7 @@ def zarr_layers(path) -> list[tuple]:
     A labels image (``image.zarr/labels/<name>``, or any image with NGFF ``image-label`` metadata) opens as
     a Labels layer.
     """
-    from napari_unet.core.ngff import _attrs, _ome, labels_of, read_ome_zarr
+    from napari_unet.core.data.ngff import _attrs, _ome, labels_of, read_ome_zarr
 
     p = Path(path)
     view, meta = read_ome_zarr(p)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet.core.io import TIFF_SUFFIXES
-from napari_unet.core.io import write_labels as _write_labels
+from napari_unet.core.data.files import TIFF_SUFFIXES
+from napari_unet.core.data.files import write_labels as _write_labels
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:

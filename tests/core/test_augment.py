@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.augment import (
+from napari_unet.core.train.augment import (
     Deformed,
     coarse_displacements,
     dense_displacement,

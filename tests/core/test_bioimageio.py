@@ -15,9 +15,11 @@ pytest.importorskip("bioimageio.core")  # a guard for users' machines; CI instal
 
 from napari_unet._sample_data import load_em_sample, load_nuclei_sample  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
-from napari_unet.core import bioimageio as bio  # noqa: E402
-from napari_unet.core.checkpoint import CheckpointError, load_model, read_info  # noqa: E402
-from napari_unet.core.tiling import predict  # noqa: E402
+from napari_unet.core.export import bioimageio as bio
+from napari_unet.core.models.checkpoint import CheckpointError
+from napari_unet.core.models.packages import PackagedModel, PackageError
+from napari_unet.core.models.load import load_model, read_info
+from napari_unet.core.predict.tiles import predict
 
 # bioimageio.spec leaves the readers of package files open (ResourceWarning when collected): theirs, not ours
 pytestmark = [
@@ -66,7 +68,7 @@ def test_shipped_models_pass_bioimageio_test_offline(name, weights, em_package, 
         assert main(["export", name, "-o", str(pkg)]) == 0
         import zipfile
 
-        from napari_unet.core.checkpoint import available_models
+        from napari_unet.core.models.checkpoint import available_models
 
         with zipfile.ZipFile(pkg) as z:
             assert z.read(f"{name}.safetensors") == available_models()[name].read_bytes()
@@ -105,7 +107,7 @@ def test_architecture_file_needs_only_torch():
     """model.py ships inside packages as the architecture: it must import nothing of napari-unet."""
     from pathlib import Path
 
-    import napari_unet.core.model as m
+    import napari_unet.core.network.unet as m
 
     src = Path(m.__file__).read_text()
     imports = [ln for ln in src.splitlines() if ln.startswith(("import ", "from "))]
@@ -129,7 +131,7 @@ def test_own_package_round_trip_same_labels(em_package, isbi):
     back = load_model(em_package)
     assert back.info.name == "em-membrane" and read_info(em_package).training == load_model("em-membrane").info.training
     np.testing.assert_array_equal(predict(back, img), ref)
-    generic = bio.PackagedModel.from_descr(load_model_description(em_package, perform_io_checks=False), name="em")
+    generic = PackagedModel.from_descr(load_model_description(em_package, perform_io_checks=False), name="em")
     # tiled in 4 (one slice, to stay fast): the declared halo keeps the tiles seamless
     # batch_size 4: the tiles go through together, as on a GPU
     np.testing.assert_array_equal(predict(generic, img[1], tile_out=96, batch_size=4), ref[1])
@@ -308,7 +310,7 @@ def test_unsupported_packages_say_why(tmp_path):
         (tmp_path / "unz").mkdir(exist_ok=True)
         (tmp_path / "unz" / n).write_bytes(data)
     (tmp_path / "unz" / "rdf.yaml").write_text(yaml.safe_dump(rdf))
-    with pytest.raises((bio.PackageError, CheckpointError)) as e:
+    with pytest.raises((PackageError, CheckpointError)) as e:
         load_model(tmp_path / "unz" / "rdf.yaml")
     assert "takes 3 input channels; napari-unet runs single-channel models" in str(e.value)
     # weights napari-unet cannot run: named, with what it runs
@@ -317,7 +319,7 @@ def test_unsupported_packages_say_why(tmp_path):
     rdf["weights"]["onnx"] = {"source": w["source"], "sha256": w["sha256"], "opset_version": 17}
     (tmp_path / "unz" / "rdf.yaml").write_text(yaml.safe_dump(rdf))
     with pytest.raises(
-        bio.PackageError, match=r"weights \['onnx'\]; napari-unet runs pytorch_state_dict or torchscript"
+        PackageError, match=r"weights \['onnx'\]; napari-unet runs pytorch_state_dict or torchscript"
     ):
         load_model(tmp_path / "unz" / "rdf.yaml")
 
@@ -331,7 +333,7 @@ def test_foreign_valid_channel_last_package(tmp_path, offline):
     from bioimageio.spec import ValidationContext, save_bioimageio_package
     from bioimageio.spec.model import v0_5 as b
 
-    import napari_unet.core.model as m
+    import napari_unet.core.network.unet as m
 
     src = tmp_path / "arch.py"
     shutil.copyfile(m.__file__, src)
@@ -409,6 +411,6 @@ def test_foreign_valid_channel_last_package(tmp_path, offline):
         )
     pkg = save_bioimageio_package(descr, output_path=tmp_path / "valid.zip")
     model = load_model(pkg)
-    assert isinstance(model, bio.PackagedModel) and model.context == lost
+    assert isinstance(model, PackagedModel) and model.context == lost
     ref = predict(net.unet, img, normalize=(-off / gain, -off / gain + 1 / gain))
     np.testing.assert_array_equal(predict(model, img, tile_out=40, batch_size=3), ref)

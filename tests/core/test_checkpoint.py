@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core import checkpoint as ck
-from napari_unet.core.checkpoint import CheckpointError, load_model, read_info, save_model
-from napari_unet.core.model import UNet
+from napari_unet.core import models as ck
+from napari_unet.core.models.checkpoint import CheckpointError, save_model
+from napari_unet.core.models.load import load_model, read_info
+from napari_unet.core.network.unet import UNet
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.checkpoint import load_model
-from napari_unet.core.guidance import rank_regions
-from napari_unet.core.tiling import entropy, predict
+from napari_unet.core.models.load import load_model
+from napari_unet.core.predict.guidance import rank_regions
+from napari_unet.core.predict.tiles import entropy, predict
 
 
 def test_entropy_bounds():

@@ -1,4 +1,4 @@
-"""core.io: reading TIFF stacks (eager and lazy), atomic label writing, normalisation, grey checks."""
+"""core.data.files: reading TIFF stacks (eager and lazy), atomic label writing, normalisation, grey checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.core import intensity, io, planes
+from napari_unet.core.data import files
+from napari_unet.core.data import intensity, planes
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def stack():
 
 def test_multipage_round_trip(tmp_path, stack):
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
-    data, meta = io.read_image(tmp_path / "s.tif")
+    data, meta = files.read_image(tmp_path / "s.tif")
     assert isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
     np.testing.assert_array_equal(data, stack)
     assert meta.shape == stack.shape and meta.dtype == "uint16" and len(meta.axes) == 3
@@ -34,7 +35,7 @@ def test_bigtiff_compressed(tmp_path, stack):
     tifffile.imwrite(tmp_path / "b.tif", stack, bigtiff=True, compression="zlib", photometric="minisblack")
     with tifffile.TiffFile(tmp_path / "b.tif") as tif:
         assert tif.is_bigtiff
-    data, _ = io.read_image(tmp_path / "b.tif")
+    data, _ = files.read_image(tmp_path / "b.tif")
     np.testing.assert_array_equal(data, stack)
 
 
@@ -46,7 +47,7 @@ def test_imagej_pixel_size_and_spacing(tmp_path, stack):
         resolution=(1 / 0.25, 1 / 0.5),  # (x, y) pixels per unit
         metadata={"axes": "ZYX", "unit": "um", "spacing": 2.0},
     )
-    _, meta = io.read_image(tmp_path / "ij.tif")
+    _, meta = files.read_image(tmp_path / "ij.tif")
     assert meta.axes == "ZYX"
     assert meta.pixel_size == pytest.approx((0.5, 0.25))
     assert meta.z_spacing == pytest.approx(2.0)
@@ -57,7 +58,7 @@ def test_imagej_pixel_size_and_spacing(tmp_path, stack):
 def test_imagej_hyperstack_channels(tmp_path):
     data = np.zeros((3, 2, 16, 16), np.uint8)  # Z, C, Y, X
     tifffile.imwrite(tmp_path / "h.tif", data, imagej=True, metadata={"axes": "ZCYX"})
-    arr, meta = io.read_image(tmp_path / "h.tif")
+    arr, meta = files.read_image(tmp_path / "h.tif")
     assert arr.shape == (3, 2, 16, 16) and meta.axes == "ZCYX"
     assert meta.scale(drop="C") == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="pick one channel"):
@@ -71,7 +72,7 @@ def test_ome_pixel_size(tmp_path, stack):
         stack,
         metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4, "PhysicalSizeZ": 1.5},
     )
-    _, meta = io.read_image(tmp_path / "o.ome.tif")
+    _, meta = files.read_image(tmp_path / "o.ome.tif")
     assert meta.pixel_size == pytest.approx((0.4, 0.3))
     assert meta.z_spacing == pytest.approx(1.5)
     assert meta.unit == "µm"
@@ -84,52 +85,52 @@ def test_folder_of_slices_natural_order(tmp_path):
         tifffile.imwrite(folder / f"z{i}.tif", np.full((8, 9), i, np.uint8))
     (folder / "notes.txt").write_text("not an image")
     (folder / ".hidden.tif").write_bytes(b"junk")
-    data, meta = io.read_image(folder)
+    data, meta = files.read_image(folder)
     assert data.shape == (4, 8, 9)
     assert data[:, 0, 0].tolist() == [1, 2, 3, 10]
     assert meta.axes == "ZYX" and meta.shape == (4, 8, 9)
-    listed, meta = io.read_image([folder / "z10.tif", folder / "z1.tif"])
+    listed, meta = files.read_image([folder / "z10.tif", folder / "z1.tif"])
     assert listed[:, 0, 0].tolist() == [10, 1] and meta.path.endswith("z10.tif")
     with pytest.raises(ValueError, match="empty list"):
-        io.read_image([])
+        files.read_image([])
 
 
 def test_folder_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no TIFF files"):
-        io.read_image(empty)
+        files.read_image(empty)
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     tifffile.imwrite(mixed / "a.tif", np.zeros((8, 8), np.uint8))
     tifffile.imwrite(mixed / "b.tif", np.zeros((8, 9), np.uint8))
     with pytest.raises(ValueError, match="same shape and dtype"):
-        io.read_image(mixed)
+        files.read_image(mixed)
     dtypes = tmp_path / "dtypes"
     dtypes.mkdir()
     tifffile.imwrite(dtypes / "a.tif", np.zeros((8, 8), np.uint8))
     tifffile.imwrite(dtypes / "b.tif", np.zeros((8, 8), np.uint16))
     with pytest.raises(ValueError, match="'b.tif'"):
-        io.read_image(dtypes)
+        files.read_image(dtypes)
 
 
 def test_lazy_memmap_for_large_uncompressed(tmp_path, stack):
     tifffile.imwrite(tmp_path / "u.tif", stack, photometric="minisblack")
-    data, meta = io.read_image(tmp_path / "u.tif", lazy_threshold=1024)
+    data, meta = files.read_image(tmp_path / "u.tif", lazy_threshold=1024)
     assert meta.lazy and isinstance(data, np.memmap)
     np.testing.assert_array_equal(data[2], stack[2])
-    data, meta = io.read_image(tmp_path / "u.tif", lazy_threshold=10 * stack.nbytes)
+    data, meta = files.read_image(tmp_path / "u.tif", lazy_threshold=10 * stack.nbytes)
     assert not meta.lazy and not isinstance(data, np.memmap)
 
 
 def test_lazy_zarr_for_large_compressed(tmp_path, stack):
     pytest.importorskip("zarr")
     tifffile.imwrite(tmp_path / "c.tif", stack, compression="zlib", photometric="minisblack")
-    data, meta = io.read_image(tmp_path / "c.tif", lazy_threshold=1024)
+    data, meta = files.read_image(tmp_path / "c.tif", lazy_threshold=1024)
     assert meta.lazy and not isinstance(data, np.ndarray)
     assert data.shape == stack.shape
     np.testing.assert_array_equal(np.asarray(data[1:3]), stack[1:3])
-    eager, meta = io.read_image(tmp_path / "c.tif", lazy=False, lazy_threshold=1024)
+    eager, meta = files.read_image(tmp_path / "c.tif", lazy=False, lazy_threshold=1024)
     assert isinstance(eager, np.ndarray) and not meta.lazy
 
 
@@ -137,7 +138,7 @@ def test_lazy_folder(tmp_path, stack):
     pytest.importorskip("zarr")
     for i, plane in enumerate(stack):
         tifffile.imwrite(tmp_path / f"p{i}.tif", plane)
-    data, meta = io.read_image(tmp_path, lazy=True)
+    data, meta = files.read_image(tmp_path, lazy=True)
     assert meta.lazy and data.shape == stack.shape
     np.testing.assert_array_equal(np.asarray(data[4]), stack[4])
 
@@ -151,21 +152,21 @@ def test_truncated_tiff_is_a_clear_error(tmp_path, stack, kind, keep):
     (tmp_path / "bad.tif").write_bytes(raw[: int(len(raw) * keep)])
     for lazy in (False, True):
         with pytest.raises(ValueError, match="damaged or truncated"):
-            io.read_image(tmp_path / "bad.tif", lazy=lazy)
+            files.read_image(tmp_path / "bad.tif", lazy=lazy)
 
 
 def test_corrupt_header_and_non_tiff(tmp_path):
     (tmp_path / "corrupt.tif").write_bytes(b"II*\x00" + b"\xff" * 64)
     with pytest.raises(ValueError, match="damaged or truncated"):
-        io.read_image(tmp_path / "corrupt.tif")
+        files.read_image(tmp_path / "corrupt.tif")
     (tmp_path / "photo.tif").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     with pytest.raises(ValueError, match="not a TIFF file"):
-        io.read_image(tmp_path / "photo.tif")
+        files.read_image(tmp_path / "photo.tif")
     (tmp_path / "empty.tif").write_bytes(b"")
     with pytest.raises(ValueError, match="not a TIFF file"):
-        io.read_image(tmp_path / "empty.tif")
+        files.read_image(tmp_path / "empty.tif")
     with pytest.raises(FileNotFoundError):
-        io.read_image(tmp_path / "missing.tif")
+        files.read_image(tmp_path / "missing.tif")
 
 
 # --------------------------------------------------------------------------- writing
@@ -174,12 +175,12 @@ def test_corrupt_header_and_non_tiff(tmp_path):
 def test_write_labels_round_trip(tmp_path):
     labels = np.zeros((3, 20, 30), np.int64)
     labels[:, 5:10, 5:10] = 300
-    path = io.write_labels(tmp_path / "l.tif", labels, pixel_size=(0.5, 0.25), z_spacing=2.0)
+    path = files.write_labels(tmp_path / "l.tif", labels, pixel_size=(0.5, 0.25), z_spacing=2.0)
     with tifffile.TiffFile(path) as tif:
         assert tif.is_imagej
         assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
         assert tif.series[0].dtype == np.uint16  # smallest dtype that holds 300
-    data, meta = io.read_image(path)
+    data, meta = files.read_image(path)
     np.testing.assert_array_equal(data, labels)
     assert meta.pixel_size == pytest.approx((0.5, 0.25)) and meta.z_spacing == pytest.approx(2.0)
     assert meta.unit == "µm"
@@ -187,18 +188,18 @@ def test_write_labels_round_trip(tmp_path):
 
 
 def test_write_labels_dtypes(tmp_path):
-    io.write_labels(tmp_path / "b.tif", np.eye(4, dtype=bool))
+    files.write_labels(tmp_path / "b.tif", np.eye(4, dtype=bool))
     assert tifffile.imread(tmp_path / "b.tif").dtype == np.uint8
     big = np.full((4, 4), 70000, np.int64)
-    io.write_labels(tmp_path / "big.tif", big, pixel_size=0.5)
-    data, meta = io.read_image(tmp_path / "big.tif")
+    files.write_labels(tmp_path / "big.tif", big, pixel_size=0.5)
+    data, meta = files.read_image(tmp_path / "big.tif")
     assert data.dtype == np.uint32 and (data == 70000).all()
     assert meta.pixel_size == pytest.approx((0.5, 0.5))
-    io.write_labels(tmp_path / "f.tif", np.array([[0.0, 2.0], [3.0, 1.0]]))
+    files.write_labels(tmp_path / "f.tif", np.array([[0.0, 2.0], [3.0, 1.0]]))
     assert tifffile.imread(tmp_path / "f.tif").tolist() == [[0, 2], [3, 1]]
     # A (Z, Y, 3) stack must stay a stack, never become RGB.
-    io.write_labels(tmp_path / "narrow.tif", np.ones((2, 5, 3), np.uint8))
-    assert io.read_image(tmp_path / "narrow.tif")[1].axes == "ZYX"
+    files.write_labels(tmp_path / "narrow.tif", np.ones((2, 5, 3), np.uint8))
+    assert files.read_image(tmp_path / "narrow.tif")[1].axes == "ZYX"
 
 
 @pytest.mark.parametrize(
@@ -212,7 +213,7 @@ def test_write_labels_dtypes(tmp_path):
 )
 def test_write_labels_rejects_bad_input(tmp_path, labels, match):
     with pytest.raises(ValueError, match=match):
-        io.write_labels(tmp_path / "x.tif", labels)
+        files.write_labels(tmp_path / "x.tif", labels)
     assert os.listdir(tmp_path) == []
 
 
@@ -223,7 +224,7 @@ def _crash(*args, **kwargs):
 def test_atomic_write_crash_mid_write_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "labels.tif"
     old = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    io.write_labels(path, old)
+    files.write_labels(path, old)
     before = path.read_bytes()
 
     def half_write(fh, data, **kwargs):
@@ -232,7 +233,7 @@ def test_atomic_write_crash_mid_write_keeps_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tifffile, "imwrite", half_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        io.write_labels(path, np.ones((3, 4), np.uint8))
+        files.write_labels(path, np.ones((3, 4), np.uint8))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["labels.tif"]  # no temporary file left behind
 
@@ -240,19 +241,19 @@ def test_atomic_write_crash_mid_write_keeps_old_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("target", ["fsync", "replace"])
 def test_atomic_write_crash_before_rename(tmp_path, monkeypatch, target):
     path = tmp_path / "labels.tif"
-    io.write_labels(path, np.full((3, 4), 7, np.uint8))
-    monkeypatch.setattr(io.os, target, _crash)
+    files.write_labels(path, np.full((3, 4), 7, np.uint8))
+    monkeypatch.setattr(files.os, target, _crash)
     with pytest.raises(RuntimeError):
-        io.write_labels(path, np.ones((3, 4), np.uint8))
+        files.write_labels(path, np.ones((3, 4), np.uint8))
     monkeypatch.undo()
     np.testing.assert_array_equal(tifffile.imread(path), 7)
     assert os.listdir(tmp_path) == ["labels.tif"]
 
 
 def test_atomic_write_into_new_file_leaves_nothing_on_crash(tmp_path, monkeypatch):
-    monkeypatch.setattr(io.os, "replace", _crash)
+    monkeypatch.setattr(files.os, "replace", _crash)
     with pytest.raises(RuntimeError):
-        io.write_labels(tmp_path / "new.tif", np.ones((3, 4), np.uint8))
+        files.write_labels(tmp_path / "new.tif", np.ones((3, 4), np.uint8))
     assert os.listdir(tmp_path) == []
 
 
@@ -262,10 +263,10 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     # writes (umask), and overwriting keeps the permissions the user gave the file.
     umask = os.umask(0o022)
     try:
-        new = io.write_labels(tmp_path / "new.tif", np.ones((3, 4), np.uint8))
+        new = files.write_labels(tmp_path / "new.tif", np.ones((3, 4), np.uint8))
         assert stat.S_IMODE(os.stat(new).st_mode) == 0o644
         os.chmod(new, 0o664)
-        io.write_labels(new, np.full((3, 4), 2, np.uint8))
+        files.write_labels(new, np.full((3, 4), 2, np.uint8))
         assert stat.S_IMODE(os.stat(new).st_mode) == 0o664
     finally:
         os.umask(umask)
@@ -317,7 +318,7 @@ def test_percentiles_subsample_lazy_stack(tmp_path):
     rng = np.random.default_rng(2)
     stack = rng.integers(0, 4000, (20, 64, 64), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
-    lazy, _ = io.read_image(tmp_path / "s.tif", lazy=True)
+    lazy, _ = files.read_image(tmp_path / "s.tif", lazy=True)
     full = intensity.percentiles(stack, 1, 99.8)
     sub = intensity.percentiles(lazy, 1, 99.8, max_samples=5000)
     assert sub == pytest.approx(full, abs=0.02 * 4000)
@@ -364,7 +365,7 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
     import subprocess
     import sys
 
-    from napari_unet.core.io import atomic_write
+    from napari_unet.core.data.files import atomic_write
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(gone.stdout)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.core import metrics as M
+from napari_unet.core.evaluate import metrics as M
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from napari_unet.core.model import (
+from napari_unet.core.network.unet import (
     UNet,
     input_size_for_output,
     is_valid_size,

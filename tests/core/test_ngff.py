@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("zarr")
 
-from napari_unet.core import ngff  # noqa: E402
+from napari_unet.core.data import ngff
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core import device, tiling
-from napari_unet.core.model import UNet
-from napari_unet.core.tiling import choose_precision, predict
+from napari_unet.core.network import device
+from napari_unet.core.network.unet import UNet
+from napari_unet.core.predict import tiles
+from napari_unet.core.predict.tiles import choose_precision, predict
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_no_native_bf16_means_fp32_without_a_trial(net, stack, monkeypatch):
     def no_trial(*a, **k):
         raise AssertionError("no trial on a CPU without native bf16")
 
-    monkeypatch.setattr(tiling, "_trial", no_trial)
+    monkeypatch.setattr(tiles, "_trial", no_trial)
     precision, why = choose_precision(net, stack, device="cpu")
     assert precision == "fp32" and "no native bf16" in why
 
@@ -42,8 +43,8 @@ def _fake_trials(monkeypatch, seconds: dict, disagree: float = 0.0):
             labels.flat[: int(disagree * labels.size)] = 1
         return seconds[amp_dtype], labels
 
-    monkeypatch.setattr(tiling, "cpu_bf16_native", lambda: (True, "the CPU has avx512_bf16 (mocked)"))
-    monkeypatch.setattr(tiling, "_trial", fake)
+    monkeypatch.setattr(tiles, "cpu_bf16_native", lambda: (True, "the CPU has avx512_bf16 (mocked)"))
+    monkeypatch.setattr(tiles, "_trial", fake)
 
 
 def test_native_bf16_that_is_faster_and_agrees_is_chosen(net, stack, monkeypatch):
@@ -69,7 +70,7 @@ def test_native_bf16_that_disagrees_or_is_not_faster_stays_fp32(net, stack, monk
 
 
 def test_a_real_trial_and_auto_in_iter_predict(net, stack, monkeypatch, caplog):
-    monkeypatch.setattr(tiling, "cpu_bf16_native", lambda: (True, "native bf16 (mocked)"))
+    monkeypatch.setattr(tiles, "cpu_bf16_native", lambda: (True, "native bf16 (mocked)"))
     with caplog.at_level(logging.INFO, logger="napari_unet"):
         labels = predict(net, stack, precision="auto", device="cpu")
     [msg] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision ")]

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_unet.core.augment import elastic_deform, elastic_deform_torch
+from napari_unet.core.train.augment import elastic_deform, elastic_deform_torch
 
 DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
 

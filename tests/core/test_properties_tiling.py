@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_unet.core.model import UNet, margin, output_size
-from napari_unet.core.tiling import mirror_pad, plan_tiles, predict, predict_whole
+from napari_unet.core.network.unet import UNet, margin, output_size
+from napari_unet.core.predict.tiles import mirror_pad, plan_tiles, predict, predict_whole
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,7 @@
 """Property tests of the weight map (paper eq. 2) on random painted rectangles and discs.
 
 The fast map is compared with the library's own slow reference (one Euclidean distance transform
-per object, :func:`~napari_unet.core.weights.weight_map_reference`), and both with eq. 2 written out
+per object, :func:`~napari_unet.core.train.weights.weight_map_reference`), and both with eq. 2 written out
 from brute-force point distances, which shares no code with either.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_unet.core.weights import weight_map, weight_map_reference
+from napari_unet.core.train.weights import weight_map, weight_map_reference
 
 
 @st.composite

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.checkpoint import CheckpointError, load_model, save_model
-from napari_unet.core.scale import check_scale, model_scale, pick_scale, resize, zoom_labels, zoom_plane
-from napari_unet.core.tiling import predict
+from napari_unet.core.data.zoom import check_zoom, model_zoom, resize, zoom_labels, zoom_plane
+from napari_unet.core.models.checkpoint import CheckpointError, save_model
+from napari_unet.core.models.load import load_model
+from napari_unet.core.predict.tiles import predict
+from napari_unet.core.train.start import pick_zoom
 
 
 def test_resampling_keeps_grids_and_labels():
@@ -29,13 +31,13 @@ def test_resampling_keeps_grids_and_labels():
 def test_scale_bounds_and_choice():
     for bad in (0, -1, 0.01, 100, float("nan")):
         with pytest.raises(ValueError, match="scale must be between"):
-            check_scale(bad)
-    assert pick_scale({1.0: 0.80, 0.5: 0.82}) == 1.0  # within MIN_GAIN: the image as it is
-    assert pick_scale({1.0: 0.70, 0.5: 0.90, 2.0: 0.5}) == 0.5
-    assert pick_scale({1.0: 0.92, 0.5: 0.97}) == 0.5  # another magnification: most disagreement gone
-    assert pick_scale({1.0: 0.69, 2.0: 0.73}) == 1.0  # correction strokes: disagreement at every zoom
-    assert pick_scale({1.0: float("nan"), 0.71: 0.6}) == 0.71
-    assert pick_scale({}) == 1.0
+            check_zoom(bad)
+    assert pick_zoom({1.0: 0.80, 0.5: 0.82}) == 1.0  # within MIN_GAIN: the image as it is
+    assert pick_zoom({1.0: 0.70, 0.5: 0.90, 2.0: 0.5}) == 0.5
+    assert pick_zoom({1.0: 0.92, 0.5: 0.97}) == 0.5  # another magnification: most disagreement gone
+    assert pick_zoom({1.0: 0.69, 2.0: 0.73}) == 1.0  # correction strokes: disagreement at every zoom
+    assert pick_zoom({1.0: float("nan"), 0.71: 0.6}) == 0.71
+    assert pick_zoom({}) == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_predicting_at_the_models_scale_segments_larger_nuclei(big_nuclei, tmp_p
     torch.set_num_threads(1)
     im, lab = big_nuclei
     model = load_model("nuclei")
-    assert model_scale(model) == 1.0
+    assert model_zoom(model) == 1.0
     as_is = predict(model, im, output="labels")
     rescaled = predict(model, im, output="labels", scale=1 / 3)
     assert rescaled.shape == as_is.shape == lab.shape
@@ -65,7 +67,7 @@ def test_predicting_at_the_models_scale_segments_larger_nuclei(big_nuclei, tmp_p
     info = replace(model.info, scale={"input_scale": 1 / 3})
     path = save_model(tmp_path / "big.safetensors", model, info=info)
     scaled_model = load_model(path)
-    assert model_scale(scaled_model) == pytest.approx(1 / 3)
+    assert model_zoom(scaled_model) == pytest.approx(1 / 3)
     np.testing.assert_array_equal(predict(scaled_model, im[:1], output="labels"), rescaled[:1])
     np.testing.assert_array_equal(predict(scaled_model, im[:1], output="labels", scale=1.0), as_is[:1])
     inst = predict(scaled_model, im[:1], output="instances")
@@ -107,8 +109,9 @@ def test_auto_start_trains_at_the_scale_the_start_model_agrees_best(big_nuclei, 
     predicts at that zoom by default. (On the benchmark's strokes over 3x nuclei the nuclei model agrees
     0.92 as is and 0.97 at x0.5: docs/accuracy.md; here the agreement is rigged to favour x0.5, so
     the test is about what follows from the choice.)"""
-    from napari_unet.core import start
-    from napari_unet.core.train import TrainConfig, train
+    from napari_unet.core.train import start
+    from napari_unet.core.train.config import TrainConfig
+    from napari_unet.core.train.loop import train
 
     torch.set_num_threads(1)
     im, lab = big_nuclei
@@ -127,7 +130,7 @@ def test_auto_start_trains_at_the_scale_the_start_model_agrees_best(big_nuclei, 
     result = train(cfg, im, strokes, preview=(0, 0))
     assert result.info.scale == {"input_scale": 0.5}
     assert "zoomed x0.50" in result.info.training["start"]
-    assert model_scale(result.model) == 0.5
+    assert model_zoom(result.model) == 0.5
     assert predict(result.model, im[:1], output="labels").shape == im[:1].shape
     # a fixed scale is kept as given; from scratch the images stay as they are
     cfg = TrainConfig(init=None, depth=2, base_channels=4, tile_in=92, steps=1, device="cpu")
@@ -137,8 +140,9 @@ def test_auto_start_trains_at_the_scale_the_start_model_agrees_best(big_nuclei, 
 
 def test_a_given_scale_is_kept_by_the_auto_start(big_nuclei, monkeypatch):
     """--init auto --scale 1: the start is scored (and trained) at the zoom given, not at the best one."""
-    from napari_unet.core import start
-    from napari_unet.core.train import TrainConfig, train
+    from napari_unet.core.train import start
+    from napari_unet.core.train.config import TrainConfig
+    from napari_unet.core.train.loop import train
 
     torch.set_num_threads(1)
     im, lab = big_nuclei
@@ -156,13 +160,13 @@ def test_a_given_scale_is_kept_by_the_auto_start(big_nuclei, monkeypatch):
     cfg = TrainConfig(init="auto", scale=1.0, steps=1, tile_in=188, device="cpu")
     result = train(cfg, im, strokes)
     assert set(tried) == {1.0}
-    assert model_scale(result.model) == 1.0
+    assert model_zoom(result.model) == 1.0
 
 
 def test_block_wise_prediction_runs_a_zoomed_model_at_scale_1_only_when_asked(tmp_path):
     pytest.importorskip("distributed")
-    from napari_unet.core.blocks import create_prediction, iter_predict_blocks
-    from napari_unet.core.events import run
+    from napari_unet.core.drain import drain
+    from napari_unet.core.predict.blocks import create_prediction, iter_predict_blocks
 
     model = load_model("nuclei")
     zoomed = load_model(
@@ -170,15 +174,15 @@ def test_block_wise_prediction_runs_a_zoomed_model_at_scale_1_only_when_asked(tm
     )
     image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
     with pytest.raises(ValueError, match="zooms images x0.50"):
-        run(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8)))
-    out = run(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8), scale=1.0))
+        drain(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8)))
+    out = drain(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8), scale=1.0))
     np.testing.assert_array_equal(out, predict(model, image, output="labels"))
     # the same on a cluster of its own (the widget's 'workers'): the scale reaches the inner call
     with pytest.raises(ValueError, match="zooms images x0.50"):  # refused before any cluster starts
-        run(iter_predict_blocks(zoomed, image, str(tmp_path / "none.zarr"), workers=1, processes=False))
+        drain(iter_predict_blocks(zoomed, image, str(tmp_path / "none.zarr"), workers=1, processes=False))
     target = tmp_path / "pred.zarr"
     create_prediction(target, zoomed, (96, 96), chunks=(48, 48))
-    on_cluster = run(iter_predict_blocks(zoomed, image, str(target), scale=1.0, workers=1, processes=False))
+    on_cluster = drain(iter_predict_blocks(zoomed, image, str(target), scale=1.0, workers=1, processes=False))
     np.testing.assert_array_equal(np.asarray(on_cluster[...]), out)
 
 
@@ -197,7 +201,7 @@ def test_an_explicit_min_size_is_in_the_images_pixels(big_nuclei):
 
 
 def test_the_package_of_a_zoomed_model_says_so():
-    from napari_unet.core.bioimageio import _zoom_note
+    from napari_unet.core.export.bioimageio import _zoom_note
 
     model = load_model("nuclei")
     assert _zoom_note(model) == ""

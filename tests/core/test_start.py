@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.core import start
-from napari_unet.core.checkpoint import read_info, resolve_model_path
-from napari_unet.core.events import run
-from napari_unet.core.intensity import percentiles, scale_intensity
-from napari_unet.core.train import TrainConfig, iter_train
+from napari_unet.core.data.intensity import percentiles, scale_intensity
+from napari_unet.core.drain import drain
+from napari_unet.core.models.checkpoint import resolve_model_path
+from napari_unet.core.models.load import read_info
+from napari_unet.core.train import start
+from napari_unet.core.train.config import TrainConfig
+from napari_unet.core.train.loop import iter_train
 
 
 def strokes(inst: np.ndarray, rng, *, n_bg: int = 6, length: int = 24, thin_bg: bool = False) -> np.ndarray:
@@ -60,7 +62,7 @@ def auto_start(images, labels, **kw):
     """The 'start' event and the result of a 1-step run with init='auto' (the widget's and the CLI's default)."""
     events = []
     cfg = TrainConfig(label_mode="instance", init="auto", keep_prior=None, lr=None, steps=1, tile_in=316, **kw)
-    res = run(iter_train(cfg, images, labels), events.append)
+    res = drain(iter_train(cfg, images, labels), events.append)
     (ev,) = [e for e in events if e.kind == "start"]
     return ev, res
 
@@ -164,7 +166,7 @@ def test_explicit_start_that_contradicts_the_strokes_warns(vnc, rng):
     lab = np.stack([strokes(i, rng, n_bg=8) for i in inst])
     events = []
     cfg = TrainConfig(label_mode="instance", init="em-membrane", keep_prior=None, steps=1, tile_in=316)
-    res = run(iter_train(cfg, raw[:1, :256, :256], lab), events.append)
+    res = drain(iter_train(cfg, raw[:1, :256, :256], lab), events.append)
     (ev,) = [e for e in events if e.kind == "start"]
     assert "contradicts your strokes" in ev.warning
     assert res.info.training["config"]["keep_prior"] == 0.0
@@ -177,7 +179,7 @@ def test_auto_snaps_the_tile_to_the_chosen_models_depth(isbi, rng):
     lab = strokes(inst[25, :256, :256], rng)
     # 124 is valid for the depth-2 scratch net this config would build, not for the depth-4 EM model
     cfg = TrainConfig(label_mode="instance", init="auto", keep_prior=None, steps=1, depth=2, tile_in=124)
-    res = run(iter_train(cfg, image[25, :256, :256], lab))
+    res = drain(iter_train(cfg, image[25, :256, :256], lab))
     assert res.info.training["config"]["init"] == "em-membrane"
     assert res.info.training["tile_in"] == 188  # the smallest valid depth-4 tile
 
@@ -190,7 +192,8 @@ def test_auto_and_resume_do_not_mix(tmp_path):
 def test_auto_may_start_from_a_similar_model_of_another_label_mode(isbi, rng, tmp_path, monkeypatch):
     """A semantic-mode model of the same images is 'other classes' (no agreement): chosen for its features,
     trained without its prior, and the missing agreement breaks nothing."""
-    from napari_unet.core.checkpoint import load_model, save_model
+    from napari_unet.core.models.checkpoint import save_model
+    from napari_unet.core.models.load import load_model
 
     em = load_model("em-membrane")
     em.info.label_mode = "semantic"

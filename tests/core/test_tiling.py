@@ -2,16 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.device import resolve_device
-from napari_unet.core.events import TileEvent
-from napari_unet.core.model import UNet
-from napari_unet.core.tiling import (
-    auto_tile_out,
-    iter_predict,
-    plan_tiles,
-    predict,
-    predict_whole,
-)
+from napari_unet.core.network.device import resolve_device
+from napari_unet.core.network.unet import UNet
+from napari_unet.core.predict.events import TileEvent
+from napari_unet.core.predict.tiles import auto_tile_out, iter_predict, plan_tiles, predict, predict_whole
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +108,7 @@ def test_instances_are_unique_over_the_stack():
 
 
 def test_three_class_instances_grow_over_border():
-    from napari_unet.core.labels import instances_from_semantic
+    from napari_unet.core.data.labels import instances_from_semantic
 
     sem = np.zeros((20, 30), np.uint8)
     sem[2:10, 2:12] = 2
@@ -197,7 +191,7 @@ def test_lazy_array_like_input(net, em):
 
 
 def test_instances_min_size_drops_specks_and_renumbers():
-    from napari_unet.core.labels import instances_from_semantic
+    from napari_unet.core.data.labels import instances_from_semantic
 
     sem = np.zeros((40, 40), np.uint8)
     sem[2:12, 2:12] = 1  # 100 px
@@ -215,7 +209,7 @@ def test_instances_min_size_drops_specks_and_renumbers():
 
 def test_min_size_default_comes_from_the_model(dsb):
     """The shipped nuclei model drops specks below its own min_size; min_size=0 keeps them."""
-    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.models.load import load_model
 
     m = load_model("nuclei")
     assert m.info.postprocess["min_size"] == 30
@@ -244,7 +238,7 @@ def test_tiles_smaller_than_the_grid_still_cover_the_image(tile_out):
 
 def test_semantic_models_with_three_classes_get_instances_per_class():
     """Classes 1 and 2 of a semantic model are two kinds of object, not interior and border."""
-    from napari_unet.core.labels import instances_from_semantic
+    from napari_unet.core.data.labels import instances_from_semantic
 
     sem = np.zeros((20, 20), np.int64)
     sem[2:8, 2:8] = 1  # a mitochondrion

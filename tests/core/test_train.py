@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.checkpoint import load_model, save_model
-from napari_unet.core.events import TrainState
-from napari_unet.core.losses import annotated_iou, weighted_loss
-from napari_unet.core.tiling import predict
-from napari_unet.core.train import TrainConfig, iter_train, train
+from napari_unet.core.models.checkpoint import save_model
+from napari_unet.core.models.load import load_model
+from napari_unet.core.predict.tiles import predict
+from napari_unet.core.train.config import TrainConfig
+from napari_unet.core.train.events import TrainState
+from napari_unet.core.train.loop import iter_train, train
+from napari_unet.core.train.losses import annotated_iou, weighted_loss
 
 TINY = dict(depth=2, base_channels=8, tile_in=124, optimizer="adam", lr=3e-3, dropout=0.0)
 
@@ -154,7 +156,7 @@ def test_bad_input_messages(nuclei):
 
 
 def test_prior_loss_is_zero_for_the_teacher_and_ignores_annotated_pixels():
-    from napari_unet.core.losses import prior_loss
+    from napari_unet.core.train.losses import prior_loss
 
     g = torch.Generator().manual_seed(0)
     t = torch.randn(1, 2, 8, 8, generator=g)
@@ -173,7 +175,7 @@ def test_prior_loss_is_zero_for_the_teacher_and_ignores_annotated_pixels():
 def test_kept_start_loss_counts_each_pixel_once():
     """A stroke pixel weighs as much as an unpainted one: with 1 painted pixel of 64, the loss is
     (its cross-entropy + keep_prior x the KL summed over the other 63) / 64; dense labels give eq. 2 alone."""
-    from napari_unet.core.losses import kept_start_loss, prior_loss
+    from napari_unet.core.train.losses import kept_start_loss, prior_loss
 
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(1, 2, 8, 8, generator=g), torch.randn(1, 2, 8, 8, generator=g)
@@ -261,7 +263,7 @@ def test_one_painted_class_is_warned(nuclei):
 
 def test_live_feed_adds_strokes_without_a_restart(isbi):
     """Strokes painted during a run reach the training data: new slices join, repainted ones are replaced."""
-    from napari_unet.core.events import TrainState
+    from napari_unet.core.train.events import TrainState
 
     img, lab, _ = isbi
     image = img[:3, :128, :128]

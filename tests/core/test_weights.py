@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.core.weights import (
+from napari_unet.core.train.weights import (
     border_weight,
     border_weight_reference,
     cutoff_distance,
@@ -163,8 +163,8 @@ def test_strokes_in_objects_do_not_assert_interior_over_border():
     interior and border; the loss of an ANY_OBJECT pixel is -log(p_interior + p_border)."""
     import torch
 
-    from napari_unet.core.labels import ANY_OBJECT, targets_from_labels
-    from napari_unet.core.losses import weighted_loss
+    from napari_unet.core.data.labels import ANY_OBJECT, targets_from_labels
+    from napari_unet.core.train.losses import weighted_loss
 
     lab = np.zeros((12, 20), np.int32)
     lab[1:11, 1:9] = 1
@@ -184,9 +184,9 @@ def test_strokes_in_objects_do_not_assert_interior_over_border():
 
 def test_training_config_chooses_how_partly_painted_objects_teach():
     """TrainConfig.partial_objects reaches the targets training samples (the benchmark's 'autowhole' arm)."""
-    from napari_unet.core.labels import ANY_OBJECT
-    from napari_unet.core.sampling import prepare_slices
-    from napari_unet.core.train import TrainConfig
+    from napari_unet.core.data.labels import ANY_OBJECT
+    from napari_unet.core.train.config import TrainConfig
+    from napari_unet.core.train.sampling import prepare_slices
 
     image = np.random.default_rng(0).random((12, 20)).astype(np.float32)
     lab = np.zeros((12, 20), np.int32)

@@ -115,7 +115,7 @@ def test_train_crash_from_a_bad_checkpoint_is_reported(em_viewer, qtbot, tmp_pat
 
     from model_files import save_diverged
 
-    from napari_unet.core.model import UNet
+    from napari_unet.core.network.unet import UNet
 
     w.checkpoint.value = save_diverged(tmp_path / "diverged", UNet(depth=2, base_channels=4, n_classes=2))
     job = w._on_train()
@@ -132,7 +132,7 @@ def test_train_crash_mid_run_keeps_the_weights(em_viewer, qtbot, monkeypatch, me
     def broken_preview(*args, **kwargs):
         raise OSError("the image file went away")
 
-    monkeypatch.setattr("napari_unet.core.train._preview", broken_preview)
+    monkeypatch.setattr("napari_unet.core.train.loop._preview", broken_preview)
     w = dock(em_viewer, "Train")
     tiny(w, steps=6)
     w.preview_every.value = 2
@@ -167,8 +167,8 @@ class Ctx:
         return getattr(self.viewer, f"add_{kind}")(data, name=f"case {kind}", **kw)
 
     def model(self, make):
-        from napari_unet.core.checkpoint import save_model
-        from napari_unet.core.model import UNet
+        from napari_unet.core.models.checkpoint import save_model
+        from napari_unet.core.network.unet import UNet
 
         net = UNet(depth=2, base_channels=4, n_classes=2)
         path = self.tmp / "case.safetensors"

@@ -7,7 +7,7 @@ from scipy import ndimage
 from widget_helpers import dock
 
 from napari_unet._widgets import _state
-from napari_unet.core.tiling import predict
+from napari_unet.core.predict.tiles import predict
 
 pytestmark = pytest.mark.gui
 

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.gui
 def tiny_model():
     """A tiny U-Net trained for a few steps on the shipped EM sample (core only, no GUI)."""
     from napari_unet._sample_data import load_em_sample
-    from napari_unet.core.train import TrainConfig, train
+    from napari_unet.core.train.config import TrainConfig
+    from napari_unet.core.train.loop import train
 
     image, labels = load_em_sample()
     cfg = TrainConfig(
@@ -31,7 +32,7 @@ def tiny_model():
 
 def test_prediction_fills_labels_layer_equal_to_core(em_viewer, qtbot, tiny_model):
     from napari_unet._widgets import _state
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.predict.tiles import predict
 
     _state.register_model(_state.JUST_TRAINED, tiny_model)
     w = dock(em_viewer, "Predict")
@@ -54,8 +55,8 @@ def test_prediction_fills_labels_layer_equal_to_core(em_viewer, qtbot, tiny_mode
 
 
 def test_current_slice_probability_map_and_instances(em_viewer, qtbot, tiny_model, tmp_path):
-    from napari_unet.core.checkpoint import save_model
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.models.checkpoint import save_model
+    from napari_unet.core.predict.tiles import predict
 
     path = tmp_path / "tiny.safetensors"
     save_model(path, tiny_model)
@@ -85,7 +86,7 @@ def test_current_slice_probability_map_and_instances(em_viewer, qtbot, tiny_mode
     assert not inst.data[0].any()
 
     # correct it: the prediction becomes training labels (+1), only on the slice that was predicted
-    from napari_unet.core.labels import annotated_mask
+    from napari_unet.core.data.labels import annotated_mask
 
     assert w.to_labels_button.enabled
     fix = w._on_to_labels()
@@ -128,8 +129,8 @@ def test_cancel_keeps_finished_tiles_and_says_so(em_viewer, qtbot, tiny_model, m
 def test_model_file_can_be_a_bioimageio_package(em_viewer, qtbot, tiny_model, tmp_path):
     """'model file…' takes a package napari-unet exported: the same labels as the model itself."""
     pytest.importorskip("bioimageio.core")
-    from napari_unet.core.bioimageio import export_package
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.export.bioimageio import export_package
+    from napari_unet.core.predict.tiles import predict
 
     image = em_viewer.layers["EM (ISBI 2012)"]
     pkg = export_package(tiny_model, tmp_path / "tiny.zip", sample=image.data[0])

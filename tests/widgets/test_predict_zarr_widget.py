@@ -12,7 +12,7 @@ pytest.importorskip("zarr")
 @pytest.fixture
 def em_zarr(tmp_path):
     from napari_unet._sample_data import load_em_sample
-    from napari_unet.core import ngff
+    from napari_unet.core.data import ngff
 
     image, _ = load_em_sample()
     vol = np.ascontiguousarray(image[:2, :150, :130])
@@ -28,7 +28,7 @@ def em_zarr(tmp_path):
 def tiny():
     import torch
 
-    from napari_unet.core.model import UNet
+    from napari_unet.core.network.unet import UNet
 
     torch.manual_seed(0)
     return UNet(depth=2, base_channels=4)
@@ -36,8 +36,8 @@ def tiny():
 
 def test_predict_widget_fills_a_zarr_backed_layer_and_resumes(viewer, qtbot, em_zarr, tiny, tmp_path):
     from napari_unet._widgets import _state
-    from napari_unet.core import ngff
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.data import ngff
+    from napari_unet.core.predict.tiles import predict
 
     path, vol = em_zarr
     [layer] = viewer.open(str(path), plugin="napari-unet")  # drag and drop of the folder
@@ -64,8 +64,8 @@ def test_predict_widget_fills_a_zarr_backed_layer_and_resumes(viewer, qtbot, em_
 
 def test_predict_widget_workers_write_into_the_container(viewer, qtbot, em_zarr, tiny):
     from napari_unet._widgets import _state
-    from napari_unet.core import ngff
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.data import ngff
+    from napari_unet.core.predict.tiles import predict
 
     path, vol = em_zarr
     [layer] = viewer.open(str(path), plugin="napari-unet")

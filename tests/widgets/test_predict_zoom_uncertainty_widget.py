@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from widget_helpers import dock
 
-from napari_unet.core.tiling import predict
+from napari_unet.core.predict.tiles import predict
 
 pytestmark = pytest.mark.gui
 
@@ -20,7 +20,7 @@ def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qt
     job = p._on_predict()
     assert job is not None, errors
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
-    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.models.load import load_model
 
     expect = predict(load_model("nuclei"), images[85, :128, :128], scale=0.5)
     np.testing.assert_array_equal(p.layer.data, expect)

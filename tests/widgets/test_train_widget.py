@@ -61,7 +61,7 @@ def test_train_plots_loss_previews_and_keeps_gui_alive(em_viewer, qtbot, tmp_pat
     assert "train" not in _state.RUNNING
     assert w.train_button.enabled and w.save_button.enabled
     saved = w._on_save(tmp_path / "em-tiny")
-    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.models.load import load_model
 
     m = load_model(saved)
     assert m.depth == 2 and m.n_classes == 2
@@ -121,7 +121,7 @@ def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot):
 
 
 def test_settings_come_from_the_config_and_the_weight_map_preview(em_viewer):
-    from napari_unet.core.train import LIMITS
+    from napari_unet.core.train.config import LIMITS
 
     w = dock(em_viewer, "Train")
     assert (w.steps.min, w.steps.max) == LIMITS["steps"]
@@ -141,7 +141,7 @@ def test_widget_and_cli_train_the_same_model(em_viewer, qtbot, tmp_path):
     import torch
 
     from napari_unet.cli import main
-    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.models.load import load_model
 
     w = dock(em_viewer, "Train")
     assert w.start.value == "auto" and w.keep_prior.value
@@ -208,9 +208,9 @@ def test_export_for_bioimageio_after_training(em_viewer, qtbot, tmp_path, monkey
     """The button writes a package that loads back as the trained model; without the extra it says what
     to install."""
     pytest.importorskip("bioimageio.core")
-    from napari_unet.core import bioimageio
-    from napari_unet.core.checkpoint import load_model
-    from napari_unet.core.tiling import predict
+    from napari_unet.core.export import bioimageio
+    from napari_unet.core.models.load import load_model
+    from napari_unet.core.predict.tiles import predict
 
     w = dock(em_viewer, "Train")
     assert not w.export_button.enabled  # nothing trained yet

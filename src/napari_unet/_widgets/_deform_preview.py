@@ -27,7 +27,7 @@ class DeformationWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
-        from napari_unet.core.train import LIMITS, TrainConfig
+        from napari_unet.core.train.config import LIMITS, TrainConfig
 
         self.viewer = viewer
         self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
@@ -56,8 +56,8 @@ class DeformationWidget(Container):
         """Deform the slice on screen with the current seed and show the results."""
         from napari.utils.notifications import show_warning
 
-        from napari_unet.core.augment import coarse_displacements, dense_displacement, elastic_deform
-        from napari_unet.core.weights import weight_map
+        from napari_unet.core.train.augment import coarse_displacements, dense_displacement, elastic_deform
+        from napari_unet.core.train.weights import weight_map
 
         img_layer, lab_layer = self.image.value, self.labels.value
         if not self.live.value or img_layer is None or img_layer not in self.viewer.layers:

@@ -45,7 +45,7 @@ class PredictWidget(JobWidget, Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
-        from napari_unet.core.device import available_devices
+        from napari_unet.core.network.device import available_devices
 
         self.viewer = viewer
         self.model = ComboBox(label="model", choices=self._model_choices)
@@ -140,7 +140,7 @@ class PredictWidget(JobWidget, Container):
         self.model_file.visible = self.model.value == MODEL_FILE
 
     def _model_choices(self, *_):
-        from napari_unet.core.checkpoint import available_models
+        from napari_unet.core.models.checkpoint import available_models
 
         return [*_state.TRAINED_MODELS, *available_models(), MODEL_FILE]
 
@@ -159,7 +159,7 @@ class PredictWidget(JobWidget, Container):
 
     def load(self):
         """The chosen UNet (raises FileNotFoundError / CheckpointError / ValueError with a user message)."""
-        from napari_unet.core.checkpoint import load_model
+        from napari_unet.core.models.load import load_model
 
         name = self.model.value
         if name in _state.TRAINED_MODELS:
@@ -178,7 +178,7 @@ class PredictWidget(JobWidget, Container):
         """Create the output layer, then fill it from a worker; returns the Job or None."""
         from napari.utils.notifications import show_error, show_warning
 
-        from napari_unet.core.tiling import allocate_output, iter_predict
+        from napari_unet.core.predict.tiles import allocate_output, iter_predict
 
         if self.job is not None and self.job.running:
             show_warning("a prediction is already running: press Cancel first, or wait for it to finish")
@@ -206,9 +206,9 @@ class PredictWidget(JobWidget, Container):
                     )
                 )
             if self.zoom.value:
-                from napari_unet.core.scale import check_scale
+                from napari_unet.core.data.zoom import check_zoom
 
-                check_scale(self.zoom.value)
+                check_zoom(self.zoom.value)
             # read-only for the worker; a grey numpy, dask or zarr layer is read one slice at a time
             data, channel_axis = layer_pixels(layer, self.channels.value)
         except (ValueError, FileNotFoundError) as e:
@@ -263,7 +263,7 @@ class PredictWidget(JobWidget, Container):
 
     def _zarr_target(self, layer, output: str) -> Path | None:
         """Where a block-wise prediction goes, or None (in memory, tile by tile)."""
-        from napari_unet.core.ngff import is_ome_zarr
+        from napari_unet.core.data.ngff import is_ome_zarr
 
         chosen = str(self.zarr_out.value or "")
         if chosen not in ("", "."):
@@ -282,8 +282,8 @@ class PredictWidget(JobWidget, Container):
         """Block-wise prediction into the OME-Zarr ``target``, shown as a zarr-backed layer as it fills."""
         from napari.utils.notifications import show_error
 
-        from napari_unet.core.blocks import create_prediction, iter_predict_blocks, output_chunks
-        from napari_unet.core.ngff import ZarrView, is_ome_zarr, read_ome_zarr
+        from napari_unet.core.data.ngff import ZarrView, is_ome_zarr, read_ome_zarr
+        from napari_unet.core.predict.blocks import create_prediction, iter_predict_blocks, output_chunks
 
         try:
             if output == "instances":
@@ -293,9 +293,9 @@ class PredictWidget(JobWidget, Container):
                 )
             if self.channels.value or getattr(layer, "rgb", False):
                 raise ValueError("an OME-Zarr output takes one grey image layer (no RGB, no '+ channels')")
-            from napari_unet.core.scale import model_scale
+            from napari_unet.core.data.zoom import model_zoom
 
-            zoom = float(self.zoom.value) or model_scale(model)
+            zoom = float(self.zoom.value) or model_zoom(model)
             if zoom != 1.0:
                 raise ValueError(
                     f"an OME-Zarr output is predicted at the image's own scale, and zoom is x{zoom:.2f}: set zoom "
@@ -434,7 +434,7 @@ class PredictWidget(JobWidget, Container):
 
     def _rank_regions(self):
         """Fill 'paint next' with the most uncertain regions of the slices predicted (unpainted ones first)."""
-        from napari_unet.core.guidance import rank_regions
+        from napari_unet.core.predict.guidance import rank_regions
 
         unc = np.asarray(self.layer.data)
         if self.predicted_slices is not None and unc.ndim == 3:  # only what was predicted

@@ -39,7 +39,7 @@ def register_model(name: str, model) -> None:
 def model_file(name: str) -> Path:
     """A file holding session model ``name`` (written once per model, in a temporary folder), so it can be
     a start candidate like any model file."""
-    from napari_unet.core.checkpoint import save_model
+    from napari_unet.core.models.checkpoint import save_model
 
     model = TRAINED_MODELS[name]
     kept = _FILES.get(name)

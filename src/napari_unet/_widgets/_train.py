@@ -46,8 +46,8 @@ def defaults_for(device: str, start: str = AUTO) -> dict:
     The learning rate box cannot be empty: under 'auto' it shows the fine-tuning rate, and
     :meth:`TrainWidget.config` passes None (chosen with the start) while the box still shows it.
     """
-    from napari_unet.core.device import resolve_device
-    from napari_unet.core.train import FINE_TUNE_LR, recommended_settings
+    from napari_unet.core.network.device import resolve_device
+    from napari_unet.core.train.config import FINE_TUNE_LR, recommended_settings
 
     d = recommended_settings(resolve_device(device or "auto").type, None if start == SCRATCH else start)
     if d["lr"] is None:
@@ -74,9 +74,9 @@ class TrainWidget(JobWidget, Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
-        from napari_unet.core.checkpoint import available_models
-        from napari_unet.core.device import available_devices
-        from napari_unet.core.train import LIMITS, TrainConfig
+        from napari_unet.core.models.checkpoint import available_models
+        from napari_unet.core.network.device import available_devices
+        from napari_unet.core.train.config import LIMITS, TrainConfig
 
         warm_up_torch()  # torch's lazy imports now, not in the middle of the first training run
 
@@ -296,7 +296,7 @@ class TrainWidget(JobWidget, Container):
 
     def _on_depth_changed(self, *_):
         """Valid input tiles of a depth-d net are ``2**d`` apart: the tile box steps by that."""
-        from napari_unet.core.model import min_input_size
+        from napari_unet.core.network.unet import min_input_size
 
         depth = int(self.depth.value)
         self.tile_in.step = 2**depth
@@ -315,7 +315,8 @@ class TrainWidget(JobWidget, Container):
 
     def _follow_start_depth(self, *_):
         """A chosen start model shows its own depth, so the tile box steps by its 2**depth."""
-        from napari_unet.core.checkpoint import read_info, resolve_model_path
+        from napari_unet.core.models.checkpoint import resolve_model_path
+        from napari_unet.core.models.load import read_info
 
         name = None
         if self.start.value == PRETRAINED:
@@ -338,9 +339,9 @@ class TrainWidget(JobWidget, Container):
 
     def config(self):
         """The frozen TrainConfig for the current settings (raises ValueError with a user message)."""
-        from napari_unet.core.checkpoint import read_info
-        from napari_unet.core.train import AUTO as AUTO_START
-        from napari_unet.core.train import TrainConfig
+        from napari_unet.core.models.load import read_info
+        from napari_unet.core.train.config import AUTO as AUTO_START
+        from napari_unet.core.train.config import TrainConfig
 
         init, candidates = None, ()
         if self.start.value == AUTO:
@@ -397,7 +398,7 @@ class TrainWidget(JobWidget, Container):
         """Plain copies of the chosen layers' data: ([images], [labels], channel axis, preview) -- or ValueError.
 
         Images with channels (RGB layers, or a layer plus its channel layers) come channels last."""
-        from napari_unet.core.labels import check_pair
+        from napari_unet.core.data.labels import check_pair
 
         images, labels, names, channels = [], [], [], set()
         for i, row in enumerate(self.pairs):
@@ -437,7 +438,7 @@ class TrainWidget(JobWidget, Container):
         """Check everything on the GUI thread, then start the worker (returns the Job or None)."""
         from napari.utils.notifications import show_error, show_warning
 
-        from napari_unet.core.train import iter_train
+        from napari_unet.core.train.loop import iter_train
 
         if self.job is not None and self.job.running:
             show_warning("training is already running: press Stop first, or wait for it to finish")
@@ -652,7 +653,7 @@ class TrainWidget(JobWidget, Container):
         None. The export runs in a thread (a few seconds); returns the worker, or None."""
         from napari.utils.notifications import show_error, show_info, show_warning
 
-        from napari_unet.core import bioimageio
+        from napari_unet.core.export import bioimageio
 
         if self.result is None:
             show_warning("no trained model yet: train first (or wait for training to stop)")

@@ -26,7 +26,7 @@ class WeightMapWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
-        from napari_unet.core.weights import SIGMA, W0
+        from napari_unet.core.train.weights import SIGMA, W0
 
         self.viewer = viewer
         self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
@@ -74,7 +74,7 @@ class WeightMapWidget(Container):
         """Compute w(x) for the slice on screen and show it in the 'weight map' layer."""
         from napari.utils.notifications import show_warning
 
-        from napari_unet.core.weights import weight_map
+        from napari_unet.core.train.weights import weight_map
 
         layer = self.labels.value
         if not self.live.value or layer is None or layer not in self.viewer.layers:

@@ -208,7 +208,7 @@ class JobWidget:
         """Show a progress bar and start ``gen`` in a worker; ``slots``: yielded, returned, errored, aborted."""
         from napari.utils import progress
 
-        from napari_unet.core.device import resolve_device
+        from napari_unet.core.network.device import resolve_device
 
         self.job = job
         self.progress = progress(total=total, desc=desc)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import ImageMeta
+from .files import ImageMeta
 
 __all__ = [
     "AtomicLocalStore",

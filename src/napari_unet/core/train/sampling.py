@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.intensity import check_real, percentiles, scale_intensity
+from ..data.labels import IGNORE, annotated_mask, check_pair, targets_from_labels
+from ..data.planes import plane_at
+from ..data.zoom import zoom_labels, zoom_plane
 from . import augment as aug
-from .intensity import check_real, percentiles, scale_intensity
-from .labels import IGNORE, annotated_mask, check_pair, targets_from_labels
-from .planes import plane_at
-from .scale import zoom_labels, zoom_plane
 from .weights import weight_map
 
+__all__ = ["DENSE", "TrainSlice", "as_pairs", "crop_tile", "prepare_slices", "sample_batch", "weigh"]
+
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 
 @dataclass

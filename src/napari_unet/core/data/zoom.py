@@ -5,7 +5,7 @@ resampled to that size for the network and the result back to the image's grid.
 half its size, for objects twice as large as the model's). A trained model records the scale its
 training images were resampled by (``ModelInfo.scale['input_scale']``), so predicting with it on
 images like those uses the same zoom by default. The auto start (:mod:`.start`) tries the
-:data:`SCALES` and keeps the one at which a start model agrees best with the strokes.
+:data:`ZOOMS` and keeps the one at which a start model agrees best with the strokes.
 
 Resampling is scipy.ndimage.zoom (linear, ``grid_mode``: pixel areas line up), with a Gaussian
 anti-alias before shrinking, as skimage's ``rescale(anti_aliasing=True)``; labels use nearest.
@@ -18,33 +18,23 @@ import math
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SCALES", "check_scale", "model_scale", "pick_scale", "resize", "shape_at", "zoom_labels", "zoom_plane"]
+__all__ = ["ZOOM_RANGE", "check_zoom", "model_zoom", "resize", "shape_at", "zoom_labels", "zoom_plane"]
 
-# the magnifications tried by the auto start: a factor 2 either way (20x <-> 40x objectives), in sqrt(2) steps
-SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
-SCALE_RANGE = (0.125, 8.0)
-# another scale is taken only when it agrees clearly better than the image as it is: by MIN_GAIN, and
-# with at most MAX_LEFT of the disagreement left. A model at another magnification mostly stops
-# disagreeing when zoomed (DSB nuclei 3x: 0.92 -> 0.97 at x0.5); strokes painted over a model's mistakes
-# are disagreement by construction, at every zoom, and a zoom that happens to score 0.03 better there
-# (ISBI correction strokes: 0.73 at x2, which cleared MIN_GAIN over the images as they are) is noise
-# that cost 0.17 IoU (docs/accuracy.md)
-MIN_GAIN = 0.03
-MAX_LEFT = 0.5
+ZOOM_RANGE = (0.125, 8.0)
 
 
-def check_scale(scale: float) -> float:
+def check_zoom(scale: float) -> float:
     """``scale`` as a float, or ValueError that says what is allowed."""
     s = float(scale)
-    if not (math.isfinite(s) and SCALE_RANGE[0] <= s <= SCALE_RANGE[1]):
+    if not (math.isfinite(s) and ZOOM_RANGE[0] <= s <= ZOOM_RANGE[1]):
         raise ValueError(
-            f"scale must be between {SCALE_RANGE[0]} and {SCALE_RANGE[1]} (the zoom applied to the image before the "
+            f"scale must be between {ZOOM_RANGE[0]} and {ZOOM_RANGE[1]} (the zoom applied to the image before the "
             f"network; 1 = as it is), got {scale}"
         )
     return s
 
 
-def model_scale(model) -> float:
+def model_zoom(model) -> float:
     """The zoom ``model`` expects its images at (recorded at training; 1 when unknown)."""
     info = getattr(model, "info", None)
     rec = getattr(info, "scale", None) or {}
@@ -83,16 +73,3 @@ def resize(arr: np.ndarray, shape: tuple[int, int], *, order: int) -> np.ndarray
     factors = (1.0,) * (arr.ndim - 2) + (shape[0] / h, shape[1] / w)
     out = ndimage.zoom(arr, factors, order=order, mode="mirror" if order else "nearest", grid_mode=True)
     return out[..., : shape[0], : shape[1]]
-
-
-def pick_scale(scores: dict[float, float], default: float = 1.0) -> float:
-    """The scale with the best agreement; ``default`` (the model's own) unless another one is better by
-    :data:`MIN_GAIN` and leaves at most :data:`MAX_LEFT` of the disagreement at ``default``."""
-    scores = {s: a for s, a in scores.items() if a is not None and np.isfinite(a)}
-    if not scores:
-        return default
-    best = max(scores, key=lambda s: (scores[s], -abs(math.log(s / default))))
-    base = scores.get(default)
-    if base is not None and (scores[best] < base + MIN_GAIN or 1.0 - scores[best] > MAX_LEFT * (1.0 - base)):
-        return default
-    return float(best)

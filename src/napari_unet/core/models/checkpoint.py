@@ -19,12 +19,30 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_write
-from .model import UNet, UNetConfig, build_model
+from ..data.files import atomic_write
+from ..data.zoom import check_zoom
+from ..network.unet import UNet, UNetConfig, build_model
+
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "META_KEY",
+    "MODELS_DIR",
+    "MODEL_BOUNDS",
+    "ModelInfo",
+    "SUFFIX",
+    "available_models",
+    "is_package",
+    "load_file",
+    "load_optimizer_state",
+    "read_checkpoint",
+    "resolve_model_path",
+    "save_model",
+]
 
 FORMAT = "napari-unet/1"
 META_KEY = "napari_unet"
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 SUFFIX = ".safetensors"
 
 
@@ -135,29 +153,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": sd["param_groups"], "state": state_meta, "type": type(optimizer).__name__}
 
 
-def read_info(path: str | os.PathLike) -> ModelInfo:
-    """The metadata of a model file (or of a bioimage.io package napari-unet wrote), without its weights."""
-    if is_package(path):
-        return _read_package_info(Path(path))
-    return _read(Path(path), weights=False)[0]
-
-
-def _read_package_info(path: Path) -> ModelInfo:
-    from .bioimageio import own_model_file
-
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    with own_model_file(path) as f:
-        if f is None:
-            raise CheckpointError(
-                f"{path.name} is a bioimage.io package napari-unet did not write: predict and evaluate run it, but "
-                "training (--init, --resume, fine-tuning) needs a napari-unet U-Net (a .safetensors file or a "
-                "package exported by napari-unet)"
-            )
-        return _read(f, weights=False)[0]
-
-
-def _read(path: Path, weights: bool = True):
+def read_checkpoint(path: Path, weights: bool = True):
     from safetensors import SafetensorError, safe_open
 
     if path.is_dir():
@@ -172,7 +168,7 @@ def _read(path: Path, weights: bool = True):
     if not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path.name} is a PyTorch pickle file; napari-unet only loads .safetensors model files, because "
-            "unpickling can run arbitrary code. Re-save it with napari_unet.core.checkpoint.save_model"
+            "unpickling can run arbitrary code. Re-save it with napari_unet.core.models.checkpoint.save_model"
         )
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -204,25 +200,9 @@ def _read(path: Path, weights: bool = True):
     return info, tensors, opt
 
 
-def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:
-    """Load a model file (or a shipped model by name). The model carries ``model.info``.
-
-    A bioimage.io package (``.zip`` / ``rdf.yaml``, core/bioimageio.py) loads too: a package napari-unet
-    exported gives back its U-Net exactly; another package is wrapped for prediction.
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file or shipped model.
-    CheckpointError
-        A damaged, foreign (not napari-unet) or incompatible file.
-    """
-    path = resolve_model_path(name_or_path)
-    if is_package(path):
-        from .bioimageio import load_package
-
-        return load_package(path, device=device)
-    info, tensors, _ = _read(path)
+def load_file(path: Path, *, device: str | torch.device = "cpu") -> UNet:
+    """The U-Net in napari-unet model file ``path`` (``.safetensors``), with ``model.info``; see :func:`load_model`."""
+    info, tensors, _ = read_checkpoint(path)
     _check_bounds(path, info.model)
     bad = [
         k
@@ -267,13 +247,11 @@ def _check_bounds(path: Path, model: dict) -> None:
 
 
 def _check_scale(path: Path, scale) -> None:
-    from .scale import check_scale
-
     if not isinstance(scale, dict):
         raise CheckpointError(f"{path.name}: its header's scale is not a mapping; the file is damaged")
     if "input_scale" in scale:
         try:
-            check_scale(scale["input_scale"])
+            check_zoom(scale["input_scale"])
         except (TypeError, ValueError) as e:
             raise CheckpointError(
                 f"{path.name}: its header's input scale is unusable ({e}); the file is damaged"
@@ -285,7 +263,7 @@ def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimiz
     file = resolve_model_path(path)
     if is_package(file):
         return False
-    info, tensors, opt = _read(file)
+    info, tensors, opt = read_checkpoint(file)
     if opt is None:
         return False
     state = {}

@@ -35,11 +35,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .device import autocast_dtype, memory_format, resolve_device
+from ..data.intensity import fixed_range, model_normalization, plane_range, scale_intensity
+from ..data.ngff import chunk_done, create_output, open_output
+from ..data.planes import as_stack, plane_at
+from ..data.zoom import model_zoom
+from ..network.device import autocast_dtype, memory_format, resolve_device
 from .events import BlockEvent
-from .intensity import fixed_range, model_normalization, plane_range, scale_intensity
-from .planes import as_stack, plane_at
-from .tiling import _DIHEDRAL, auto_tile_out, check_plane, forward_tiles, plan_tiles, tile_context
+from .tiles import (
+    _DIHEDRAL,
+    auto_tile_out,
+    check_plane,
+    choose_precision,
+    forward_tiles,
+    output_spec,
+    plan_tiles,
+    tile_context,
+)
 
 __all__ = ["Block", "BlockSettings", "iter_predict_blocks", "plan_blocks", "plane_ranges", "predict_block"]
 
@@ -194,8 +205,6 @@ def _out_index(block: Block, is_stack: bool, probs: bool) -> tuple:
 
 def _open(out):
     if isinstance(out, (str, os.PathLike)):
-        from .ngff import open_output
-
         return open_output(out)
     return out
 
@@ -214,8 +223,6 @@ def run_block(model, image, out, block: Block, ranges, settings: BlockSettings, 
 def _done(arr, block: Block, is_stack: bool, probs: bool) -> bool:
     if not hasattr(arr, "metadata") or not hasattr(arr, "store"):
         return False
-    from .ngff import chunk_done
-
     coords = tuple(block.chunk) if is_stack else tuple(block.chunk[-2:])
     return chunk_done(arr, (0, *coords) if probs else coords)
 
@@ -244,9 +251,6 @@ def create_prediction(
 ):
     """The OME-Zarr image :func:`iter_predict_blocks` fills (:func:`~.ngff.create_output`): labels as an NGFF
     labels image, probabilities (class axis first) as ``prob_dtype``; a rerun with the same settings reopens it."""
-    from .ngff import create_output
-    from .tiling import output_spec
-
     if output not in BLOCK_OUTPUTS + ("instances",):
         raise ValueError(f"output must be labels, probabilities or instances, got {output!r}")
     probs = output == "probabilities"
@@ -329,16 +333,14 @@ def iter_predict_blocks(
     retries : int
         How often the scheduler retries a failed block (e.g. a worker that was killed).
     scale : float, optional
-        The zoom to predict at (None: the model's own, :func:`~.scale.model_scale`); only 1 works block-wise.
+        The zoom to predict at (None: the model's own, :func:`~.scale.model_zoom`); only 1 works block-wise.
     """
     if output not in BLOCK_OUTPUTS:
         raise ValueError(
             f"block-wise prediction writes {' or '.join(BLOCK_OUTPUTS)}, not {output!r}: instances need whole "
             "planes; predict labels, then make instances per slice (docs/scaling.md)"
         )
-    from .scale import model_scale
-
-    zoom = model_scale(model) if scale is None else float(scale)
+    zoom = model_zoom(model) if scale is None else float(scale)
     if zoom != 1.0:  # blocks are cut on the image's grid; a zoomed model needs whole planes
         raise ValueError(
             f"this model zooms images x{zoom:.2f} (core/scale.py); block-wise prediction runs at the "
@@ -395,8 +397,6 @@ def iter_predict_blocks(
     shipped = _ship(client, model, image) if client is not None and (todo or precision == "auto") else None
     why = ""
     if precision == "auto":
-        from .tiling import choose_precision
-
         kw = dict(device=device, channel_axis=channel_axis, normalize=normalize)
         if client is None:
             precision, why = choose_precision(model, image, **kw)

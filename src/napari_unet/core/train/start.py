@@ -45,6 +45,7 @@ model (0.58) although the EM model fine-tunes far better (IoU 0.59 vs 0.20 in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,58 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .labels import IGNORE
-from .scale import SCALE_RANGE, SCALES, model_scale, pick_scale, zoom_plane
+from ..data.labels import IGNORE
+from ..data.zoom import ZOOM_RANGE, model_zoom, zoom_plane
+from ..models.checkpoint import available_models
+from ..models.load import load_model
+from ..predict.tiles import predict
+
+__all__ = [
+    "CONTRADICT",
+    "Candidate",
+    "KEEP_FULL",
+    "MAX_LEFT",
+    "MIN_GAIN",
+    "SCRATCH",
+    "SIMILAR",
+    "StartChoice",
+    "ZOOMS",
+    "agreement",
+    "balanced_accuracy",
+    "choose",
+    "collapse",
+    "default_candidates",
+    "domain_signature",
+    "domain_similarity",
+    "pick_zoom",
+    "prior_weight",
+    "score_candidate",
+]
+
+# the magnifications tried by the auto start: a factor 2 either way (20x <-> 40x objectives), in sqrt(2) steps
+ZOOMS = (0.5, 0.71, 1.0, 1.41, 2.0)
+# another scale is taken only when it agrees clearly better than the image as it is: by MIN_GAIN, and
+# with at most MAX_LEFT of the disagreement left. A model at another magnification mostly stops
+# disagreeing when zoomed (DSB nuclei 3x: 0.92 -> 0.97 at x0.5); strokes painted over a model's mistakes
+# are disagreement by construction, at every zoom, and a zoom that happens to score 0.03 better there
+# (ISBI correction strokes: 0.73 at x2, which cleared MIN_GAIN over the images as they are) is noise
+# that cost 0.17 IoU (docs/accuracy.md)
+MIN_GAIN = 0.03
+MAX_LEFT = 0.5
+
+
+def pick_zoom(scores: dict[float, float], default: float = 1.0) -> float:
+    """The scale with the best agreement; ``default`` (the model's own) unless another one is better by
+    :data:`MIN_GAIN` and leaves at most :data:`MAX_LEFT` of the disagreement at ``default``."""
+    scores = {s: a for s, a in scores.items() if a is not None and np.isfinite(a)}
+    if not scores:
+        return default
+    best = max(scores, key=lambda s: (scores[s], -abs(math.log(s / default))))
+    base = scores.get(default)
+    if base is not None and (scores[best] < base + MIN_GAIN or 1.0 - scores[best] > MAX_LEFT * (1.0 - base)):
+        return default
+    return float(best)
+
 
 CONTRADICT = 0.3  # worst-class recall at or below: the start model contradicts the strokes; prior off
 KEEP_FULL = 0.5  # at and above: full prior (keep_prior 1); linear in between
@@ -146,8 +197,6 @@ def agreement(
 ) -> tuple[float, dict[int, float]]:
     """How well ``model`` already predicts the painted pixels of ``slices`` (prepared TrainSlices), with the
     images zoomed by ``scale`` for the network (the prediction comes back to the strokes' grid)."""
-    from .tiling import predict
-
     preds, targets = [], []
     for image, target in _painted_crops(slices, max_pixels):
         c = image.shape[0]
@@ -253,10 +302,8 @@ def score_candidate(
     model=None,
 ):
     """A :class:`Candidate` for model ``name`` on the prepared ``slices`` (``scale``: the zoom asked for, else
-    the one of :data:`.scale.SCALES` around the model's own at which it agrees best; ``model``: ``name``
+    the one of :data:`.scale.ZOOMS` around the model's own at which it agrees best; ``model``: ``name``
     already loaded)."""
-    from .checkpoint import load_model
-
     model = load_model(name) if model is None else model
     model_domain = (model.info.training or {}).get("domain")
     sim = domain_similarity(signature, model_domain)
@@ -266,14 +313,14 @@ def score_candidate(
     if not matches:
         return Candidate(name, None, sim, "other classes")
     # the magnification: the zoom at which the model agrees best on a small part of the strokes
-    own = model_scale(model) if scale is None else scale
+    own = model_zoom(model) if scale is None else scale
     zoom = own
     if scale is None:
-        tried = sorted({own, *(own * z for z in SCALES if SCALE_RANGE[0] <= own * z <= SCALE_RANGE[1])})
+        tried = sorted({own, *(own * z for z in ZOOMS if ZOOM_RANGE[0] <= own * z <= ZOOM_RANGE[1])})
         quick = {
             z: agreement(model, slices, label_mode, device=device, scale=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
         }
-        zoom = pick_scale(quick, default=own)
+        zoom = pick_zoom(quick, default=own)
     agree, per_class = agreement(model, slices, label_mode, device=device, scale=zoom)
     if zoom != own and prior_weight(min(per_class.values()) if per_class else None) == 0:
         # a model that contradicts the strokes at every zoom says nothing about their scale: its own
@@ -286,7 +333,5 @@ def score_candidate(
 
 def default_candidates(extra: Iterable[str] = ()) -> list[str]:
     """Every shipped model, then the user's own model files, then scratch."""
-    from .checkpoint import available_models
-
     names = list(available_models()) + [str(e) for e in extra if e]
     return list(dict.fromkeys(names)) + [SCRATCH]

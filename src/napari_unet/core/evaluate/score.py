@@ -6,10 +6,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..data.planes import spatial_shape
+from ..drain import drain
+from ..predict.events import TileEvent
+from ..predict.tiles import iter_predict
 from . import metrics
-from .events import TileEvent, run
-from .planes import spatial_shape
-from .tiling import iter_predict
+
+__all__ = ["KINDS", "evaluate_arrays"]
 
 KINDS = ("auto", "membranes", "instances")
 
@@ -57,7 +60,7 @@ def evaluate_arrays(
             )
         kind = "membranes" if set(np.unique(truth)) <= {0, 255} and truth.max() == 255 else "instances"
     output = "labels" if kind == "membranes" else "instances"
-    pred = run(
+    pred = drain(
         iter_predict(
             model,
             image,

@@ -47,7 +47,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from .labels import LabelMode, _as_int_labels, _check_mode, instances_from_labels, targets_from_labels
+from ..data.labels import LabelMode, _as_int_labels, _check_mode, instances_from_labels, targets_from_labels
 
 W0 = 10.0  # paper eq. 2: weight of the gaps between touching objects
 SIGMA = 5.0  # paper eq. 2: width of that weight, px

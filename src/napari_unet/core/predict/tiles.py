@@ -28,7 +28,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .device import (
+from ..data.intensity import check_real, fixed_range, model_normalization, percentiles, plane_range, scale_intensity
+from ..data.labels import instances_from_semantic
+from ..data.planes import as_stack
+from ..data.zoom import check_zoom, model_zoom, resize, shape_at, zoom_plane
+from ..drain import drain
+from ..network.device import (
     autocast_dtype,
     available_memory,
     cpu_bf16_native,
@@ -36,12 +41,34 @@ from .device import (
     memory_format,
     resolve_device,
 )
-from .events import TileEvent, run
-from .intensity import check_real, fixed_range, model_normalization, percentiles, plane_range, scale_intensity
-from .labels import instances_from_semantic
-from .model import UNet, input_size_for_output, margin
-from .planes import as_stack
-from .scale import check_scale, model_scale, resize, shape_at, zoom_plane
+from ..network.unet import UNet, input_size_for_output, margin
+from .events import TileEvent
+
+__all__ = [
+    "BF16_MIN_AGREEMENT",
+    "BF16_MIN_SPEEDUP",
+    "CPU_MAX_TILE_IN",
+    "GPU_MAX_TILE_IN",
+    "OUTPUTS",
+    "Output",
+    "TRIAL_MIN_TILES",
+    "TRIAL_ROUNDS",
+    "TilePlan",
+    "allocate_output",
+    "auto_tile_out",
+    "bytes_per_pixel",
+    "check_plane",
+    "choose_precision",
+    "entropy",
+    "forward_tiles",
+    "iter_predict",
+    "mirror_pad",
+    "output_spec",
+    "plan_tiles",
+    "predict",
+    "predict_whole",
+    "tile_context",
+]
 
 log = logging.getLogger("napari_unet")
 
@@ -324,7 +351,7 @@ def iter_predict(
         precision, why = choose_precision(model, image, device=dev, channel_axis=channel_axis, normalize=normalize)
         log.info("precision %s: %s", precision, why)
     amp_dtype = autocast_dtype(precision, dev)
-    zoom = model_scale(model) if scale is None else check_scale(scale)
+    zoom = model_zoom(model) if scale is None else check_zoom(scale)
     if zoom != 1.0:
         output_hw = shape_at((H, W), zoom)  # the network sees the image resampled to this size
     else:
@@ -432,7 +459,7 @@ def forward_tiles(
     Yields ``((y, x), result)`` per tile, ``y, x`` the tile's output origin and ``result`` the full
     output tile: (C, toy, tox) probabilities or (toy, tox) class indices. The model must already be in
     eval mode on ``device``. :func:`iter_predict` runs it on whole planes and
-    :func:`~napari_unet.core.blocks.predict_block` on the part of a plane one block needs; both cut
+    :func:`~napari_unet.core.predict.blocks.predict_block` on the part of a plane one block needs; both cut
     the same grid-aligned windows out of the same mirrored plane, so their results agree.
     """
     C = model.n_classes
@@ -586,7 +613,7 @@ def allocate_output(output: Output, n_classes: int, spatial: tuple[int, ...]) ->
 
 def predict(model: UNet, image, **kwargs) -> np.ndarray:
     """Overlap-tile prediction without progress events; see :func:`iter_predict`."""
-    return run(iter_predict(model, image, **kwargs))
+    return drain(iter_predict(model, image, **kwargs))
 
 
 def predict_whole(model: UNet, image: np.ndarray, *, normalize=False) -> np.ndarray:

@@ -12,6 +12,20 @@ from typing import Literal
 
 import torch
 
+__all__ = [
+    "DEVICE_CHOICES",
+    "PRECISIONS",
+    "Precision",
+    "autocast_dtype",
+    "available_devices",
+    "available_memory",
+    "cpu_bf16_native",
+    "cpu_flags",
+    "default_precision",
+    "memory_format",
+    "resolve_device",
+]
+
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 # what a user may choose in the widgets and the CLI; "auto" = cuda > mps > cpu

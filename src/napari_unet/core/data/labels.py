@@ -29,6 +29,23 @@ from scipy import ndimage as ndi
 
 from .planes import spatial_shape
 
+__all__ = [
+    "ANY_OBJECT",
+    "IGNORE",
+    "LabelMode",
+    "MODES",
+    "annotated_mask",
+    "check_pair",
+    "check_shapes",
+    "instances_from_labels",
+    "instances_from_semantic",
+    "isbi_to_instances",
+    "n_classes_for",
+    "object_boundaries",
+    "shift_zero",
+    "targets_from_labels",
+]
+
 IGNORE = -1
 # a target for "object, interior or border": object pixels of a partly painted object (a stroke inside it)
 # in instance mode with a border class; where its border runs is not painted, so neither class is asserted

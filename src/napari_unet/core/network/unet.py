@@ -14,6 +14,23 @@ from typing import Literal
 import torch
 from torch import nn
 
+__all__ = [
+    "MirroredUNet",
+    "Padding",
+    "UNet",
+    "UNetConfig",
+    "build_model",
+    "check_tile_in",
+    "input_size_for_output",
+    "is_valid_size",
+    "margin",
+    "min_input_size",
+    "n_parameters",
+    "nearest_valid_sizes",
+    "output_size",
+    "valid_input_sizes",
+]
+
 Padding = Literal["valid", "same"]
 
 

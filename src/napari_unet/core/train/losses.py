@@ -9,7 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .labels import ANY_OBJECT, IGNORE
+from ..data.labels import ANY_OBJECT, IGNORE
+
+__all__ = ["annotated_iou", "kept_start_loss", "prior_loss", "weighted_loss"]
 
 
 def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

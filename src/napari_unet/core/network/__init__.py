@@ -1,0 +1,61 @@
+"""The U-Net (unet: the paper's network and its valid-size arithmetic) and where it runs (device: device, memory budget, precision)."""
+
+from __future__ import annotations
+
+from .device import (
+    DEVICE_CHOICES,
+    PRECISIONS,
+    Precision,
+    autocast_dtype,
+    available_devices,
+    available_memory,
+    cpu_bf16_native,
+    cpu_flags,
+    default_precision,
+    memory_format,
+    resolve_device,
+)
+from .unet import (
+    MirroredUNet,
+    Padding,
+    UNet,
+    UNetConfig,
+    build_model,
+    check_tile_in,
+    input_size_for_output,
+    is_valid_size,
+    margin,
+    min_input_size,
+    n_parameters,
+    nearest_valid_sizes,
+    output_size,
+    valid_input_sizes,
+)
+
+__all__ = [
+    "MirroredUNet",
+    "Padding",
+    "UNet",
+    "UNetConfig",
+    "build_model",
+    "check_tile_in",
+    "input_size_for_output",
+    "is_valid_size",
+    "margin",
+    "min_input_size",
+    "n_parameters",
+    "nearest_valid_sizes",
+    "output_size",
+    "valid_input_sizes",
+    "DEVICE_CHOICES",
+    "PRECISIONS",
+    "Precision",
+    "autocast_dtype",
+    "available_devices",
+    "available_memory",
+    "cpu_bf16_native",
+    "cpu_flags",
+    "default_precision",
+    "memory_format",
+    "resolve_device",
+]

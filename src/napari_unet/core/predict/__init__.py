@@ -1,0 +1,68 @@
+"""Prediction: overlap-tile prediction of images and stacks (tiles), block-wise prediction into OME-Zarr (blocks), where to paint next (guidance), and the events they yield."""
+
+from __future__ import annotations
+
+from .blocks import Block, BlockSettings, iter_predict_blocks, plan_blocks, plane_ranges, predict_block
+from .events import BlockEvent, TileEvent
+from .guidance import Region, rank_regions
+from .tiles import (
+    BF16_MIN_AGREEMENT,
+    BF16_MIN_SPEEDUP,
+    CPU_MAX_TILE_IN,
+    GPU_MAX_TILE_IN,
+    OUTPUTS,
+    TRIAL_MIN_TILES,
+    TRIAL_ROUNDS,
+    Output,
+    TilePlan,
+    allocate_output,
+    auto_tile_out,
+    bytes_per_pixel,
+    check_plane,
+    choose_precision,
+    entropy,
+    forward_tiles,
+    iter_predict,
+    mirror_pad,
+    output_spec,
+    plan_tiles,
+    predict,
+    predict_whole,
+    tile_context,
+)
+
+__all__ = [
+    "BlockEvent",
+    "TileEvent",
+    "BF16_MIN_AGREEMENT",
+    "BF16_MIN_SPEEDUP",
+    "CPU_MAX_TILE_IN",
+    "GPU_MAX_TILE_IN",
+    "OUTPUTS",
+    "Output",
+    "TRIAL_MIN_TILES",
+    "TRIAL_ROUNDS",
+    "TilePlan",
+    "allocate_output",
+    "auto_tile_out",
+    "bytes_per_pixel",
+    "check_plane",
+    "choose_precision",
+    "entropy",
+    "forward_tiles",
+    "iter_predict",
+    "mirror_pad",
+    "output_spec",
+    "plan_tiles",
+    "predict",
+    "predict_whole",
+    "tile_context",
+    "Block",
+    "BlockSettings",
+    "iter_predict_blocks",
+    "plan_blocks",
+    "plane_ranges",
+    "predict_block",
+    "Region",
+    "rank_regions",
+]
