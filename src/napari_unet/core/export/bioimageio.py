@@ -310,9 +310,25 @@ def export_package(
     the description (its message included).
     """
     _require()
-    from bioimageio.spec import ValidationContext, save_bioimageio_package
-    from bioimageio.spec.model import v0_5 as bio
+    model, src_path = _exportable(model)
+    name = name or model.info.name or "napari-unet model"
+    output = Path(output)
+    if output.suffix != ".zip":
+        output = output.with_name(output.name + ".zip")
+    with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as tmp:
+        d = Path(tmp)
+        _write_network(model, d)
+        attached = _write_own_file(model, src_path, d / f"{_safe_name(name)}{SUFFIX}")
+        _write_test_files(model, sample, d)
+        _write_documentation(model, d, card=_shipped_card(src_path) if card is None else card, data=data)
+        descr = _model_descr(model, d, name=name, attached=attached, authors=authors, cite=cite, license=license)
+        _save_zip(descr, output)
+    return output
 
+
+def _exportable(model: UNet | str | os.PathLike) -> tuple[UNet, Path | None]:
+    """A CPU, eval-mode copy of ``model`` (a model, file or shipped name) with its ``info``, and the file
+    it was read from (None for a model in memory); PackageError for a model export cannot write."""
     src_path = None
     if not isinstance(model, nn.Module):
         src_path = resolve_model_path(model)
@@ -322,130 +338,194 @@ def export_package(
     info: ModelInfo = getattr(model, "info", None) or ModelInfo(model=model.config.to_dict())
     model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
     model.info = info
-    name = name or info.name or "napari-unet model"
     if model.config.in_channels != 1:
         raise PackageError(f"export supports one input channel; this model has {model.config.in_channels}")
-    output = Path(output)
-    if output.suffix != ".zip":
-        output = output.with_name(output.name + ".zip")
+    return model, src_path
+
+
+def _write_network(model: UNet, d: Path) -> None:
+    """``model.py`` (the architecture, torch only, so the package runs without napari-unet), the
+    :class:`~.model.MirroredUNet`'s state dict ``weights.pt`` and its TorchScript ``weights_torchscript.pt``."""
+    shutil.copyfile(inspect.getsourcefile(MirroredUNet), d / "model.py")
+    net = mirrored(model)
+    torch.save(net.state_dict(), d / "weights.pt")
+    with _torchscript_ok():
+        torch.jit.script(net).save(str(d / "weights_torchscript.pt"))
+
+
+def _write_own_file(model: UNet, src_path: Path | None, attached: Path) -> Path:
+    """Our own model file at ``attached``, for the exact round trip: the file itself where the model came
+    from one, else the model saved."""
+    if src_path is not None and src_path.suffix == SUFFIX:
+        shutil.copyfile(src_path, attached)
+    else:
+        save_model(attached, model, info=model.info)
+    return attached
+
+
+def _write_test_files(model: UNet, sample: np.ndarray, d: Path) -> None:
+    """``test_input.npy`` (a crop of ``sample``), ``test_output.npy`` (napari-unet's prediction for it)
+    and ``cover.png`` (the crop | the predicted classes over it)."""
+    from PIL import Image
+
+    crop = sample_crop(model, sample).astype(np.float32)
+    expected = expected_output(model, crop)
+    np.save(d / "test_input.npy", crop[None, None])
+    np.save(d / "test_output.npy", expected)
+    Image.fromarray(cover_image(crop, expected[0].argmax(0), model.n_classes)).save(d / "cover.png")
+
+
+def _shipped_card(src_path: Path | None) -> str | None:
+    """The model card beside a model file (``<name>.md``, as the shipped models have), None without one."""
+    if src_path is not None and src_path.with_suffix(".md").is_file():
+        return src_path.with_suffix(".md").read_text(encoding="utf-8")
+    return None
+
+
+def _write_documentation(model: UNet, d: Path, *, card: str | None, data: str | None) -> None:
+    """``README.md``: the model card (``card``, else one made from the file), the package notes and the
+    validation numbers."""
+    info = model.info
     lo, step = valid_package_sizes(model)
-    halo = mirror_of(model)
+    doc = (card if card is not None else model_card(info, model, data=data)).rstrip()
+    doc += _package_notes(model, lo, step, mirror_of(model)) + _validation_section(info)
+    (d / "README.md").write_text(doc, encoding="utf-8")
 
-    with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as tmp:
-        d = Path(tmp)
-        # the architecture: model.py itself (torch only), so the package runs without napari-unet
-        arch = d / "model.py"
-        shutil.copyfile(inspect.getsourcefile(MirroredUNet), arch)
-        net = mirrored(model)
-        torch.save(net.state_dict(), d / "weights.pt")
-        with _torchscript_ok():
-            torch.jit.script(net).save(str(d / "weights_torchscript.pt"))
-        # our own file, attached: the exact round trip
-        attached = d / f"{_safe_name(name)}{SUFFIX}"
-        if src_path is not None and src_path.suffix == SUFFIX:
-            shutil.copyfile(src_path, attached)
-        else:
-            save_model(attached, model, info=info)
 
-        crop = sample_crop(model, sample).astype(np.float32)
-        expected = expected_output(model, crop)
-        np.save(d / "test_input.npy", crop[None, None])
-        np.save(d / "test_output.npy", expected)
-        from PIL import Image
+_IN_ID = "raw"  # the input tensor's id, which the output's sizes refer to
 
-        Image.fromarray(cover_image(crop, expected[0].argmax(0), model.n_classes)).save(d / "cover.png")
-        if card is None and src_path is not None and src_path.with_suffix(".md").is_file():
-            card = src_path.with_suffix(".md").read_text(encoding="utf-8")  # a shipped model's card
-        doc = (card if card is not None else model_card(info, model, data=data)).rstrip()
-        doc += _package_notes(model, lo, step, halo) + _validation_section(info)
-        (d / "README.md").write_text(doc, encoding="utf-8")
 
-        in_id, ax_y, ax_x = bio.TensorId("raw"), bio.AxisId("y"), bio.AxisId("x")
-        low, high = _percentiles(info)
-        inputs = [
-            bio.InputTensorDescr(
-                id=in_id,
-                description="one grey channel, raw intensities (any range: the preprocessing normalises them)",
-                axes=[
-                    bio.BatchAxis(),
-                    bio.ChannelAxis(channel_names=[bio.Identifier("grey")]),
-                    bio.SpaceInputAxis(id=ax_y, size=bio.ParameterizedSize(min=lo, step=step)),
-                    bio.SpaceInputAxis(id=ax_x, size=bio.ParameterizedSize(min=lo, step=step)),
-                ],
-                test_tensor=bio.FileDescr(source=d / "test_input.npy"),
-                data=bio.IntervalOrRatioDataDescr(type="float32"),
-                preprocessing=[
-                    bio.ScaleRangeDescr(
-                        kwargs=bio.ScaleRangeKwargs(
-                            axes=[ax_y, ax_x],
-                            min_percentile=float(low),
-                            max_percentile=float(high),
-                        )
+def _input_descrs(model: UNet, d: Path) -> list:
+    """The one input: batch, one grey channel, y and x on the valid sizes, normalised per plane at the
+    model's percentiles (``scale_range``)."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    lo, step = valid_package_sizes(model)
+    ax_y, ax_x = bio.AxisId("y"), bio.AxisId("x")
+    low, high = _percentiles(model.info)
+    return [
+        bio.InputTensorDescr(
+            id=bio.TensorId(_IN_ID),
+            description="one grey channel, raw intensities (any range: the preprocessing normalises them)",
+            axes=[
+                bio.BatchAxis(),
+                bio.ChannelAxis(channel_names=[bio.Identifier("grey")]),
+                bio.SpaceInputAxis(id=ax_y, size=bio.ParameterizedSize(min=lo, step=step)),
+                bio.SpaceInputAxis(id=ax_x, size=bio.ParameterizedSize(min=lo, step=step)),
+            ],
+            test_tensor=bio.FileDescr(source=d / "test_input.npy"),
+            data=bio.IntervalOrRatioDataDescr(type="float32"),
+            preprocessing=[
+                bio.ScaleRangeDescr(
+                    kwargs=bio.ScaleRangeKwargs(
+                        axes=[ax_y, ax_x],
+                        min_percentile=float(low),
+                        max_percentile=float(high),
                     )
-                ],
-            )
-        ]
-        outputs = [
-            bio.OutputTensorDescr(
-                id=bio.TensorId("probabilities"),
-                description=f"class probabilities: {', '.join(info.classes)}; labels = argmax over the channels",
-                axes=[
-                    bio.BatchAxis(),
-                    bio.ChannelAxis(channel_names=[bio.Identifier(_identifier(c)) for c in info.classes]),
-                    bio.SpaceOutputAxisWithHalo(
-                        id=ax_y, size=bio.SizeReference(tensor_id=in_id, axis_id=ax_y), halo=halo
-                    ),
-                    bio.SpaceOutputAxisWithHalo(
-                        id=ax_x, size=bio.SizeReference(tensor_id=in_id, axis_id=ax_x), halo=halo
-                    ),
-                ],
-                test_tensor=bio.FileDescr(source=d / "test_output.npy"),
-                data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
-                postprocessing=[bio.SoftmaxDescr(kwargs=bio.SoftmaxKwargs(axis=bio.AxisId("channel")))],
-            )
-        ]
-        torch_version = bio.Version(torch.__version__.split("+")[0])
-        kwargs = {"mirror": halo, **model.config.to_dict()}
-        weights = bio.WeightsDescr(
-            pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
-                source=d / "weights.pt",
-                architecture=bio.ArchitectureFromFileDescr(source=arch, callable="MirroredUNet", kwargs=kwargs),
-                pytorch_version=torch_version,
-            ),
-            torchscript=bio.TorchscriptWeightsDescr(
-                source=d / "weights_torchscript.pt", pytorch_version=torch_version, parent="pytorch_state_dict"
-            ),
-        )
-        citations = [UNET_PAPER, *(cite if cite is not None else DATA_CITATIONS.get(info.name, []))]
-        try:
-            with ValidationContext(root=d, perform_io_checks=True):
-                descr = bio.ModelDescr(
-                    name=_display_name(name),
-                    description=(
-                        info.description or f"U-Net (Ronneberger et al. 2015) trained with napari-unet: {name}"
-                    )[:1000],
-                    authors=[bio.Author(name=a) for a in (authors or ["napari-unet developers"])],
-                    cite=[bio.CiteEntry(**c) for c in citations],
-                    license=bio.LicenseId(license),
-                    documentation=bio.FileDescr(source=d / "README.md"),
-                    covers=[bio.FileDescr(source=d / "cover.png")],
-                    attachments=[bio.FileDescr(source=attached)],
-                    tags=["unet", "2d", "segmentation", "napari-unet", "pytorch"],
-                    inputs=inputs,
-                    outputs=outputs,
-                    weights=weights,
-                    config=bio.Config(**{CONFIG_KEY: {"info": json.loads(info.to_json()), "file": attached.name}}),
                 )
-        except Exception as e:  # pydantic's ValidationError lists every field at fault
-            raise PackageError(f"bioimageio.spec refused the package description: {e}") from e
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp_zip = output.with_name(f".{output.name}.part")
-        try:
-            save_bioimageio_package(descr, output_path=tmp_zip)
-            os.replace(tmp_zip, output)
-        finally:
-            tmp_zip.unlink(missing_ok=True)
-    return output
+            ],
+        )
+    ]
+
+
+def _output_descrs(model: UNet, d: Path) -> list:
+    """The one output: class probabilities (``softmax``) on the input's grid, with the mirrored context as
+    the halo a tiling tool crops."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    classes, halo = model.info.classes, mirror_of(model)
+    in_id = bio.TensorId(_IN_ID)
+    space = [
+        bio.SpaceOutputAxisWithHalo(id=ax, size=bio.SizeReference(tensor_id=in_id, axis_id=ax), halo=halo)
+        for ax in (bio.AxisId("y"), bio.AxisId("x"))
+    ]
+    return [
+        bio.OutputTensorDescr(
+            id=bio.TensorId("probabilities"),
+            description=f"class probabilities: {', '.join(classes)}; labels = argmax over the channels",
+            axes=[
+                bio.BatchAxis(),
+                bio.ChannelAxis(channel_names=[bio.Identifier(_identifier(c)) for c in classes]),
+                *space,
+            ],
+            test_tensor=bio.FileDescr(source=d / "test_output.npy"),
+            data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+            postprocessing=[bio.SoftmaxDescr(kwargs=bio.SoftmaxKwargs(axis=bio.AxisId("channel")))],
+        )
+    ]
+
+
+def _weights_descr(model: UNet, d: Path):
+    """``pytorch_state_dict`` (``MirroredUNet`` from ``model.py`` with the model's config) and
+    ``torchscript`` converted from it."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    torch_version = bio.Version(torch.__version__.split("+")[0])
+    kwargs = {"mirror": mirror_of(model), **model.config.to_dict()}
+    return bio.WeightsDescr(
+        pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+            source=d / "weights.pt",
+            architecture=bio.ArchitectureFromFileDescr(source=d / "model.py", callable="MirroredUNet", kwargs=kwargs),
+            pytorch_version=torch_version,
+        ),
+        torchscript=bio.TorchscriptWeightsDescr(
+            source=d / "weights_torchscript.pt", pytorch_version=torch_version, parent="pytorch_state_dict"
+        ),
+    )
+
+
+def _model_descr(
+    model: UNet,
+    d: Path,
+    *,
+    name: str,
+    attached: Path,
+    authors: list[str] | None,
+    cite: list[dict] | None,
+    license: str,
+):
+    """The package's rdf: its name, authors, citations, the files in ``d``, the input, output and weights
+    descriptions and our ``config`` block (the model's info and its attached file), checked by
+    bioimageio.spec against the files."""
+    from bioimageio.spec import ValidationContext
+    from bioimageio.spec.model import v0_5 as bio
+
+    info = model.info
+    inputs, outputs, weights = _input_descrs(model, d), _output_descrs(model, d), _weights_descr(model, d)
+    citations = [UNET_PAPER, *(cite if cite is not None else DATA_CITATIONS.get(info.name, []))]
+    description = info.description or f"U-Net (Ronneberger et al. 2015) trained with napari-unet: {name}"
+    try:
+        with ValidationContext(root=d, perform_io_checks=True):
+            return bio.ModelDescr(
+                name=_display_name(name),
+                description=description[:1000],
+                authors=[bio.Author(name=a) for a in (authors or ["napari-unet developers"])],
+                cite=[bio.CiteEntry(**c) for c in citations],
+                license=bio.LicenseId(license),
+                documentation=bio.FileDescr(source=d / "README.md"),
+                covers=[bio.FileDescr(source=d / "cover.png")],
+                attachments=[bio.FileDescr(source=attached)],
+                tags=["unet", "2d", "segmentation", "napari-unet", "pytorch"],
+                inputs=inputs,
+                outputs=outputs,
+                weights=weights,
+                config=bio.Config(**{CONFIG_KEY: {"info": json.loads(info.to_json()), "file": attached.name}}),
+            )
+    except Exception as e:  # pydantic's ValidationError lists every field at fault
+        raise PackageError(f"bioimageio.spec refused the package description: {e}") from e
+
+
+def _save_zip(descr, output: Path) -> None:
+    """The package zip at ``output``, written beside it and renamed over it (no half-written zip)."""
+    from bioimageio.spec import save_bioimageio_package
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp_zip = output.with_name(f".{output.name}.part")
+    try:
+        save_bioimageio_package(descr, output_path=tmp_zip)
+        os.replace(tmp_zip, output)
+    finally:
+        tmp_zip.unlink(missing_ok=True)
 
 
 def _safe_name(name: str) -> str:
