@@ -241,8 +241,7 @@ class PackagedModel(nn.Module):
 
     @classmethod
     def from_descr(cls, descr, *, name: str) -> PackagedModel:
-        from bioimageio.spec.model import v0_5 as bio
-
+        """The network of a spec 0.5 model description ``descr``; PackageError says what napari-unet cannot run."""
         what = f"bioimage.io model {descr.name!r}"
         if len(descr.inputs) != 1 or len(descr.outputs) != 1:
             raise PackageError(
@@ -250,66 +249,10 @@ class PackagedModel(nn.Module):
                 "models with one 2D image in and one map of class scores out"
             )
         inp, out = descr.inputs[0], descr.outputs[0]
-        in_axes = [str(a.id) for a in inp.axes]
-        out_axes = [str(a.id) for a in out.axes]
-        spatial = [a for a in inp.axes if a.type == "space"]
-        if sorted(str(a.id) for a in spatial) != ["x", "y"] or any(
-            a.type not in ("batch", "channel", "space") for a in inp.axes
-        ):
-            raise PackageError(
-                f"{what}: its input axes are {in_axes}; napari-unet runs 2D models (axes y, x with optional "
-                "batch and channel), not 3D or time series"
-            )
-        ch = [a for a in inp.axes if a.type == "channel"]
-        if ch and len(ch[0].channel_names) != 1:
-            raise PackageError(
-                f"{what} takes {len(ch[0].channel_names)} input channels; napari-unet runs single-channel models"
-            )
-        if sorted(str(a.id) for a in out.axes if a.type == "space") != ["x", "y"] or any(
-            a.type not in ("batch", "channel", "space") for a in out.axes
-        ):
-            raise PackageError(f"{what}: its output axes are {out_axes}; napari-unet needs a 2D (y, x) output")
-        ys = next(a for a in spatial if str(a.id) == "y").size
-        xs = next(a for a in spatial if str(a.id) == "x").size
-        if not (isinstance(ys, bio.ParameterizedSize) and isinstance(xs, bio.ParameterizedSize)):
-            raise PackageError(
-                f"{what} takes a fixed input size ({ys}, {xs}); napari-unet's overlap-tile prediction needs "
-                "a parameterized size (min + k * step)"
-            )
-        if (ys.min, ys.step) != (xs.min, xs.step):
-            raise PackageError(f"{what}: y and x have different valid sizes; napari-unet tiles square grids")
-        step = int(ys.step) or 1
-        if step & (step - 1):
-            raise PackageError(f"{what}: input step {step} is not a power of two; napari-unet tiles on a 2**n grid")
-        halo, offset = 0, 0
-        for a in out.axes:
-            if a.type != "space":
-                continue
-            h = int(getattr(a, "halo", 0) or 0)
-            size = a.size
-            off = int(getattr(size, "offset", 0) or 0) if isinstance(size, bio.SizeReference) else None
-            if off is None:
-                raise PackageError(f"{what}: output axis {a.id} is not sized relative to the input; not supported")
-            if getattr(a, "scale", 1.0) != 1.0 or getattr(size, "axis_id", a.id) != a.id:
-                raise PackageError(f"{what}: output axis {a.id} is rescaled; napari-unet needs output = input grid")
-            halo, offset = max(halo, h), off
-        if offset > 0 or offset % 2:
-            raise PackageError(f"{what}: output is {offset} px larger than its input; not supported")
-        # context the tiler mirrors and crops: the halo, or what a valid network loses, on the 2**n grid
-        need = max(halo, -offset // 2)
-        context = -(-need // step) * step if need else 0
-
-        n_out = [a for a in out.axes if a.type == "channel"]
-        classes = [str(c) for c in n_out[0].channel_names] if n_out else ["foreground"]
-        post_ops = [p.id for p in out.postprocessing if p.id != "ensure_dtype"]
-        if any(p not in _SUPPORTED_POST for p in post_ops) or len(post_ops) > 1:
-            raise PackageError(
-                f"{what}: postprocessing {post_ops} is not supported; napari-unet reads class scores "
-                f"(no postprocessing, {' or '.join(_SUPPORTED_POST)})"
-            )
-        post = post_ops[0] if post_ops else None
-        if len(classes) == 1:
-            classes = ["background", classes[0]]
+        _check_axes(inp, out, what)
+        min_size, step = _input_grid(inp, what)
+        offset, context = _output_context(out, step, what)
+        classes, post = _output_classes(out, what)
         info = ModelInfo(
             model={"depth": max(1, step.bit_length() - 1), "padding": "same", "n_classes": len(classes)},
             classes=classes,
@@ -318,12 +261,11 @@ class PackagedModel(nn.Module):
             description=(descr.description or "")[:300],
             format="bioimageio-foreign",
         )
-        net = _load_net(descr, what)
         m = cls(
-            net,
-            in_axes=in_axes,
-            out_axes=out_axes,
-            min_size=int(ys.min),
+            _load_net(descr, what),
+            in_axes=[str(a.id) for a in inp.axes],
+            out_axes=[str(a.id) for a in out.axes],
+            min_size=min_size,
             step=step,
             offset=offset,
             context=context,
@@ -364,6 +306,88 @@ class PackagedModel(nn.Module):
         if self.post == "sigmoid":  # independent channels: their sigmoids, renormalised by the softmax
             return nn.functional.logsigmoid(y)
         return y
+
+
+def _check_axes(inp, out, what: str) -> None:
+    """PackageError unless the input is 2D (y, x with optional batch and one channel) and so is the output."""
+    in_axes = [str(a.id) for a in inp.axes]
+    out_axes = [str(a.id) for a in out.axes]
+    spatial = [a for a in inp.axes if a.type == "space"]
+    if sorted(str(a.id) for a in spatial) != ["x", "y"] or any(
+        a.type not in ("batch", "channel", "space") for a in inp.axes
+    ):
+        raise PackageError(
+            f"{what}: its input axes are {in_axes}; napari-unet runs 2D models (axes y, x with optional "
+            "batch and channel), not 3D or time series"
+        )
+    ch = [a for a in inp.axes if a.type == "channel"]
+    if ch and len(ch[0].channel_names) != 1:
+        raise PackageError(
+            f"{what} takes {len(ch[0].channel_names)} input channels; napari-unet runs single-channel models"
+        )
+    if sorted(str(a.id) for a in out.axes if a.type == "space") != ["x", "y"] or any(
+        a.type not in ("batch", "channel", "space") for a in out.axes
+    ):
+        raise PackageError(f"{what}: its output axes are {out_axes}; napari-unet needs a 2D (y, x) output")
+
+
+def _input_grid(inp, what: str) -> tuple[int, int]:
+    """(min, step) of the input's y and x sizes: a parameterized size, the same for both, on a 2**n grid."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    spatial = [a for a in inp.axes if a.type == "space"]
+    ys = next(a for a in spatial if str(a.id) == "y").size
+    xs = next(a for a in spatial if str(a.id) == "x").size
+    if not (isinstance(ys, bio.ParameterizedSize) and isinstance(xs, bio.ParameterizedSize)):
+        raise PackageError(
+            f"{what} takes a fixed input size ({ys}, {xs}); napari-unet's overlap-tile prediction needs "
+            "a parameterized size (min + k * step)"
+        )
+    if (ys.min, ys.step) != (xs.min, xs.step):
+        raise PackageError(f"{what}: y and x have different valid sizes; napari-unet tiles square grids")
+    step = int(ys.step) or 1
+    if step & (step - 1):
+        raise PackageError(f"{what}: input step {step} is not a power of two; napari-unet tiles on a 2**n grid")
+    return int(ys.min), step
+
+
+def _output_context(out, step: int, what: str) -> tuple[int, int]:
+    """(offset, context) of the output's y and x: its size minus the input's (<= 0, even) and the context
+    the tiler mirrors and crops (the halo, or what a valid network loses, on the 2**n grid)."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    halo, offset = 0, 0
+    for a in out.axes:
+        if a.type != "space":
+            continue
+        h = int(getattr(a, "halo", 0) or 0)
+        size = a.size
+        off = int(getattr(size, "offset", 0) or 0) if isinstance(size, bio.SizeReference) else None
+        if off is None:
+            raise PackageError(f"{what}: output axis {a.id} is not sized relative to the input; not supported")
+        if getattr(a, "scale", 1.0) != 1.0 or getattr(size, "axis_id", a.id) != a.id:
+            raise PackageError(f"{what}: output axis {a.id} is rescaled; napari-unet needs output = input grid")
+        halo, offset = max(halo, h), off
+    if offset > 0 or offset % 2:
+        raise PackageError(f"{what}: output is {offset} px larger than its input; not supported")
+    need = max(halo, -offset // 2)
+    return offset, -(-need // step) * step if need else 0
+
+
+def _output_classes(out, what: str) -> tuple[list[str], str | None]:
+    """The output's class names (one channel: background and it) and its postprocessing (None, 'softmax'
+    or 'sigmoid')."""
+    n_out = [a for a in out.axes if a.type == "channel"]
+    classes = [str(c) for c in n_out[0].channel_names] if n_out else ["foreground"]
+    post_ops = [p.id for p in out.postprocessing if p.id != "ensure_dtype"]
+    if any(p not in _SUPPORTED_POST for p in post_ops) or len(post_ops) > 1:
+        raise PackageError(
+            f"{what}: postprocessing {post_ops} is not supported; napari-unet reads class scores "
+            f"(no postprocessing, {' or '.join(_SUPPORTED_POST)})"
+        )
+    if len(classes) == 1:
+        classes = ["background", classes[0]]
+    return classes, post_ops[0] if post_ops else None
 
 
 def _to_axes(x: torch.Tensor, axes: list[str]) -> torch.Tensor:
