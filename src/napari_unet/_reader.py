@@ -90,7 +90,7 @@ def _image_kwargs(meta, name: str, channels: bool = True) -> dict:
     if channel_axis is not None and not (drop and channel_axis == len(meta.axes) - 1):
         kwargs["channel_axis"] = channel_axis  # channels (or planar RGB): one layer each
         drop += meta.axes[channel_axis]
-    kwargs["scale"] = meta.scale(drop=drop)
+    kwargs["scale"] = meta.layer_scale(drop=drop)
     kwargs["metadata"] = {
         "path": meta.path,
         "axes": meta.axes,
@@ -144,7 +144,7 @@ def zarr_layers(path) -> list[tuple]:
         sub, sub_meta = read_ome_zarr(sub_path)
         lkw = {
             "name": name,
-            "scale": sub_meta.scale(),
+            "scale": sub_meta.layer_scale(),
             "opacity": 0.6,
             "metadata": {"path": sub_meta.path, "axes": sub_meta.axes, "lazy": True},
         }

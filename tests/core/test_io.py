@@ -28,7 +28,7 @@ def test_multipage_round_trip(tmp_path, stack):
     np.testing.assert_array_equal(data, stack)
     assert meta.shape == stack.shape and meta.dtype == "uint16" and len(meta.axes) == 3
     assert meta.pixel_size is None and meta.lazy is False
-    assert meta.scale() == (1.0, 1.0, 1.0)
+    assert meta.layer_scale() == (1.0, 1.0, 1.0)
 
 
 def test_bigtiff_compressed(tmp_path, stack):
@@ -52,7 +52,7 @@ def test_imagej_pixel_size_and_spacing(tmp_path, stack):
     assert meta.pixel_size == pytest.approx((0.5, 0.25))
     assert meta.z_spacing == pytest.approx(2.0)
     assert meta.unit == "µm"
-    assert meta.scale() == pytest.approx((2.0, 0.5, 0.25))
+    assert meta.layer_scale() == pytest.approx((2.0, 0.5, 0.25))
 
 
 def test_imagej_hyperstack_channels(tmp_path):
@@ -60,7 +60,7 @@ def test_imagej_hyperstack_channels(tmp_path):
     tifffile.imwrite(tmp_path / "h.tif", data, imagej=True, metadata={"axes": "ZCYX"})
     arr, meta = files.read_image(tmp_path / "h.tif")
     assert arr.shape == (3, 2, 16, 16) and meta.axes == "ZCYX"
-    assert meta.scale(drop="C") == (1.0, 1.0, 1.0)
+    assert meta.layer_scale(drop="C") == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="pick one channel"):
         planes.as_grey(arr, axes=meta.axes)
     assert planes.as_grey(arr, axes=meta.axes, channel=1).shape == (3, 16, 16)

@@ -70,8 +70,9 @@ class ImageMeta:
     unit: str | None = None
     lazy: bool = False
 
-    def scale(self, *, drop: str = "") -> tuple[float, ...]:
-        """Per-dimension scale for napari (1.0 where unknown), skipping axes in ``drop``.
+    def layer_scale(self, *, drop: str = "") -> tuple[float, ...]:
+        """napari's per-dimension layer scale: the pixel size per axis (1.0 where unknown), skipping axes
+        in ``drop``.
 
         An unknown stack axis (``Q``, ``I``) gets the z spacing when there is one.
         """
