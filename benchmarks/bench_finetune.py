@@ -301,7 +301,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         cancel.set()
         result = drain(iter_train(cfg, img, scrib, cancel=cancel), lambda ev: None)
         net = result.model.eval()
-        r = {"minutes": 0.0, "steps": 0, "scale": result.info.scale.get("input_scale", 1.0)}
+        r = {"minutes": 0.0, "steps": 0, "scale": result.info.zoom.get("input_zoom", 1.0)}
         r.update(score(unet_predict(net, test_img), test_truth, which, net.n_classes))
         log(f"{which}/{arm}: {r}")
         return [r], result.info.training["start"]

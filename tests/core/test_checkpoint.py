@@ -112,6 +112,25 @@ def test_incompatible_version_and_mismatched_weights(tmp_path, net):
         load_model(tmp_path / "mismatch.safetensors")
 
 
+def test_the_zoom_is_written_and_read_under_the_file_key(tmp_path, net):
+    """Model files hold the zoom as "scale": {"input_scale": z} (users' files, installed versions);
+    ModelInfo.zoom reads it as {"input_zoom": z} and writes it back under the file key."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    p = save_model(tmp_path / "m.safetensors", net, zoom={"input_zoom": 0.5})
+    with safe_open(str(p), framework="pt") as f:
+        header = json.loads(f.metadata()["napari_unet"])
+    assert header["scale"] == {"input_scale": 0.5} and "zoom" not in header
+    assert load_model(p).info.zoom == {"input_zoom": 0.5}
+    # a file as users have them: written by hand with the file key only
+    header["scale"] = {"input_scale": 0.25}
+    save_file(load_file(str(p)), str(tmp_path / "old.safetensors"), metadata={"napari_unet": json.dumps(header)})
+    assert read_info(tmp_path / "old.safetensors").zoom == {"input_zoom": 0.25}
+
+
 def test_missing_model_names_shipped_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="shipped models"):
         load_model(tmp_path / "nope.safetensors")

@@ -64,7 +64,7 @@ def test_predicting_at_the_models_scale_segments_larger_nuclei(big_nuclei, tmp_p
     # measured on these three images: IoU 0.76 as is, 0.79 at the model's scale (10 images: 0.75, 0.81)
     assert _iou(rescaled, lab) > _iou(as_is, lab) + 0.02
     # a model that records its scale uses it by default; an explicit scale still wins
-    info = replace(model.info, scale={"input_scale": 1 / 3})
+    info = replace(model.info, zoom={"input_zoom": 1 / 3})
     path = save_model(tmp_path / "big.safetensors", model, info=info)
     scaled_model = load_model(path)
     assert model_zoom(scaled_model) == pytest.approx(1 / 3)
@@ -79,8 +79,8 @@ def test_predicting_at_the_models_scale_segments_larger_nuclei(big_nuclei, tmp_p
 
 def test_damaged_scale_in_a_header_is_refused(tmp_path):
     model = load_model("nuclei")
-    for bad in ({"input_scale": "big"}, {"input_scale": 1e9}, ["not", "a", "dict"]):
-        path = save_model(tmp_path / "bad.safetensors", model, info=replace(model.info, scale=bad))
+    for bad in ({"input_zoom": "big"}, {"input_zoom": 1e9}, ["not", "a", "dict"]):
+        path = save_model(tmp_path / "bad.safetensors", model, info=replace(model.info, zoom=bad))
         with pytest.raises(CheckpointError, match="scale"):
             load_model(path)
 
@@ -128,14 +128,14 @@ def test_auto_start_trains_at_the_scale_the_start_model_agrees_best(big_nuclei, 
     monkeypatch.setattr(start, "agreement", rigged)
     cfg = TrainConfig(init="auto", keep_prior=None, label_mode="instance", steps=2, tile_in=188, device="cpu")
     result = train(cfg, im, strokes, preview=(0, 0))
-    assert result.info.scale == {"input_scale": 0.5}
+    assert result.info.zoom == {"input_zoom": 0.5}
     assert "zoomed x0.50" in result.info.training["start"]
     assert model_zoom(result.model) == 0.5
     assert predict(result.model, im[:1], output="labels").shape == im[:1].shape
     # a fixed scale is kept as given; from scratch the images stay as they are
     cfg = TrainConfig(init=None, depth=2, base_channels=4, tile_in=92, steps=1, device="cpu")
-    assert train(cfg, im, strokes).info.scale == {}
-    assert train(replace(cfg, scale=0.71), im, strokes).info.scale == {"input_scale": 0.71}
+    assert train(cfg, im, strokes).info.zoom == {}
+    assert train(replace(cfg, scale=0.71), im, strokes).info.zoom == {"input_zoom": 0.71}
 
 
 def test_a_given_scale_is_kept_by_the_auto_start(big_nuclei, monkeypatch):
@@ -170,7 +170,7 @@ def test_block_wise_prediction_runs_a_zoomed_model_at_scale_1_only_when_asked(tm
 
     model = load_model("nuclei")
     zoomed = load_model(
-        save_model(tmp_path / "z.safetensors", model, info=replace(model.info, scale={"input_scale": 0.5}))
+        save_model(tmp_path / "z.safetensors", model, info=replace(model.info, zoom={"input_zoom": 0.5}))
     )
     image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
     with pytest.raises(ValueError, match="zooms images x0.50"):
@@ -205,5 +205,5 @@ def test_the_package_of_a_zoomed_model_says_so():
 
     model = load_model("nuclei")
     assert _zoom_note(model) == ""
-    model.info = replace(model.info, scale={"input_scale": 0.5})
+    model.info = replace(model.info, zoom={"input_zoom": 0.5})
     assert "zoomed x0.5" in _zoom_note(model) and "resample" in _zoom_note(model)

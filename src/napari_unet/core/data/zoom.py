@@ -3,7 +3,7 @@ resampled to that size for the network and the result back to the image's grid.
 
 ``scale`` is the zoom applied to the user's image before the network (0.5: the image is shrunk to
 half its size, for objects twice as large as the model's). A trained model records the scale its
-training images were resampled by (``ModelInfo.scale['input_scale']``), so predicting with it on
+training images were resampled by (``ModelInfo.zoom['input_zoom']``), so predicting with it on
 images like those uses the same zoom by default. The auto start (:mod:`.start`) tries the
 :data:`ZOOMS` and keeps the one at which a start model agrees best with the strokes.
 
@@ -37,8 +37,8 @@ def check_zoom(scale: float) -> float:
 def model_zoom(model) -> float:
     """The zoom ``model`` expects its images at (recorded at training; 1 when unknown)."""
     info = getattr(model, "info", None)
-    rec = getattr(info, "scale", None) or {}
-    return float(rec.get("input_scale", 1.0))
+    rec = getattr(info, "zoom", None) or {}
+    return float(rec.get("input_zoom", 1.0))
 
 
 def shape_at(shape: tuple[int, int], scale: float) -> tuple[int, int]:

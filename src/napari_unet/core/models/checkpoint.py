@@ -44,6 +44,11 @@ FORMAT = "napari-unet/1"
 META_KEY = "napari_unet"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 SUFFIX = ".safetensors"
+# The model's zoom is written as "scale": {"input_scale": z} (every model file's JSON header, and the `config`
+# of exported packages): the key users' files hold and that installed napari-unet versions read. Those drop
+# header keys they do not know, so a file written under "zoom" would load there at zoom 1 without a word,
+# its objects at the wrong size; with this key every file stays napari-unet/1 and none needs a rewrite.
+_ZOOM_KEY, _INPUT_ZOOM_KEY = "scale", "input_scale"
 
 
 @dataclass
@@ -60,12 +65,34 @@ class ModelInfo:
     description: str = ""
     # defaults for turning the network's output into labels, e.g. {"min_size": 30} for instances
     postprocess: dict = field(default_factory=dict)
-    # {"input_scale": s}: the zoom the training images were resampled by (see core.scale); prediction uses it
-    scale: dict = field(default_factory=dict)
+    # {"input_zoom": z}: the zoom the training images were resampled by (core/data/zoom.py); prediction uses it
+    zoom: dict = field(default_factory=dict)
     format: str = FORMAT
 
+    def to_dict(self) -> dict:
+        """The fields as a model file's header holds them: ``zoom`` under its file key (``_ZOOM_KEY``)."""
+        fields = asdict(self)
+        fields[_ZOOM_KEY] = _renamed(fields.pop("zoom"), "input_zoom", _INPUT_ZOOM_KEY)
+        return fields
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, header: dict) -> ModelInfo:
+        """The info in a model file's ``header`` (:meth:`to_dict`'s form; keys it does not know are dropped)."""
+        fields = {k: v for k, v in header.items() if k in cls.__dataclass_fields__ and k != "zoom"}
+        if _ZOOM_KEY in header:
+            fields["zoom"] = _renamed(header[_ZOOM_KEY], _INPUT_ZOOM_KEY, "input_zoom")
+        return cls(**fields)
+
+
+def _renamed(record, old: str, new: str):
+    """``record`` with its key ``old`` named ``new`` (anything but a mapping as it is: a damaged header
+    stays damaged, for the check on loading to refuse)."""
+    if not isinstance(record, dict):
+        return record
+    return {new if k == old else k: v for k, v in record.items()}
 
 
 class CheckpointError(ValueError):
@@ -193,9 +220,8 @@ def read_checkpoint(path: Path, weights: bool = True):
         raise CheckpointError(
             f"{path.name} was written by an incompatible version ({fmt!r}); this napari-unet reads {FORMAT!r}"
         )
-    known = {f for f in ModelInfo.__dataclass_fields__}
-    info = ModelInfo(**{k: v for k, v in raw.items() if k in known})
-    _check_scale(path, info.scale)
+    info = ModelInfo.from_dict(raw)
+    _check_zoom_record(path, info.zoom)
     opt = json.loads(meta["optimizer"]) if "optimizer" in meta else None
     return info, tensors, opt
 
@@ -246,12 +272,13 @@ def _check_bounds(path: Path, model: dict) -> None:
             )
 
 
-def _check_scale(path: Path, scale) -> None:
-    if not isinstance(scale, dict):
+def _check_zoom_record(path: Path, zoom) -> None:
+    # the messages name the header's key for the zoom ("scale", see _ZOOM_KEY): what the file holds
+    if not isinstance(zoom, dict):
         raise CheckpointError(f"{path.name}: its header's scale is not a mapping; the file is damaged")
-    if "input_scale" in scale:
+    if "input_zoom" in zoom:
         try:
-            check_zoom(scale["input_scale"])
+            check_zoom(zoom["input_zoom"])
         except (TypeError, ValueError) as e:
             raise CheckpointError(
                 f"{path.name}: its header's input scale is unusable ({e}); the file is damaged"

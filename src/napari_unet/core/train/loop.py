@@ -272,7 +272,7 @@ def iter_train(
             "domain": start.domain_signature(s.image for s in slices),
         },
         name=(start_info.name if start_info is not None and config.resume else ""),
-        scale={"input_scale": config.scale} if config.scale != 1.0 else {},
+        zoom={"input_zoom": config.scale} if config.scale != 1.0 else {},
     )
 
     history: list[tuple[int, float]] = []
