@@ -17,8 +17,8 @@ from napari_unet._sample_data import load_em_sample, load_nuclei_sample  # noqa:
 from napari_unet.cli import main  # noqa: E402
 from napari_unet.core.export import bioimageio as bio
 from napari_unet.core.models.checkpoint import CheckpointError
-from napari_unet.core.models.packages import PackagedModel, PackageError
 from napari_unet.core.models.load import load_model, read_info
+from napari_unet.core.models.packages import PackagedModel, PackageError
 from napari_unet.core.predict.tiles import predict
 
 # bioimageio.spec leaves the readers of package files open (ResourceWarning when collected): theirs, not ours
@@ -318,9 +318,7 @@ def test_unsupported_packages_say_why(tmp_path):
     w = rdf["weights"].pop("pytorch_state_dict")
     rdf["weights"]["onnx"] = {"source": w["source"], "sha256": w["sha256"], "opset_version": 17}
     (tmp_path / "unz" / "rdf.yaml").write_text(yaml.safe_dump(rdf))
-    with pytest.raises(
-        PackageError, match=r"weights \['onnx'\]; napari-unet runs pytorch_state_dict or torchscript"
-    ):
+    with pytest.raises(PackageError, match=r"weights \['onnx'\]; napari-unet runs pytorch_state_dict or torchscript"):
         load_model(tmp_path / "unz" / "rdf.yaml")
 
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.core.data import files
-from napari_unet.core.data import intensity, planes
+from napari_unet.core.data import files, intensity, planes
 
 
 @pytest.fixture
