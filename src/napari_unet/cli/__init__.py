@@ -84,7 +84,7 @@ def _parse_slices(text: str | None, n: int) -> list[int] | None:
 
 def _read_with_meta(path: str, what: str):
     """(pixels, ImageMeta) of a TIFF or a folder of TIFF slices; a missing file is a one-line error."""
-    from .core.data.files import read_image
+    from ..core.data.files import read_image
 
     try:
         return read_image(path)
@@ -102,7 +102,7 @@ def _read_image(path: str, args):
     The channel axis is the file's own (tifffile's C or S axis, e.g. ImageJ/OME channels, RGB, planar
     RGB), or ``--channel-axis`` (``none``: the file's C axis is slices); ``--channel K`` keeps one channel.
     """
-    from .core.data.planes import channels_last, declared_channel_axis
+    from ..core.data.planes import channels_last, declared_channel_axis
 
     arr, meta = _open_image(path)
     given = getattr(args, "channel_axis", None)
@@ -129,7 +129,7 @@ def _read_image(path: str, args):
 
 
 def _pick(arr, ch, k):
-    from .core.data.planes import channel_index, pick_channel
+    from ..core.data.planes import channel_index, pick_channel
 
     if type(arr).__name__ == "ZarrView":  # lazy: fix the axis instead of reading the whole channel
         return arr.take(ch, channel_index(arr.shape[ch], k))
@@ -138,7 +138,7 @@ def _pick(arr, ch, k):
 
 def _open_image(path: str):
     """(pixels, ImageMeta) of a TIFF, a folder of TIFF slices or an OME-Zarr image (lazily)."""
-    from .core.data.ngff import is_ome_zarr, read_ome_zarr
+    from ..core.data.ngff import is_ome_zarr, read_ome_zarr
 
     return read_ome_zarr(path) if is_ome_zarr(path) else _read_with_meta(path, "image")
 
@@ -267,7 +267,7 @@ def _scale(text: str):
     """--scale: 'auto' (None) or a zoom factor (core/scale.py)."""
     if text == "auto":
         return None
-    from .core.data.zoom import check_zoom
+    from ..core.data.zoom import check_zoom
 
     try:
         return check_zoom(float(text))
@@ -278,12 +278,12 @@ def _scale(text: str):
 def cmd_train(args) -> int:
     import numpy as np
 
-    from .core.data.labels import check_shapes, isbi_to_instances
-    from .core.drain import drain
-    from .core.network.device import resolve_device
-    from .core.train.config import TrainConfig, recommended_settings
-    from .core.train.events import TrainState
-    from .core.train.loop import iter_train
+    from ..core.data.labels import check_shapes, isbi_to_instances
+    from ..core.drain import drain
+    from ..core.network.device import resolve_device
+    from ..core.train.config import TrainConfig, recommended_settings
+    from ..core.train.events import TrainState
+    from ..core.train.loop import iter_train
 
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
@@ -321,8 +321,8 @@ def cmd_train(args) -> int:
     # unset options follow the device and the start, as in the Train widget (core.train.recommended_settings)
     rec = {"schedule": "constant", **recommended_settings(resolve_device(args.device).type, args.init)}
     if args.resume:  # --resume continues the saved run: its own settings, not the device's defaults
-        from .core.models.checkpoint import resolve_model_path
-        from .core.models.load import read_info
+        from ..core.models.checkpoint import resolve_model_path
+        from ..core.models.load import read_info
 
         rec.update(
             TrainConfig.saved_settings((read_info(resolve_model_path(args.resume)).training or {}).get("config", {}))
@@ -436,7 +436,7 @@ def cmd_train(args) -> int:
 
 
 def _is_zarr_path(path) -> bool:
-    from .core.data.ngff import ZARR_SUFFIXES, is_ome_zarr
+    from ..core.data.ngff import ZARR_SUFFIXES, is_ome_zarr
 
     return str(path).rstrip("/").lower().endswith(ZARR_SUFFIXES) or is_ome_zarr(path)
 
@@ -463,7 +463,7 @@ def _client(args):
             raise ImportError("--scheduler needs dask.distributed: pip install 'napari-unet[zarr]'") from err
         return Client(args.scheduler)
     if args.workers:
-        from .core.predict.blocks import local_cluster
+        from ..core.predict.blocks import local_cluster
 
         return local_cluster(args.workers, memory_limit=args.worker_memory)
     return None
@@ -481,8 +481,8 @@ def _sha256(path) -> str:
 
 def _predict_tiles(args, model, image, ch, out=None):
     """``args.kind`` of ``image`` by overlap-tile prediction (into ``out`` if given), with the tile bar."""
-    from .core.drain import drain
-    from .core.predict.tiles import iter_predict
+    from ..core.drain import drain
+    from ..core.predict.tiles import iter_predict
 
     bar = _TileBar(args.quiet)
     try:
@@ -508,14 +508,14 @@ def _predict_tiles(args, model, image, ch, out=None):
 
 def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
     """Predict into an OME-Zarr image at ``target``, block by block (resumable), here or on dask."""
-    from .core.data.ngff import ome_version
-    from .core.data.planes import as_stack
-    from .core.models.checkpoint import resolve_model_path
-    from .core.predict.blocks import create_prediction, default_threads, iter_predict_blocks, output_chunks
+    from ..core.data.ngff import ome_version
+    from ..core.data.planes import as_stack
+    from ..core.models.checkpoint import resolve_model_path
+    from ..core.predict.blocks import create_prediction, default_threads, iter_predict_blocks, output_chunks
 
     if args.slices:
         raise SystemExit("error: --slices writes TIFFs only; a .zarr output takes the whole volume (a rerun resumes)")
-    from .core.data.zoom import model_zoom
+    from ..core.data.zoom import model_zoom
 
     zoom = model_zoom(model) if args.scale is None else args.scale
     if zoom != 1.0 and args.kind != "instances":
@@ -609,7 +609,7 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
 
 
 def _spatial_chunks(image, ch):
-    from .core.data.planes import spatial_shape
+    from ..core.data.planes import spatial_shape
 
     chunks = getattr(image, "chunks", None)
     return None if chunks is None else spatial_shape(chunks, ch)
@@ -618,10 +618,10 @@ def _spatial_chunks(image, ch):
 def cmd_predict(args) -> int:
     import numpy as np
 
-    from .core.data.files import write_labels
-    from .core.data.ngff import is_ome_zarr
-    from .core.models.checkpoint import resolve_model_path
-    from .core.models.load import load_model
+    from ..core.data.files import write_labels
+    from ..core.data.ngff import is_ome_zarr
+    from ..core.models.checkpoint import resolve_model_path
+    from ..core.models.load import load_model
 
     image_is_zarr = is_ome_zarr(args.image)
     target = _zarr_target(args, image_is_zarr)
@@ -640,7 +640,7 @@ def cmd_predict(args) -> int:
     except FileNotFoundError:
         pass  # load_model says what is missing
     if target is None:
-        from .core.data.files import TIFF_SUFFIXES
+        from ..core.data.files import TIFF_SUFFIXES
 
         suffix = Path(args.output).suffix.lower()
         if suffix and suffix not in TIFF_SUFFIXES:  # a TIFF named result.png: a viewer would fail to open it
@@ -657,7 +657,7 @@ def cmd_predict(args) -> int:
     if slices is not None:
         image = _select(image, slices, ch)
     if args.precision == "auto":
-        from .core.predict.tiles import choose_precision
+        from ..core.predict.tiles import choose_precision
 
         args.precision, why = choose_precision(model, image, device=args.device, channel_axis=ch)
         if not args.quiet:
@@ -671,7 +671,7 @@ def cmd_predict(args) -> int:
     if args.kind in ("probabilities", "uncertainty"):
         import tifffile
 
-        from .core.data.files import atomic_write
+        from ..core.data.files import atomic_write
 
         with atomic_write(out) as fh:
             # minisblack: a class axis of 3 must not be stored as RGB
@@ -680,7 +680,7 @@ def cmd_predict(args) -> int:
         write_labels(out, result)
     print(f"wrote {out} ({args.kind}, shape {tuple(result.shape)})")
     if args.kind == "uncertainty":
-        from .core.predict.guidance import rank_regions
+        from ..core.predict.guidance import rank_regions
 
         where = rank_regions(result, k=5)
         print("paint next (most uncertain first): " + "; ".join(r.describe() for r in where))
@@ -693,9 +693,9 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from .core.data.labels import check_shapes
-    from .core.evaluate.score import evaluate_arrays
-    from .core.models.load import load_model
+    from ..core.data.labels import check_shapes
+    from ..core.evaluate.score import evaluate_arrays
+    from ..core.models.load import load_model
 
     if args.json:  # found after the evaluation, a bad --json cost its run (or overwrote an input)
         _refuse_overwrite(args.json, [args.images, args.labels, args.model], "input", opt="--json")
@@ -756,9 +756,9 @@ def cmd_export(args) -> int:
 
     import numpy as np
 
-    from .core.export import bioimageio
-    from .core.models.checkpoint import available_models, resolve_model_path
-    from .core.models.load import load_model
+    from ..core.export import bioimageio
+    from ..core.models.checkpoint import available_models, resolve_model_path
+    from ..core.models.load import load_model
 
     if not bioimageio.available():
         raise SystemExit(
@@ -776,7 +776,7 @@ def cmd_export(args) -> int:
                 raise ValueError(f"--sample-slice {args.sample_slice} is out of range for {sample.shape[0]} slices")
             sample = sample[args.sample_slice]
     elif shipped and model.info.name in _SHIPPED_SAMPLES:
-        from . import _sample_data
+        from .. import _sample_data
 
         sample = getattr(_sample_data, _SHIPPED_SAMPLES[model.info.name])()[0][args.sample_slice]
     else:
@@ -797,7 +797,7 @@ def cmd_export(args) -> int:
         data=args.data,
     )
     print(f"wrote {out} (bioimage.io model package, spec 0.5; check it with `bioimageio test {out}`)")
-    from .core.data.zoom import model_zoom
+    from ..core.data.zoom import model_zoom
 
     if model_zoom(model) != 1.0:
         print(
@@ -812,8 +812,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .core.models.checkpoint import available_models
-    from .core.models.load import read_info
+    from ..core.models.checkpoint import available_models
+    from ..core.models.load import read_info
 
     shipped = available_models()
     if not shipped:
@@ -1144,7 +1144,3 @@ def main(argv=None) -> int:
             hint += ", or use --device cpu)"
         print(f"error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
