@@ -30,10 +30,12 @@ import sys
 import threading
 from pathlib import Path
 
-LABEL_HELP = (
-    "Labels: 0 = not annotated (ignored), then with --mode semantic value k>=1 is class k-1; "
-    "with --mode instance 1 = background and every value >= 2 is its own object."
-)
+from ._images import _read, _read_image
+from ._options import LABEL_HELP, _channel_axis_arg, _scale, _TileSize
+from ._outputs import _check_output, _refuse_overwrite
+from ._progress import _bar, _TileBar
+from ._slices import _n_slices, _parse_slices, _select
+from ._tiles import _predict_tiles
 
 
 class _OutputPath(argparse.Action):
@@ -54,199 +56,6 @@ class _OutputPath(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _parse_slices(text: str | None, n: int) -> list[int] | None:
-    """'0-24', '3', '0,2,5-7' -> sorted indices (inclusive ranges)."""
-    if not text:
-        return None
-    out: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                a, b = (int(v) for v in part.split("-", 1))
-                if b < a:
-                    raise ValueError(f"--slices {text}: range {part} runs backwards; write {b}-{a}")
-                out.update(range(a, b + 1))
-            elif part:
-                out.add(int(part))
-        except ValueError as e:
-            if str(e).startswith("--slices"):
-                raise
-            raise ValueError(
-                f"--slices {text}: {part!r} is not a slice number or range; use e.g. 3, 0-24 or 0,2,5-7 "
-                "(slices count from 0)"
-            ) from None
-    bad = [i for i in out if not 0 <= i < n]
-    if bad:
-        raise ValueError(f"--slices {text}: slice(s) {sorted(bad)[:5]} out of range for a stack of {n} slice(s)")
-    return sorted(out)
-
-
-def _read_with_meta(path: str, what: str):
-    """(pixels, ImageMeta) of a TIFF or a folder of TIFF slices; a missing file is a one-line error."""
-    from ..core.data.files import read_image
-
-    try:
-        return read_image(path)
-    except FileNotFoundError:
-        raise SystemExit(f"error: {what} {path} does not exist") from None
-
-
-def _read(path: str, what: str):
-    return _read_with_meta(path, what)[0]
-
-
-def _read_image(path: str, args):
-    """The pixels of image ``path``, their channel axis (-1: moved last, a view; or None) and the file's ImageMeta.
-
-    The channel axis is the file's own (tifffile's C or S axis, e.g. ImageJ/OME channels, RGB, planar
-    RGB), or ``--channel-axis`` (``none``: the file's C axis is slices); ``--channel K`` keeps one channel.
-    """
-    from ..core.data.planes import channels_last, declared_channel_axis
-
-    arr, meta = _open_image(path)
-    given = getattr(args, "channel_axis", None)
-    if given is None:
-        ch = declared_channel_axis(arr.shape, meta.axes)
-    elif given == "none":
-        ch = None
-    else:
-        ch = int(given)
-        if not -arr.ndim <= ch < arr.ndim:
-            raise ValueError(f"--channel-axis {given}: {path} has only {arr.ndim} axes (shape {tuple(arr.shape)})")
-    if getattr(args, "channel", None) is not None:
-        if ch is None:
-            raise ValueError(
-                f"--channel {args.channel}: {path} (shape {tuple(arr.shape)}, axes {meta.axes}) declares no "
-                "channel axis; say which axis holds the channels with --channel-axis"
-            )
-        return _pick(arr, ch, args.channel), None, meta
-    if ch is not None and arr.shape[ch] == 1:
-        return _pick(arr, ch, 0), None, meta
-    if hasattr(arr, "take") and type(arr).__name__ == "ZarrView":
-        return arr, (None if ch is None else ch % arr.ndim), meta  # lazy: the channel axis stays where it is
-    return channels_last(arr, ch), (None if ch is None else -1), meta
-
-
-def _pick(arr, ch, k):
-    from ..core.data.planes import channel_index, pick_channel
-
-    if type(arr).__name__ == "ZarrView":  # lazy: fix the axis instead of reading the whole channel
-        return arr.take(ch, channel_index(arr.shape[ch], k))
-    return pick_channel(arr, ch, k)
-
-
-def _open_image(path: str):
-    """(pixels, ImageMeta) of a TIFF, a folder of TIFF slices or an OME-Zarr image (lazily)."""
-    from ..core.data.ngff import is_ome_zarr, read_ome_zarr
-
-    return read_ome_zarr(path) if is_ome_zarr(path) else _read_with_meta(path, "image")
-
-
-def _channel_axis_arg(text: str):
-    if text.lower() == "none":
-        return "none"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give an axis number (0, 1, -1 ...) or 'none'") from None
-
-
-def _z_axis(channel_axis, ndim: int) -> int:
-    """The slice axis of a stack with ``channel_axis`` (channels last for TIFFs; anywhere in an OME-Zarr)."""
-    return 1 if channel_axis is not None and channel_axis % ndim == 0 else 0
-
-
-def _n_slices(arr, channel_axis) -> int:
-    """Slices of a (Z, Y, X) stack (plus a channel axis when ``channel_axis`` is set); 1 for a 2D image."""
-    return arr.shape[_z_axis(channel_axis, arr.ndim)] if arr.ndim - (channel_axis is not None) == 3 else 1
-
-
-def _refuse_overwrite(output, inputs, what: str = "input", opt: str = "-o") -> None:
-    """SystemExit when ``output`` is one of ``inputs`` (an image, labels or model file this command reads)."""
-    out = Path(output).expanduser().resolve()
-    for p in inputs:
-        if p and Path(p).exists() and Path(p).expanduser().resolve() == out:
-            raise SystemExit(
-                f"error: {opt} {output} is the {what} {p}; writing there would destroy it. Choose another file"
-            )
-
-
-def _check_output(output, suffix: str | None = None, opt: str = "-o") -> None:
-    """SystemExit before any work when ``output`` cannot be written (a folder, a missing or read-only
-    folder, a device or other non-regular file): found after training, it used to cost the trained weights.
-    ``opt``: the option that named it, for the message."""
-    import os
-
-    if str(output).endswith(("/", "\\")):  # Path() drops the slash: 'results/' became a file named results
-        raise SystemExit(f"error: {opt} {output} names a folder; give a file name inside it")
-    given = Path(output).expanduser()
-    out = given.with_name(given.name + suffix) if suffix and given.suffix != suffix else given
-    for p in dict.fromkeys((given, out)):  # the path as given, and as written (with the suffix added)
-        if p.is_dir():
-            raise SystemExit(f"error: {opt} {output} is a folder; give a file name inside it")
-        if p.exists() and not p.is_file():
-            raise SystemExit(f"error: {opt} {output} is not a regular file (a device or pipe?); give a file name")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise SystemExit(f"error: {opt} {output}: the folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise SystemExit(f"error: {opt} {output}: the folder {parent} is not writable; choose another folder")
-
-
-def _select(arr, slices, channel_axis=None):
-    import numpy as np
-
-    if slices is None:
-        return arr
-    if arr.ndim - (channel_axis is not None) != 3:
-        raise ValueError("--slices needs a stack (Z, Y, X)")
-    z = _z_axis(channel_axis, arr.ndim)
-    return np.stack([np.asarray(arr[(slice(None),) * z + (i,)]) for i in slices], axis=z)
-
-
-def _bar(total: int, desc: str, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="step" if "train" in desc else "tile",
-        disable=quiet,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-
-
-class _TileBar:
-    """A progress callback for tile events: the bar opens at the first event (which knows the total)."""
-
-    def __init__(self, quiet: bool):
-        self.quiet, self.bar = quiet, None
-
-    def __call__(self, ev) -> None:
-        if self.bar is None:
-            self.bar = _bar(ev.total, "predict", self.quiet)
-        if ev.kind == "tile":
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class _TileSize(argparse.Action):
-    """The old --tile-size: train's input side, predict's output side. Still accepted, with a warning."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        new = "--tile-in" if self.dest == "tile_in" else "--tile-out"
-        side = "input" if self.dest == "tile_in" else "output"
-        print(
-            f"warning: --tile-size is deprecated; it is the {side} tile side here: use {new} {values}", file=sys.stderr
-        )
-        setattr(namespace, self.dest, values)
-
-
 # ----------------------------------------------------------------------------- train
 
 
@@ -261,18 +70,6 @@ def _keep_prior(text: str):
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}")
     return value
-
-
-def _scale(text: str):
-    """--scale: 'auto' (None) or a zoom factor (core/scale.py)."""
-    if text == "auto":
-        return None
-    from ..core.data.zoom import check_zoom
-
-    try:
-        return check_zoom(float(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
 
 
 def cmd_train(args) -> int:
@@ -477,33 +274,6 @@ def _sha256(path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
-
-
-def _predict_tiles(args, model, image, ch, out=None):
-    """``args.kind`` of ``image`` by overlap-tile prediction (into ``out`` if given), with the tile bar."""
-    from ..core.drain import drain
-    from ..core.predict.tiles import iter_predict
-
-    bar = _TileBar(args.quiet)
-    try:
-        return drain(
-            iter_predict(
-                model,
-                image,
-                channel_axis=ch,
-                output=args.kind,
-                out=out,
-                tile_out=args.tile_out,
-                tta=args.tta,
-                device=args.device,
-                min_size=args.min_size,
-                precision=args.precision,
-                scale=args.scale,
-            ),
-            bar,
-        )
-    finally:
-        bar.close()
 
 
 def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
