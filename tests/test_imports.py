@@ -58,6 +58,12 @@ def test_package_import_loads_neither_torch_nor_qt():
     assert not mods & set(GUI)
 
 
+def test_cli_import_loads_neither_torch_nor_qt():
+    """`napari-unet --help` stays quick: every module of cli/ imports the core inside its commands."""
+    mods = {m.split(".")[0] for m in _loaded("import napari_unet.cli")}
+    assert not mods & {"torch", "numpy", "scipy", *GUI}
+
+
 def _imported_modules(path: Path) -> set[str]:
     """Every module a file imports (absolute imports, at any depth: also inside functions)."""
     names = set()

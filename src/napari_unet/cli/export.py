@@ -1,0 +1,120 @@
+"""``napari-unet export``: write a model as a bioimage.io package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ._images import _read
+from ._outputs import _check_output, _refuse_overwrite
+
+# the real data that goes into a shipped model's package (test input, cover): the plugin's sample crops
+_SHIPPED_SAMPLES = {"em-membrane": "load_em_sample", "nuclei": "load_nuclei_sample"}
+
+
+def _parse_cite(text: str) -> dict:
+    """'Author et al. (2020) Title. doi:10.1/x' or '... https://...' -> a bioimage.io citation."""
+    import re
+
+    m = re.search(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)(10\.\S+)\s*$", text)
+    if m:
+        return {"text": text[: m.start()].strip().rstrip(".,;") or text, "doi": m.group(1).rstrip(".")}
+    m = re.search(r"(https?://\S+)\s*$", text)
+    if m:
+        return {"text": text[: m.start()].strip().rstrip(".,;") or text, "url": m.group(1)}
+    raise ValueError(f"--cite {text!r}: end it with doi:10.xxx/... or a https:// address (bioimage.io needs one)")
+
+
+def add_parser(subparsers) -> None:
+    """The ``export`` subcommand and its arguments."""
+    ex = subparsers.add_parser(
+        "export",
+        help="write a model as a bioimage.io package (runs in Fiji/deepImageJ, ilastik, QuPath, bioimageio.core)",
+    )
+    ex.add_argument("model", help="model file or shipped model name")
+    ex.add_argument("-o", "--output", required=True, help="package to write (.zip)")
+    ex.add_argument(
+        "--sample",
+        help="image TIFF: a crop of it becomes the test input and cover (default for shipped models: their "
+        "sample data). It ships inside the package: use data you may share",
+    )
+    ex.add_argument("--sample-slice", type=int, default=0, help="slice of a --sample stack (default 0)")
+    ex.add_argument("--card", help="model card (markdown) for the documentation (default: the model's own .md)")
+    ex.add_argument("--author", action="append", help="an author's name (repeat for more; default: your user name)")
+    ex.add_argument(
+        "--cite",
+        action="append",
+        help="the training data's citation ending in doi:10... or a https:// address (repeat for more); "
+        "the U-Net paper is always cited",
+    )
+    ex.add_argument("--license", help="SPDX licence id (default: CC-BY-4.0; BSD-3-Clause for shipped models)")
+    ex.add_argument("--name", help="the package's name (default: the model's)")
+    ex.add_argument(
+        "--data",
+        help="what the model was trained on and its licence, for the card's Data section (models without a card)",
+    )
+    ex.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    """Write ``args.model`` as a bioimage.io package to ``args.output``."""
+    import getpass
+
+    from ..core.export import bioimageio
+    from ..core.models.checkpoint import available_models, resolve_model_path
+    from ..core.models.load import load_model
+
+    if not bioimageio.available():
+        raise SystemExit(
+            f"error: exporting a bioimage.io package needs the bioimageio extra: {bioimageio.INSTALL_HINT}"
+        )
+    src = resolve_model_path(args.model)
+    _refuse_overwrite(args.output, [src], "model")
+    _check_output(args.output, ".zip")
+    model = load_model(src)
+    shipped = src in available_models().values()
+    sample = _sample(args, model, shipped)
+    card = Path(args.card).read_text(encoding="utf-8") if args.card else None  # default: the model's own .md
+    out = bioimageio.export_package(
+        src,  # the file itself: its card (<name>.md) goes in, and it is attached byte for byte
+        args.output,
+        sample=sample,
+        card=card,
+        authors=args.author or (None if shipped else [getpass.getuser() or "napari-unet user"]),
+        cite=[_parse_cite(c) for c in args.cite] if args.cite else None,
+        license=args.license or ("BSD-3-Clause" if shipped else "CC-BY-4.0"),
+        name=args.name,
+        data=args.data,
+    )
+    print(f"wrote {out} (bioimage.io model package, spec 0.5; check it with `bioimageio test {out}`)")
+    from ..core.data.zoom import model_zoom
+
+    if model_zoom(model) != 1.0:
+        print(
+            f"note: this model expects images zoomed x{model_zoom(model):.3g} (it was trained so); napari-unet "
+            "zooms for you when it loads the zip, other tools do not: the model card says so",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _sample(args, model, shipped: bool):
+    """The 2D image a crop of which becomes the package's test input and cover: --sample (slice --sample-slice
+    of a stack), or a shipped model's sample data."""
+    import numpy as np
+
+    if args.sample:
+        sample = np.asarray(_read(args.sample, "sample image"))
+        if sample.ndim == 3:
+            if not 0 <= args.sample_slice < sample.shape[0]:
+                raise ValueError(f"--sample-slice {args.sample_slice} is out of range for {sample.shape[0]} slices")
+            sample = sample[args.sample_slice]
+        return sample
+    if shipped and model.info.name in _SHIPPED_SAMPLES:
+        from .. import _sample_data
+
+        return getattr(_sample_data, _SHIPPED_SAMPLES[model.info.name])()[0][args.sample_slice]
+    raise ValueError(
+        "--sample IMAGE is needed: a TIFF of the kind of data the model segments (a crop of it becomes the "
+        "package's test input and cover image; give data you may share)"
+    )
