@@ -174,7 +174,7 @@ def _refuse_overwrite(output, inputs, what: str = "input", opt: str = "-o") -> N
 
 def _check_output(output, suffix: str | None = None, opt: str = "-o") -> None:
     """SystemExit before any work when ``output`` cannot be written (a folder, a missing or read-only
-    folder, a device or other non-regular file): found after training, it used to cost the trained weights.
+    folder, a device or other non-regular file): found only after training, it would cost the trained weights.
     ``opt``: the option that named it, for the message."""
     import os
 
