@@ -11,8 +11,9 @@ The FLOP bound: FLOPs per output pixel of the padded net (counted with
 throughput of that padded net measured here on whole tiles of 256..1024 px
 (channels_last). It is the time an ideal tiler without any context overhead would need.
 
-Run: ``python benchmarks/bench_predict.py`` (writes the ``predict`` section of
-docs/benchmarks.md); ``BENCH_ROUNDS=1`` for a quick look.
+Run: ``python benchmarks/bench_predict.py`` (writes benchmarks/results/predict.json and, from it, the
+``predict`` section of docs/benchmarks.md; ``--reuse`` rewrites the section from the stored file);
+``BENCH_ROUNDS=1`` for a quick look.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, write_section
+from _report import machine_line, run, table, write_section
 
 from napari_unet.core.network.unet import UNet, input_size_for_output
 from napari_unet.core.predict import tiles
@@ -112,7 +113,8 @@ def dense_throughput(same: UNet, sizes=(256, 384, 512, 640, 768, 1024), rounds: 
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def main() -> None:
+def measure() -> dict:
+    """Every round's wall time (s) of each arm, the MONAI probe, the dense throughput and the tile sweep."""
     img = em_mosaic()
     valid, same = nets()
     fpp = flops(same, 512) / 512**2  # FLOPs per output pixel of the padded net
@@ -160,11 +162,6 @@ def main() -> None:
         warmup=False,
     )
     best_monai = min(probe, key=lambda k: probe[k][0])
-    monai_setting = {
-        "sw1": "sw_batch_size=1, contiguous",
-        "sw1_cl": "sw_batch_size=1, channels_last model + input",
-        "sw4_cl": "sw_batch_size=4, channels_last model + input",
-    }
     monai_best = {"sw1": monai(same, x_t, 1), "sw1_cl": monai(same_cl, x_cl, 1), "sw4_cl": monai(same_cl, x_cl, 4)}[
         best_monai
     ]
@@ -179,18 +176,11 @@ def main() -> None:
     if "monai" not in main_t:
         main_t["monai"] = main_t["monai_default"]
 
-    def ratio(ref, k):
-        return med([m / o for m, o in zip(main_t[ref], main_t[k])])
-
-    ratio_l, ratio_p, ratio_b = (ratio("monai", k) for k in ("ours_labels", "ours_prob", "ours_bf16"))
-    dratio_l, dratio_p, dratio_b = (ratio("monai_default", k) for k in ("ours_labels", "ours_prob", "ours_bf16"))
     agree = float((res[("labels", "bf16")] == res[("labels", "fp32")]).mean())
     assert (res[("labels", "fp32")] == res[("probabilities", "fp32")].argmax(0)).mean() > 0.9999
 
     # 3) the FLOP bound: best dense throughput of the padded net, measured now
     dense = dense_throughput(same, rounds=max(2, ROUNDS))
-    best_size = max(dense, key=dense.get)
-    bound_s = fpp * SIZE * SIZE / (dense[best_size] * 1e9)
 
     # 4) tile sweep: one tile of each size, interleaved; image time = tiles needed x tile time
     valid_cl = valid.to(memory_format=torch.channels_last)
@@ -208,16 +198,54 @@ def main() -> None:
     sweep_t = interleaved({t: tile_fwd(t) for t in sweep_out}, max(2, ROUNDS))
     auto = tiles.auto_tile_out((SIZE, SIZE), valid, torch.device("cpu"))
     plan = tiles.plan_tiles((SIZE, SIZE), valid, auto)
+    return {
+        "size": SIZE,
+        "rounds": ROUNDS,
+        "threads": torch.get_num_threads(),
+        "flops_per_px": fpp,
+        "bf16_agreement": agree,
+        "monai_probe": probe,
+        "monai_best": best_monai,
+        "times": main_t,
+        "dense_gflops": {str(k): v for k, v in dense.items()},
+        "tile_sweep": {str(t): {"tile_in": tiles_in[t], "times": sweep_t[t]} for t in sweep_out},
+        "auto_plan": {"tile_in": plan.tile_in[0], "tile_out": plan.tile_out[0], "tiles": plan.n_tiles},
+        "cpu_max_tile_in": tiles.CPU_MAX_TILE_IN,
+    }
 
-    # ------------------------------------------------------------------ report
-    mpx = SIZE * SIZE / 1e6
+
+MONAI_SETTING = {
+    "sw1": "sw_batch_size=1, contiguous",
+    "sw1_cl": "sw_batch_size=1, channels_last model + input",
+    "sw4_cl": "sw_batch_size=4, channels_last model + input",
+}
+
+
+def report(res: dict) -> None:
+    main_t, probe, best_monai = res["times"], res["monai_probe"], res["monai_best"]
+    size, rounds, fpp, agree = res["size"], res["rounds"], res["flops_per_px"], res["bf16_agreement"]
+
+    def ratio(ref, k):
+        return med([m / o for m, o in zip(main_t[ref], main_t[k])])
+
+    ratio_l, ratio_p, ratio_b = (ratio("monai", k) for k in ("ours_labels", "ours_prob", "ours_bf16"))
+    dratio_l, dratio_p, dratio_b = (ratio("monai_default", k) for k in ("ours_labels", "ours_prob", "ours_bf16"))
+    dense = {int(k): v for k, v in res["dense_gflops"].items()}
+    best_size = max(dense, key=dense.get)
+    bound_s = fpp * size * size / (dense[best_size] * 1e9)
+    sweep_out = [int(t) for t in res["tile_sweep"]]
+    tiles_in = {int(t): v["tile_in"] for t, v in res["tile_sweep"].items()}
+    sweep_t = {int(t): v["times"] for t, v in res["tile_sweep"].items()}
+    plan = res["auto_plan"]
+
+    mpx = size * size / 1e6
     t_l, t_p, t_b, t_m, t_d = (
         med(main_t[k]) for k in ("ours_labels", "ours_prob", "ours_bf16", "monai", "monai_default")
     )
     rows = [
         [
-            f"napari-unet `predict`, labels, fp32 (auto tile {plan.tile_in[0]} -> {plan.tile_out[0]}, "
-            f"{plan.n_tiles} tiles)",
+            f"napari-unet `predict`, labels, fp32 (auto tile {plan['tile_in']} -> {plan['tile_out']}, "
+            f"{plan['tiles']} tiles)",
             t_l,
             mpx / t_l,
             dratio_l,
@@ -242,7 +270,7 @@ def main() -> None:
             100 * bound_s / t_d,
         ],
         [
-            f"MONAI `sliding_window_inference`, padded twin, logits, best setting ({monai_setting[best_monai]})",
+            f"MONAI `sliding_window_inference`, padded twin, logits, best setting ({MONAI_SETTING[best_monai]})",
             t_m,
             mpx / t_m,
             t_d / t_m,
@@ -250,12 +278,12 @@ def main() -> None:
             100 * bound_s / t_m,
         ],
     ]
-    probe_rows = [[monai_setting[k], v[0]] for k, v in probe.items()]
+    probe_rows = [[MONAI_SETTING[k], v[0]] for k, v in probe.items()]
     dense_rows = [[f"{s} x {s}", g] for s, g in dense.items()]
     step = 16
     sweep_rows = []
     for t in sweep_out:
-        n = math.ceil((SIZE - t) / (t // step * step)) + 1 if t < SIZE else 1
+        n = math.ceil((size - t) / (t // step * step)) + 1 if t < size else 1
         tt = med(sweep_t[t])
         sweep_rows.append(
             [
@@ -268,12 +296,12 @@ def main() -> None:
             ]
         )
     body = f"""2048 x 2048 EM mosaic (ISBI 2012 slices tiled), U-Net depth 4, 16 base channels, 2 classes, He-initialised
-weights (untrained; the valid net and the padded twin share them), CPU, fp32 unless noted, {torch.get_num_threads()}
-torch threads for both. Medians of {ROUNDS} interleaved rounds; ratio = MONAI time / napari-unet time, the median of
-the per-round ratios, against MONAI as specified in issue 2 (its defaults) and against MONAI at the best of the
-settings below (channels_last is not a MONAI option: we converted its model and input for it). "% of bound" = the FLOP-bound time ({
+weights (untrained; the valid net and the padded twin share them), CPU, fp32 unless noted, {res["threads"]}
+torch threads for both. Medians of {rounds} interleaved rounds (every round's time in
+`benchmarks/results/predict.json`); ratio = MONAI time / napari-unet time, the median of the per-round ratios,
+against MONAI as specified in issue 2 (its defaults) and against MONAI at the best of the settings below (channels_last is not a MONAI option: we converted its model and input for it). "% of bound" = the FLOP-bound time ({
         fpp / 1e3:.1f} kFLOP per output pixel of the padded net x
-{SIZE}^2 px at the best dense throughput, {dense[best_size]:.1f} GFLOP/s at {best_size}^2, = {bound_s:.2f} s) / the
+{size}^2 px at the best dense throughput, {dense[best_size]:.1f} GFLOP/s at {best_size}^2, = {bound_s:.2f} s) / the
 measured time.
 
 {table(["method", "s", "Mpx/s", "ratio vs MONAI defaults", "ratio vs MONAI best", "% of FLOP bound"], rows)}
@@ -288,7 +316,7 @@ Dense throughput of the padded net (whole tiles, channels_last, no overlap), the
 
 Tile sweep of the valid net (one tile each, interleaved; "2048^2 s" = tiles needed x tile time with equal tiles;
 the automatic choice splits the image evenly into the fewest tiles of at most `CPU_MAX_TILE_IN` =
-{tiles.CPU_MAX_TILE_IN} px input, here {plan.tile_in[0]} -> {plan.tile_out[0]}):
+{res["cpu_max_tile_in"]} px input, here {plan["tile_in"]} -> {plan["tile_out"]}):
 
 {
         table(
@@ -297,7 +325,11 @@ the automatic choice splits the image evenly into the fewest tiles of at most `C
         )
     }
 """
-    write_section("predict", "Prediction, 2048 x 2048, CPU (issue 2)", body)
+    write_section("predict", "Prediction, 2048 x 2048, CPU (issue 2)", body, machine_line(res))
+
+
+def main() -> None:
+    run("predict", measure, report)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -36,14 +37,14 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, write_section
+from _report import load_results, machine, machine_line, results_path, table, write_section
 
 from napari_unet.core.data import ngff
 from napari_unet.core.drain import drain
 from napari_unet.core.models.load import load_model
 from napari_unet.core.network.unet import UNet, margin
 from napari_unet.core.predict.blocks import create_prediction, default_threads, iter_predict_blocks, local_cluster
-from napari_unet.core.predict.tiles import choose_precision
+from napari_unet.core.predict.tiles import TRIAL_ROUNDS, choose_precision
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 2048
@@ -137,7 +138,7 @@ def ours(image_path: Path, workers: int, precision: str) -> dict:
 
 
 def one_process(image_path: Path, precision: str) -> dict:
-    """The reference: ``tiling.predict`` in this process, whole planes, into a numpy array (no dask, no zarr)."""
+    """The reference: ``tiles.predict`` in this process, whole planes, into a numpy array (no dask, no zarr)."""
     from napari_unet.core.predict.tiles import predict
 
     model = load_model("em-membrane")
@@ -212,7 +213,7 @@ def measure(arms, res: dict | None = None) -> dict:
         if res is None:
             model = load_model("em-membrane")
             precision, why = choose_precision(model, ngff.read_ome_zarr(vols["peer"][0])[0])
-            res = {"precision": precision, "why": why, "runs": {}}
+            res = {"machine": machine(), "precision": precision, "why": why, "runs": {}}
         precision = res["precision"]
         print(f"precision {precision}: {res['why']}", flush=True)
         for key in arms:
@@ -238,14 +239,21 @@ def measure(arms, res: dict | None = None) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# measured in stop 19 (bench_predict and this script's precision trial), kept with the table it explains
-PRECISION_TRIALS = """
-The automatic precision trial on this machine (em-membrane, 444 px tile; the same CPU, different moments
-of load): bf16 2.70x, 2.40x, 1.80x, 1.71x, 1.60x and 0.74x the speed of fp32, labels agreeing 99.91-99.94 %;
-with back-to-back trials one burst of another job's load decided it, so the trial alternates fp32 and bf16
-in 3 rounds and keeps the best of each. A depth-2, 4-channel net: 0.97x (fp32 kept). On an idle machine
-bench_predict measured 2.4x (section "Prediction" above).
-"""
+def precision_note() -> str:
+    """Why the precision trial takes several rounds, and bench_predict's bf16 / fp32 ratio from its result file."""
+    text = (
+        f"\nThe automatic precision trial (one 444 px tile) alternates fp32 and bf16 in {TRIAL_ROUNDS} rounds and "
+        "keeps the best time of each: on this shared machine a single back-to-back pair was decided by a burst of "
+        "another job's load."
+    )
+    if results_path("predict").exists():
+        times = load_results("predict")["times"]
+        ratio = statistics.median(times["ours_labels"]) / statistics.median(times["ours_bf16"])
+        text += (
+            f" bench_predict measured bf16 at {ratio:.2f}x the speed of fp32 on the 2048 x 2048 image "
+            '(section "Prediction" above, `benchmarks/results/predict.json`).'
+        )
+    return text + "\n"
 
 
 def report(res: dict) -> None:
@@ -277,7 +285,7 @@ def report(res: dict) -> None:
     rows = []  # "before": after the cluster started, torch imported, before the warm-up
     if "peer/one" in runs:
         rows.append(
-            row("napari-unet `tiling.predict`, one process, whole planes, no dask (peak: this process)", "peer/one", 0)
+            row("napari-unet `tiles.predict`, one process, whole planes, no dask (peak: this process)", "peer/one", 0)
         )
     labels = {
         1: "napari-unet blocks",
@@ -323,8 +331,8 @@ def report(res: dict) -> None:
             "one-process result). MONAI was not run on the big volumes: at its rate it would take hours more, "
             "and the comparison is per block.\n"
         )
-    text += "docs/scaling.md has the cluster command and the GPU estimate.\n" + PRECISION_TRIALS
-    write_section("scale", "Big volumes: OME-Zarr, block-wise prediction on dask.distributed", text)
+    text += "docs/scaling.md has the cluster command and the GPU estimate.\n" + precision_note()
+    write_section("scale", "Big volumes: OME-Zarr, block-wise prediction on dask.distributed", text, machine_line(res))
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ at the best dense throughput of the padded twin measured in the same run. The ti
 sampling (crop + augmentation, ``sampling.sample_batch``) is measured by wrapping that
 function from here; nothing in the library changes.
 
-Run: ``python benchmarks/bench_train.py`` (writes the ``train`` section of docs/benchmarks.md).
+Run: ``python benchmarks/bench_train.py`` (writes benchmarks/results/train.json and, from it, the
+``train`` section of docs/benchmarks.md; ``--reuse`` rewrites the section from the stored file).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, write_section
+from _report import machine_line, run, table, write_section
 from bench_predict import DATA, dense_throughput, flops, nets
 
 from napari_unet.core.data.labels import isbi_to_instances
@@ -38,11 +39,11 @@ SKIP = 3  # first steps warm up oneDNN and the allocator
 N_SLICES = 6  # weight maps are computed once per slice before the first step; keep setup short
 
 
-def main() -> None:
+def measure() -> dict:
+    """Wall time of every step and of its sampling (s), the step's FLOPs and the padded twin's dense GFLOP/s."""
     vol = tifffile.imread(DATA / "isbi2012" / "train-volume.tif")[:N_SLICES]
     lab = isbi_to_instances(tifffile.imread(DATA / "isbi2012" / "train-labels.tif")[:N_SLICES])
     tile = 572
-    t_out = output_size(tile, 4)
     cfg = TrainConfig(
         depth=4,
         base_channels=16,
@@ -73,16 +74,32 @@ def main() -> None:
                 stamps.append(time.perf_counter())
     finally:
         sampling.sample_batch = orig
-    step_times = np.diff(stamps)[SKIP - 1 :]  # step k's time = stamp k - stamp k-1
-    samp = np.array(sample_times[SKIP : SKIP + len(step_times)])
-    t_step = float(np.median(step_times))
-    t_samp = float(np.median(samp))
 
     # the bound, measured right after on the same machine
     valid, same = nets()
-    fl_fwd = flops(valid.train(), tile)
-    fl_step = flops(valid.train(), tile, backward=True)
-    dense = dense_throughput(same)
+    return {
+        "tile_in": tile,
+        "tile_out": output_size(tile, 4),
+        "steps": STEPS,
+        "skip": SKIP,
+        "slices": N_SLICES,
+        "threads": torch.get_num_threads(),
+        "step_times": np.diff(stamps).tolist(),  # step k's time = stamp k - stamp k-1, from step 2 on
+        "sample_times": sample_times,
+        "flops_forward": flops(valid.train(), tile),
+        "flops_step": flops(valid.train(), tile, backward=True),
+        "dense_gflops": {str(k): v for k, v in dense_throughput(same).items()},
+    }
+
+
+def report(res: dict) -> None:
+    skip, tile, t_out = res["skip"], res["tile_in"], res["tile_out"]
+    step_times = np.array(res["step_times"][skip - 1 :])
+    samp = np.array(res["sample_times"][skip : skip + len(step_times)])
+    t_step = float(np.median(step_times))
+    t_samp = float(np.median(samp))
+    fl_fwd, fl_step = res["flops_forward"], res["flops_step"]
+    dense = {int(k): v for k, v in res["dense_gflops"].items()}
     best = max(dense, key=dense.get)
     bound_s = fl_step / (dense[best] * 1e9)
     # what an ideal (sampling-free) step would be at the measured throughput
@@ -111,15 +128,16 @@ def main() -> None:
         ],
     ]
     body = f"""U-Net depth 4, 16 base channels, valid convolutions, paper tile {tile} -> {t_out}, batch 1, SGD momentum 0.99,
-instance-mode ISBI 2012 labels (first {N_SLICES} slices), elastic deformation + flips + intensity jitter, fp32, CPU,
-{torch.get_num_threads()} torch threads. Median of steps {SKIP + 1}..{STEPS} of one run. Forward = {fl_fwd / 1e9:.1f} GFLOP,
+instance-mode ISBI 2012 labels (first {res["slices"]} slices), elastic deformation + flips + intensity jitter, fp32, CPU,
+{res["threads"]} torch threads. Median of steps {skip + 1}..{res["steps"]} of one run (every step's time in
+`benchmarks/results/train.json`). Forward = {fl_fwd / 1e9:.1f} GFLOP,
 forward + backward = {fl_step / 1e9:.1f} GFLOP ({fl_step / fl_fwd:.2f}x) per step; the bound divides it by the best dense
 throughput of the padded twin measured in the same run ({dense[best]:.1f} GFLOP/s at {best}^2, forward, inference).
 Sampling is {100 * t_samp / t_step:.0f} % of a step.
 
 {table(["part", "ms / step", "steps/s", "output Mpx/s", "% of FLOP bound"], rows)}
 """
-    write_section("train", "Training throughput, CPU (issue 2)", body)
+    write_section("train", "Training throughput, CPU (issue 2)", body, machine_line(res))
     print(
         "sampling times (ms):",
         [round(1e3 * s) for s in samp],
@@ -127,6 +145,10 @@ Sampling is {100 * t_samp / t_step:.0f} % of a step.
         [round(1e3 * s) for s in step_times],
         statistics.median(step_times),
     )
+
+
+def main() -> None:
+    run("train", measure, report)
 
 
 if __name__ == "__main__":

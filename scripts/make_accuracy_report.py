@@ -49,8 +49,8 @@ TRAINING_RUNS = [
         "em",
     ),
     ("em stage 2 (not shipped): stage 1 + 2500 steps plain cross-entropy, lr 3e-4", "stage2_em.json", "em"),
-    ("em stage 3, first run (weights lost with an old checkout)", "stage3/train_em-membrane.json", "em"),
-    ("em stage 4, first run (from the first stage 3; weights lost)", "stage4/train_em-membrane.json", "em"),
+    ("em stage 3, first run (weights not kept)", "stage3/train_em-membrane.json", "em"),
+    ("em stage 4, first run (from the first stage 3; weights not kept)", "stage4/train_em-membrane.json", "em"),
     ("em stage 3: stage 1 + 14000 steps, same loss, Adam 3e-4 cosine", "stage3r/train_em-membrane.json", "em"),
     (
         "**`em-membrane` (shipped)**, stage 4: stage 3 + 14000 steps, Adam 3e-4 cosine, seed 1",
@@ -237,11 +237,11 @@ def guidance_section() -> str:
         a = arms["guided"]["args"]
         how = (
             "(*guided*: the most uncertain unpainted squares, every third one instead the square farthest from "
-            "every stroke; *entropy only*: the ranking before stop 19, uncertainty alone) or at random places, "
+            "every stroke; *entropy only*: the uncertainty alone, without the far squares) or at random places, "
             "without looking at the prediction (a stroke at the square's most uncertain pixel, or at a random "
             "pixel)"
             if user == "blind"
-            else "after looking: it jumps to the squares `core.guidance.rank_regions` lists (*guided*, 128 px "
+            else "after looking: it jumps to the squares `core.predict.guidance.rank_regions` lists (*guided*, 128 px "
             "as in the Predict widget) or to random squares of the same grid (*random*), and paints over the "
             "largest mistake of the current prediction in each (the middle of the largest wrong region; where "
             "there is none, at the most uncertain or a random pixel)"
@@ -293,7 +293,7 @@ def guidance_section() -> str:
 GUIDANCE_NOTES = {
     "em": "From scratch, 6 to 30 short strokes teach no arm ISBI's membranes (IoU 0.19-0.40; em-membrane as it "
     "is: 0.665). Guided strokes stay below random ones (one run each); with the far squares the curve no longer "
-    "drops in round 3 (0.291 with the entropy alone, 0.371 now).\n",
+    "drops in round 3 (0.291 with the entropy alone, 0.371 with them).\n",
     "nuclei": "Guided strokes are longer on average: they land inside large uncertain regions, random ones often "
     "at an edge. The far squares cost the end of the curve here (0.738 at 34 strokes, 0.766 with the entropy "
     "alone, one run each); the target is met either way.\n",
@@ -304,7 +304,7 @@ GUIDANCE_NOTES = {
     "mitochondrion, the largest mistake there is a good stroke, and the ranking's uncertain squares hold smaller "
     "mistakes at first.\n",
     "nuclei/look": "Guided squares lead from the first round (0.75 at 16 strokes, where random squares stay at "
-    "0.60-0.69), and a looking user ends higher than a blind one (0.79 vs 0.74 at 34 strokes, guided).\n",
+    "0.61-0.69), and a looking user ends higher than a blind one (0.79 vs 0.74 at 34 strokes, guided).\n",
     "em/look": "From scratch, 30 short strokes teach no arm ISBI's membranes whatever the user does (0.36-0.39 "
     "from round 1 on, guided and random alike, within the noise of one run).\n",
     "vnc-mito": "\nWhy the entropy alone fails here: em-membrane calls every cell 'object', and after round 0 the "
@@ -313,7 +313,7 @@ GUIDANCE_NOTES = {
     "IoU). Random strokes fall mostly on background (94 % of the pixels), contradict the model there, and fix it "
     "(predicted 11-16 %). Hence every third suggestion is the square farthest from every stroke: it doubles the "
     "guided IoU (0.19 at 34 strokes, the predicted foreground down to 28 %), still far below random strokes "
-    "(0.30-0.38); giving half the suggestions to far squares did no better (0.18). On a new task, paint where "
+    "(0.30-0.38). On a new task, paint where "
     "the prediction looks wrong first (Predict, then *Correct it*), then use *paint next*.\n",
 }
 
@@ -399,7 +399,7 @@ def adapt_section() -> str:
         d = json.loads(p.read_text())
         title = ADAPT_SETS[d["dataset"]][0].split(": ", 1)[-1]
         recipe = (
-            "the previous recipe: class balance and border weights also when the start is kept"
+            "class balance and border weights also when the start is kept"
             if p.stem.endswith("_balanced")
             else "the defaults"
         )
@@ -641,7 +641,7 @@ def main(argv=None):
         + NOTES_ADAPT_TAIL.format(replicate=replicate_line())
     )
     text += guidance_section()
-    text += "\n## Earlier study: fine-tuning from sparse scribbles (previous recipe)\n\n" + NOTES_FT
+    text += "\n## Fine-tuning from sparse scribbles, without start auto (another recipe)\n\n" + NOTES_FT
     text += "\n### ISBI 2012 (membrane IoU on slices 28-29; scribbles on 25-27)\n\n" + ft_table(ft, "em")
     text += "\n### DSB 2018 (nucleus IoU, instance F1@0.5 in brackets, images 85-99; scribbles on 80-84)\n\n"
     text += ft_table(ft, "nuclei")
@@ -757,7 +757,7 @@ of >= 100 px; VNC / ISBI membranes: 1 px strokes along membranes, 3 px strokes i
 nuclei: 3 px strokes in 60 % of the nuclei and along the background. Training on VNC slices 0, 4, 8, 12,
 16 (VNC: another ssTEM preparation and resolution, 4.6 nm/px, CC BY-NC-SA, never in the package), ISBI
 25-27, DSB 80-84; held out as in each heading. Budgets are process CPU time, one torch thread, including
-data preparation and, for the auto arm, the scoring of the candidate starts (5-15 s). Every U-Net arm uses
+data preparation and, for the auto arm, the scoring of the candidate starts. Every U-Net arm uses
 the widget's and the CLI's CPU settings (depth 4, 16 channels, 316 px tiles, Adam, 1e-3 from scratch and
 1e-4 from a model) and the current recipe: class balance only on densely painted slices, eq. 2 border
 weights, elastic + flip + intensity augmentation; a start that is kept (keep_prior > 0) trains with plain
@@ -770,77 +770,80 @@ NOTES_ADAPT_TAIL = """### What this says
 
 * **The default adapts.** Where the start model already knows the task (ISBI, DSB, VNC membranes: it agrees
   0.95-0.98 with the strokes) auto keeps it where nobody painted (keep_prior 1) and matches the best fixed
-  choice; where it contradicts the strokes (agreement 0.55: the EM membrane model gets only 0.17 of the
-  background painted around mitochondria right, it calls cytoplasm "cell") auto keeps its features but
-  not its prediction (keep_prior 0). The old default, keep_prior 1 from a
-  model, scores 0.08 there; keep_prior 0, the other fixed choice, loses 0.11-0.23 IoU on the three tasks the
-  model knows. No fixed keep_prior is right on all four sets; the agreement picks the right one on each.
+  choice; where it contradicts the strokes (VNC mitochondria, agreement 0.55: the EM membrane model calls
+  cytoplasm "cell") auto keeps its features but not its prediction (keep_prior 0). keep_prior 1 from a
+  model scores 0.08 there; keep_prior 0, the other fixed choice, scores 0.10-0.24 IoU below auto on the
+  three tasks the model knows. No fixed keep_prior is right on all four sets; the agreement picks the
+  right one on each.
 * **Auto vs keep_prior 0 on mitochondria** (0.594 vs 0.619): the same start, rate and keep_prior; auto
-  spends part of its budget scoring the candidates, and one run per arm differs by this much between
-  snapshots (0.55-0.61 from 2 to 5 minutes).
-{replicate}* **Class balance on strokes was the flooding**: the strokes hold 2.8x more background than
-  mitochondrion pixels where the image holds 17x more, and balancing the painted frequencies weighed the
-  mitochondrion strokes ~3x: from em-membrane, keep_prior 0, 5 CPU min, predicted 11 % of the image (truth
-  5.6 %), IoU 0.47; without it 5.9 %, IoU 0.59 (one run each, measured before this table).
-  Class balance now applies only to slices painted to >= 50 % (a corrected prediction, dense labels).
-* **From scratch is still weak on strokes at these budgets**: 0.15 on mitochondria, predicting 26 % of the
+  spends part of its budget scoring the candidates, and one run per arm moves by as much between
+  snapshots (from 2 to 5 minutes: auto 0.550 -> 0.594, keep_prior 0 0.608 -> 0.619).
+{replicate}* **Class balance applies only to slices painted to >= 50 %** (a corrected prediction, dense labels).
+  On strokes, how much of a class is painted says nothing about how much of the image it covers (VNC:
+  mitochondria 5.6 % of the pixels, the rest 17x more), and balancing the painted frequencies weighs the
+  rarely painted class up, which flooded VNC mitochondria from em-membrane (that run is not among the
+  stored results; not rerun).
+* **From scratch is weak on strokes at these budgets**: 0.15 on mitochondria, predicting 26 % of the
   image, and unstable between snapshots (nothing at 1 min) and seeds (0.25, 13 %, with seed 1). Auto does not choose scratch when a model
   trained on similar images exists; the scratch foreground target (within 1.5x of the truth) is met on DSB
   and DSB 3x only (1.5x on ISBI, 2.2x on VNC membranes, 4.7x on mitochondria; with seed 1: 2.0x, 2.2x, 2.4x).
-  **What floods the mitochondria: not found** (stop 21, one run per arm at 5 CPU minutes, `bench_finetune.py
+  **What floods the mitochondria: not found** (one run per arm at 5 CPU minutes, `bench_finetune.py
   vnc-mito --arms plain,noaug,nobal,noelastic,nointensity`, `benchmarks/results/adapt/scratch/`): the
   defaults 0.153 (25.9 % of the image, truth 5.6 %); no border weights 0.217 (17.0 %); no elastic
   deformation 0.168 (10.9 %); no augmentation 0.203 (8.2 %); none of these (plain) 0.295 (6.8 %); **no
-  intensity jitter 0.317 (6.2 %, 1.11x)**. **It does not replicate** (stop 22, other strokes and seed 1,
+  intensity jitter 0.317 (6.2 %, 1.11x)**. **It does not replicate** (other strokes and seed 1,
   `benchmarks/results/adapt/scratch/seed1/`): the defaults 0.249 (13.3 %, 2.40x), no intensity jitter
   0.200 (17.2 %, 3.09x). On membranes, seed 0 / seed 1: ISBI the defaults 0.546 (1.50x) / 0.455 (1.96x),
   no jitter 0.395 (2.39x) / 0.464 (1.94x); VNC the defaults 0.412 (2.18x) / 0.411 (2.18x), no jitter
   0.469 (1.93x) / 0.484 (1.77x). The jitter's effect changes sign between the two runs on mitochondria
   and ISBI (they differ in seed and strokes alike), so it is not shown to be the flooding; on VNC
   membranes no jitter is thinner in both (1.93x, 1.77x against 2.18x), still above 1.5x. The default
-  stays. The jitter is not what thickens membranes. Nor are the border weights (stop 22, `--arms nobal`:
-  on strokes, eq. 2's d1 / d2 are distances to painted strokes, not to cell borders, and the membrane
-  strokes between two painted cells get w0 exp(-(d1 + d2)^2 / 2 sigma^2) on top of 1: 2.8 at d1 + d2 = 8 px): without them ISBI gives 0.543 (1.46x; the
+  stays. The jitter is not what thickens membranes. Nor are the border weights (`--arms nobal`,
+  `benchmarks/results/adapt/scratch/`: on strokes, eq. 2's d1 / d2 are distances to painted strokes, not
+  to cell borders, and the membrane strokes between two painted cells get w0 exp(-(d1 + d2)^2 / 2 sigma^2)
+  on top of 1: 2.8 at d1 + d2 = 8 px): without them ISBI gives 0.543 (1.46x; the
   defaults 0.546, 1.50x) and VNC membranes 0.457 (1.94x; the defaults 0.412, 2.18x), one run each.
   What the strokes leave unsaid is the likelier cause: 1 px strokes along membranes and short strokes in
   40 cells per slice never call the dark organelles inside cells "cell", and the random forest on the same
   strokes predicts 1.8x the truth on both sets too. Predicted membrane grows with training time on VNC
   (31 % -> 35 % -> 38 % of the image at 1, 2, 5 minutes).
-* **Each pixel counted once** (stop 21). A kept start used to train on the mean cross-entropy of the
-  painted pixels plus keep_prior x the mean KL to the start over the unpainted ones: with strokes on
-  2.5 % of a tile, a stroke pixel weighed ~40x an unpainted one. The strokes (object interiors, far
-  background: what a kept model already gets right) then pulled its boundaries out of place and the
-  defaults wore the start model down with training time: DSB 0.815 -> 0.807 -> 0.805 at 1, 2, 5 CPU
-  minutes, instance F1 0.79 -> 0.75 (the model as it is: 0.821 / 0.79). Summed over the tile, each
-  pixel counted once, the same runs hold it: DSB 0.820 / 0.823 / 0.821 (F1 0.80 / 0.79 / 0.79), ISBI
-  0.663 -> 0.666 at 5 minutes, VNC membranes 0.682 either way with the predicted foreground 19.3 % ->
-  17.7 % (truth 17.3 %), DSB zoomed 3x 0.799 / F1 0.75 -> 0.813 / F1 0.81. A start that contradicts
-  the strokes (keep_prior 0, mitochondria) and dense labels (a corrected prediction) train as before.
+* **Each pixel counted once** (`losses.kept_start_loss`): a kept start trains on the cross-entropy of the
+  painted pixels plus keep_prior x the KL to the start over the unpainted ones, summed over the tile.
+  With each term averaged over its own pixels instead (`benchmarks/results/adapt/before_pixel_once/`),
+  strokes on 2.5 % of a tile make a stroke pixel weigh ~40x an unpainted one; the strokes (object
+  interiors, far background: what a kept model already gets right) then pulled its boundaries out of
+  place and the defaults wore the start model down with training time: DSB 0.815 -> 0.807 -> 0.805 at
+  1, 2, 5 CPU minutes, instance F1 0.77 / 0.75 / 0.75 (the model as it is: 0.821 / 0.79). Counted once,
+  the same arms hold it: DSB 0.820 / 0.823 / 0.821 (F1 0.80 / 0.79 / 0.79), ISBI 0.663 -> 0.666 at 5
+  minutes, VNC membranes 0.682 either way with the predicted foreground 19.3 % -> 17.7 % (truth 17.3 %),
+  DSB zoomed 3x 0.799 / F1 0.75 -> 0.813 / F1 0.81. A start that contradicts the strokes (keep_prior 0:
+  the cross-entropy alone, whose scale Adam does not see) and dense labels (eq. 2 alone) are not affected.
   With the CUDA recipe's optimizer (SGD, momentum 0.99, 1e-4; `--arms ftkeepsgd`, the CPU network,
-  `benchmarks/results/adapt/sgd/`) the same holds: DSB 0.821 / F1 0.79 at 1, 2 and 5 CPU minutes, where
-  the terms averaged apart gave 0.811 / 0.815 / 0.792 (F1 0.76 / 0.77 / 0.76). The price: a kept
-  model learns little from strokes that contradict it on a few pixels only; fixed at keep_prior 1 on
-  the 3x images at their own scale (agreement 0.92), 0.791 / F1 0.76 became 0.753 / F1 0.80 (as it is:
-  0.750 / 0.80). The defaults avoid that case by zooming; a corrected prediction (dense) is unaffected.
+  `benchmarks/results/adapt/sgd/`) the same holds: DSB 0.821 / F1 0.79 at 1, 2 and 5 CPU minutes. The
+  price: a kept model learns little from strokes that contradict it on a few pixels only; fixed at
+  keep_prior 1 on the 3x images at their own scale (agreement 0.92) it scores 0.753 / F1 0.80 (as it is:
+  0.750 / 0.80; with the terms averaged apart 0.791 / F1 0.76). The defaults avoid that case by zooming;
+  a corrected prediction (dense) is unaffected.
 * **Another magnification (DSB zoomed 3x)**: the auto start scores each start at 5 zooms and finds the
   nuclei model agreeing 0.97 with the strokes at x0.5 against 0.92 as is; used at that zoom with no
   training at all it gives 0.813 / F1 0.81 (as is: 0.750 / F1 0.80), and 5 minutes of stroke training
-  keep it there (0.813 / F1 0.81; before pixels were counted once, 0.799 / F1 0.75). A U-Net from
+  keep it there (0.813 / F1 0.81; with the terms averaged apart, 0.799 / F1 0.75). A U-Net from
   scratch did best (0.825 / F1 0.82): on 768 px images 2.5 % strokes are 9x more painted pixels than
-  on the 256 px DSB images. Auto is 0.012 below it (within the 0.02 target). Replicated with other
+  on the 256 px DSB images. Auto is 0.011 below it (within the 0.02 target). Replicated with other
   strokes and seed 1 (`benchmarks/results/adapt/seed1/`): auto 0.811 / F1 0.82, scratch 0.787 / F1 0.49;
   over the two seeds auto 0.812 / F1 0.81 against scratch 0.806 / F1 0.66, so picking the nuclei model
-  is the better choice on average, and scratch is the unstable one. Teaching "object, interior or border" on partly
-  painted objects instead of "interior" (now the default) moved DSB's 5-minute F1 by +0.02 for
-  keep_prior 1 and +0.01 for auto, within the noise of one run; on the 3x images the defaults with and
-  without it scored 0.800 / F1 0.750 and 0.790 / F1 0.750 at 5 minutes (one run each, before pixels
-  were counted once, `benchmarks/results/adapt/anyobject/`): no measurable cost, kept as the more
-  faithful target.
+  is the better choice on average, and scratch is the unstable one. Teaching "object, interior or border"
+  on partly painted objects instead of "interior" (the default, `TrainConfig.partial_objects`) moved
+  DSB's 5-minute F1 by +0.02 for keep_prior 1 and +0.01 for auto (`benchmarks/results/adapt/anyobject/`
+  against `adapt/before_pixel_once/`, both with the terms averaged apart), within the noise of one run;
+  on the 3x images the defaults with and without it scored 0.800 / F1 0.750 and 0.790 / F1 0.750 at 5
+  minutes (one run each, the terms averaged apart, `benchmarks/results/adapt/anyobject/`): no measurable
+  cost, kept as the more faithful target.
 * **Corrections**: two simulated rounds of "Correct it: to training labels" (the prediction becomes
   dense labels, strokes of the true label over the largest wrong regions, 2 CPU minutes of training per
   round, auto start, which picks the previous round's model) lift ISBI from 0.665 to 0.676 (+0.011) and
-  DSB from 0.821 to 0.830 (+0.009; F1 0.79 -> 0.83): better than the start model, short of the +0.02 IoU
-  target. **The ceiling** (stop 21, `bench_corrections.py --user all`, `benchmarks/results/adapt/region/`,
+  DSB from 0.821 to 0.830 (+0.009; F1 0.793 -> 0.825): better than the start model, short of the +0.02
+  IoU target. **The ceiling** (`bench_corrections.py --user all`, `benchmarks/results/adapt/region/`,
   one run each): a user who corrected every pixel of the training images (their full truth as the labels
   from round 1 on) gets ISBI 0.667 -> 0.676 -> 0.677 (+0.011) and DSB 0.822 -> 0.822 -> 0.825 (+0.004, F1
   0.82) with the same 2 CPU minutes per round. So the simulated user is not what stops the target: at
@@ -849,45 +852,48 @@ NOTES_ADAPT_TAIL = """### What this says
   give ISBI 0.665 -> 0.669 -> 0.673 (+0.008). A user who corrects every mistake in one 128 px square per image
   and round (Cellpose 2.0's loop, `--user region`) gets ISBI 0.667 -> 0.668 -> 0.672 (+0.007) and DSB
   0.822 -> 0.835 -> 0.835 (+0.014, F1 0.82).
-  **Where the model has something to learn, corrections count** (stop 22, the same user and budget,
+  **Where the model has something to learn, corrections count** (the same user and budget,
   `bench_corrections.py nuclei-3x|vnc-mem`): on DSB zoomed 3x the rounds go 0.818 -> 0.834 -> 0.831,
   instance F1 0.81 -> 0.84 -> 0.86, against 0.813 / F1 0.81 for the nuclei model at the auto start's
   zoom and 0.825 / F1 0.82 for the best scratch run: +0.018 IoU (the +0.02 target missed by 0.002),
-  +0.05 F1; the two correction rounds alone add +0.013 IoU and +0.045 F1 to round 0. On VNC
+  +0.05 F1; the two correction rounds alone add +0.012 IoU and +0.045 F1 to round 0. On VNC
   membranes, which em-membrane already segments (it agrees 0.95 with the strokes): 0.678 -> 0.684 ->
   0.687 (+0.007 over 0.680 as it is).
-  With the previous recipe (class balance and border weights also when the start is kept) the same
-  rounds *thickened* the membranes (19.8 % -> 26.5 % of the image) and lost 0.047: reweighting moves a
-  calibrated model's boundary, so a kept start now trains with plain cross-entropy.
-  Tried and not kept (stop 20, one run each, `benchmarks/results/adapt/focus/`): a corrected prediction is
-  the start's own output except for ~0.5 % corrected pixels, so a tile centred on a random painted pixel
-  rarely holds a correction. Centring half the tiles on the pixels where the labels disagree with the
-  start (the corrections) gave ISBI 0.663 -> 0.665 -> 0.662 and DSB 0.809 -> 0.826 -> 0.831 (F1 0.82);
-  weighing those pixels 5x on top, 0.660 -> 0.661 -> 0.668 and 0.818 -> 0.817 -> 0.820 (F1 0.81): no
-  better than the defaults of that stop (0.671, 0.836). The uncorrected mistakes stay in the dense labels as the
-  truth, and in a tiny test the corrected patch was still predicted wrong after 40 steps with either.
-  Leaving the pixels the model predicts with less than 0.9 probability unpainted in the corrected
-  labels (`bench_corrections.py --confident 0.9`: they learn from the start's soft prediction instead)
-  did no better: ISBI 0.659 -> 0.658 -> 0.661, DSB 0.819 -> 0.820 -> 0.823 (F1 0.76).
+  With class balance and border weights also when the start is kept (tables above, `*_balanced.json`) the
+  same rounds *thickened* the membranes (19.8 % -> 26.5 % of the image) and lost 0.047: reweighting moves
+  a calibrated model's boundary, so a kept start trains with plain cross-entropy.
+  Not in the code (one run each, `benchmarks/results/adapt/focus/`, with the terms averaged apart): a
+  corrected prediction is the start's own output except for ~0.5 % corrected pixels, so a tile centred
+  on a random painted pixel rarely holds a correction. Centring half the tiles on the pixels where the
+  labels disagree with the start (the corrections) gave ISBI 0.663 -> 0.665 -> 0.662 and DSB 0.809 ->
+  0.826 -> 0.831 (F1 0.82); weighing those pixels 5x on top, 0.660 -> 0.661 -> 0.668 and 0.818 -> 0.817
+  -> 0.820 (F1 0.81): no better than the defaults with the same loss (0.671, 0.836;
+  `adapt/before_pixel_once/corrections_*_dense.json`). The uncorrected mistakes stay in the dense labels
+  as the truth. Leaving the pixels the model predicts with less than 0.9 probability unpainted in the
+  corrected labels (`bench_corrections.py --confident 0.9`: they learn from the start's soft prediction
+  instead) did no better: ISBI 0.659 -> 0.658 -> 0.661, DSB 0.819 -> 0.820 -> 0.823 (F1 0.76).
 * **Corrections painted as sparse strokes into the stroke layer** (`strokes` tables above) sit where the
   model is wrong by construction, so the balanced agreement drops (0.97-0.98 -> 0.68-0.79) and the model
-  stays kept (keep_prior 0.67-1). On ISBI the second round used to break it (0.667 -> 0.663 -> 0.490):
-  at that low agreement, the images zoomed x2 happened to agree 0.73, at least the 0.03 the auto start
-  asked of another zoom above the images as they are (round 1's model agrees 0.69 with them in the rerun), and the membrane model was fine-tuned on membranes twice their
-  width. Another zoom must now also remove at least half of the disagreement (`scale.MAX_LEFT`; the
-  nuclei model on 3x nuclei: 0.92 -> 0.97 at x0.5, still taken, 0.813 IoU as before), and the same
-  rounds hold the model: 0.668 -> 0.667 -> 0.669. On DSB, with each pixel counted once, two rounds
-  hold it (0.822 -> 0.820 -> 0.816, F1 0.79 -> 0.81 -> 0.80; before: 0.82 -> 0.65 -> 0.76; no zoom was
-  taken there, not rerun). Sparse corrections hold a model but do not improve it; "Correct it: to
-  training labels" (dense) does (+0.011 ISBI, +0.009 DSB), so the advice stays.
-* **Domain similarity** (histograms of normalised intensity and gradient magnitude, `core/start.py`): ISBI
-  vs VNC 0.94, ISBI held-out 0.94, DSB held-out 0.99, DSB upscaled 2x 0.95, EM vs DSB 0.20, uniform noise
-  vs ISBI 0.66; threshold 0.8.
+  stays kept (keep_prior 0.67-1). Another zoom must agree at least 0.03 better than the images as they are
+  and also remove at least half of the disagreement (`start.MIN_GAIN`, `start.MAX_LEFT`): on ISBI with the
+  gain alone (`benchmarks/results/adapt/zoom_gain_only/`), the second round's images zoomed x2 agreed 0.73
+  at that low agreement, the membrane model was fine-tuned on membranes twice their width, and the rounds
+  went 0.667 -> 0.663 -> 0.490; with both, the same rounds hold the model: 0.668 -> 0.667 -> 0.669 (round
+  1's model agrees 0.69 with the images as they are). The nuclei model on 3x nuclei (0.92 -> 0.97 at x0.5)
+  still takes its zoom (0.813 IoU). On DSB two rounds hold it (0.822 -> 0.820 -> 0.816, F1 0.79 -> 0.81 ->
+  0.80; with the terms averaged apart 0.823 -> 0.654 -> 0.763,
+  `adapt/before_pixel_once/corrections_nuclei_strokes.json`; no zoom was taken there). Sparse corrections
+  hold a model but do not improve it; "Correct it: to training labels" (dense) does (+0.011 ISBI, +0.009
+  DSB), so the advice stays.
+* **Domain similarity** (histograms of normalised intensity and gradient magnitude, `core/train/start.py`,
+  as the auto start reports it in the result files): VNC to the ISBI-trained model 0.94, ISBI held-out 0.94,
+  DSB held-out 0.99, DSB zoomed 3x 0.93 (0.96 zoomed x0.5), ISBI to the DSB-trained model 0.20; threshold
+  0.8 (`start.SIMILAR`).
 """
 
-NOTES_FT = """Kept for the record: these runs used the recipe before start auto (class balance on strokes,
-252 px tiles, keep_prior fixed at 1 from a model, "the widget's default" below), on data the shipped
-models already segment well. The section above supersedes its advice.
+NOTES_FT = """These runs used another recipe than the defaults above: no start auto, class balance on
+strokes, 252 px tiles, keep_prior fixed at 1 from a model (what "the widget's default" means below), on
+data the shipped models already segment well. The section above supersedes its advice.
 
 A user paints a few strokes, trains for a fixed CPU budget and looks at new images. Scribbles
 are drawn from the ground truth: thin strokes along skeletons of eroded objects and background (EM:
@@ -895,8 +901,9 @@ are drawn from the ground truth: thin strokes along skeletons of eroded objects 
 the nuclei and along the background), never whole masks. Budgets are *process CPU time* with one torch
 thread, including the weight-map preparation. That removes most, not all, of the load of the shared
 machine: memory-bandwidth contention from a neighbouring job changed the steps done per CPU minute by
-up to 2x (EM from scratch: 2243 steps at 5 min beside another training job, 5022 alone); the steps of
-every snapshot are in the json files.
+2.2x (EM from scratch: 2243 steps at 5 min beside another training job,
+`benchmarks/results/beside_another_job/ft_em_scratch.json`, 5022 alone); the steps of every snapshot
+are in the json files.
 The random forest gets the same scribbles: `multiscale_basic_features` (intensity, edges, texture,
 sigma 1-16) and 100 trees; its column is the same at every budget (its fit takes the time in the row).
 U-Net arms: depth 4, 16 channels, valid, Adam (1e-3 from scratch, 1e-4 fine-tuning), constant rate,
@@ -921,8 +928,8 @@ random forest by >= 0.05 IoU at 5 min"):
 * **Plain fine-tuning on scribbles of the same kind of data made the shipped models worse**, fast
   (nuclei {nu_ft0:.2f} -> {nu_ft05:.2f} after 30 s at Adam 1e-4). Scribbles supervise object interiors and far
   background only, never the boundaries, so nothing holds the boundary where it was; class balance
-  over the annotated pixels weights the object strokes ~4x (there are 4x more background stroke
-  pixels), which fattens objects; and the shipped nuclei model's third class (nucleus border) never
+  over the annotated pixels weights the object strokes up (fewer object than background pixels are
+  painted), which fattens objects; and the shipped nuclei model's third class (nucleus border) never
   occurs in strokes, so it is unlearned and touching nuclei merge (F1 {nu_ft0_f1:.2f} -> {nu_ft_f1:.2f} at 5 min). A 5x lower rate
   (2e-5) or plain cross-entropy (no balance) slow the damage but do not stop it.
 * **`keep_prior` stops the forgetting** (`TrainConfig(keep_prior=1)`, `--keep-prior 1`; the default of

@@ -53,7 +53,7 @@ def test_grey_model_on_channels_says_what_to_do_and_channel_k_predicts(tmp_path,
     grey, zcyx, _ = nuclei
     files = write_files(tmp_path, grey, zcyx)
     out = tmp_path / "out.tif"
-    for key in files:  # each used to be read as a stack of slices (128 slices of 128 x 3 for RGB), exit 0
+    for key in files:  # each is refused, not read as a stack of slices (128 slices of 128 x 3 for RGB)
         assert main(["predict", str(files[key]), "-o", str(out), "--model", "nuclei", "-q"]) == 2
         err = capsys.readouterr().err
         assert "the model expects 1 input channel(s), the image has" in err and "--channel K" in err, err
@@ -64,7 +64,7 @@ def test_grey_model_on_channels_says_what_to_do_and_channel_k_predicts(tmp_path,
     grey_out = tmp_path / "grey-out.tif"
     assert main(["predict", str(tmp_path / "grey.tif"), "-o", str(grey_out), "--model", "nuclei", "-q"]) == 0
     assert np.array_equal(tifffile.imread(out), tifffile.imread(grey_out))
-    # --channel-axis none: the file's channels are read as slices (the old behaviour, now asked for)
+    # --channel-axis none: the file's channels are read as slices, as asked
     assert (
         main(["predict", str(files["ome"]), "-o", str(out), "--model", "nuclei", "--channel-axis", "none", "-q"]) == 0
     )

@@ -59,7 +59,7 @@ def test_train_predict_evaluate_round_trip(tmp_path, em_files, capsys):
     assert cfg["lr"] == 1e-4 and cfg["border_class"] is False
     assert cfg["keep_prior"] == prior_weight(training["start_worst_class"]) and training["start_agreement"] > 0
     assert cfg["optimizer"] == ("sgd" if torch.cuda.is_available() else "adam")  # the device's recipe
-    # the output kind is --kind; the old '--output instances' must not silently write something else
+    # the output kind is --kind; '-o/--output instances' names a file and must not silently write something else
     for argv in (["-o", "instances"], ["--output", "instances", "-o", str(tmp_path / "x.tif")]):
         with pytest.raises(SystemExit) as exc:
             main(["predict", str(ip), "--model", str(model), "-q", *argv])

@@ -226,7 +226,7 @@ def test_min_size_default_comes_from_the_model(dsb):
 
 @pytest.mark.parametrize("tile_out", [1, 4, 7])
 def test_tiles_smaller_than_the_grid_still_cover_the_image(tile_out):
-    """Output tiles under 2**depth px used to be placed 2**depth apart, leaving most pixels unpredicted."""
+    """Output tiles under 2**depth px still cover every pixel (placed 2**depth apart, most would be left unpredicted)."""
     torch.manual_seed(0)
     model = UNet(1, 2, depth=3, base_channels=2, padding="valid").eval()
     image = np.random.default_rng(0).random((37, 45)).astype(np.float32)

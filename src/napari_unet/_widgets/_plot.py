@@ -1,9 +1,9 @@
 """A small loss / validation plot docked inside a widget, painted with QPainter.
 
-Why not matplotlib (which this plot used until stop 19): redrawing a matplotlib canvas costs 40-65 ms of
-the GUI thread on a busy 2-core CPU (most of it rendering tick labels), and a live run redraws every
-0.3-0.5 s, so napari's event loop stalled 40-65 ms twice a second: the live loop's measured pauses
-(tests/widgets/test_live_widget.py) were the plot's. Painting a polyline and six labels with QPainter
+Why not matplotlib: redrawing a matplotlib canvas costs 40-65 ms of the GUI thread on a busy 2-core
+CPU (most of it rendering tick labels), and a live run redraws every 0.3-0.5 s, so napari's event loop
+stalls 40-65 ms twice a second: with a matplotlib plot, the live loop's measured pauses
+(tests/widgets/test_live_widget.py) are the plot's. Painting a polyline and six labels with QPainter
 takes about a millisecond.
 """
 

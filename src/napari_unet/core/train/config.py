@@ -135,7 +135,7 @@ class TrainConfig:
     # False, so fine-tuning the shipped 'nuclei' model keeps its 3-class head without anyone asking.
     border_class: bool | None = None
     # with a border class: an object painted only in part teaches "object, interior or border"
-    # (labels.ANY_OBJECT), not "interior" (False: the recipe before stop 18; benchmarks compare the two)
+    # (labels.ANY_OBJECT), not "interior" (False; bench_finetune.py's arm autowhole, compared in docs/accuracy.md)
     partial_objects: bool = True
     # loss weights, eq. 2
     w0: float = W0
