@@ -264,7 +264,7 @@ def _keep_prior(text: str):
 
 
 def _scale(text: str):
-    """--scale: 'auto' (None) or a zoom factor (core/scale.py)."""
+    """--zoom (--scale): 'auto' (None) or a zoom factor (core/data/zoom.py)."""
     if text == "auto":
         return None
     from .core.data.zoom import check_zoom
@@ -362,7 +362,7 @@ def cmd_train(args) -> int:
         precision=args.precision,
         schedule=args.schedule,
         keep_prior=args.keep_prior,
-        scale=args.scale,
+        scale=args.zoom,
         # unset: TrainConfig's own defaults (the paper's)
         **{
             k: v
@@ -455,17 +455,13 @@ def _zarr_target(args, image_is_zarr: bool) -> Path | None:
 
 
 def _client(args):
-    """A dask.distributed Client for --scheduler / --workers, or None (this process)."""
+    """A dask.distributed Client of the cluster at --scheduler, or None (--workers: core starts its own)."""
     if args.scheduler:
         try:
             from distributed import Client
         except ImportError as err:
             raise ImportError("--scheduler needs dask.distributed: pip install 'napari-unet[zarr]'") from err
         return Client(args.scheduler)
-    if args.workers:
-        from .core.predict.blocks import local_cluster
-
-        return local_cluster(args.workers, memory_limit=args.worker_memory)
     return None
 
 
@@ -479,50 +475,38 @@ def _sha256(path) -> str:
     return h.hexdigest()[:16]
 
 
-def _predict_tiles(args, model, image, ch, out=None):
-    """``args.kind`` of ``image`` by overlap-tile prediction (into ``out`` if given), with the tile bar."""
-    from .core.drain import drain
+def _predict_config(args, ch):
+    """The PredictConfig of the predict command's options (``ch``: the image's channel axis)."""
+    from .core.predict.config import PredictConfig
+
+    return PredictConfig(
+        output=args.kind,
+        channel_axis=ch,
+        zoom=args.zoom,
+        tile_out=args.tile_out,
+        tta=args.tta,
+        device=args.device,
+        precision=args.precision,
+        min_size=args.min_size,
+        prob_dtype=args.prob_dtype,
+    )
+
+
+def _predict_tiles(args, model, image, ch):
+    """``args.kind`` of ``image`` by overlap-tile prediction, with the tile bar."""
     from .core.predict.tiles import iter_predict
 
-    bar = _TileBar(args.quiet)
-    try:
-        return drain(
-            iter_predict(
-                model,
-                image,
-                channel_axis=ch,
-                output=args.kind,
-                out=out,
-                tile_out=args.tile_out,
-                tta=args.tta,
-                device=args.device,
-                min_size=args.min_size,
-                precision=args.precision,
-                scale=args.scale,
-            ),
-            bar,
-        )
-    finally:
-        bar.close()
+    return _drain_tiles(iter_predict(model, image, _predict_config(args, ch)), args.quiet)
 
 
 def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
-    """Predict into an OME-Zarr image at ``target``, block by block (resumable), here or on dask."""
-    from .core.data.ngff import ome_version
-    from .core.data.planes import as_stack
+    """Predict into an OME-Zarr image at ``target``: instances plane by plane, the rest block by block
+    (resumable), here or on dask."""
     from .core.models.checkpoint import resolve_model_path
-    from .core.predict.blocks import create_prediction, default_threads, iter_predict_blocks, output_chunks
+    from .core.predict.zarr import prepare_zarr_prediction
 
     if args.slices:
         raise SystemExit("error: --slices writes TIFFs only; a .zarr output takes the whole volume (a rerun resumes)")
-    from .core.data.zoom import model_zoom
-
-    zoom = model_zoom(model) if args.scale is None else args.scale
-    if zoom != 1.0 and args.kind != "instances":
-        raise SystemExit(
-            f"error: block-wise OME-Zarr prediction runs at the image's own scale, and this model zooms images "
-            f"x{zoom:.2f}: predict into a TIFF (-o out.tif), or give --scale 1 to predict the volume as it is"
-        )
     if args.kind not in ("labels", "probabilities", "instances"):
         raise SystemExit(
             f"error: --kind {args.kind} writes a TIFF (-o out.tif); an OME-Zarr output takes labels, "
@@ -533,86 +517,79 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
             "error: --kind instances needs whole planes and runs in one process: drop --workers/--scheduler "
             "(or predict labels on the cluster; docs/scaling.md)"
         )
-    _, n_z, (H, W), is_stack = as_stack(image, ch, model.config.in_channels)
-    spatial = (n_z, H, W) if is_stack else (H, W)
-    chunks = output_chunks(spatial, _spatial_chunks(image, ch))
-    inside = target.parent.name == "labels" and Path(args.image).resolve() == target.parent.parent.resolve()
     provenance = {
         "model": str(args.model),
         "model_sha256": _sha256(resolve_model_path(args.model)),
         "tta": bool(args.tta),
         "source": str(Path(args.image).resolve()),
     }
-    out = create_prediction(
-        target,
-        model,
-        spatial,
-        output=args.kind,
-        chunks=chunks,
-        pixel_size=meta.pixel_size,
-        z_spacing=meta.z_spacing,
-        unit=meta.unit,
-        prob_dtype=args.prob_dtype,
-        version=ome_version(args.image) if inside else "0.5",
-        provenance=provenance,
-    )
-    if args.kind == "instances":
-        _predict_tiles(args, model, image, ch, out=out)
-        print(f"wrote {target} (instances, shape {tuple(out.shape)})")
-        return 0
     client = _client(args)
-    n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-    gen = iter_predict_blocks(
-        model,
-        image,
-        str(target) if client is not None else out,
-        output=args.kind,
-        channel_axis=ch,
-        tile_out=args.tile_out,
-        tta=args.tta,
-        device=args.device if client is None else ("cpu" if args.device == "auto" else args.device),
-        precision=args.precision,
-        prob_dtype=args.prob_dtype,
-        client=client,
-        threads=default_threads(n_workers) if args.workers else None,
-        scale=args.scale,
-    )
+    try:
+        out, events = prepare_zarr_prediction(
+            model,
+            image,
+            target,
+            _predict_config(args, ch),
+            pixel_size=meta.pixel_size,
+            z_spacing=meta.z_spacing,
+            unit=meta.unit,
+            provenance=provenance,
+            client=client,
+            workers=args.workers,
+            memory_limit=args.worker_memory,
+        )
+        if args.kind == "instances":
+            _drain_tiles(events, args.quiet)
+            print(f"wrote {target} (instances, shape {tuple(out.shape)})")
+            return 0
+        n_workers = args.workers or (len(client.scheduler_info()["workers"]) if client is not None else 1)
+        where = f"{n_workers} dask worker(s)" if client is not None or args.workers else "this process"
+        if _drain_blocks(events, where, args.quiet):
+            print(
+                f"\ncancelled: the blocks written so far stay in {target}; run the same command to resume",
+                file=sys.stderr,
+            )
+            return 130
+    finally:
+        if client is not None:
+            client.close()
+    print(f"wrote {target} ({args.kind}, shape {tuple(out.shape)}, chunks {tuple(out.chunks)})")
+    return 0
+
+
+def _drain_tiles(events, quiet: bool):
+    """Run a tile-by-tile prediction with the tile bar; returns its result."""
+    from .core.drain import drain
+
+    bar = _TileBar(quiet)
+    try:
+        return drain(events, bar)
+    finally:
+        bar.close()
+
+
+def _drain_blocks(events, where: str, quiet: bool) -> bool:
+    """Run a block-wise prediction with a block bar (``where``: who predicts); True when Ctrl-C stopped it."""
     bar = None
     try:
-        for ev in gen:
+        for ev in events:
             if ev.kind == "start":
-                if ev.message and not args.quiet:
+                if ev.message and not quiet:
                     print(ev.message, file=sys.stderr)
                 if ev.skipped:
                     print(f"resuming: {ev.skipped} of {ev.total} blocks are already written", file=sys.stderr)
-                where = f"{n_workers} dask worker(s)" if client is not None else "this process"
-                bar = _bar(ev.total, f"predict ({where})", args.quiet)
+                bar = _bar(ev.total, f"predict ({where})", quiet)
                 bar.unit = "block"
                 bar.update(ev.skipped)
             else:
                 bar.update(1)
     except KeyboardInterrupt:
-        print(
-            f"\ncancelled: the blocks written so far stay in {target}; run the same command to resume", file=sys.stderr
-        )
-        return 130
+        return True
     finally:
+        events.close()  # a cluster of its own (--workers) closes with it
         if bar is not None:
             bar.close()
-        if client is not None:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if args.workers and cluster is not None:
-                cluster.close()
-    print(f"wrote {target} ({args.kind}, shape {tuple(out.shape)}, chunks {tuple(out.chunks)})")
-    return 0
-
-
-def _spatial_chunks(image, ch):
-    from .core.data.planes import spatial_shape
-
-    chunks = getattr(image, "chunks", None)
-    return None if chunks is None else spatial_shape(chunks, ch)
+    return False
 
 
 def cmd_predict(args) -> int:
@@ -719,7 +696,7 @@ def cmd_evaluate(args) -> int:
             min_size=args.min_size,
             progress=bar,
             channel_axis=ch,
-            scale=args.scale,
+            zoom=args.zoom,
         )
     finally:
         bar.close()
@@ -848,13 +825,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def scale(sp, default_help: str):
         sp.add_argument(
-            "--scale",
+            "--zoom",
             type=_scale,
             default=None,
             metavar="S",
             help="zoom the images by S for the network (0.5: objects twice as large as the model's, e.g. another "
-            f"objective) and the result back to the image's grid; default: {default_help}",
+            f"objective) and the result back to the image's grid, or 'auto'; default: {default_help}",
         )
+        sp.add_argument("--scale", dest="zoom", type=_scale, help=argparse.SUPPRESS)  # --zoom's other name
 
     def channels(sp):
         sp.add_argument(
