@@ -22,7 +22,7 @@ def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qt
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     from napari_unet.core.models.load import load_model
 
-    expect = predict(load_model("nuclei"), images[85, :128, :128], scale=0.5)
+    expect = predict(load_model("nuclei"), images[85, :128, :128], zoom=0.5)
     np.testing.assert_array_equal(p.layer.data, expect)
 
 
