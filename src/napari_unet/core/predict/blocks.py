@@ -115,10 +115,9 @@ def plane_ranges(model, image, zs: Sequence[int], channel_axis: int | None = Non
 
 def predict_block(model, image, block: Block, ranges, config: PredictConfig) -> np.ndarray:
     """The prediction of one block: (Zb, Hb, Wb) class indices or (C, Zb, Hb, Wb) probabilities
-    (float32); a 2D image has Zb = 1. ``ranges[z]`` is plane z's (lo, hi) (index with the plane).
-    ``config.device`` is used as given (None: 'auto')."""
+    (float32); a 2D image has Zb = 1. ``ranges[z]`` is plane z's (lo, hi) (index with the plane)."""
     _, _, (H, W), is_stack = as_stack(image, config.channel_axis, model.config.in_channels)
-    dev = resolve_device(config.device)
+    dev = resolve_device(_block_device(config.device, on_cluster=False))
     if config.threads:
         torch.set_num_threads(int(config.threads))
     step = 2**model.depth
@@ -295,7 +294,7 @@ def create_prediction(
     is_stack = len(spatial) == 3
     axes = ("C" if probs else "") + ("ZYX" if is_stack else "YX")
     ps = tuple(pixel_size) if pixel_size is not None else (1.0, 1.0)
-    scale = ((1.0,) if probs else ()) + ((z_spacing or 1.0,) if is_stack else ()) + ps
+    voxel_size = ((1.0,) if probs else ()) + ((z_spacing or 1.0,) if is_stack else ()) + ps  # NGFF 'scale'
     prov = {"kind": output, **(provenance or {})}
     if probs:
         prov["probabilities"] = prob_dtype + (" (p * 255)" if prob_dtype == "uint8" else "")
@@ -305,7 +304,7 @@ def create_prediction(
         dtype=dtype,
         chunks=chunks,
         axes=axes,
-        scale=scale,
+        scale=voxel_size,
         unit=unit,
         labels=not probs,
         version=version,
@@ -368,7 +367,7 @@ def iter_predict_blocks(
             cluster = own.cluster
             own.close()
             cluster.close()
-    config = replace(config, device=_block_device(config.device, client is not None))
+    config = replace(config, device=_block_device(config.device, on_cluster=client is not None))
     job = _BlockJob.plan(model, image, out, config, chunks, client)
     # with a client, the model and the image (unless workers read it from its path) travel once, before any task
     shipped = _ship(client, model, image) if client is not None and (job.todo or config.precision == "auto") else None
