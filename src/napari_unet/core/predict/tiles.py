@@ -402,7 +402,7 @@ def _tile_layout(model: UNet, config: PredictConfig, dev: torch.device, net_hw: 
 
 @contextmanager
 def _evaluating(model: UNet, dev: torch.device, mem_fmt: torch.memory_format):
-    """``model`` in eval mode on ``dev`` in ``mem_fmt`` while the block runs; its training mode back after."""
+    """``model`` in eval mode on ``dev`` in ``mem_fmt`` while the prediction runs; its training mode back after."""
     was_training = model.training
     model.eval()
     model.to(dev)
