@@ -44,6 +44,7 @@ from napari_unet.core.drain import drain
 from napari_unet.core.models.load import load_model
 from napari_unet.core.network.unet import UNet, margin
 from napari_unet.core.predict.blocks import create_prediction, default_threads, iter_predict_blocks, local_cluster
+from napari_unet.core.predict.config import PredictConfig
 from napari_unet.core.predict.tiles import TRIAL_ROUNDS, choose_precision
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -103,13 +104,12 @@ def _current_rss():
 
 def _warm_up(precision: str, threads: int) -> None:
     """One interior block's worth of tiles on a worker, so that oneDNN's kernel set-up is not timed."""
-    from napari_unet.core.predict.blocks import Block, BlockSettings, predict_block
+    from napari_unet.core.predict.blocks import Block, predict_block
 
     zeros = np.zeros((1, *CHUNK[1:]), np.uint8)
     block = Block((0, 0, 0), (0, 1), (0, CHUNK[1]), (0, CHUNK[2]))
-    predict_block(
-        load_model("em-membrane"), zeros, block, {0: (0.0, 255.0)}, BlockSettings(precision=precision, threads=threads)
-    )
+    config = PredictConfig(device="cpu", precision=precision, threads=threads)
+    predict_block(load_model("em-membrane"), zeros, block, {0: (0.0, 255.0)}, config)
 
 
 def ours(image_path: Path, workers: int, precision: str) -> dict:
@@ -123,11 +123,8 @@ def ours(image_path: Path, workers: int, precision: str) -> dict:
         client.run(_warm_up, precision, default_threads(workers))
         client.run(_reset_peak)
         t0 = time.perf_counter()
-        drain(
-            iter_predict_blocks(
-                model, view, str(target), client=client, precision=precision, threads=default_threads(workers)
-            )
-        )
+        config = PredictConfig(precision=precision, threads=default_threads(workers))
+        drain(iter_predict_blocks(model, view, str(target), config, client=client))
         secs = time.perf_counter() - t0
         peak = client.run(_rss)
     finally:

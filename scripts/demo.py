@@ -27,6 +27,7 @@ def headless(steps: int, seed: int = 0) -> dict:
     from napari_unet.core.drain import drain
     from napari_unet.core.evaluate import metrics
     from napari_unet.core.models.checkpoint import available_models
+    from napari_unet.core.predict.config import PredictConfig
     from napari_unet.core.predict.tiles import iter_predict
     from napari_unet.core.train.config import TrainConfig, recommended_settings
     from napari_unet.core.train.loop import iter_train
@@ -53,7 +54,7 @@ def headless(steps: int, seed: int = 0) -> dict:
     OUT.mkdir(exist_ok=True)
     model_path = result.save(OUT / "demo-model.safetensors")
     t0 = time.perf_counter()
-    pred = drain(iter_predict(model, image, output="labels"))
+    pred = drain(iter_predict(model, image, PredictConfig(output="labels")))
     t_pred = time.perf_counter() - t0
     write_labels(OUT / "em_prediction.tif", pred)
     truth_cells = labels[test_z] >= 2

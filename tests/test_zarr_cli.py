@@ -183,3 +183,12 @@ def test_scheduler_address_of_an_existing_cluster(tmp_path, em):
                 "-q",
             ]
         )
+
+
+def test_a_zoom_other_than_1_is_refused_before_anything_is_written(tmp_path, em, capsys):
+    """Block-wise prediction needs zoom 1: the CLI says so (the core's one check) and writes nothing."""
+    model, _, vol, _ = em
+    path = _zarr(tmp_path, vol)
+    assert main(["predict", str(path), "--model", str(model), "--zoom", "0.5", "-q"]) == 2
+    assert "block-wise prediction (into an OME-Zarr) needs zoom 1" in capsys.readouterr().err
+    assert ngff.labels_of(path) == []

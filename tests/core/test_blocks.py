@@ -12,6 +12,7 @@ from napari_unet.core.data import ngff
 from napari_unet.core.drain import drain
 from napari_unet.core.network.unet import UNet
 from napari_unet.core.predict.blocks import iter_predict_blocks, plan_blocks
+from napari_unet.core.predict.config import PredictConfig
 from napari_unet.core.predict.tiles import predict
 
 ODD = (1, 200, 173)  # odd blocks: off the 2**depth grid and not dividing the 512 px planes
@@ -60,7 +61,8 @@ def test_blocks_equal_single_process(net, volume, reference, tmp_path):
     np.testing.assert_array_equal(out, labels)
     # a 2D image, blocks of other odd sizes, probabilities in float32
     p2 = np.zeros(probs[:, 0].shape, np.float32)
-    drain(iter_predict_blocks(net, volume[0], p2, chunks=(97, 131), output="probabilities", prob_dtype="float32"))
+    config = PredictConfig(output="probabilities", prob_dtype="float32")
+    drain(iter_predict_blocks(net, volume[0], p2, config, chunks=(97, 131)))
     np.testing.assert_allclose(p2, probs[:, 0], atol=1e-5)
 
 
@@ -74,7 +76,7 @@ def test_distributed_local_cluster_equals_single_process(net, volume, reference,
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc:
         with distributed.Client(lc) as client:
             events = list(iter_predict_blocks(net, image, str(lab_path), client=client))
-            drain(iter_predict_blocks(net, image, str(prob_path), client=client, output="probabilities"))
+            drain(iter_predict_blocks(net, image, str(prob_path), PredictConfig(output="probabilities"), client=client))
     assert events[0].kind == "start" and events[-1].done == events[-1].total == 27
     np.testing.assert_array_equal(ngff.open_output(lab_path)[:], labels)
     got = ngff.open_output(prob_path)[:]
@@ -108,7 +110,7 @@ def test_interrupted_run_resumes_skipping_finished_chunks(net, volume, reference
 
 def test_instances_are_refused_with_what_to_do(net, volume):
     with pytest.raises(ValueError, match="instances need whole planes"):
-        drain(iter_predict_blocks(net, volume, np.zeros(volume.shape, np.uint32), output="instances"))
+        drain(iter_predict_blocks(net, volume, np.zeros(volume.shape, np.uint32), PredictConfig(output="instances")))
 
 
 def test_a_killed_worker_process_loses_nothing(net, volume, reference, tmp_path):
@@ -122,7 +124,7 @@ def test_a_killed_worker_process_loses_nothing(net, volume, reference, tmp_path)
     path = _output(tmp_path, "labels.zarr", labels[:2].shape)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc:
         with distributed.Client(lc) as client:
-            gen = iter_predict_blocks(net, image, str(path), client=client, threads=1)
+            gen = iter_predict_blocks(net, image, str(path), PredictConfig(threads=1), client=client)
             killed = False
             for ev in gen:
                 if ev.kind == "block" and ev.done >= 2 and not killed:

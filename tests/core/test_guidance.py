@@ -31,7 +31,7 @@ def test_uncertainty_is_high_where_the_model_is_wrong(isbi):
     np.testing.assert_allclose(unc, entropy(probs), atol=1e-5)
     # TTA: the 8 views' mean, and the same map at another zoom comes back on the image's grid
     assert predict(model, image, output="uncertainty", tta=True).shape == image.shape
-    assert predict(model, image, output="uncertainty", scale=0.71).shape == image.shape
+    assert predict(model, image, output="uncertainty", zoom=0.71).shape == image.shape
 
 
 def test_rank_regions_most_uncertain_first_and_skips_painted():

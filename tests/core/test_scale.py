@@ -59,7 +59,7 @@ def test_predicting_at_the_models_scale_segments_larger_nuclei(big_nuclei, tmp_p
     model = load_model("nuclei")
     assert model_zoom(model) == 1.0
     as_is = predict(model, im, output="labels")
-    rescaled = predict(model, im, output="labels", scale=1 / 3)
+    rescaled = predict(model, im, output="labels", zoom=1 / 3)
     assert rescaled.shape == as_is.shape == lab.shape
     # measured on these three images: IoU 0.76 as is, 0.79 at the model's scale (10 images: 0.75, 0.81)
     assert _iou(rescaled, lab) > _iou(as_is, lab) + 0.02
@@ -69,7 +69,7 @@ def test_predicting_at_the_models_scale_segments_larger_nuclei(big_nuclei, tmp_p
     scaled_model = load_model(path)
     assert model_zoom(scaled_model) == pytest.approx(1 / 3)
     np.testing.assert_array_equal(predict(scaled_model, im[:1], output="labels"), rescaled[:1])
-    np.testing.assert_array_equal(predict(scaled_model, im[:1], output="labels", scale=1.0), as_is[:1])
+    np.testing.assert_array_equal(predict(scaled_model, im[:1], output="labels", zoom=1.0), as_is[:1])
     inst = predict(scaled_model, im[:1], output="instances")
     assert inst.shape == im[:1].shape and inst.max() > 3
     probs = predict(scaled_model, im[:1], output="probabilities")
@@ -97,7 +97,7 @@ def test_cli_scale_option(big_nuclei, tmp_path, capsys):
         main(["predict", str(tmp_path / "big.tif"), "-o", str(out), "--model", "nuclei", "--scale", "0.33", "-q"]) == 0
     )
     model = load_model("nuclei")
-    expect = predict(model, im[:1].astype(np.uint8), scale=0.33)
+    expect = predict(model, im[:1].astype(np.uint8), zoom=0.33)
     np.testing.assert_array_equal(tifffile.imread(out), expect[0])
     with pytest.raises(SystemExit):
         main(["predict", str(tmp_path / "big.tif"), "-o", str(out), "--model", "nuclei", "--scale", "0"])
@@ -167,6 +167,7 @@ def test_block_wise_prediction_runs_a_zoomed_model_at_scale_1_only_when_asked(tm
     pytest.importorskip("distributed")
     from napari_unet.core.drain import drain
     from napari_unet.core.predict.blocks import create_prediction, iter_predict_blocks
+    from napari_unet.core.predict.config import PredictConfig
 
     model = load_model("nuclei")
     zoomed = load_model(
@@ -175,14 +176,15 @@ def test_block_wise_prediction_runs_a_zoomed_model_at_scale_1_only_when_asked(tm
     image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
     with pytest.raises(ValueError, match="zooms images x0.50"):
         drain(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8)))
-    out = drain(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8), scale=1.0))
+    out = drain(iter_predict_blocks(zoomed, image, np.zeros((96, 96), np.uint8), PredictConfig(zoom=1.0)))
     np.testing.assert_array_equal(out, predict(model, image, output="labels"))
     # the same on a cluster of its own (the widget's 'workers'): the scale reaches the inner call
     with pytest.raises(ValueError, match="zooms images x0.50"):  # refused before any cluster starts
         drain(iter_predict_blocks(zoomed, image, str(tmp_path / "none.zarr"), workers=1, processes=False))
     target = tmp_path / "pred.zarr"
     create_prediction(target, zoomed, (96, 96), chunks=(48, 48))
-    on_cluster = drain(iter_predict_blocks(zoomed, image, str(target), scale=1.0, workers=1, processes=False))
+    at_1 = PredictConfig(zoom=1.0)
+    on_cluster = drain(iter_predict_blocks(zoomed, image, str(target), at_1, workers=1, processes=False))
     np.testing.assert_array_equal(np.asarray(on_cluster[...]), out)
 
 
@@ -191,10 +193,10 @@ def test_an_explicit_min_size_is_in_the_images_pixels(big_nuclei):
     im, _ = big_nuclei
     model = load_model("nuclei")
     plane = im[0, :256, :256]
-    small = predict(model, plane, output="instances", scale=0.5, min_size=1)
+    small = predict(model, plane, output="instances", zoom=0.5, min_size=1)
     sizes = np.bincount(small.ravel())[1:]
     cut = int(np.median(sizes[sizes > 0])) + 1  # about half the objects are smaller
-    big = predict(model, plane, output="instances", scale=0.5, min_size=cut)
+    big = predict(model, plane, output="instances", zoom=0.5, min_size=cut)
     kept = np.bincount(big.ravel())[1:]
     assert kept[kept > 0].min() >= cut  # at zoom 0.5 the model's own rule would have kept 1/4 of cut
     assert 0 < len(np.unique(big)) < len(np.unique(small))

@@ -4,6 +4,7 @@ import torch
 
 from napari_unet.core.network.device import resolve_device
 from napari_unet.core.network.unet import UNet
+from napari_unet.core.predict.config import PredictConfig
 from napari_unet.core.predict.events import TileEvent
 from napari_unet.core.predict.tiles import auto_tile_out, iter_predict, plan_tiles, predict, predict_whole
 
@@ -62,7 +63,7 @@ def test_tiles_start_on_pooling_grid(net):
 def test_events_progress_and_out_array_written_tile_by_tile(net, em):
     img = em[0, :200, :200]
     out = np.full((200, 200), 255, dtype=np.uint8)
-    gen = iter_predict(net, img, tile_out=64, out=out, normalize=False)
+    gen = iter_predict(net, img, PredictConfig(tile_out=64, normalize=False), out=out)
     events = []
     while True:
         try:
@@ -81,7 +82,7 @@ def test_events_progress_and_out_array_written_tile_by_tile(net, em):
 def test_cancel_between_tiles_keeps_done_part(net, em):
     img = em[0, :256, :256]
     out = np.full((256, 256), 255, dtype=np.uint8)
-    gen = iter_predict(net, img, tile_out=64, out=out, normalize=False)
+    gen = iter_predict(net, img, PredictConfig(tile_out=64, normalize=False), out=out)
     first = next(gen)
     gen.close()  # what a GUI worker's quit() does
     done = out[first.region]

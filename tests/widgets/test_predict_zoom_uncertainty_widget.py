@@ -22,7 +22,7 @@ def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qt
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     from napari_unet.core.models.load import load_model
 
-    expect = predict(load_model("nuclei"), images[85, :128, :128], scale=0.5)
+    expect = predict(load_model("nuclei"), images[85, :128, :128], zoom=0.5)
     np.testing.assert_array_equal(p.layer.data, expect)
 
 
@@ -44,3 +44,20 @@ def test_uncertainty_ranks_where_to_paint_and_go_jumps_there(em_viewer, qtbot, e
     assert p.paint_next.value == p.regions[0]
     p._on_go()
     assert em_viewer.dims.current_step[0] == p.regions[0].z
+
+
+def test_zoom_auto_is_the_models_own_and_editing_the_box_turns_it_off(viewer, dsb, qtbot, errors):
+    images, _ = dsb
+    viewer.add_image(images[85, :64, :64], name="nuclei")
+    p = dock(viewer, "Predict")
+    p.model.value, p.image.value = "nuclei", viewer.layers["nuclei"]
+    assert p.zoom_auto.value and not p.zoom.enabled  # automatic by default: the box only shows the zoom
+    job = p._on_predict()
+    assert job is not None, errors
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert "zoom auto (x1.00)" in p.status.value and p.zoom_auto.value and p.zoom.value == 1.0
+    p.zoom.value = 0.5  # an edit: the zoom given, no longer automatic
+    assert not p.zoom_auto.value and p.zoom.enabled
+    job = p._on_predict()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert "zoom x0.50" in p.status.value

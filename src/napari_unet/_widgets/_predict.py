@@ -58,15 +58,23 @@ class PredictWidget(JobWidget, Container):
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="semantic labels")
         self.where = ComboBox(label="predict", choices=[CURRENT, STACK], value=CURRENT)
         self.zoom = FloatSpinBox(
-            label="zoom",
-            value=0.0,
+            value=1.0,
             min=0.0,
             max=8.0,
             step=0.05,
+            enabled=False,
             tooltip="zoom the image by this factor for the model and the result back (0.5: your objects are twice as "
-            "large as the ones the model was trained on, e.g. another objective). 0 = the model's own (recorded when "
-            "it was trained; 1 for the shipped models)",
+            "large as the ones the model was trained on, e.g. another objective); editing it turns 'auto' off",
         )
+        self.zoom_auto = CheckBox(
+            text="auto",
+            value=True,
+            tooltip="the model's own zoom (recorded when it was trained; 1 for the shipped models), shown in the box "
+            "once a prediction starts",
+        )
+        self._showing_zoom = False  # the box shows the model's own zoom: not an edit
+        zoom_row = Container(widgets=[self.zoom, self.zoom_auto], layout="horizontal", labels=False, label="zoom")
+        zoom_row.margins = (0, 0, 0, 0)
         self.tta = CheckBox(text="test-time augmentation (8 flips/rotations)", value=False)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.zarr_out = FileEdit(
@@ -108,7 +116,7 @@ class PredictWidget(JobWidget, Container):
                 self.channels,
                 self.output,
                 self.where,
-                self.zoom,
+                zoom_row,
                 self.tta,
                 self.device,
                 self.zarr_out,
@@ -127,9 +135,12 @@ class PredictWidget(JobWidget, Container):
         self.complete = False  # the last run finished every tile
         self.done = self.total = 0
         self._unit = "tiles"  # what done / total count: tiles, or blocks of an OME-Zarr output
+        self._zoom_note = ""  # the zoom of the running prediction, e.g. 'zoom auto (x0.50)'
         self._refresh = Throttle(0.1)  # at most 10 layer refreshes per second
 
         self.model.changed.connect(lambda v: setattr(self.model_file, "visible", v == MODEL_FILE))
+        self.zoom.changed.connect(self._on_zoom_edited)
+        self.zoom_auto.changed.connect(lambda auto: setattr(self.zoom, "enabled", not auto))
         self.predict_button.changed.connect(self._on_predict)
         self.cancel_button.changed.connect(self._on_cancel)
         self.to_labels_button.changed.connect(self._on_to_labels)
@@ -174,6 +185,55 @@ class PredictWidget(JobWidget, Container):
             return load_model(path)
         return load_model(name)
 
+    def _on_zoom_edited(self, *_):
+        if not self._showing_zoom:
+            self.zoom_auto.value = False
+
+    def _zoom_text(self, model) -> str:
+        """'zoom auto (x0.50)' (the model's own) or 'zoom x0.50' (the one chosen)."""
+        from napari_unet.core.data.zoom import model_zoom
+
+        if self.zoom_auto.value:
+            return f"zoom auto (x{model_zoom(model):.2f})"
+        return f"zoom x{float(self.zoom.value):.2f}"
+
+    def _show_model_zoom(self, model):
+        """With 'auto', the box shows the zoom ``model`` predicts at (its own)."""
+        from napari_unet.core.data.zoom import model_zoom
+
+        if self.zoom_auto.value:
+            self._showing_zoom = True
+            try:
+                self.zoom.value = model_zoom(model)
+            finally:
+                self._showing_zoom = False
+
+    def _config(self, output: str, channel_axis: int | None):
+        """The PredictConfig of the controls (ValueError, from its checks, for a zoom out of range)."""
+        from napari_unet.core.predict.config import PredictConfig
+
+        return PredictConfig(
+            output=output,
+            channel_axis=channel_axis,
+            zoom=None if self.zoom_auto.value else float(self.zoom.value),
+            tta=bool(self.tta.value),
+            device=self.device.value,
+        )
+
+    def _check_channels(self, model, layer):
+        """ValueError unless ``layer`` (with '+ channels') gives the model's input channels."""
+        want, have = model.config.in_channels, n_channels(layer, self.channels.value)
+        if want != have:
+            raise ValueError(
+                f"the model expects {want} input channel(s), {layer.name!r} gives {have}: "
+                + (
+                    "choose one grey channel as the image (right-click an RGB layer > Split RGB) and no '+ channels'"
+                    if want == 1
+                    else f"add {want - 1} channel layer(s) of the same shape under '+ channels', in the order "
+                    "the model was trained on (or choose an RGB image for a 3-channel model)"
+                )
+            )
+
     def _on_predict(self, *_):
         """Create the output layer, then fill it from a worker; returns the Job or None."""
         from napari.utils.notifications import show_error, show_warning
@@ -190,39 +250,21 @@ class PredictWidget(JobWidget, Container):
             )
             return None
         layer = self.image.value
+        output = OUTPUTS[self.output.value]
         try:
             check_image_layer(layer)
             model = self.load()
-            want, have = model.config.in_channels, n_channels(layer, self.channels.value)
-            if want != have:
-                raise ValueError(
-                    f"the model expects {want} input channel(s), {layer.name!r} gives {have}: "
-                    + (
-                        "choose one grey channel as the image (right-click an RGB layer > Split RGB) and no "
-                        "'+ channels'"
-                        if want == 1
-                        else f"add {want - 1} channel layer(s) of the same shape under '+ channels', in the order "
-                        "the model was trained on (or choose an RGB image for a 3-channel model)"
-                    )
-                )
-            if self.zoom.value:
-                from napari_unet.core.data.zoom import check_zoom
-
-                check_zoom(self.zoom.value)
+            self._check_channels(model, layer)
             # read-only for the worker; a grey numpy, dask or zarr layer is read one slice at a time
             data, channel_axis = layer_pixels(layer, self.channels.value)
+            config = self._config(output, channel_axis)
+            target = self._zarr_target(layer, output)
         except (ValueError, FileNotFoundError) as e:
             show_error(f"cannot predict: {e}")
             return None
-
-        output = OUTPUTS[self.output.value]
-        try:
-            target = self._zarr_target(layer, output)
-        except ValueError as e:
-            show_error(f"cannot predict: {e}")
-            return None
+        self._show_model_zoom(model)
         if target is not None:
-            return self._predict_blocks(layer, model, output, target)
+            return self._predict_blocks(layer, model, config, target)
         spatial = tuple(data.shape[:-1] if channel_axis is not None else data.shape)
         idx = current_index(self.viewer, layer)
         slices = [idx[0]] if (self.where.value == CURRENT and idx) else None
@@ -232,29 +274,16 @@ class PredictWidget(JobWidget, Container):
         self.probabilities = out if output == "probabilities" else None
 
         self.job = job = Job("predict")
-        try:
-            gen = iter_predict(
-                model,
-                data,
-                output=output,
-                out=out,
-                slices=slices,
-                tta=bool(self.tta.value),
-                device=self.device.value,
-                channel_axis=channel_axis,
-                scale=float(self.zoom.value) or None,
-            )
-        except (ValueError, RuntimeError) as e:
-            show_error(f"cannot predict: {e}")
-            return None
+        gen = iter_predict(model, data, config, out=out, slices=slices)
         self.done, self.total, self._unit = 0, 0, "tiles"
+        self._zoom_note = self._zoom_text(model)
         return self._run_job(
             job,
             gen,
             self.device.value,
             total=0,
             desc="U-Net prediction",
-            status="predicting…",
+            status=f"predicting at {self._zoom_note}…",
             yielded=self._on_progress,
             returned=self._on_result,
             errored=self._on_error,
@@ -278,77 +307,53 @@ class PredictWidget(JobWidget, Container):
             "OME-Zarr (the prediction then goes into its labels/ group)"
         )
 
-    def _predict_blocks(self, layer, model, output: str, target: Path):
+    def _predict_blocks(self, layer, model, config, target: Path):
         """Block-wise prediction into the OME-Zarr ``target``, shown as a zarr-backed layer as it fills."""
+        from dataclasses import replace
+
         from napari.utils.notifications import show_error
 
-        from napari_unet.core.data.ngff import ZarrView, is_ome_zarr, read_ome_zarr
-        from napari_unet.core.predict.blocks import create_prediction, iter_predict_blocks, output_chunks
+        from napari_unet.core.data.ngff import ZarrView
+        from napari_unet.core.predict.zarr import prepare_zarr_prediction
 
         try:
-            if output == "instances":
+            if config.output == "instances":
                 raise ValueError(
                     "instances need whole planes: predict them in memory (no OME-Zarr output, 0 workers), or "
                     "predict semantic labels into the OME-Zarr"
                 )
             if self.channels.value or getattr(layer, "rgb", False):
                 raise ValueError("an OME-Zarr output takes one grey image layer (no RGB, no '+ channels')")
-            from napari_unet.core.data.zoom import model_zoom
-
-            zoom = float(self.zoom.value) or model_zoom(model)
-            if zoom != 1.0:
-                raise ValueError(
-                    f"an OME-Zarr output is predicted at the image's own scale, and zoom is x{zoom:.2f}: set zoom "
-                    "to 1, or predict in memory (no OME-Zarr output)"
-                )
-            src = (layer.metadata or {}).get("path")
-            image = None
-            if src and is_ome_zarr(src):
-                view, _ = read_ome_zarr(src)
-                if tuple(view.shape) == tuple(layer.data.shape):
-                    image = view  # lazy, and workers reopen it from its path
-            if image is None:
-                image = np.asarray(layer.data)
-            spatial = tuple(image.shape)
+            image = _block_image(layer)
             md = layer.metadata or {}
-            scale = tuple(float(v) for v in layer.scale)
-            out = create_prediction(
-                target,
-                model,
-                spatial,
-                output=output,
-                chunks=output_chunks(spatial, getattr(image, "chunks", None)),
-                pixel_size=md.get("pixel_size") or scale[-2:],
-                z_spacing=md.get("z_spacing") or (scale[0] if len(spatial) == 3 else None),
-                unit=md.get("unit"),
-                provenance={"model": str(getattr(getattr(model, "info", None), "name", "") or self.model.value)},
-            )
+            layer_scale = tuple(float(v) for v in layer.scale)  # the layer's pixel size, Z first for a stack
             workers = int(self.workers.value)
-            gen = iter_predict_blocks(
+            out, gen = prepare_zarr_prediction(
                 model,
                 image,
-                str(target) if workers else out,
-                output=output,
-                tta=bool(self.tta.value),
-                device="cpu" if workers and self.device.value == "auto" else self.device.value,
-                precision="auto",
+                target,
+                replace(config, precision="auto"),
+                pixel_size=md.get("pixel_size") or layer_scale[-2:],
+                z_spacing=md.get("z_spacing") or (layer_scale[0] if len(image.shape) == 3 else None),
+                unit=md.get("unit"),
+                provenance={"model": str(getattr(getattr(model, "info", None), "name", "") or self.model.value)},
                 workers=workers or None,
                 processes=self.processes,
-                scale=zoom,
             )
         except (ValueError, ImportError, RuntimeError) as e:
             show_error(f"cannot predict: {e}")
             return None
-        if output == "probabilities":
+        if config.output == "probabilities":
             fg = 1 if model.n_classes > 1 else 0
             shown = ZarrView(target / "0", {0: fg})  # lazy: re-read at every refresh
         else:
             shown = out
-        self.layer = self._output_layer(layer, output, shown, model, zarr_path=target)
+        self.layer = self._output_layer(layer, config.output, shown, model, zarr_path=target)
         self.predicted_slices, self.complete = None, False
         self.probabilities = None
         self.job = job = Job("predict")
         self.done, self.total, self._unit = 0, 0, "blocks"
+        self._zoom_note = ""  # block-wise: always the image as it is
         return self._run_job(
             job,
             gen,
@@ -428,7 +433,7 @@ class PredictWidget(JobWidget, Container):
         if self.layer in self.viewer.layers:
             self.layer.refresh()
         self.complete = True
-        self.status.value = f"done: {self.total} {self._unit}"
+        self.status.value = f"done: {self.total} {self._unit}" + (f" at {self._zoom_note}" if self._zoom_note else "")
         if self.layer.metadata.get("output") == "uncertainty":
             self._rank_regions()
 
@@ -542,3 +547,16 @@ class PredictWidget(JobWidget, Container):
         from napari.layers import Labels
 
         self.to_labels_button.enabled = not running and self.complete and isinstance(self.layer, Labels)
+
+
+def _block_image(layer):
+    """The pixels to predict block-wise: the OME-Zarr the layer was opened from (lazy; dask workers reopen it
+    from its path), else the layer's data."""
+    from napari_unet.core.data.ngff import is_ome_zarr, read_ome_zarr
+
+    src = (layer.metadata or {}).get("path")
+    if src and is_ome_zarr(src):
+        view, _ = read_ome_zarr(src)
+        if tuple(view.shape) == tuple(layer.data.shape):
+            return view
+    return np.asarray(layer.data)

@@ -34,7 +34,7 @@ def _channel_axis_arg(text: str):
 
 
 def _scale(text: str):
-    """--scale: 'auto' (None) or a zoom factor (core/data/zoom.py)."""
+    """--zoom (--scale): 'auto' (None) or a zoom factor (core/data/zoom.py)."""
     if text == "auto":
         return None
     from ..core.data.zoom import check_zoom
@@ -52,15 +52,16 @@ def add_common(sp) -> None:
 
 
 def add_scale(sp, default_help: str) -> None:
-    """--scale, whose default ``default_help`` describes."""
+    """--zoom (and its other name --scale), whose default ``default_help`` describes."""
     sp.add_argument(
-        "--scale",
+        "--zoom",
         type=_scale,
         default=None,
         metavar="S",
         help="zoom the images by S for the network (0.5: objects twice as large as the model's, e.g. another "
-        f"objective) and the result back to the image's grid; default: {default_help}",
+        f"objective) and the result back to the image's grid, or 'auto'; default: {default_help}",
     )
+    sp.add_argument("--scale", dest="zoom", type=_scale, help=argparse.SUPPRESS)  # --zoom's other name
 
 
 def add_channels(sp) -> None:

@@ -69,7 +69,7 @@ def cmd_evaluate(args) -> int:
             min_size=args.min_size,
             progress=bar,
             channel_axis=ch,
-            scale=args.scale,
+            zoom=args.zoom,
         )
     finally:
         bar.close()

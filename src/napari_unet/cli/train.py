@@ -292,7 +292,7 @@ def _train_config(args):
         precision=args.precision,
         schedule=args.schedule,
         keep_prior=args.keep_prior,
-        scale=args.scale,
+        scale=args.zoom,
         # unset: TrainConfig's own defaults (the paper's)
         **{
             k: v

@@ -1,8 +1,22 @@
-"""Prediction: overlap-tile prediction of images and stacks (tiles), block-wise prediction into OME-Zarr (blocks), where to paint next (guidance), and the events they yield."""
+"""Prediction: its settings (config), overlap-tile prediction of images and stacks (tiles), block-wise prediction
+into OME-Zarr (blocks) and the OME-Zarr output set-up (zarr), where to paint next (guidance), and the events they
+yield."""
 
 from __future__ import annotations
 
-from .blocks import Block, BlockSettings, iter_predict_blocks, plan_blocks, plane_ranges, predict_block
+from .blocks import (
+    Block,
+    create_prediction,
+    default_threads,
+    iter_predict_blocks,
+    local_cluster,
+    output_chunks,
+    plan_blocks,
+    plane_ranges,
+    predict_block,
+    run_block,
+)
+from .config import BLOCK_OUTPUTS, PROB_DTYPES, PredictConfig
 from .events import BlockEvent, TileEvent
 from .guidance import Region, rank_regions
 from .tiles import (
@@ -30,8 +44,12 @@ from .tiles import (
     predict_whole,
     tile_context,
 )
+from .zarr import prepare_zarr_prediction
 
 __all__ = [
+    "BLOCK_OUTPUTS",
+    "PROB_DTYPES",
+    "PredictConfig",
     "BlockEvent",
     "TileEvent",
     "BF16_MIN_AGREEMENT",
@@ -58,11 +76,16 @@ __all__ = [
     "predict_whole",
     "tile_context",
     "Block",
-    "BlockSettings",
+    "create_prediction",
+    "default_threads",
     "iter_predict_blocks",
+    "local_cluster",
+    "output_chunks",
     "plan_blocks",
     "plane_ranges",
     "predict_block",
+    "run_block",
+    "prepare_zarr_prediction",
     "Region",
     "rank_regions",
 ]

@@ -3,7 +3,7 @@
 A big volume is predicted one output block at a time (a block = one chunk of the
 output, so every chunk file has exactly one writer). A block reads its part of
 the image plus a halo of the network's margin; where the halo leaves the image
-it is mirrored exactly as :func:`~.tiling.iter_predict` mirrors the whole plane
+it is mirrored exactly as :func:`~.tiles.iter_predict` mirrors the whole plane
 (the same reflected indices). Its tiles start on the ``2**depth`` grid of the
 *image*, not of the block (a block that starts off the grid is predicted from
 the grid line before it and cropped), and every plane is normalised with the
@@ -12,7 +12,8 @@ single-process one: labels exactly, probabilities within float rounding (tile
 layouts differ, so convolutions sum in a different order).
 
 Blocks whose chunks are already on disk are skipped: a rerun after a crash or a
-killed worker resumes (chunk files are written atomically, :mod:`.ngff`).
+killed worker resumes (chunk files are written atomically,
+:mod:`napari_unet.core.data.ngff`).
 
 :func:`iter_predict_blocks` is a generator (one :class:`~.events.BlockEvent`
 per block) that runs the blocks here or, given a ``dask.distributed.Client``,
@@ -21,7 +22,8 @@ blocks per worker are in flight (memory does not grow with the volume), and a
 failed block is retried by the scheduler.
 
 Instances are not made here: object ids need the whole plane (semantic labels
-and probabilities only; docs/scaling.md).
+and probabilities only; docs/scaling.md); nor is the image zoomed, since blocks are
+cut on its own grid (:meth:`~.config.PredictConfig.check_blocks`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import itertools
 import math
 import os
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -38,11 +41,12 @@ import torch
 from ..data.intensity import fixed_range, model_normalization, plane_range, scale_intensity
 from ..data.ngff import chunk_done, create_output, open_output
 from ..data.planes import as_stack, plane_at
-from ..data.zoom import model_zoom
 from ..network.device import autocast_dtype, memory_format, resolve_device
+from .config import BLOCK_OUTPUTS, PROB_DTYPES, PredictConfig
 from .events import BlockEvent
 from .tiles import (
     _DIHEDRAL,
+    TilePlan,
     auto_tile_out,
     check_plane,
     choose_precision,
@@ -52,10 +56,19 @@ from .tiles import (
     tile_context,
 )
 
-__all__ = ["Block", "BlockSettings", "iter_predict_blocks", "plan_blocks", "plane_ranges", "predict_block"]
+__all__ = [
+    "Block",
+    "create_prediction",
+    "default_threads",
+    "iter_predict_blocks",
+    "local_cluster",
+    "output_chunks",
+    "plan_blocks",
+    "plane_ranges",
+    "predict_block",
+    "run_block",
+]
 
-BLOCK_OUTPUTS = ("labels", "probabilities")
-PROB_DTYPES = ("float16", "uint8", "float32")
 SCATTER_LIMIT = 2 << 30  # an in-memory image is copied to every worker up to this size
 
 
@@ -67,20 +80,6 @@ class Block:
     z: tuple[int, int]
     y: tuple[int, int]
     x: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class BlockSettings:
-    """What every block task needs besides the model, the image and the block (picklable, frozen)."""
-
-    output: str = "labels"
-    channel_axis: int | None = None
-    tile_out: int | tuple[int, int] | None = None
-    device: str = "cpu"
-    precision: str | None = None
-    prob_dtype: str = "float16"
-    tta: bool = False
-    threads: int | None = None  # torch threads per task (per dask worker)
 
 
 def plan_blocks(spatial: tuple[int, ...], chunks: tuple[int, ...]) -> list[Block]:
@@ -108,74 +107,104 @@ def _reflect(idx: np.ndarray, n: int, symmetric: bool) -> np.ndarray:
 
 
 def plane_ranges(model, image, zs: Sequence[int], channel_axis: int | None = None) -> list[tuple[float, float]]:
-    """Each plane's normalisation range, exactly as :func:`~.tiling.iter_predict` computes it."""
+    """Each plane's normalisation range, exactly as :func:`~.tiles.iter_predict` computes it."""
     getter = as_stack(image, channel_axis, model.config.in_channels)[0]
     norm = model_normalization(model)
     return [plane_range(getter(z), norm) for z in zs]
 
 
-def predict_block(model, image, block: Block, ranges, settings: BlockSettings) -> np.ndarray:
+def predict_block(model, image, block: Block, ranges, config: PredictConfig) -> np.ndarray:
     """The prediction of one block: (Zb, Hb, Wb) class indices or (C, Zb, Hb, Wb) probabilities
     (float32); a 2D image has Zb = 1. ``ranges[z]`` is plane z's (lo, hi) (index with the plane)."""
-    _, n_z, (H, W), is_stack = as_stack(image, settings.channel_axis, model.config.in_channels)
-    dev = resolve_device(settings.device)
-    if settings.threads:
-        torch.set_num_threads(int(settings.threads))
+    _, _, (H, W), is_stack = as_stack(image, config.channel_axis, model.config.in_channels)
+    dev = resolve_device(_block_device(config.device, on_cluster=False))
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
     step = 2**model.depth
-    m = tile_context(model)
     (y0, y1), (x0, x1) = block.y, block.x
     ay0, ax0 = y0 // step * step, x0 // step * step  # tiles on the image's grid
     ry, rx = y1 - ay0, x1 - ax0
-    tile = settings.tile_out or auto_tile_out((ry, rx), model, dev)
+    tile = config.tile_out or auto_tile_out((ry, rx), model, dev, memory_budget=config.memory_budget)
     plan = plan_tiles((ry, rx), model, tile)
-    symmetric = min(H, W) < 2  # as tiling.mirror_pad
-    rows = _reflect(np.arange(ay0 - m, ay0 + plan.ys[-1] + plan.tile_out[0] + m), H, symmetric)
-    cols = _reflect(np.arange(ax0 - m, ax0 + plan.xs[-1] + plan.tile_out[1] + m), W, symmetric)
-    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-
-    # A model shared by several worker threads must not change under them: switch modes and layouts only
-    # when needed (the distributed path sends a copy that is already in eval mode, so nothing changes)
-    was_training = model.training
-    if was_training:
-        model.eval()
+    window = _Window.of(model, plan, (ay0, ax0), (H, W))
+    amp = autocast_dtype(config.precision, dev)
+    probs = config.output == "probabilities"
+    res = _block_array(model.n_classes, block.z[1] - block.z[0], (ry, rx), probs)
     mem_fmt = memory_format(dev)
-    here = next(model.parameters()).device
-    if here.type != dev.type or (dev.index is not None and here.index != dev.index):
-        model.to(dev)
-    if _needs_layout(model, mem_fmt):
-        model.to(memory_format=mem_fmt)
-    amp = autocast_dtype(settings.precision, dev)
-    C = model.n_classes
-    nz = block.z[1] - block.z[0]
-    probs = settings.output == "probabilities"
-    res = np.zeros((C, nz, ry, rx), np.float32) if probs else np.zeros((nz, ry, rx), np.uint8 if C < 256 else np.uint16)
-    try:
+    with _shared_eval(model, dev, mem_fmt):
         for k, z in enumerate(range(*block.z)):
-            raw = plane_at(image, z if is_stack else None, settings.channel_axis, slice(r0, r1), slice(c0, c1))
-            check_plane(raw, z)
-            window = raw[:, rows - r0][:, :, cols - c0]
-            lo, hi = ranges[z]
-            plane = scale_intensity(window, lo, hi)
+            plane = window.read(image, z if is_stack else None, config.channel_axis, ranges[z])
             for (ty, tx), r in forward_tiles(
                 model,
                 plane,
                 plan,
-                output=settings.output,
-                transforms=_DIHEDRAL if settings.tta else ((0, False),),
+                output=config.output,
+                transforms=_DIHEDRAL if config.tta else ((0, False),),
+                batch_size=config.batch_size or 1,
                 device=dev,
                 amp_dtype=amp,
                 mem_fmt=mem_fmt,
             ):
                 hy, hx = min(plan.tile_out[0], ry - ty), min(plan.tile_out[1], rx - tx)
-                if probs:
-                    res[:, k, ty : ty + hy, tx : tx + hx] = r[:, :hy, :hx]
-                else:
-                    res[k, ty : ty + hy, tx : tx + hx] = r[:hy, :hx]
+                res[(slice(None), k) if probs else (k,)][..., ty : ty + hy, tx : tx + hx] = r[..., :hy, :hx]
+    res = res[..., y0 - ay0 :, x0 - ax0 :]
+    return res if is_stack else res[..., 0, :, :]
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The mirrored window of a plane that one block's tiles read: the same reflected indices as
+    :func:`~.tiles.mirror_pad` gives the whole plane, read as one box of the image."""
+
+    rows: np.ndarray  # image row of every window row
+    cols: np.ndarray
+
+    @classmethod
+    def of(cls, model, plan: TilePlan, origin: tuple[int, int], hw: tuple[int, int]) -> _Window:
+        """The window of ``plan``'s tiles placed at ``origin`` (on the image's grid) in a plane of ``hw``."""
+        m = tile_context(model)
+        (ay0, ax0), (H, W) = origin, hw
+        symmetric = min(H, W) < 2  # as tiles.mirror_pad
+        rows = _reflect(np.arange(ay0 - m, ay0 + plan.ys[-1] + plan.tile_out[0] + m), H, symmetric)
+        cols = _reflect(np.arange(ax0 - m, ax0 + plan.xs[-1] + plan.tile_out[1] + m), W, symmetric)
+        return cls(rows, cols)
+
+    def read(self, image, z: int | None, channel_axis: int | None, lo_hi: tuple[float, float]) -> np.ndarray:
+        """Plane ``z``'s window (C, h, w), checked and normalised with the whole plane's ``lo_hi``."""
+        r0, r1 = int(self.rows.min()), int(self.rows.max()) + 1
+        c0, c1 = int(self.cols.min()), int(self.cols.max()) + 1
+        raw = plane_at(image, z, channel_axis, slice(r0, r1), slice(c0, c1))
+        check_plane(raw, 0 if z is None else z)
+        return scale_intensity(raw[:, self.rows - r0][:, :, self.cols - c0], *lo_hi)
+
+
+def _block_array(n_classes: int, nz: int, hw: tuple[int, int], probs: bool) -> np.ndarray:
+    """Zeros for one block's result: (C, nz, h, w) float32 probabilities or (nz, h, w) class indices."""
+    if probs:
+        return np.zeros((n_classes, nz, *hw), np.float32)
+    return np.zeros((nz, *hw), np.uint8 if n_classes < 256 else np.uint16)
+
+
+@contextmanager
+def _shared_eval(model, dev: torch.device, mem_fmt: torch.memory_format):
+    """``model`` in eval mode on ``dev`` in ``mem_fmt``, changed only where it is not already so.
+
+    A model shared by several worker threads must not change under them: the distributed path sends a
+    copy that is already in eval mode, on the CPU, in the CPU's layout, so nothing changes there.
+    """
+    was_training = model.training
+    if was_training:
+        model.eval()
+    here = next(model.parameters()).device
+    if here.type != dev.type or (dev.index is not None and here.index != dev.index):
+        model.to(dev)
+    if _needs_layout(model, mem_fmt):
+        model.to(memory_format=mem_fmt)
+    try:
+        yield
     finally:
         if was_training:
             model.train(True)
-    res = res[..., y0 - ay0 :, x0 - ax0 :]
-    return res if is_stack else res[..., 0, :, :]
 
 
 def _needs_layout(model, mem_fmt) -> bool:
@@ -209,13 +238,14 @@ def _open(out):
     return out
 
 
-def run_block(model, image, out, block: Block, ranges, settings: BlockSettings, is_stack: bool) -> int:
-    """Predict ``block`` and write it into ``out`` (an array, or the path of a :func:`~.ngff.create_output`
-    image, opened here: on a dask worker). Returns the pixels written."""
-    res = predict_block(model, image, block, ranges, settings)
-    probs = settings.output == "probabilities"
+def run_block(model, image, out, block: Block, ranges, config: PredictConfig, is_stack: bool) -> int:
+    """Predict ``block`` and write it into ``out`` (an array, or the path of a
+    :func:`~napari_unet.core.data.ngff.create_output` image, opened here: on a dask worker). Returns the
+    pixels written."""
+    res = predict_block(model, image, block, ranges, config)
+    probs = config.output == "probabilities"
     if probs:
-        res = _to_store_dtype(res, settings.prob_dtype)
+        res = _to_store_dtype(res, config.prob_dtype)
     _open(out)[_out_index(block, is_stack, probs)] = res
     return int(np.prod(res.shape[-2:])) * (block.z[1] - block.z[0])
 
@@ -249,8 +279,9 @@ def create_prediction(
     version: str = "0.5",
     provenance: dict | None = None,
 ):
-    """The OME-Zarr image :func:`iter_predict_blocks` fills (:func:`~.ngff.create_output`): labels as an NGFF
-    labels image, probabilities (class axis first) as ``prob_dtype``; a rerun with the same settings reopens it."""
+    """The OME-Zarr image :func:`iter_predict_blocks` fills (:func:`~napari_unet.core.data.ngff.create_output`):
+    labels as an NGFF labels image, probabilities (class axis first) as ``prob_dtype``; a rerun with the same
+    settings reopens it."""
     if output not in BLOCK_OUTPUTS + ("instances",):
         raise ValueError(f"output must be labels, probabilities or instances, got {output!r}")
     probs = output == "probabilities"
@@ -263,7 +294,7 @@ def create_prediction(
     is_stack = len(spatial) == 3
     axes = ("C" if probs else "") + ("ZYX" if is_stack else "YX")
     ps = tuple(pixel_size) if pixel_size is not None else (1.0, 1.0)
-    scale = ((1.0,) if probs else ()) + ((z_spacing or 1.0,) if is_stack else ()) + ps
+    voxel_size = ((1.0,) if probs else ()) + ((z_spacing or 1.0,) if is_stack else ()) + ps  # NGFF 'scale'
     prov = {"kind": output, **(provenance or {})}
     if probs:
         prov["probabilities"] = prob_dtype + (" (p * 255)" if prob_dtype == "uint8" else "")
@@ -273,7 +304,7 @@ def create_prediction(
         dtype=dtype,
         chunks=chunks,
         axes=axes,
-        scale=scale,
+        scale=voxel_size,
         unit=unit,
         labels=not probs,
         version=version,
@@ -285,23 +316,15 @@ def iter_predict_blocks(
     model,
     image,
     out,
+    config: PredictConfig | None = None,
     *,
-    output: str = "labels",
-    channel_axis: int | None = None,
-    normalize: bool | tuple[float, float] = True,
-    tile_out: int | tuple[int, int] | None = None,
-    device: str = "cpu",
-    precision: str | None = None,
-    prob_dtype: str = "float16",
-    tta: bool = False,
     chunks: tuple[int, ...] | None = None,
     client=None,
     workers: int | None = None,
     processes: bool = True,
-    threads: int | None = None,
+    memory_limit: str | int = "2GiB",
     in_flight: int | None = None,
     retries: int = 2,
-    scale: float | None = None,
 ) -> Generator[BlockEvent, None, object]:
     """Predict ``image`` block by block into ``out``; yields a :class:`BlockEvent` per block, returns ``out``.
 
@@ -309,124 +332,127 @@ def iter_predict_blocks(
     ----------
     model : UNet
     image : array-like
-        (Y, X) or (Z, Y, X) (plus ``channel_axis``): numpy, memmap or a lazy :class:`~.ngff.ZarrView`
-        (which dask workers reopen from its path: put it on storage every worker sees).
+        (Y, X) or (Z, Y, X) (plus ``config.channel_axis``): numpy, memmap or a lazy
+        :class:`~napari_unet.core.data.ngff.ZarrView` (which dask workers reopen from its path: put it on
+        storage every worker sees).
     out : str, Path or array
-        The path of an image made by :func:`~.ngff.create_output` (required with ``client``), or an
+        The path of an image made by :func:`create_prediction` (required on a cluster), or an
         array of the result's shape (numpy or zarr; class axis first for probabilities). Blocks are
         its chunks (or ``chunks``); blocks whose chunk files exist are skipped (resume).
-    output : {'labels', 'probabilities'}
-    prob_dtype : {'float16', 'uint8', 'float32'}
-        How probabilities are stored (uint8: p * 255, rounded).
-    tta : bool
-        Average the 8 flips/rotations, as :func:`~.tiling.iter_predict`.
+    config : PredictConfig, optional
+        Its output must be labels or probabilities and its zoom 1 (:meth:`PredictConfig.check_blocks`);
+        ``prob_dtype`` is how probabilities are stored, ``threads`` the torch threads per block task.
+        None: its defaults.
     client : dask.distributed.Client, optional
         Run the blocks on its workers (the model is scattered once); None = here, one after another.
     workers : int, optional
         Without a client: start a LocalCluster of this many workers (``processes``: worker processes,
-        else threads) for this run and close it at the end (also when the generator is closed early).
-    threads : int, optional
-        torch threads per block task (per worker); None = torch's default.
+        else threads; ``memory_limit`` each) for this run and close it at the end (also when the
+        generator is closed early).
     in_flight : int, optional
         Blocks submitted at a time (default: 3 per worker), so neither the scheduler nor this
         process holds a task per block of a huge volume.
     retries : int
         How often the scheduler retries a failed block (e.g. a worker that was killed).
-    scale : float, optional
-        The zoom to predict at (None: the model's own, :func:`~.scale.model_zoom`); only 1 works block-wise.
     """
-    if output not in BLOCK_OUTPUTS:
-        raise ValueError(
-            f"block-wise prediction writes {' or '.join(BLOCK_OUTPUTS)}, not {output!r}: instances need whole "
-            "planes; predict labels, then make instances per slice (docs/scaling.md)"
-        )
-    zoom = model_zoom(model) if scale is None else float(scale)
-    if zoom != 1.0:  # blocks are cut on the image's grid; a zoomed model needs whole planes
-        raise ValueError(
-            f"this model zooms images x{zoom:.2f} (core/scale.py); block-wise prediction runs at the "
-            "image's own scale: predict plane by plane (iter_predict) instead, or at scale 1"
-        )
-    if prob_dtype not in PROB_DTYPES:
-        raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {prob_dtype!r}")
-    fixed = fixed_range(normalize)  # None: each plane's own range
+    config = PredictConfig() if config is None else config
+    config.check_blocks(model)
     if client is None and workers:  # a cluster of our own, checked first: the same call on it
-        own = local_cluster(workers, processes=processes)
+        own = local_cluster(workers, memory_limit=memory_limit, processes=processes)
         try:
-            return (
-                yield from iter_predict_blocks(
-                    model,
-                    image,
-                    out,
-                    output=output,
-                    channel_axis=channel_axis,
-                    normalize=normalize,
-                    tile_out=tile_out,
-                    device=device,
-                    precision=precision,
-                    prob_dtype=prob_dtype,
-                    tta=tta,
-                    chunks=chunks,
-                    client=own,
-                    threads=threads or default_threads(workers),
-                    in_flight=in_flight,
-                    retries=retries,
-                    scale=scale,
-                )
-            )
+            config = replace(config, threads=config.threads or default_threads(workers))
+            kw = dict(chunks=chunks, client=own, in_flight=in_flight, retries=retries)
+            return (yield from iter_predict_blocks(model, image, out, config, **kw))
         finally:
             cluster = own.cluster
             own.close()
             cluster.close()
-    _, n_z, (H, W), is_stack = as_stack(image, channel_axis, model.config.in_channels)
-    spatial = (n_z, H, W) if is_stack else (H, W)
-    probs = output == "probabilities"
-    want = ((model.n_classes,) if probs else ()) + spatial
-    arr = _open(out)  # opened here too: the shape check and the resume
-    if client is not None and not isinstance(out, (str, os.PathLike)):
-        raise ValueError("with a dask client, out must be the path of an OME-Zarr output (ngff.create_output)")
-    if tuple(arr.shape) != want:
-        raise ValueError(f"out has shape {tuple(arr.shape)}, expected {want} for output={output!r}")
-    if chunks is None:
-        have = getattr(arr, "chunks", None)
-        chunks = tuple(have[1:] if probs else have) if have is not None else output_chunks(spatial, None)
-    blocks = plan_blocks(spatial, tuple(chunks))
-    todo = [b for b in blocks if not _done(arr, b, is_stack, probs)]
-    skipped = len(blocks) - len(todo)
-    total = len(blocks)
+    config = replace(config, device=_block_device(config.device, on_cluster=client is not None))
+    job = _BlockJob.plan(model, image, out, config, chunks, client)
     # with a client, the model and the image (unless workers read it from its path) travel once, before any task
-    shipped = _ship(client, model, image) if client is not None and (todo or precision == "auto") else None
-    why = ""
-    if precision == "auto":
-        kw = dict(device=device, channel_axis=channel_axis, normalize=normalize)
-        if client is None:
-            precision, why = choose_precision(model, image, **kw)
-        else:  # the workers' CPUs decide, not this one's
-            precision, why = client.submit(choose_precision, *shipped, pure=False, **kw).result()
-    settings = BlockSettings(output, channel_axis, tile_out, str(device), precision, prob_dtype, tta, threads)
-    yield BlockEvent(
-        skipped, total, skipped, None, "start", f"precision {settings.precision or 'default'}: {why}" if why else ""
-    )
-    if not todo:
-        return arr
-    zs = sorted({z for b in todo for z in range(*b.z)})
-    if fixed is not None:
-        ranges = {z: fixed for z in zs}
-    elif client is None:
-        ranges = dict(zip(zs, plane_ranges(model, image, zs, channel_axis)))
-    else:  # each plane's own range, computed where the image is
-        futs = [client.submit(_plane_range_task, *shipped, z, channel_axis, pure=False, retries=retries) for z in zs]
-        ranges = dict(zip(zs, client.gather(futs)))
-
+    shipped = _ship(client, model, image) if client is not None and (job.todo or config.precision == "auto") else None
+    config, why = _block_precision(model, image, config, client, shipped)
+    message = f"precision {config.precision or 'default'}: {why}" if why else ""
+    yield BlockEvent(job.skipped, job.total, job.skipped, None, "start", message)
+    if not job.todo:
+        return job.arr
+    ranges = _block_ranges(model, image, job.todo, config, client, shipped, retries)
     if client is None:
-        done = skipped
-        for b in todo:
-            run_block(model, image, arr, b, ranges, settings, is_stack)
+        done = job.skipped
+        for b in job.todo:
+            run_block(model, image, job.arr, b, ranges, config, job.is_stack)
             done += 1
-            yield BlockEvent(done, total, skipped, b, "block")
-        return arr
+            yield BlockEvent(done, job.total, job.skipped, b, "block")
+    else:
+        yield from _distributed(client, *shipped, out, job, ranges, config, in_flight, retries)
+    return job.arr
 
-    yield from _distributed(client, *shipped, out, todo, ranges, settings, is_stack, skipped, total, in_flight, retries)
-    return arr
+
+def _block_device(device, on_cluster: bool):
+    """The device blocks run on: None = the CPU; 'auto' on a cluster = the CPU (the workers' devices are
+    not this process's to see)."""
+    if device is None or (on_cluster and str(device) == "auto"):
+        return "cpu"
+    return str(device)
+
+
+@dataclass(frozen=True)
+class _BlockJob:
+    """What :func:`iter_predict_blocks` writes: the output array, its blocks and the ones still to do."""
+
+    arr: object
+    is_stack: bool
+    total: int
+    todo: list[Block]
+
+    @property
+    def skipped(self) -> int:
+        return self.total - len(self.todo)
+
+    @classmethod
+    def plan(cls, model, image, out, config: PredictConfig, chunks, client) -> _BlockJob:
+        """The blocks of ``out`` (its chunks, or ``chunks``) for ``image``, with ``out`` checked."""
+        _, n_z, (H, W), is_stack = as_stack(image, config.channel_axis, model.config.in_channels)
+        spatial = (n_z, H, W) if is_stack else (H, W)
+        probs = config.output == "probabilities"
+        want = ((model.n_classes,) if probs else ()) + spatial
+        arr = _open(out)  # opened here too: the shape check and the resume
+        if client is not None and not isinstance(out, (str, os.PathLike)):
+            raise ValueError("with a dask client, out must be the path of an OME-Zarr output (ngff.create_output)")
+        if tuple(arr.shape) != want:
+            raise ValueError(f"out has shape {tuple(arr.shape)}, expected {want} for output={config.output!r}")
+        if chunks is None:
+            have = getattr(arr, "chunks", None)
+            chunks = tuple(have[1:] if probs else have) if have is not None else output_chunks(spatial, None)
+        blocks = plan_blocks(spatial, tuple(chunks))
+        todo = [b for b in blocks if not _done(arr, b, is_stack, probs)]
+        return cls(arr, is_stack, len(blocks), todo)
+
+
+def _block_precision(model, image, config: PredictConfig, client, shipped) -> tuple[PredictConfig, str]:
+    """(``config`` with 'auto' precision chosen, why); the workers' CPUs choose on a cluster, not this one's."""
+    if config.precision != "auto":
+        return config, ""
+    kw = dict(device=config.device, channel_axis=config.channel_axis, normalize=config.normalize)
+    if client is None:
+        precision, why = choose_precision(model, image, **kw)
+    else:
+        precision, why = client.submit(choose_precision, *shipped, pure=False, **kw).result()
+    return replace(config, precision=precision), why
+
+
+def _block_ranges(model, image, todo, config: PredictConfig, client, shipped, retries) -> dict:
+    """Each plane's (lo, hi) for the blocks ``todo``: the fixed range, or each whole plane's own, computed
+    where the image is (here, or on the cluster)."""
+    zs = sorted({z for b in todo for z in range(*b.z)})
+    fixed = fixed_range(config.normalize)
+    if fixed is not None:
+        return {z: fixed for z in zs}
+    if client is None:
+        return dict(zip(zs, plane_ranges(model, image, zs, config.channel_axis)))
+    ch = config.channel_axis
+    futs = [client.submit(_plane_range_task, *shipped, z, ch, pure=False, retries=retries) for z in zs]
+    return dict(zip(zs, client.gather(futs)))
 
 
 def _ship(client, model, image) -> tuple:
@@ -446,28 +472,27 @@ def _ship(client, model, image) -> tuple:
     return model_arg, image_arg
 
 
-def _distributed(
-    client, model_arg, image_arg, out, todo, ranges, settings, is_stack, skipped, total, in_flight, retries
-):
+def _distributed(client, model_arg, image_arg, out, job: _BlockJob, ranges, config, in_flight, retries):
+    """The blocks ``job.todo`` on ``client``, at most ``in_flight`` at a time; a :class:`BlockEvent` per block."""
     from distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     limit = in_flight or 3 * n_workers
     out_arg = str(out)
-    pending = iter(todo)
+    pending = iter(job.todo)
 
     def submit(b):
         # only this block's planes' ranges travel with it
         r = {z: ranges[z] for z in range(*b.z)}
         return client.submit(
-            run_block, model_arg, image_arg, out_arg, b, r, settings, is_stack, pure=False, retries=retries
+            run_block, model_arg, image_arg, out_arg, b, r, config, job.is_stack, pure=False, retries=retries
         )
 
     by_future = {}
     for b in itertools.islice(pending, limit):
         by_future[submit(b)] = b
     queue = as_completed(list(by_future))
-    done = skipped
+    done = job.skipped
     try:
         for fut in queue:
             b = by_future.pop(fut)
@@ -478,7 +503,7 @@ def _distributed(
                 f = submit(nxt)
                 by_future[f] = nxt
                 queue.add(f)
-            yield BlockEvent(done, total, skipped, b, "block")
+            yield BlockEvent(done, job.total, job.skipped, b, "block")
     finally:
         if by_future:  # stopped early or failed: what is written stays, a rerun skips it
             client.cancel(list(by_future))

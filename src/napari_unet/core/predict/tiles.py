@@ -21,9 +21,9 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ import torch
 from ..data.intensity import check_real, fixed_range, model_normalization, percentiles, plane_range, scale_intensity
 from ..data.labels import instances_from_semantic
 from ..data.planes import as_stack
-from ..data.zoom import check_zoom, model_zoom, resize, shape_at, zoom_plane
+from ..data.zoom import resize, shape_at, zoom_plane
 from ..drain import drain
 from ..network.device import (
     autocast_dtype,
@@ -42,6 +42,7 @@ from ..network.device import (
     resolve_device,
 )
 from ..network.unet import UNet, input_size_for_output, margin
+from .config import OUTPUTS, Output, PredictConfig
 from .events import TileEvent
 
 __all__ = [
@@ -71,9 +72,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("napari_unet")
-
-Output = Literal["labels", "probabilities", "instances", "uncertainty"]
-OUTPUTS = ("labels", "probabilities", "instances", "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -247,60 +245,57 @@ def check_plane(raw: np.ndarray, z: int) -> None:
         raise ValueError(f"slice {z} contains NaN or inf values; replace them (e.g. with 0) before predicting")
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One :func:`iter_predict` call, planned: the planes to read, the output, the tiles and the device."""
+
+    config: PredictConfig
+    getter: Callable[[int], np.ndarray]  # slice z -> its (C, H, W) plane
+    zs: list[int]
+    is_stack: bool
+    hw: tuple[int, int]  # the image's plane
+    net_hw: tuple[int, int]  # the plane the network sees (hw at ``zoom``)
+    zoom: float
+    out: np.ndarray
+    plan: TilePlan
+    batch_size: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    mem_fmt: torch.memory_format
+    fixed: tuple[float, float] | None  # one intensity range for every plane, else each plane's own
+    norm: dict | None  # the model's normalisation (percentiles by default)
+    min_px: int  # instances: the size filter
+    border: bool | None  # instances: the model learned a border class
+
+    @property
+    def total(self) -> int:
+        return self.plan.n_tiles * len(self.zs)
+
+
 def iter_predict(
     model: UNet,
     image,
+    config: PredictConfig | None = None,
     *,
-    tile_out: int | tuple[int, int] | None = None,
-    output: Output = "labels",
-    channel_axis: int | None = None,
     out: np.ndarray | None = None,
     slices: Sequence[int] | None = None,
-    normalize: bool | tuple[float, float] = True,
-    batch_size: int | None = None,
-    tta: bool = False,
-    device: str | torch.device | None = None,
-    precision: Literal["fp32", "bf16", "fp16", "auto"] | None = None,
-    memory_budget: int | None = None,
-    min_size: int | None = None,
-    scale: float | None = None,
 ) -> Generator[TileEvent, None, np.ndarray]:
     """Overlap-tile prediction of a 2D image or a (Z, Y, X) stack, slice by slice.
 
     Parameters
     ----------
     model : UNet
-        Trained network (put in eval mode here; moved to ``device``).
+        Trained network (put in eval mode here; moved to ``config.device``).
     image : array-like
-        (Y, X) or (Z, Y, X), plus a channel axis if ``channel_axis`` is given.
+        (Y, X) or (Z, Y, X), plus a channel axis if ``config.channel_axis`` is given.
         numpy, memmap, dask or zarr: only one slice is read at a time.
-    tile_out : int or (int, int), optional
-        Output tile side in px; None = automatic from the memory budget and image size.
-    output : {'labels', 'probabilities', 'instances', 'uncertainty'}
-        Class indices (0 = background), per-class probabilities (class axis
-        first), instance ids (0 = background, unique over the stack), or the
-        uncertainty of each pixel (:func:`entropy` of its probabilities, 0..1; with
-        ``tta``, of the 8 views' mean: where they disagree it is high): where to paint next.
+    config : PredictConfig, optional
+        What to predict and how (output, zoom, normalisation, tiles, device, precision...); None: its defaults.
     out : array, optional
         Where to write (numpy, memmap, zarr, a napari layer's data); must have
-        the result's shape. Written tile by tile, so a caller can show progress.
+        the result's shape (:func:`output_spec`). Written tile by tile, so a caller can show progress.
     slices : sequence of int, optional
         Only these slices of a stack (e.g. the one on screen).
-    normalize : bool or (lo, hi)
-        True = percentile range (the model's, default 1-99.8) of each 2D plane, as in
-        training; (lo, hi) = that fixed intensity range; False = image already scaled.
-    tta : bool
-        Average the 8 flips/rotations (test-time augmentation).
-    precision : {'fp32', 'bf16', 'fp16', 'auto'}, optional
-        Autocast dtype; default (:func:`.device.default_precision`, as in training): bf16 on CUDA GPUs
-        that support it, fp32 elsewhere. 'auto': as the default, except on a CPU with native bf16,
-        where a one-tile trial picks bf16 when it is faster and agrees with fp32 (:func:`choose_precision`).
-    min_size : int, optional
-        ``output='instances'``: drop objects smaller than this many pixels.
-        None = the model's own default (``model.info.postprocess``; 0 if unset).
-    scale : float, optional
-        Zoom each plane by this factor for the network and resample the result back
-        (:mod:`.scale`); None = the scale the model was trained at (1 for most models).
 
     Yields
     ------
@@ -310,136 +305,193 @@ def iter_predict(
     -------
     numpy array (or ``out``) with the result.
     """
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if not hasattr(image, "shape"):  # a list of slices: 'list' object has no attribute 'shape' said nothing useful
+    config = PredictConfig() if config is None else config
+    if not hasattr(image, "shape"):  # a list of slices: one array, so errors can name its shape
         image = np.asarray(image)
-    if batch_size is not None and batch_size < 1:  # range(..., 0) raised 'arg 3 must not be zero'
-        raise ValueError(f"batch_size must be >= 1 tiles, or None for automatic; got {batch_size}")
-    if tile_out is not None and min(np.atleast_1d(tile_out)) < 1:
-        raise ValueError(f"tile_out (the output tile side) must be >= 1 px, or None for automatic; got {tile_out}")
-    dev = resolve_device(device)
-    getter, n_z, (H, W), is_stack = as_stack(image, channel_axis, model.config.in_channels)
+    run = _plan_run(model, image, config, out, slices)
+    whole = (slice(0, run.hw[0]), slice(0, run.hw[1]))
+    done = 0
+    ids_used = 0  # instances: ids so far, so every slice's objects get new ones (in the order predicted)
+    with _evaluating(model, run.device, run.mem_fmt):
+        for z in run.zs:
+            for region in _predict_plane(model, run, z):
+                done += 1
+                yield TileEvent(done, run.total, z, region, "tile")
+            if config.output == "instances":
+                ids_used = _label_instances(model, run, z, ids_used)
+            yield TileEvent(done, run.total, z, whole, "slice")
+    return run.out
+
+
+def _plan_run(model: UNet, image, config: PredictConfig, out, slices) -> _Run:
+    """Everything :func:`iter_predict` needs before its first tile, with the image and ``out`` checked."""
+    dev = resolve_device(config.device)
+    getter, n_z, (H, W), is_stack = as_stack(image, config.channel_axis, model.config.in_channels)
     if n_z == 0:  # else an empty result, as if there were nothing to find
         raise ValueError(f"image is empty (shape {tuple(image.shape)}: a stack of 0 slices)")
-    z_list = list(range(n_z)) if slices is None else [int(z) for z in slices]
-    for z in z_list:
+    zs = list(range(n_z)) if slices is None else [int(z) for z in slices]
+    for z in zs:
         if not 0 <= z < n_z:
             raise ValueError(f"slice {z} is out of range for a stack of {n_z} slices")
-
-    # Percentiles per 2D plane, as in training: a slice gets the same input whether it
-    # is predicted alone or as part of its stack.
-    norm = model_normalization(model)
-    lo, hi = fixed_range(normalize) or (None, None)
-
-    C = model.n_classes
-    post = getattr(getattr(model, "info", None), "postprocess", None) or {}
     info = getattr(model, "info", None)
-    # instances: interior + border classes only for an instance-mode model that learned a border class
-    border = None if info is None else bool(info.border_class and info.label_mode == "instance")
-    min_px = int(post.get("min_size", 0) if min_size is None else min_size)
-    if min_px < 0:
-        raise ValueError(f"min_size must be >= 0 pixels, got {min_size}")
-    spatial = (n_z, H, W) if is_stack else (H, W)
-    shape, dtype = output_spec(output, C, spatial)
-    if out is None:
-        out = np.zeros(shape, dtype=dtype)
-    elif tuple(out.shape) != shape:
-        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} for output={output!r}")
+    post = getattr(info, "postprocess", None) or {}
+    out = _output_array(out, config.output, model.n_classes, (n_z, H, W) if is_stack else (H, W))
+    amp_dtype = _amp_dtype(model, image, config, dev)
+    zoom = config.zoom_for(model)
+    net_hw = shape_at((H, W), zoom) if zoom != 1.0 else (H, W)  # the network sees the image resampled to this
+    plan, batch_size = _tile_layout(model, config, dev, net_hw)
+    return _Run(
+        config=config,
+        getter=getter,
+        zs=zs,
+        is_stack=is_stack,
+        hw=(H, W),
+        net_hw=net_hw,
+        zoom=zoom,
+        out=out,
+        plan=plan,
+        batch_size=batch_size,
+        device=dev,
+        amp_dtype=amp_dtype,
+        mem_fmt=memory_format(dev),
+        # percentiles per 2D plane, as in training: a slice gets the same input whether it is predicted
+        # alone or as part of its stack
+        fixed=fixed_range(config.normalize),
+        norm=model_normalization(model),
+        min_px=int(post.get("min_size", 0) if config.min_size is None else config.min_size),
+        # instances: interior + border classes only for an instance-mode model that learned a border class
+        border=None if info is None else bool(info.border_class and info.label_mode == "instance"),
+    )
 
+
+def _output_array(out, output: Output, n_classes: int, spatial: tuple[int, ...]):
+    """``out`` checked against the result's shape, or a new zeroed array of it."""
+    shape, dtype = output_spec(output, n_classes, spatial)
+    if out is None:
+        return np.zeros(shape, dtype=dtype)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} for output={output!r}")
+    return out
+
+
+def _amp_dtype(model: UNet, image, config: PredictConfig, dev: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``config.precision`` on ``dev``; 'auto' runs :func:`choose_precision` first."""
+    precision = config.precision
     if precision == "auto":
-        precision, why = choose_precision(model, image, device=dev, channel_axis=channel_axis, normalize=normalize)
+        kw = dict(device=dev, channel_axis=config.channel_axis, normalize=config.normalize)
+        precision, why = choose_precision(model, image, **kw)
         log.info("precision %s: %s", precision, why)
-    amp_dtype = autocast_dtype(precision, dev)
-    zoom = model_zoom(model) if scale is None else check_zoom(scale)
-    if zoom != 1.0:
-        output_hw = shape_at((H, W), zoom)  # the network sees the image resampled to this size
+    return autocast_dtype(precision, dev)
+
+
+def _tile_layout(model: UNet, config: PredictConfig, dev: torch.device, net_hw: tuple[int, int]):
+    """(the :class:`TilePlan` of a plane the network sees, tiles per forward pass)."""
+    if config.tile_out is None:
+        kw = dict(batch_size=config.batch_size or 1, memory_budget=config.memory_budget)
+        tile = auto_tile_out(net_hw, model, dev, **kw)
     else:
-        output_hw = (H, W)
-    if tile_out is None:
-        tile = auto_tile_out(output_hw, model, dev, batch_size=batch_size or 1, memory_budget=memory_budget)
-    else:
-        tile = tile_out
-    plan = plan_tiles(output_hw, model, tile)
+        tile = config.tile_out
+    plan = plan_tiles(net_hw, model, tile)
+    batch_size = config.batch_size
     if batch_size is None:
-        budget = memory_budget if memory_budget is not None else available_memory(dev)
+        budget = config.memory_budget if config.memory_budget is not None else available_memory(dev)
         per_tile = bytes_per_pixel(model) * plan.tile_in[0] * plan.tile_in[1]
         batch_size = int(max(1, min(plan.n_tiles, budget // max(per_tile, 1), 8 if dev.type == "cuda" else 1)))
+    return plan, batch_size
 
+
+@contextmanager
+def _evaluating(model: UNet, dev: torch.device, mem_fmt: torch.memory_format):
+    """``model`` in eval mode on ``dev`` in ``mem_fmt`` while the prediction runs; its training mode back after."""
     was_training = model.training
     model.eval()
     model.to(dev)
-    mem_fmt = memory_format(dev)
     model.to(memory_format=mem_fmt)
-    transforms = _DIHEDRAL if tta else [(0, False)]
-
-    def run_tiles(plane: np.ndarray, want: str):
-        """(region, result cropped at the plane's edge) per tile of one normalised (C, h, w) plane."""
-        h, w = plane.shape[-2:]
-        for (y, x), r in forward_tiles(
-            model,
-            mirror_pad(plane, plan.pad),
-            plan,
-            output=want,
-            transforms=transforms,
-            batch_size=batch_size,
-            device=dev,
-            amp_dtype=amp_dtype,
-            mem_fmt=mem_fmt,
-        ):
-            hy, hx = min(plan.tile_out[0], h - y), min(plan.tile_out[1], w - x)
-            yield (slice(y, y + hy), slice(x, x + hx)), r[..., :hy, :hx]
-
-    total = plan.n_tiles * len(z_list)
-    done = 0
-    ids_used = 0  # instances: ids so far, so every slice's objects get new ones (in the order predicted)
     try:
-        for z in z_list:
-            raw = getter(z)
-            check_plane(raw, z)
-            plane = scale_intensity(raw, *((lo, hi) if lo is not None else plane_range(raw, norm)))
-            if zoom == 1.0:
-                # class indices (or probabilities) straight into ``out``, tile by tile
-                want = "labels" if output in ("labels", "instances") else "probabilities"
-                for region, r in run_tiles(plane, want):
-                    if output == "probabilities":
-                        out[(slice(None), z, *region) if is_stack else (slice(None), *region)] = r
-                    else:
-                        out[(z, *region) if is_stack else region] = entropy(r) if output == "uncertainty" else r
-                    done += 1
-                    yield TileEvent(done, total, z, region, "tile")
-            else:
-                # probabilities at the model's scale, resampled back to the image's grid, then classes
-                prob = np.zeros((C, *output_hw), np.float32)
-                for region, r in run_tiles(zoom_plane(plane, zoom), "probabilities"):
-                    prob[(slice(None), *region)] = r
-                    done += 1
-                    yield TileEvent(done, total, z, (slice(0, H), slice(0, W)), "tile")
-                prob = resize(prob, (H, W), order=1)
-                if output == "probabilities":
-                    out[(slice(None), z) if is_stack else (slice(None),)] = prob
-                elif output == "uncertainty":
-                    out[(z,) if is_stack else ()] = entropy(prob)
-                else:
-                    out[(z,) if is_stack else ()] = prob.argmax(axis=0)
-            if output == "instances":
-                plane_idx = (z,) if is_stack else ()
-                # the size filter is in the model's pixels: at another scale, objects cover 1/zoom^2 as many
-                px = int(round(min_px / zoom**2)) if min_size is None else min_px  # a given size: the image's px
-                inst = instances_from_semantic(np.asarray(out[plane_idx]), C, min_size=px, border_class=border)
-                # unique ids over the whole stack: offset by the ids the slices before used (a running count:
-                # re-reading earlier slices was O(Z^2) on zarr / memmap outputs, and with out-of-order
-                # ``slices`` read slices not predicted yet)
-                if is_stack:
-                    inst[inst > 0] += ids_used
-                    ids_used = max(ids_used, int(inst.max()))
-                out[plane_idx] = inst
-            yield TileEvent(done, total, z, (slice(0, H), slice(0, W)), "slice")
+        yield
     finally:
         model.train(was_training)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    return out
+
+
+def _predict_plane(model: UNet, run: _Run, z: int) -> Generator[tuple[slice, slice], None, None]:
+    """Predict slice ``z`` into ``run.out``; yields the output region of each tile as it is written."""
+    raw = run.getter(z)
+    check_plane(raw, z)
+    plane = scale_intensity(raw, *(run.fixed or plane_range(raw, run.norm)))
+    if run.zoom == 1.0:
+        yield from _tiles_into_out(model, run, plane, z)
+    else:
+        yield from _zoomed_into_out(model, run, plane, z)
+
+
+def _tiles(model: UNet, run: _Run, plane: np.ndarray, want: Output):
+    """(region, result cropped at the plane's edge) per tile of one normalised (C, h, w) plane."""
+    h, w = plane.shape[-2:]
+    plan = run.plan
+    for (y, x), r in forward_tiles(
+        model,
+        mirror_pad(plane, plan.pad),
+        plan,
+        output=want,
+        transforms=_DIHEDRAL if run.config.tta else [(0, False)],
+        batch_size=run.batch_size,
+        device=run.device,
+        amp_dtype=run.amp_dtype,
+        mem_fmt=run.mem_fmt,
+    ):
+        hy, hx = min(plan.tile_out[0], h - y), min(plan.tile_out[1], w - x)
+        yield (slice(y, y + hy), slice(x, x + hx)), r[..., :hy, :hx]
+
+
+def _tiles_into_out(model: UNet, run: _Run, plane: np.ndarray, z: int):
+    """Zoom 1: class indices (or probabilities, or their entropy) straight into ``run.out``, tile by tile."""
+    output = run.config.output
+    want = "labels" if output in ("labels", "instances") else "probabilities"
+    for region, r in _tiles(model, run, plane, want):
+        if output == "probabilities":
+            run.out[(slice(None), z, *region) if run.is_stack else (slice(None), *region)] = r
+        else:
+            run.out[(z, *region) if run.is_stack else region] = entropy(r) if output == "uncertainty" else r
+        yield region
+
+
+def _zoomed_into_out(model: UNet, run: _Run, plane: np.ndarray, z: int):
+    """Another zoom: probabilities at the model's zoom, resampled back to the image's grid, then the output.
+    Every tile's region is the whole plane (it changes only once the plane is resampled)."""
+    H, W = run.hw
+    prob = np.zeros((model.n_classes, *run.net_hw), np.float32)
+    for region, r in _tiles(model, run, zoom_plane(plane, run.zoom), "probabilities"):
+        prob[(slice(None), *region)] = r
+        yield (slice(0, H), slice(0, W))
+    prob = resize(prob, (H, W), order=1)
+    output = run.config.output
+    if output == "probabilities":
+        run.out[(slice(None), z) if run.is_stack else (slice(None),)] = prob
+    elif output == "uncertainty":
+        run.out[(z,) if run.is_stack else ()] = entropy(prob)
+    else:
+        run.out[(z,) if run.is_stack else ()] = prob.argmax(axis=0)
+
+
+def _label_instances(model: UNet, run: _Run, z: int, ids_used: int) -> int:
+    """Slice ``z``'s class indices in ``run.out`` become instance ids above ``ids_used``; returns the new count."""
+    plane_idx = (z,) if run.is_stack else ()
+    # the model's size filter is in its pixels: at another zoom, objects cover 1/zoom^2 as many; a size
+    # the user gives is in the image's pixels
+    px = int(round(run.min_px / run.zoom**2)) if run.config.min_size is None else run.min_px
+    inst = instances_from_semantic(
+        np.asarray(run.out[plane_idx]), model.n_classes, min_size=px, border_class=run.border
+    )
+    # unique ids over the whole stack: offset by the ids the slices before used (a running count:
+    # re-reading earlier slices would be O(Z^2) on zarr / memmap outputs, and with out-of-order
+    # ``slices`` would read slices not predicted yet)
+    if run.is_stack:
+        inst[inst > 0] += ids_used
+        ids_used = max(ids_used, int(inst.max()))
+    run.out[plane_idx] = inst
+    return ids_used
 
 
 def forward_tiles(
@@ -611,9 +663,12 @@ def allocate_output(output: Output, n_classes: int, spatial: tuple[int, ...]) ->
     return np.zeros(shape, dtype=dtype)
 
 
-def predict(model: UNet, image, **kwargs) -> np.ndarray:
-    """Overlap-tile prediction without progress events; see :func:`iter_predict`."""
-    return drain(iter_predict(model, image, **kwargs))
+def predict(
+    model: UNet, image, *, out: np.ndarray | None = None, slices: Sequence[int] | None = None, **settings
+) -> np.ndarray:
+    """Overlap-tile prediction without progress events; ``settings`` are :class:`.PredictConfig`'s fields
+    (``output``, ``zoom``, ``tile_out``, ...). See :func:`iter_predict`."""
+    return drain(iter_predict(model, image, PredictConfig(**settings), out=out, slices=slices))
 
 
 def predict_whole(model: UNet, image: np.ndarray, *, normalize=False) -> np.ndarray:

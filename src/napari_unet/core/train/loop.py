@@ -547,7 +547,7 @@ def _validate(model: UNet, val: list[TrainSlice], n_classes: int, dev, precision
             normalize=False,
             device=dev,
             precision=precision,
-            scale=1.0,  # the slices are at the model's scale already
+            zoom=1.0,  # the slices are at the model's scale already
         )
         scores.append(annotated_iou(pred, s.target, n_classes))
     return float(np.nanmean(scores)) if scores else float("nan")
@@ -558,7 +558,7 @@ def _preview(model: UNet, image, z: int, dev, channel_axis, config: TrainConfig)
     is_stack = len(np.shape(image)) == (3 if channel_axis is None else 4)
     plane = plane_at(image, z if is_stack else None, channel_axis)
     lo, hi = percentiles(plane, config.norm_low, config.norm_high)
-    kw = dict(normalize=(lo, hi), device=dev, output="labels", scale=config.scale)  # the image as the user sees it
+    kw = dict(normalize=(lo, hi), device=dev, output="labels", zoom=config.scale)  # the image as the user sees it
     if channel_axis is None:
         return predict(model, plane[0], **kw)
     return predict(model, plane, channel_axis=0, **kw)

@@ -207,7 +207,7 @@ def agreement(
             normalize=False,
             device=device,
             output="labels",
-            scale=scale,
+            zoom=scale,
         )
         preds.append(collapse(np.asarray(pred, dtype=np.int64), label_mode).ravel())
         targets.append(collapse(target, label_mode).ravel())
