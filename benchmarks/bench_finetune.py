@@ -66,7 +66,7 @@ from napari_unet.core.drain import drain
 from napari_unet.core.evaluate import metrics
 from napari_unet.core.models.load import load_model
 from napari_unet.core.predict.tiles import predict
-from napari_unet.core.train.config import TrainConfig, recommended_settings
+from napari_unet.core.train.config import TrainConfig, resolve_settings
 from napari_unet.core.train.loop import iter_train
 from napari_unet.core.train.weights import SIGMA, W0
 
@@ -257,7 +257,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         "autowhole": "auto",
         "asis": "auto",
     }.get(arm)
-    rec = recommended_settings("cpu", init)  # the widget's and the CLI's defaults
+    rec = {k: s.value for k, s in resolve_settings("cpu", init).items()}  # the widget's and the CLI's defaults
     keep_prior = {
         "ftkeep": 1.0,
         "ftkeepsgd": 1.0,

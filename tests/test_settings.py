@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tifffile
-from settings_table import SCHEDULE, expected, pretend_device
+from settings_table import SCHEDULE, SHOWN_AUTO_LR, expected, pretend_device
 
 from napari_unet.cli import main
-from napari_unet.core.train.config import recommended_settings
+from napari_unet.core.train.config import resolve_settings
 
 DEVICES = ("cuda", "cpu", "mps")
 # what a start is called in core, and which row of the table it takes
@@ -17,8 +17,9 @@ KEYS = ("depth", "base_channels", "tile_in", "optimizer", "lr", "steps", "batch_
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("start", list(STARTS))
 def test_core_resolves_the_table(device, start):
-    got = recommended_settings(device, start)
-    assert {k: got[k] for k in KEYS} == expected(device, STARTS[start])
+    got = resolve_settings(device, start)
+    assert {k: got[k].value for k in KEYS} == expected(device, STARTS[start])
+    assert got["schedule"].value == SCHEDULE
 
 
 class _Captured(Exception):
@@ -95,3 +96,12 @@ def test_cli_resume_takes_the_saved_runs_settings(tmp_path, request):
     assert (cfg.schedule, cfg.keep_prior, cfg.batch_size) == ("cosine", 0.25, 1)
     cfg = cli_config("cpu", "--resume", str(run), "--steps", "9", "--lr", "0.001")
     assert (cfg.steps, cfg.lr, cfg.optimizer) == (9, 0.001, "sgd")
+
+
+def test_each_setting_says_its_rule():
+    got = resolve_settings("cpu", "auto", {"lr": 0.01, "steps": None})
+    assert (got["lr"].value, got["lr"].rule) == (0.01, "given")
+    assert got["steps"].value == 500 and "CPU" in got["steps"].rule  # None is not given
+    auto = resolve_settings("cuda", "auto")
+    assert auto["lr"].value is None and auto["lr"].shown == SHOWN_AUTO_LR and "start" in auto["lr"].rule
+    assert "CUDA" in auto["tile_in"].rule

@@ -281,7 +281,7 @@ def cmd_train(args) -> int:
     from .core.data.labels import check_shapes, isbi_to_instances
     from .core.drain import drain
     from .core.network.device import resolve_device
-    from .core.train.config import TrainConfig, recommended_settings
+    from .core.train.config import TrainConfig, resolve_settings
     from .core.train.events import TrainState
     from .core.train.loop import iter_train
 
@@ -318,16 +318,8 @@ def cmd_train(args) -> int:
         args.init = None if (args.resume or args.depth or args.channels) else "auto"
     elif args.init == "scratch":
         args.init = None
-    # unset options follow the device and the start, as in the Train widget (core.train.recommended_settings)
-    rec = {"schedule": "constant", **recommended_settings(resolve_device(args.device).type, args.init)}
-    if args.resume:  # --resume continues the saved run: its own settings, not the device's defaults
-        from .core.models.checkpoint import resolve_model_path
-        from .core.models.load import read_info
-
-        rec.update(
-            TrainConfig.saved_settings((read_info(resolve_model_path(args.resume)).training or {}).get("config", {}))
-        )
-    for opt, key in (
+    # unset options follow the device and the start (--resume: the saved run's), as in the Train widget
+    unset = (
         ("depth", "depth"),
         ("channels", "base_channels"),
         ("tile_in", "tile_in"),
@@ -336,9 +328,11 @@ def cmd_train(args) -> int:
         ("steps", "steps"),
         ("keep_prior", "keep_prior"),
         ("schedule", "schedule"),
-    ):
-        if getattr(args, opt) is None:
-            setattr(args, opt, rec[key])
+    )
+    given = {key: getattr(args, opt) for opt, key in unset}
+    settings = resolve_settings(resolve_device(args.device).type, args.init, given, resume=args.resume)
+    for opt, key in unset:
+        setattr(args, opt, settings[key].value)
     cfg = TrainConfig(
         depth=args.depth,
         base_channels=args.channels,
