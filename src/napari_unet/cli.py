@@ -356,7 +356,7 @@ def cmd_train(args) -> int:
         precision=args.precision,
         schedule=args.schedule,
         keep_prior=args.keep_prior,
-        scale=args.scale,
+        zoom=args.scale,
         # unset: TrainConfig's own defaults (the paper's)
         **{
             k: v

@@ -218,9 +218,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] | None = None
-    # zoom applied to the images for the network (core/scale.py): None = the start's (the scale at which the
-    # auto start agrees best with the strokes, a model file's recorded one; 1 from scratch)
-    scale: float | None = None
+    # zoom applied to the images for the network (core/data/zoom.py): None = the start's (the zoom at which
+    # the auto start agrees best with the strokes, a model file's recorded one; 1 from scratch)
+    zoom: float | None = None
 
     def __post_init__(self):
         """Every field checked once, here: the CLI, the widgets and scripts all build a TrainConfig."""
@@ -249,8 +249,8 @@ class TrainConfig:
                 f"norm percentiles must satisfy 0 <= norm_low < norm_high <= 100, got "
                 f"{self.norm_low} and {self.norm_high}"
             )
-        if self.scale is not None:
-            check_zoom(self.scale)
+        if self.zoom is not None:
+            check_zoom(self.zoom)
         if self.init == AUTO and self.resume is not None:
             raise ValueError("init='auto' chooses a start for a new run; resume continues a saved one: give one")
         if self.init in (None, AUTO) and self.resume is None:  # scratch possible: the architecture is this config's
@@ -283,10 +283,12 @@ class TrainConfig:
 
     @classmethod
     def saved_settings(cls, d: dict) -> dict:
-        """The fields of a config dict stored in a model file (files before 0.2 named tile_in 'tile_size')."""
+        """The fields of a config dict stored in a model file (older files name tile_in 'tile_size', and
+        zoom 'scale')."""
         d = dict(d)
-        if "tile_size" in d and "tile_in" not in d:
-            d["tile_in"] = d.pop("tile_size")
+        for old, new in (("tile_size", "tile_in"), ("scale", "zoom")):
+            if old in d and new not in d:
+                d[new] = d.pop(old)
         names = {f.name for f in fields(cls)}
         out = {k: v for k, v in d.items() if k in names}
         if "candidates" in out:

@@ -115,7 +115,7 @@ def iter_train(
             config,
             init=None if choice.name == start.SCRATCH else choice.name,
             keep_prior=choice.keep_prior if config.keep_prior is None else config.keep_prior,
-            scale=choice.scale if config.scale is None else config.scale,
+            zoom=choice.zoom if config.zoom is None else config.zoom,
         )
     config = config.settled()
     if config.lr is None:
@@ -125,10 +125,10 @@ def iter_train(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model, start_info, start_note, new_head = _build(config, n_classes, in_channels)
-    if config.scale is None:  # a model file's own scale (a correction round keeps its zoom); scratch: 1
-        config = replace(config, scale=model_zoom(model) if start_info is not None else 1.0)
-    if config.scale != 1.0:
-        start_note += f"; images zoomed x{config.scale:.2f} to the model's object size"
+    if config.zoom is None:  # a model file's own zoom (a correction round keeps it); scratch: 1
+        config = replace(config, zoom=model_zoom(model) if start_info is not None else 1.0)
+    if config.zoom != 1.0:
+        start_note += f"; images zoomed x{config.zoom:.2f} to the model's object size"
     n_classes = model.n_classes
     depth, padding = model.depth, model.padding
 
@@ -272,7 +272,7 @@ def iter_train(
             "domain": start.domain_signature(s.image for s in slices),
         },
         name=(start_info.name if start_info is not None and config.resume else ""),
-        scale={"input_scale": config.scale} if config.scale != 1.0 else {},
+        scale={"input_scale": config.zoom} if config.zoom != 1.0 else {},
     )
 
     history: list[tuple[int, float]] = []
@@ -499,7 +499,7 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
     # a broken file of the user's is reported before the shipped models are scored (and each file is read once)
     loaded = {name: load_model(name) for name in config.candidates}
     # agreement collapses a border class into its object; the slices as painted (each candidate zooms them)
-    quick = replace(config, border_class=False, scale=None)
+    quick = replace(config, border_class=False, zoom=None)
     n_classes = _n_classes(quick, pairs)
     slices = prepare_slices(pairs, quick, n_classes, in_channels, channel_axis, weights=False)
     signature = start.domain_signature(s.image for s in slices)
@@ -510,7 +510,7 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
             continue
         scored.append(
             start.score_candidate(
-                name, slices, config.label_mode, n_classes, signature, scale=config.scale, model=loaded.get(name)
+                name, slices, config.label_mode, n_classes, signature, zoom=config.zoom, model=loaded.get(name)
             )
         )
     return start.choose(scored)
@@ -547,7 +547,7 @@ def _validate(model: UNet, val: list[TrainSlice], n_classes: int, dev, precision
             normalize=False,
             device=dev,
             precision=precision,
-            scale=1.0,  # the slices are at the model's scale already
+            scale=1.0,  # the slices are zoomed for the model already
         )
         scores.append(annotated_iou(pred, s.target, n_classes))
     return float(np.nanmean(scores)) if scores else float("nan")
@@ -558,7 +558,7 @@ def _preview(model: UNet, image, z: int, dev, channel_axis, config: TrainConfig)
     is_stack = len(np.shape(image)) == (3 if channel_axis is None else 4)
     plane = plane_at(image, z if is_stack else None, channel_axis)
     lo, hi = percentiles(plane, config.norm_low, config.norm_high)
-    kw = dict(normalize=(lo, hi), device=dev, output="labels", scale=config.scale)  # the image as the user sees it
+    kw = dict(normalize=(lo, hi), device=dev, output="labels", scale=config.zoom)  # the image as the user sees it
     if channel_axis is None:
         return predict(model, plane[0], **kw)
     return predict(model, plane, channel_axis=0, **kw)

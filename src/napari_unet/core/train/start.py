@@ -83,7 +83,7 @@ __all__ = [
 
 # the magnifications tried by the auto start: a factor 2 either way (20x <-> 40x objectives), in sqrt(2) steps
 ZOOMS = (0.5, 0.71, 1.0, 1.41, 2.0)
-# another scale is taken only when it agrees clearly better than the image as it is: by MIN_GAIN, and
+# another zoom is taken only when it agrees clearly better than the image as it is: by MIN_GAIN, and
 # with at most MAX_LEFT of the disagreement left. A model at another magnification mostly stops
 # disagreeing when zoomed (DSB nuclei 3x: 0.92 -> 0.97 at x0.5); strokes painted over a model's mistakes
 # are disagreement by construction, at every zoom, and a zoom that happens to score 0.03 better there
@@ -94,7 +94,7 @@ MAX_LEFT = 0.5
 
 
 def pick_zoom(scores: dict[float, float], default: float = 1.0) -> float:
-    """The scale with the best agreement; ``default`` (the model's own) unless another one is better by
+    """The zoom with the best agreement; ``default`` (the model's own) unless another one is better by
     :data:`MIN_GAIN` and leaves at most :data:`MAX_LEFT` of the disagreement at ``default``."""
     scores = {s: a for s, a in scores.items() if a is not None and np.isfinite(a)}
     if not scores:
@@ -193,10 +193,10 @@ def balanced_accuracy(pred: np.ndarray, target: np.ndarray) -> tuple[float, dict
 
 
 def agreement(
-    model, slices, label_mode: str, *, device="cpu", scale: float = 1.0, max_pixels: int = _MAX_PIXELS
+    model, slices, label_mode: str, *, device="cpu", zoom: float = 1.0, max_pixels: int = _MAX_PIXELS
 ) -> tuple[float, dict[int, float]]:
     """How well ``model`` already predicts the painted pixels of ``slices`` (prepared TrainSlices), with the
-    images zoomed by ``scale`` for the network (the prediction comes back to the strokes' grid)."""
+    images zoomed by ``zoom`` for the network (the prediction comes back to the strokes' grid)."""
     preds, targets = [], []
     for image, target in _painted_crops(slices, max_pixels):
         c = image.shape[0]
@@ -207,7 +207,7 @@ def agreement(
             normalize=False,
             device=device,
             output="labels",
-            scale=scale,
+            scale=zoom,
         )
         preds.append(collapse(np.asarray(pred, dtype=np.int64), label_mode).ravel())
         targets.append(collapse(target, label_mode).ravel())
@@ -234,7 +234,7 @@ class Candidate:
     similarity: float | None = None  # None: scratch, or a model file without a domain signature
     note: str = ""
     worst: float | None = None  # the lowest per-class fraction right (None as agreement)
-    scale: float = 1.0  # the zoom at which it agrees best (core/scale.py)
+    zoom: float = 1.0  # the zoom at which it agrees best (core/data/zoom.py)
 
     @property
     def label(self) -> str:
@@ -244,7 +244,7 @@ class Candidate:
     def describe(self) -> str:
         parts = []
         if self.agreement is not None:
-            at = f" with the images zoomed x{self.scale:.2f}" if self.scale != 1.0 else ""
+            at = f" with the images zoomed x{self.zoom:.2f}" if self.zoom != 1.0 else ""
             parts.append(f"agrees {self.agreement:.2f} with your strokes{at}")
         if self.similarity is not None:
             parts.append(f"image similarity {self.similarity:.2f}")
@@ -259,7 +259,7 @@ class StartChoice:
     keep_prior: float
     reason: str
     candidates: list[Candidate]
-    scale: float = 1.0
+    zoom: float = 1.0
 
 
 def choose(candidates: Sequence[Candidate]) -> StartChoice:
@@ -276,7 +276,7 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"start from {best.label}: it already agrees {best.agreement:.2f} with your strokes, so it is "
             f"fine-tuned and kept where you did not paint (keep_prior {kp:.2f}) [{listing}]"
         )
-        return StartChoice(best.name, kp, why, list(candidates), best.scale)
+        return StartChoice(best.name, kp, why, list(candidates), best.zoom)
     similar = [c for c in eligible if c.similarity is not None]
     if similar:
         best = max(similar, key=lambda c: (c.similarity, c.agreement or 0.0))
@@ -285,7 +285,7 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"like yours (similarity {best.similarity:.2f}); its features are kept, its prediction is not "
             f"(keep_prior 0) [{listing}]"
         )
-        return StartChoice(best.name, 0.0, why, list(candidates), best.scale)
+        return StartChoice(best.name, 0.0, why, list(candidates), best.zoom)
     why = f"start from scratch: no model was trained on images like yours [{listing}]"
     return StartChoice(SCRATCH, 0.0, why, list(candidates))
 
@@ -298,11 +298,11 @@ def score_candidate(
     signature: dict,
     *,
     device="cpu",
-    scale: float | None = None,
+    zoom: float | None = None,
     model=None,
 ):
-    """A :class:`Candidate` for model ``name`` on the prepared ``slices`` (``scale``: the zoom asked for, else
-    the one of :data:`.scale.ZOOMS` around the model's own at which it agrees best; ``model``: ``name``
+    """A :class:`Candidate` for model ``name`` on the prepared ``slices`` (``zoom``: the zoom asked for, else
+    the one of :data:`ZOOMS` around the model's own at which it agrees best; ``model``: ``name``
     already loaded)."""
     model = load_model(name) if model is None else model
     model_domain = (model.info.training or {}).get("domain")
@@ -313,22 +313,22 @@ def score_candidate(
     if not matches:
         return Candidate(name, None, sim, "other classes")
     # the magnification: the zoom at which the model agrees best on a small part of the strokes
-    own = model_zoom(model) if scale is None else scale
-    zoom = own
-    if scale is None:
+    own = model_zoom(model) if zoom is None else zoom
+    at = own
+    if zoom is None:
         tried = sorted({own, *(own * z for z in ZOOMS if ZOOM_RANGE[0] <= own * z <= ZOOM_RANGE[1])})
         quick = {
-            z: agreement(model, slices, label_mode, device=device, scale=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
+            z: agreement(model, slices, label_mode, device=device, zoom=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
         }
-        zoom = pick_zoom(quick, default=own)
-    agree, per_class = agreement(model, slices, label_mode, device=device, scale=zoom)
-    if zoom != own and prior_weight(min(per_class.values()) if per_class else None) == 0:
+        at = pick_zoom(quick, default=own)
+    agree, per_class = agreement(model, slices, label_mode, device=device, zoom=at)
+    if at != own and prior_weight(min(per_class.values()) if per_class else None) == 0:
         # a model that contradicts the strokes at every zoom says nothing about their scale: its own
-        zoom = own
-        agree, per_class = agreement(model, slices, label_mode, device=device, scale=zoom)
-    if zoom != 1.0:
-        sim = domain_similarity(domain_signature(zoom_plane(s.image, zoom) for s in slices), model_domain)
-    return Candidate(name, agree, sim, worst=min(per_class.values()) if per_class else None, scale=zoom)
+        at = own
+        agree, per_class = agreement(model, slices, label_mode, device=device, zoom=at)
+    if at != 1.0:
+        sim = domain_similarity(domain_signature(zoom_plane(s.image, at) for s in slices), model_domain)
+    return Candidate(name, agree, sim, worst=min(per_class.values()) if per_class else None, zoom=at)
 
 
 def default_candidates(extra: Iterable[str] = ()) -> list[str]:
