@@ -23,7 +23,8 @@ Measured on the strokes painted so far, in seconds, without training:
 
 From these, :func:`prior_weight` sets how strongly fine-tuning keeps the start
 model's prediction where nobody painted (``TrainConfig.keep_prior=None``), and
-:func:`choose_start` picks the start for ``init='auto'``:
+:func:`choose` picks the start for ``init='auto'``; :func:`settle` settles every run's start (which
+model, zoom, keep_prior, what the user is told):
 
 Only models trained on images like the user's count (similarity >= ``SIMILAR``,
 or unknown for a model file without a signature): a model from another domain
@@ -57,6 +58,7 @@ from ..data.labels import IGNORE
 from ..data.zoom import ZOOM_RANGE, model_zoom, zoom_plane
 from ..models.checkpoint import available_models
 from ..models.load import load_model
+from ..network.device import resolve_device
 from ..predict.tiles import predict
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "MIN_GAIN",
     "SCRATCH",
     "SIMILAR",
+    "Start",
     "StartChoice",
     "ZOOMS",
     "agreement",
@@ -79,6 +82,8 @@ __all__ = [
     "pick_zoom",
     "prior_weight",
     "score_candidate",
+    "settle",
+    "zoom_for",
 ]
 
 # the magnifications tried by the auto start: a factor 2 either way (20x <-> 40x objectives), in sqrt(2) steps
@@ -255,11 +260,22 @@ class Candidate:
 
 @dataclass
 class StartChoice:
+    """What :func:`choose` picked among the scored candidates, and why."""
+
     name: str  # 'scratch' or the model to start from
-    keep_prior: float
     reason: str
     candidates: list[Candidate]
     zoom: float = 1.0
+
+    @property
+    def picked(self) -> Candidate | None:
+        """The candidate chosen (None: scratch when it was not among the candidates)."""
+        return next((c for c in self.candidates if c.name == self.name), None)
+
+    @property
+    def keep_prior(self) -> float:
+        """How strongly the pick is kept where nobody painted: :func:`prior_weight` of its worst class."""
+        return prior_weight(self.picked.worst if self.picked is not None else None)
 
 
 def choose(candidates: Sequence[Candidate]) -> StartChoice:
@@ -276,7 +292,7 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"start from {best.label}: it already agrees {best.agreement:.2f} with your strokes, so it is "
             f"fine-tuned and kept where you did not paint (keep_prior {kp:.2f}) [{listing}]"
         )
-        return StartChoice(best.name, kp, why, list(candidates), best.zoom)
+        return StartChoice(best.name, why, list(candidates), best.zoom)
     similar = [c for c in eligible if c.similarity is not None]
     if similar:
         best = max(similar, key=lambda c: (c.similarity, c.agreement or 0.0))
@@ -285,9 +301,83 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"like yours (similarity {best.similarity:.2f}); its features are kept, its prediction is not "
             f"(keep_prior 0) [{listing}]"
         )
-        return StartChoice(best.name, 0.0, why, list(candidates), best.zoom)
+        return StartChoice(best.name, why, list(candidates), best.zoom)
     why = f"start from scratch: no model was trained on images like yours [{listing}]"
-    return StartChoice(SCRATCH, 0.0, why, list(candidates))
+    return StartChoice(SCRATCH, why, list(candidates))
+
+
+# ----------------------------------------------------------------------------- the start of a run
+
+
+@dataclass(frozen=True)
+class Start:
+    """A run's start, settled: what it trains from, at which zoom, how much of the start model is kept,
+    and what the user is told."""
+
+    init: str | None  # the model it fine-tunes; None: from scratch, or a resumed run (config.resume)
+    zoom: float  # the images' zoom for the network (core/data/zoom.py)
+    keep_prior: float
+    kept: bool  # the start model's prediction is kept where nobody painted (keep_prior > 0, same head)
+    agreement: float | None  # how well the start model agrees with the strokes (None: none measured)
+    worst: float | None  # its worst painted class (:func:`balanced_accuracy`'s per-class fraction)
+    message: str  # the 'start' event's: the auto start's reason, else ``note``
+    note: str  # what the model file records (info.training['start'])
+    warning: str  # the start model contradicts the strokes and is not kept ('' when not)
+
+
+def zoom_for(config, choice: StartChoice | None, model) -> float:
+    """The zoom a run trains at: the config's, else the auto start's pick, else the start ``model``'s own
+    (a correction round keeps its zoom), 1 from scratch (``model`` None)."""
+    if config.zoom is not None:
+        return config.zoom
+    if choice is not None:
+        return choice.zoom
+    return model_zoom(model) if model is not None else 1.0
+
+
+def settle(config, slices, model, *, built: str, new_head: bool, choice: StartChoice | None = None) -> Start:
+    """The start of a run whose ``model`` is built (``built`` says how: 'from scratch', 'fine-tuning X', ...)
+    and whose strokes are prepared at its zoom (``slices``, the training ones; ``config.zoom`` settled by
+    :func:`zoom_for`, ``config.init`` by ``choice``, what :func:`choose` picked for init='auto').
+
+    keep_prior, unless the config gives it, is :func:`prior_weight` of the start model's worst painted class:
+    the auto start's pick as scored, an explicit start that keeps its head as measured here on ``slices``;
+    0 from scratch, for a resumed run and for an explicit start with a new head. An explicit start that
+    contradicts the strokes (prior 0) is warned about: it learns from its features, its prediction is not kept.
+    """
+    fine_tune = bool(config.init) and not config.resume
+    same_head = fine_tune and not new_head
+    agree = worst = None
+    if choice is not None and choice.picked is not None:
+        agree, worst = choice.picked.agreement, choice.picked.worst
+    elif choice is None and same_head:
+        agree, per_class = agreement(model, slices, config.label_mode, device=resolve_device(config.device))
+        worst = min(per_class.values()) if per_class else None
+    keep, warning = config.keep_prior, ""
+    if keep is None and choice is not None:
+        keep = choice.keep_prior
+    elif keep is None:
+        keep = prior_weight(worst) if same_head else 0.0
+        if same_head and keep == 0 and worst is not None:
+            warning = (
+                f"the start model contradicts your strokes (it predicts only {worst:.2f} of one painted class as "
+                "you painted it): it learns what you painted from its features, and its prediction is not kept "
+                "where you did not paint"
+            )
+    note = built + (f"; images zoomed x{config.zoom:.2f} to the model's object size" if config.zoom != 1.0 else "")
+    if agree is not None:
+        note += f"; it agrees {agree:.2f} with your strokes"
+    if keep > 0 and fine_tune:
+        note += (
+            f", kept where you did not paint (keep_prior {keep:.2f})"
+            if same_head
+            else "; keep_prior ignored: the starting model has other classes"
+        )
+    message = choice.reason if choice is not None else note
+    if choice is not None:
+        note = f"{note} (auto: {choice.reason})"
+    kept = same_head and keep > 0
+    return Start(config.init, config.zoom, keep, kept, agree, worst, message, note, warning)
 
 
 def score_candidate(
