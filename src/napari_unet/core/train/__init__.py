@@ -25,6 +25,7 @@ from .start import (
     SIMILAR,
     ZOOMS,
     Candidate,
+    Start,
     StartChoice,
     agreement,
     balanced_accuracy,
@@ -36,6 +37,8 @@ from .start import (
     pick_zoom,
     prior_weight,
     score_candidate,
+    settle,
+    zoom_for,
 )
 from .weights import (
     SIGMA,
@@ -69,6 +72,7 @@ __all__ = [
     "MIN_GAIN",
     "SCRATCH",
     "SIMILAR",
+    "Start",
     "StartChoice",
     "ZOOMS",
     "agreement",
@@ -81,6 +85,8 @@ __all__ = [
     "pick_zoom",
     "prior_weight",
     "score_candidate",
+    "settle",
+    "zoom_for",
     "DENSE",
     "TrainSlice",
     "as_pairs",
