@@ -162,7 +162,7 @@ class TrainConfig:
     base_channels: int = 64
     padding: Literal["valid", "same"] = "valid"
     dropout: float = 0.5
-    # labels (see core/labels.py)
+    # labels (see core/data/labels.py)
     label_mode: Literal["semantic", "instance"] = "instance"  # the CLI's and the widget's default too
     n_classes: int | None = None
     class_names: tuple[str, ...] | None = None
@@ -171,7 +171,7 @@ class TrainConfig:
     # False, so fine-tuning the shipped 'nuclei' model keeps its 3-class head without anyone asking.
     border_class: bool | None = None
     # with a border class: an object painted only in part teaches "object, interior or border"
-    # (labels.ANY_OBJECT), not "interior" (False: the recipe before stop 18; benchmarks compare the two)
+    # (labels.ANY_OBJECT), not "interior" (False teaches "interior"; benchmarks compare the two)
     partial_objects: bool = True
     # loss weights, eq. 2
     w0: float = W0
@@ -207,12 +207,12 @@ class TrainConfig:
     log_every: int = 1
     # start
     # None = scratch; a model file or shipped model name = fine-tune; 'auto' = the best start for the
-    # strokes among the shipped models, ``candidates`` and scratch (core/start.py)
+    # strokes among the shipped models, ``candidates`` and scratch (core/train/start.py)
     init: str | None = None
     candidates: tuple[str, ...] = ()  # init='auto': the user's own model files to consider too
     # fine-tuning: weight of a loss that keeps the starting model's prediction on the pixels nobody
     # annotated (knowledge distillation). 0 = off (the paper); None = from the start model's agreement
-    # with the strokes (1 when it agrees, 0 when it contradicts them); see losses.kept_start_loss and core/start.py.
+    # with the strokes (1 when it agrees, 0 when it contradicts them); see losses.kept_start_loss and core/train/start.py.
     keep_prior: float | None = 0.0
     resume: str | None = None  # a model file saved with optimizer state
     seed: int = 0

@@ -62,7 +62,7 @@ def iter_train(
     config : TrainConfig
     images, labels : array or list of arrays
         (Y, X) or (Z, Y, X) each (lazy arrays fine: only annotated slices are read).
-        Labels follow core/labels.py: 0 = not annotated.
+        Labels follow core/data/labels.py: 0 = not annotated.
     val_images, val_labels : optional
         A separate validation set; otherwise ``config.val_fraction`` of the
         annotated slices is held out (at least one, when two or more exist).
@@ -502,7 +502,7 @@ def _data_warnings(config: TrainConfig, slices, val, n_classes: int, *, val_give
             "objects (2, 3, ...) too" if painted[0] == 0 else "some background (1) too"
         )
     no_val = ""
-    if config.val_fraction > 0 and not val_given and not val:  # asked for, and silently skipped before
+    if config.val_fraction > 0 and not val_given and not val:  # asked for: say why there is none
         no_val = (
             f"no validation (val_fraction {config.val_fraction:g}): only one slice is annotated, and training "
             "needs it; annotate a second slice to validate"
