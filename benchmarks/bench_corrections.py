@@ -56,7 +56,7 @@ from napari_unet.core.drain import drain
 from napari_unet.core.models.checkpoint import save_model
 from napari_unet.core.models.load import load_model
 from napari_unet.core.predict.tiles import predict
-from napari_unet.core.train.config import TrainConfig, recommended_settings
+from napari_unet.core.train.config import TrainConfig, resolve_settings
 from napari_unet.core.train.loop import iter_train
 
 
@@ -112,7 +112,7 @@ def picked_values(user: np.ndarray, dense: np.ndarray) -> np.ndarray:
 
 
 def train_round(which, images, labels, candidates, budget_min, seed, log, plain=False):
-    rec = recommended_settings("cpu", "auto")
+    rec = {k: s.value for k, s in resolve_settings("cpu", "auto").items()}
     cfg = TrainConfig(
         label_mode="instance",
         w0=SETS[which]["w0"],

@@ -28,7 +28,7 @@ Arms (``--arms``):
 ``ftx``       fine-tune the shipped model of the *other* kind (a pretrained start
               from a different domain: EM -> nuclei, nuclei -> EM).
 ``auto``      the defaults: start, keep_prior and scale chosen on the strokes (``core/start.py``).
-``autonoscale`` ``auto`` with the images at their own scale (``scale=1``).
+``autonoscale`` ``auto`` with the images at their own scale (``zoom=1``).
 ``autowhole`` ``auto`` with partly painted objects taught as interior (``partial_objects=False``, the
               recipe before ANY_OBJECT).
 ``asis``      ``auto``'s start (model and zoom) with no training: what choosing alone gives.
@@ -66,7 +66,7 @@ from napari_unet.core.drain import drain
 from napari_unet.core.evaluate import metrics
 from napari_unet.core.models.load import load_model
 from napari_unet.core.predict.tiles import predict
-from napari_unet.core.train.config import TrainConfig, recommended_settings
+from napari_unet.core.train.config import TrainConfig, resolve_settings
 from napari_unet.core.train.loop import iter_train
 from napari_unet.core.train.weights import SIGMA, W0
 
@@ -257,7 +257,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         "autowhole": "auto",
         "asis": "auto",
     }.get(arm)
-    rec = recommended_settings("cpu", init)  # the widget's and the CLI's defaults
+    rec = {k: s.value for k, s in resolve_settings("cpu", init).items()}  # the widget's and the CLI's defaults
     keep_prior = {
         "ftkeep": 1.0,
         "ftkeepsgd": 1.0,
@@ -291,7 +291,7 @@ def unet_arm(arm: str, which: str, img, scrib, test_img, test_truth, budgets_min
         seed=seed,
         device="cpu",
         keep_prior=keep_prior,
-        scale=1.0 if arm == "autonoscale" else None,  # None: the start's (auto: the zoom it agrees best at)
+        zoom=1.0 if arm == "autonoscale" else None,  # None: the start's (auto: the zoom it agrees best at)
         partial_objects=arm != "autowhole",
     )
     budgets = sorted(budgets_min)

@@ -36,7 +36,7 @@ from scipy import ndimage as ndi
 from napari_unet.core.drain import drain
 from napari_unet.core.predict.guidance import rank_regions
 from napari_unet.core.predict.tiles import predict
-from napari_unet.core.train.config import TrainConfig, recommended_settings
+from napari_unet.core.train.config import TrainConfig, resolve_settings
 from napari_unet.core.train.loop import iter_train
 
 
@@ -131,7 +131,7 @@ def place(arm: str, model, images, painted, truth_lab, k: int, rng) -> int:
 
 
 def train_round(which: str, images, painted, init, steps: int, seed: int):
-    rec = recommended_settings("cpu", init)
+    rec = {k: s.value for k, s in resolve_settings("cpu", init).items()}
     cfg = TrainConfig(
         depth=4,
         base_channels=16,

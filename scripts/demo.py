@@ -29,7 +29,7 @@ def headless(steps: int, seed: int = 0) -> dict:
     from napari_unet.core.models.checkpoint import available_models
     from napari_unet.core.predict.config import PredictConfig
     from napari_unet.core.predict.tiles import iter_predict
-    from napari_unet.core.train.config import TrainConfig, recommended_settings
+    from napari_unet.core.train.config import TrainConfig, resolve_settings
     from napari_unet.core.train.loop import iter_train
 
     image, labels = load_em_sample()  # (8, 256, 256) EM, instance labels: 1 = membrane, >= 2 cells
@@ -37,7 +37,7 @@ def headless(steps: int, seed: int = 0) -> dict:
     shipped = "em-membrane" in available_models()
     # the Train widget's and the CLI's defaults: start auto (the shipped model that fits the strokes, or
     # scratch), keep_prior and learning rate following that start
-    rec = recommended_settings("cpu", "auto")
+    rec = {k: s.value for k, s in resolve_settings("cpu", "auto").items()}
     cfg = TrainConfig(label_mode="instance", **{**rec, "steps": steps}, init="auto", seed=seed, device="cpu")
     print(f"training on slices {train_z} of the sample EM stack (start: auto), {steps} steps", flush=True)
     t0 = time.perf_counter()

@@ -120,9 +120,9 @@ def test_auto_start_trains_at_the_scale_the_start_model_agrees_best(big_nuclei, 
     strokes[:, ::2] = 0  # every other row painted: strokes, not masks
     real = start.agreement
 
-    def rigged(model, slices, label_mode, *, scale=1.0, **kw):
-        agree, per = real(model, slices, label_mode, scale=scale, **kw)
-        bonus = 0.1 if scale == 0.5 and model.info.name == "nuclei" else 0.0
+    def rigged(model, slices, label_mode, *, zoom=1.0, **kw):
+        agree, per = real(model, slices, label_mode, zoom=zoom, **kw)
+        bonus = 0.1 if zoom == 0.5 and model.info.name == "nuclei" else 0.0
         return agree + bonus, {k: min(1.0, v + bonus) for k, v in per.items()}
 
     monkeypatch.setattr(start, "agreement", rigged)
@@ -135,7 +135,7 @@ def test_auto_start_trains_at_the_scale_the_start_model_agrees_best(big_nuclei, 
     # a fixed scale is kept as given; from scratch the images stay as they are
     cfg = TrainConfig(init=None, depth=2, base_channels=4, tile_in=92, steps=1, device="cpu")
     assert train(cfg, im, strokes).info.zoom == {}
-    assert train(replace(cfg, scale=0.71), im, strokes).info.zoom == {"input_zoom": 0.71}
+    assert train(replace(cfg, zoom=0.71), im, strokes).info.zoom == {"input_zoom": 0.71}
 
 
 def test_a_given_scale_is_kept_by_the_auto_start(big_nuclei, monkeypatch):
@@ -152,12 +152,12 @@ def test_a_given_scale_is_kept_by_the_auto_start(big_nuclei, monkeypatch):
     tried = []
     real = start.agreement
 
-    def spy(model, slices, label_mode, *, scale=1.0, **kw):
-        tried.append(scale)
-        return real(model, slices, label_mode, scale=scale, **kw)
+    def spy(model, slices, label_mode, *, zoom=1.0, **kw):
+        tried.append(zoom)
+        return real(model, slices, label_mode, zoom=zoom, **kw)
 
     monkeypatch.setattr(start, "agreement", spy)
-    cfg = TrainConfig(init="auto", scale=1.0, steps=1, tile_in=188, device="cpu")
+    cfg = TrainConfig(init="auto", zoom=1.0, steps=1, tile_in=188, device="cpu")
     result = train(cfg, im, strokes)
     assert set(tried) == {1.0}
     assert model_zoom(result.model) == 1.0
@@ -209,3 +209,11 @@ def test_the_package_of_a_zoomed_model_says_so():
     assert _zoom_note(model) == ""
     model.info = replace(model.info, zoom={"input_zoom": 0.5})
     assert "zoomed x0.5" in _zoom_note(model) and "resample" in _zoom_note(model)
+
+
+def test_a_saved_runs_zoom_is_read_under_either_name():
+    """TrainConfig.zoom is stored in the model file's config; files that named it 'scale' read the same."""
+    from napari_unet.core.train.config import TrainConfig
+
+    assert TrainConfig.saved_settings({"scale": 0.5, "tile_size": 188}) == {"zoom": 0.5, "tile_in": 188}
+    assert TrainConfig.saved_settings(TrainConfig(zoom=0.71).to_dict())["zoom"] == 0.71

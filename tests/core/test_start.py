@@ -1,5 +1,7 @@
 """Where fine-tuning starts (core/start.py): agreement, domain similarity, and init='auto' on real crops."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -98,6 +100,35 @@ def test_choose_prefers_agreement_then_similar_images_then_scratch():
     assert pick.name == "round0" and pick.keep_prior == 1
     pick = start.choose([C("nuclei", 0.8, 0.2), C("d", None, 0.3, "other classes"), C(start.SCRATCH)])
     assert pick.name == start.SCRATCH and pick.keep_prior == 0 and "other classes" in pick.reason
+
+
+def test_settle_decides_every_start_by_one_rule():
+    """start.settle: keep_prior, the note, the message and the warning for auto, explicit and scratch starts
+    (no model is run here: the auto start's pick was scored already, the others measure nothing)."""
+    own = start.Candidate("own", 0.9, 0.95, "", 0.4, zoom=0.71)
+    choice = start.choose([own, start.Candidate(start.SCRATCH)])
+    auto = TrainConfig(init="own", zoom=choice.zoom, keep_prior=None)
+    got = start.settle(auto, [], None, built="fine-tuning own", new_head=False, choice=choice)
+    assert got.keep_prior == choice.keep_prior == start.prior_weight(0.4) and got.kept
+    assert (got.init, got.zoom, got.agreement, got.worst, got.warning) == ("own", 0.71, 0.9, 0.4, "")
+    assert got.message == choice.reason and got.note.endswith(f"(auto: {choice.reason})")
+    assert got.note.startswith("fine-tuning own; images zoomed x0.71 to the model's object size; it agrees 0.90")
+    given = start.settle(replace(auto, keep_prior=0.0), [], None, built="", new_head=False, choice=choice)
+    assert given.keep_prior == 0.0 and not given.kept
+    scratch = start.settle(TrainConfig(keep_prior=None, zoom=1.0), [], None, built="from scratch", new_head=True)
+    assert (scratch.keep_prior, scratch.kept, scratch.message, scratch.note) == (
+        0.0,
+        False,
+        "from scratch",
+        "from scratch",
+    )
+    # an explicit start with another head measures nothing, and keeps nothing however asked
+    other = TrainConfig(init="em-membrane", keep_prior=1.0, zoom=1.0)
+    head = start.settle(other, [], None, built="fine-tuning em-membrane: new 3-class head (was 2)", new_head=True)
+    assert head.agreement is None and not head.kept and "keep_prior ignored" in head.note
+    assert (
+        start.zoom_for(TrainConfig(), None, None) == 1.0 and start.zoom_for(TrainConfig(zoom=2.0), choice, None) == 2.0
+    )
 
 
 def test_balanced_accuracy_weighs_classes_equally():

@@ -267,3 +267,34 @@ def test_jobs_run_below_the_gui_thread():
     t.join()
     list(drain(job()))
     assert seen == [max(BACKGROUND_NICE, main_before), main_before] and nice() == main_before
+
+
+@pytest.mark.parametrize("device", ("cuda", "cpu", "mps"))
+def test_settings_follow_the_device_and_the_start_as_the_table_says(em_viewer, monkeypatch, device):
+    """The boxes show tests/settings_table.py's row for the device 'auto' finds and the start chosen, and
+    config() passes what is left to decide at the start (the rate and keep_prior under 'auto') as None."""
+    from settings_table import SHOWN_AUTO_LR, expected, pretend_device
+
+    from napari_unet.core.models.checkpoint import resolve_model_path
+
+    w = dock(em_viewer, "Train")
+    w.checkpoint.value = resolve_model_path("em-membrane")
+    pretend_device(monkeypatch, device)
+    for start, row in (("scratch", "scratch"), ("auto", "auto"), ("pretrained", "model"), ("checkpoint file", "model")):
+        w.start.value = start
+        want = expected(device, row)
+        shown_lr = SHOWN_AUTO_LR if want["lr"] is None else want["lr"]
+        assert w.lr.value == pytest.approx(shown_lr), start  # the start sets the rate
+        w._on_device_changed("auto")  # the device sets the rest
+        shown = {
+            k: getattr(w, k).value for k in ("depth", "base_channels", "tile_in", "optimizer", "steps", "batch_size")
+        }
+        assert shown == {k: want[k] for k in shown}, start
+        assert w.lr.value == pytest.approx(shown_lr), start
+        cfg = w.config()
+        assert (cfg.lr, cfg.keep_prior) == (want["lr"], want["keep_prior"]), start
+        w.keep_prior.value = False  # unchecked: plain fine-tuning
+        assert w.config().keep_prior == 0.0
+        w.keep_prior.value = True
+        w.lr.value = 0.02  # a rate typed in is the rate, under 'auto' too
+        assert w.config().lr == pytest.approx(0.02)

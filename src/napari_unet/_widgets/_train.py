@@ -40,19 +40,13 @@ LIVE_STEPS = 10_000_000  # live mode trains until Stop
 AUTO, SCRATCH, PRETRAINED, CHECKPOINT = "auto", "scratch", "pretrained", "checkpoint file"
 
 
-def defaults_for(device: str, start: str = AUTO) -> dict:
-    """The settings for a device type and a start choice: core.train.recommended_settings (shared with the CLI).
-
-    The learning rate box cannot be empty: under 'auto' it shows the fine-tuning rate, and
-    :meth:`TrainWidget.config` passes None (chosen with the start) while the box still shows it.
-    """
+def _recommended(device: str | None, start: str | None, given: dict | None = None) -> dict:
+    """core's recommended settings (``resolve_settings``, the CLI's too) for the device box's choice
+    ('auto' resolved) and a start: a start choice of this widget or a config's ``init``."""
     from napari_unet.core.network.device import resolve_device
-    from napari_unet.core.train.config import FINE_TUNE_LR, recommended_settings
+    from napari_unet.core.train.config import resolve_settings
 
-    d = recommended_settings(resolve_device(device or "auto").type, None if start == SCRATCH else start)
-    if d["lr"] is None:
-        d["lr"] = FINE_TUNE_LR
-    return d
+    return resolve_settings(resolve_device(device or "auto").type, start, given)
 
 
 class PairRow(Container):
@@ -115,7 +109,7 @@ class TrainWidget(JobWidget, Container):
         )
         self.label_mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
 
-        d = defaults_for("auto", AUTO)
+        d = {k: setting.shown for k, setting in _recommended("auto", AUTO).items()}
 
         def limits(name: str) -> dict:  # spin box range from core.train.LIMITS; value: the device's or the config's
             lo, hi = LIMITS[name]
@@ -311,7 +305,7 @@ class TrainWidget(JobWidget, Container):
         self.depth.enabled = self.base_channels.enabled = value in (SCRATCH, AUTO)
         self._follow_start_depth()
         # fine-tuning wants a 10x lower rate than training from scratch (docs/accuracy.md)
-        self.lr.value = defaults_for(self.device.value, value)["lr"]
+        self.lr.value = _recommended(self.device.value, value)["lr"].shown
 
     def _follow_start_depth(self, *_):
         """A chosen start model shows its own depth, so the tile box steps by its 2**depth."""
@@ -333,9 +327,9 @@ class TrainWidget(JobWidget, Container):
             self.depth.value = depth
 
     def _on_device_changed(self, value=None, *_):
-        d = defaults_for(value, self.start.value)
+        settings = _recommended(value, self.start.value)
         for k in ("depth", "base_channels", "tile_in", "optimizer", "lr", "steps", "batch_size"):
-            getattr(self, k).value = d[k]
+            getattr(self, k).value = settings[k].shown
 
     def config(self):
         """The frozen TrainConfig for the current settings (raises ValueError with a user message)."""
@@ -362,6 +356,9 @@ class TrainWidget(JobWidget, Container):
                 raise ValueError(f"choose a model file to start from (now {str(path)!r}), or start from scratch")
             read_info(path)  # its header, now: a pickle or a damaged file is refused here, not as a 'crash'
             init = str(path)
+        # the rate and keep_prior as the boxes say, else as the start needs (None: decided when it starts)
+        given = {"lr": self._lr(), "keep_prior": None if self.keep_prior.value else 0.0}
+        settings = _recommended(self.device.value, init, given)
         # TrainConfig checks every value (e.g. a tile size that is not valid for the depth)
         return TrainConfig(
             depth=int(self.depth.value),
@@ -372,7 +369,7 @@ class TrainWidget(JobWidget, Container):
             optimizer=self.optimizer.value,
             elastic_grid=int(self.elastic_grid.value),
             elastic_sigma=float(self.elastic_sigma.value),
-            lr=self._lr(),
+            lr=settings["lr"].value,
             steps=int(self.steps.value),
             batch_size=int(self.batch_size.value),
             tile_in=int(self.tile_in.value),
@@ -384,13 +381,13 @@ class TrainWidget(JobWidget, Container):
             candidates=candidates,
             seed=int(self.seed.value),
             device=self.device.value,
-            # None: by the start model's agreement with the strokes (core/start.py)
-            keep_prior=None if (init is not None and self.keep_prior.value) else 0.0,
+            keep_prior=settings["keep_prior"].value,
         )
 
     def _lr(self) -> float | None:
-        """The rate box; None under 'auto' while it shows the default (the rate then follows the start)."""
-        if self.start.value == AUTO and abs(self.lr.value - defaults_for(self.device.value, AUTO)["lr"]) < 1e-12:
+        """The rate box; None while it shows the stand-in for a rate chosen with the start (under 'auto')."""
+        lr = _recommended(self.device.value, self.start.value)["lr"]
+        if lr.value is None and abs(self.lr.value - lr.shown) < 1e-12:
             return None
         return float(self.lr.value)
 

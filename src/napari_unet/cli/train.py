@@ -234,7 +234,7 @@ def _fill_settings(args) -> None:
     """Resolve --init, and set every unset option to the recommended value for the device and the start (or to
     the saved run's with --resume)."""
     from ..core.network.device import resolve_device
-    from ..core.train.config import TrainConfig, recommended_settings
+    from ..core.train.config import resolve_settings
 
     if args.init is None:
         # the default start is 'auto', unless the command asks for a run of its own: --resume continues
@@ -242,16 +242,9 @@ def _fill_settings(args) -> None:
         args.init = None if (args.resume or args.depth or args.channels) else "auto"
     elif args.init == "scratch":
         args.init = None
-    # unset options follow the device and the start, as in the Train widget (core.train.recommended_settings)
-    rec = {"schedule": "constant", **recommended_settings(resolve_device(args.device).type, args.init)}
-    if args.resume:  # --resume continues the saved run: its own settings, not the device's defaults
-        from ..core.models.checkpoint import resolve_model_path
-        from ..core.models.load import read_info
-
-        rec.update(
-            TrainConfig.saved_settings((read_info(resolve_model_path(args.resume)).training or {}).get("config", {}))
-        )
-    for opt, key in (
+    # unset options follow the device and the start (or the saved run's with --resume), by the rule the Train
+    # widget uses too (core.train.config.resolve_settings)
+    unset = (
         ("depth", "depth"),
         ("channels", "base_channels"),
         ("tile_in", "tile_in"),
@@ -260,9 +253,11 @@ def _fill_settings(args) -> None:
         ("steps", "steps"),
         ("keep_prior", "keep_prior"),
         ("schedule", "schedule"),
-    ):
-        if getattr(args, opt) is None:
-            setattr(args, opt, rec[key])
+    )
+    given = {key: getattr(args, opt) for opt, key in unset}
+    settings = resolve_settings(resolve_device(args.device).type, args.init, given, resume=args.resume)
+    for opt, key in unset:
+        setattr(args, opt, settings[key].value)
 
 
 def _train_config(args):
@@ -292,7 +287,7 @@ def _train_config(args):
         precision=args.precision,
         schedule=args.schedule,
         keep_prior=args.keep_prior,
-        scale=args.zoom,
+        zoom=args.zoom,
         # unset: TrainConfig's own defaults (the paper's)
         **{
             k: v

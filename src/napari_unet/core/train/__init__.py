@@ -1,4 +1,4 @@
-"""Training: the config and recommended settings (config), where to start (start), training data (sampling), eq. 2 weights (weights), augmentation (augment), losses, and the loop (loop) with its events."""
+"""Training: the config and its recommended settings (config), where to start (start), training data (sampling), eq. 2 weights (weights), augmentation (augment), losses, and the loop (loop) with its events."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .augment import (
     intensity_jitter,
     random_flip_rot,
 )
-from .config import AUTO, CHOICES, FINE_TUNE_LR, LIMITS, SCRATCH_LR, TrainConfig, recommended_settings
+from .config import AUTO, CHOICES, FINE_TUNE_LR, LIMITS, RECOMMENDED, SCRATCH_LR, Setting, TrainConfig, resolve_settings
 from .events import TrainEvent, TrainResult, TrainState
 from .loop import iter_train, train
 from .losses import annotated_iou, kept_start_loss, prior_loss, weighted_loss
@@ -25,6 +25,7 @@ from .start import (
     SIMILAR,
     ZOOMS,
     Candidate,
+    Start,
     StartChoice,
     agreement,
     balanced_accuracy,
@@ -36,6 +37,8 @@ from .start import (
     pick_zoom,
     prior_weight,
     score_candidate,
+    settle,
+    zoom_for,
 )
 from .weights import (
     SIGMA,
@@ -54,9 +57,11 @@ __all__ = [
     "CHOICES",
     "FINE_TUNE_LR",
     "LIMITS",
+    "RECOMMENDED",
     "SCRATCH_LR",
+    "Setting",
     "TrainConfig",
-    "recommended_settings",
+    "resolve_settings",
     "TrainEvent",
     "TrainResult",
     "TrainState",
@@ -67,6 +72,7 @@ __all__ = [
     "MIN_GAIN",
     "SCRATCH",
     "SIMILAR",
+    "Start",
     "StartChoice",
     "ZOOMS",
     "agreement",
@@ -79,6 +85,8 @@ __all__ = [
     "pick_zoom",
     "prior_weight",
     "score_candidate",
+    "settle",
+    "zoom_for",
     "DENSE",
     "TrainSlice",
     "as_pairs",

@@ -1,20 +1,13 @@
-"""Training as in the paper, as a generator a GUI can watch and stop.
-
-``iter_train(config, images, labels)`` samples tiles around annotated pixels
-of any slice of any stack, deforms them elastically, and minimises the
-pixel-wise softmax cross-entropy weighted by eq. 2 (class balance + border
-weights) with SGD, momentum 0.99 (Adam optional). It yields a
-:class:`TrainEvent` after every step (and after validation / preview passes)
-and returns a :class:`TrainResult` holding the last and best weights.
-
-Stopping: set ``cancel`` (a ``threading.Event``) and the run ends cleanly
-after the current step, returning its result; closing the generator also
-stops it (without a result). GPU memory is released on exit.
+"""What defines a training run: :class:`TrainConfig` (every field checked once, stored in the model
+file), the choices and ranges the widgets offer (:data:`CHOICES`, :data:`LIMITS`), and the settings a
+run's options leave to the device and the start (:func:`resolve_settings`, the CLI's and the Train
+widget's defaults alike).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
@@ -26,43 +19,86 @@ from ..network.device import PRECISIONS
 from ..network.unet import check_tile_in
 from .weights import SIGMA, W0
 
-__all__ = ["AUTO", "CHOICES", "FINE_TUNE_LR", "LIMITS", "SCRATCH_LR", "TrainConfig", "recommended_settings"]
+__all__ = [
+    "AUTO",
+    "CHOICES",
+    "FINE_TUNE_LR",
+    "LIMITS",
+    "RECOMMENDED",
+    "SCRATCH_LR",
+    "Setting",
+    "TrainConfig",
+    "resolve_settings",
+]
 
 AUTO = "auto"
 FINE_TUNE_LR = 1e-4  # 10x below the from-scratch rate: docs/accuracy.md measures why
-
-
 SCRATCH_LR = 1e-3
 
 
-def recommended_settings(device: str, start: str | None = None) -> dict:
-    """Settings that finish in minutes on the device the user has (the widget's and the CLI's defaults).
+# the settings a run's options leave to the device and the start (the CLI's and the Train widget's)
+RECOMMENDED = ("depth", "base_channels", "tile_in", "optimizer", "lr", "steps", "batch_size", "keep_prior", "schedule")
+# CUDA: the paper (depth 4, 64 channels, 572 px tiles, SGD with momentum 0.99). CPU / MPS: the same depth-4
+# valid architecture (it keeps the paper's context and can be fine-tuned later on a GPU) but 16 base
+# channels (~16x fewer FLOPs), 316 px input tiles (132 px output: the 184 px of context a depth-4 valid net
+# needs make smaller tiles mostly context; measured ~0.12 s per step on 2 CPU cores) and Adam, which
+# converges in a few hundred steps where SGD at batch 1 needs thousands.
+_BY_DEVICE = {
+    "cuda": (
+        dict(depth=4, base_channels=64, tile_in=572, optimizer="sgd", steps=1000, batch_size=1),
+        "CUDA: the paper's network, tile and optimizer",
+    ),
+    "other": (
+        dict(depth=4, base_channels=16, tile_in=316, optimizer="adam", steps=500, batch_size=1),
+        "CPU / MPS: the paper's depth with 16 channels, 316 px tiles and Adam, to finish in minutes",
+    ),
+}
 
-    CUDA: the paper (depth 4, 64 channels, 572 px tiles, SGD with momentum 0.99).
-    CPU / MPS: the same depth-4 valid architecture (so it keeps the paper's
-    context and can be fine-tuned later on a GPU) but 16 base channels (~16x
-    fewer FLOPs), 316 px input tiles (132 px output: the 184 px of context a
-    depth-4 valid net needs make smaller tiles mostly context; measured
-    ~0.12 s per step on 2 CPU cores) and Adam at 1e-3, which converges in a
-    few hundred steps where SGD at batch 1 needs thousands.
 
-    ``start``: None or 'scratch' = from scratch. A model: the rate drops to
-    ``FINE_TUNE_LR`` and ``keep_prior`` is None, set by how well the start model
-    agrees with the strokes (:func:`.start.prior_weight`, by its worst painted class), so sparse strokes correct a
-    model that knows the task without it forgetting, and teach one that does not.
-    'auto': the start is chosen when training begins, and so are the rate and
-    keep_prior (both None).
+@dataclass(frozen=True)
+class Setting:
+    """One resolved setting: its value, the rule that gave it, and what a box that cannot be empty shows."""
+
+    value: object  # None: decided when training starts (the rate and keep_prior under init='auto')
+    rule: str
+    shown: object  # the value, or for a value decided at the start the one it takes from a model
+
+
+def resolve_settings(
+    device: str, start: str | None = None, given: Mapping[str, object] | None = None, *, resume: str | None = None
+) -> dict[str, Setting]:
+    """The :data:`RECOMMENDED` settings of a run: the CLI's and the Train widget's defaults.
+
+    Each is, first that applies: the value ``given`` (None = not given); with ``resume`` (a model file
+    saved with its run), that run's own; else the rule for the device and the start:
+
+    * by ``device`` (a device type, ``resolve_device(...).type``): depth, base channels, tile, optimizer,
+      steps, batch size (the comments at ``_BY_DEVICE`` say why);
+    * by ``start``: None or 'scratch' = from scratch: ``SCRATCH_LR``, keep_prior 0. A model (name or file):
+      ``FINE_TUNE_LR``, and keep_prior None, set by how well the start model agrees with the strokes
+      (:func:`.start.prior_weight`, by its worst painted class), so sparse strokes correct a model that
+      knows the task without it forgetting, and teach one that does not. 'auto': the start is chosen
+      when training begins, and so are the rate and keep_prior (both None);
+    * the schedule: constant (the paper's).
     """
-    if device == "cuda":
-        d = dict(depth=4, base_channels=64, tile_in=572, optimizer="sgd", lr=SCRATCH_LR, steps=1000, batch_size=1)
-    else:
-        d = dict(depth=4, base_channels=16, tile_in=316, optimizer="adam", lr=SCRATCH_LR, steps=500, batch_size=1)
-    d["keep_prior"] = 0.0
+    by_device, device_rule = _BY_DEVICE["cuda" if device == "cuda" else "other"]
     if start == AUTO:
-        d.update(lr=None, keep_prior=None)
+        lr = Setting(None, "chosen with the start: FINE_TUNE_LR from a model, SCRATCH_LR from scratch", FINE_TUNE_LR)
+        keep = Setting(None, "set by the start model's agreement with the strokes; 0 from scratch", None)
     elif start and start != "scratch":
-        d.update(lr=FINE_TUNE_LR, keep_prior=None)
-    return d
+        lr = Setting(FINE_TUNE_LR, "fine-tuning: 10x below the from-scratch rate", FINE_TUNE_LR)
+        keep = Setting(None, "set by the start model's agreement with the strokes", None)
+    else:
+        lr = Setting(SCRATCH_LR, "from scratch", SCRATCH_LR)
+        keep = Setting(0.0, "from scratch: no start model to keep", 0.0)
+    out = {k: Setting(v, device_rule, v) for k, v in by_device.items()}
+    out.update(lr=lr, keep_prior=keep, schedule=Setting("constant", "the paper's constant rate", "constant"))
+    if resume:
+        saved = TrainConfig.saved_settings((read_info(resolve_model_path(resume)).training or {}).get("config", {}))
+        out.update({k: Setting(saved[k], "the resumed run's", saved[k]) for k in RECOMMENDED if k in saved})
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    out.update({k: Setting(v, "given", v) for k, v in given.items() if k in RECOMMENDED})
+    return {k: out[k] for k in RECOMMENDED}
 
 
 CHOICES = {
@@ -126,7 +162,7 @@ class TrainConfig:
     base_channels: int = 64
     padding: Literal["valid", "same"] = "valid"
     dropout: float = 0.5
-    # labels (see core/labels.py)
+    # labels (see core/data/labels.py)
     label_mode: Literal["semantic", "instance"] = "instance"  # the CLI's and the widget's default too
     n_classes: int | None = None
     class_names: tuple[str, ...] | None = None
@@ -171,20 +207,20 @@ class TrainConfig:
     log_every: int = 1
     # start
     # None = scratch; a model file or shipped model name = fine-tune; 'auto' = the best start for the
-    # strokes among the shipped models, ``candidates`` and scratch (core/start.py)
+    # strokes among the shipped models, ``candidates`` and scratch (core/train/start.py)
     init: str | None = None
     candidates: tuple[str, ...] = ()  # init='auto': the user's own model files to consider too
     # fine-tuning: weight of a loss that keeps the starting model's prediction on the pixels nobody
     # annotated (knowledge distillation). 0 = off (the paper); None = from the start model's agreement
-    # with the strokes (1 when it agrees, 0 when it contradicts them); see losses.kept_start_loss and core/start.py.
+    # with the strokes (1 when it agrees, 0 when it contradicts them); see losses.kept_start_loss and core/train/start.py.
     keep_prior: float | None = 0.0
     resume: str | None = None  # a model file saved with optimizer state
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] | None = None
-    # zoom applied to the images for the network (core/scale.py): None = the start's (the scale at which the
-    # auto start agrees best with the strokes, a model file's recorded one; 1 from scratch)
-    scale: float | None = None
+    # zoom applied to the images for the network (core/data/zoom.py): None = the start's (the zoom at which
+    # the auto start agrees best with the strokes, a model file's recorded one; 1 from scratch)
+    zoom: float | None = None
 
     def __post_init__(self):
         """Every field checked once, here: the CLI, the widgets and scripts all build a TrainConfig."""
@@ -213,8 +249,8 @@ class TrainConfig:
                 f"norm percentiles must satisfy 0 <= norm_low < norm_high <= 100, got "
                 f"{self.norm_low} and {self.norm_high}"
             )
-        if self.scale is not None:
-            check_zoom(self.scale)
+        if self.zoom is not None:
+            check_zoom(self.zoom)
         if self.init == AUTO and self.resume is not None:
             raise ValueError("init='auto' chooses a start for a new run; resume continues a saved one: give one")
         if self.init in (None, AUTO) and self.resume is None:  # scratch possible: the architecture is this config's
@@ -247,10 +283,12 @@ class TrainConfig:
 
     @classmethod
     def saved_settings(cls, d: dict) -> dict:
-        """The fields of a config dict stored in a model file (files before 0.2 named tile_in 'tile_size')."""
+        """The fields of a config dict stored in a model file (older files name tile_in 'tile_size', and
+        zoom 'scale')."""
         d = dict(d)
-        if "tile_size" in d and "tile_in" not in d:
-            d["tile_in"] = d.pop("tile_size")
+        for old, new in (("tile_size", "tile_in"), ("scale", "zoom")):
+            if old in d and new not in d:
+                d[new] = d.pop(old)
         names = {f.name for f in fields(cls)}
         out = {k: v for k, v in d.items() if k in names}
         if "candidates" in out:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,7 +28,6 @@ import torch
 from ..data.intensity import percentiles
 from ..data.labels import n_classes_for
 from ..data.planes import plane_at
-from ..data.zoom import model_zoom
 from ..drain import drain
 from ..models.checkpoint import MODEL_BOUNDS, ModelInfo, load_optimizer_state, resolve_model_path
 from ..models.load import load_model, read_info
@@ -42,12 +42,409 @@ from .sampling import TrainSlice, as_pairs, prepare_slices
 
 __all__ = ["iter_train", "train"]
 
-# ----------------------------------------------------------------------------- main loop
+
+def iter_train(
+    config: TrainConfig,
+    images,
+    labels,
+    *,
+    channel_axis: int | None = None,
+    val_images=None,
+    val_labels=None,
+    preview: tuple[int, int] | None = None,
+    cancel: threading.Event | None = None,
+    feed: Callable[[], list[tuple[int, int | None, np.ndarray]]] | None = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train (or fine-tune) a U-Net on painted labels; yields events, returns a TrainResult.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    images, labels : array or list of arrays
+        (Y, X) or (Z, Y, X) each (lazy arrays fine: only annotated slices are read).
+        Labels follow core/data/labels.py: 0 = not annotated.
+    val_images, val_labels : optional
+        A separate validation set; otherwise ``config.val_fraction`` of the
+        annotated slices is held out (at least one, when two or more exist).
+    preview : (pair index, slice), optional
+        Slice to predict every ``config.preview_every`` steps (event kind 'preview').
+    cancel : threading.Event, optional
+        Set it to stop after the current step; the result is returned as usual.
+    feed : callable, optional
+        Live training: called before every step, returns the label planes painted since the last
+        call as ``(pair index, slice or None, labels plane)`` (copies: the caller keeps painting).
+        Their slices are prepared again (targets, weight maps) and join the training data without
+        a restart; an event of kind 'live' says how many, and the preview moves to the slice painted last.
+    """
+    run = _Run(time.perf_counter(), preview)
+    choice = run.choose_start(config, as_pairs(images, labels), channel_axis)
+    run.build_model(choice)
+    run.prepare_data(val_images, val_labels)
+    yield run.settle_start(choice)
+    run.build_optimizer()
+    try:
+        run.model.train()
+        while run.step < run.config.steps:
+            if cancel is not None and cancel.is_set():
+                run.state = TrainState.STOPPED
+                break
+            lr = run.set_lr()
+            if feed is not None:
+                yield from run.take_live(feed(), lr)
+            run.train_step(lr)
+            yield from run.report(lr)
+        else:
+            run.state = TrainState.DONE
+        result = run.result(run.state)
+        val_metric = run.best_metric if run.val else None
+        yield run.event("finished", run.lr_at(run.step), 0.0, live=False, val_metric=val_metric, state=run.state)
+        return result
+    except Exception as exc:
+        yield run.crashed(exc)
+        raise
+    finally:
+        run.release()
+
+
+class _Run:
+    """One training run between its steps: data, start, model, optimizer and bookkeeping.
+
+    The phases of :func:`iter_train`, in order: :meth:`choose_start`, :meth:`build_model`,
+    :meth:`prepare_data`, :meth:`settle_start` and :meth:`build_optimizer`; then each step
+    :meth:`set_lr`, :meth:`take_live`, :meth:`train_step` and :meth:`report`; and at the end
+    :meth:`result` (or :meth:`crashed`) and :meth:`release`.
+    """
+
+    def __init__(self, t_start: float, preview: tuple[int, int] | None):
+        self.t_start = t_start
+        self.preview = preview  # live strokes move it to the slice painted last
+        # the step's tensors, held only here: a crash drops them (its traceback keeps the frames alive)
+        self.batch: dict[str, torch.Tensor] = {}
+        self.history: list[tuple[int, float]] = []
+        self.val_history: list[tuple[int, float]] = []
+        self.best_metric: float | None = None
+        self.ema: float | None = None
+        self.agree: float | None = None  # running balanced accuracy on the painted pixels (event.agreement)
+        self.state = TrainState.TRAINING
+        self.last_loss = float("nan")
+
+    # ------------------------------------------------------------------ before the first step
+
+    def choose_start(self, config: TrainConfig, pairs, channel_axis) -> start.StartChoice | None:
+        """init='auto': the start that fits the strokes (scored before the run is seeded); the config with
+        its start model, border class and rate decided."""
+        self.pairs, self.channel_axis = pairs, channel_axis
+        self.in_channels = 1 if channel_axis is None else int(np.shape(pairs[0][0])[channel_axis])
+        choice = _choose_start(config, pairs, self.in_channels, channel_axis) if config.init == AUTO else None
+        if choice is not None:
+            config = replace(config, init=None if choice.name == start.SCRATCH else choice.name)
+        config = config.settled()
+        if config.lr is None:
+            config = replace(config, lr=FINE_TUNE_LR if (config.init or config.resume) else SCRATCH_LR)
+        self.config = config
+        return choice
+
+    def build_model(self, choice: start.StartChoice | None) -> None:
+        """The run seeded, its network built (new, or the start model's), its zoom and training tile."""
+        config = self.config
+        n_classes = _n_classes(config, self.pairs)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        model, self.start_info, self.built, self.new_head = _build(config, n_classes, self.in_channels)
+        zoom = start.zoom_for(config, choice, model if self.start_info is not None else None)
+        self.config = replace(config, zoom=zoom)
+        self.model, self.n_classes = model, model.n_classes
+        self.t_in, self.t_out = _tile(self.config, model, auto=choice is not None)
+
+    def prepare_data(self, val_images, val_labels) -> None:
+        """The annotated slices at the run's zoom, those held out for validation, how often each is sampled,
+        and what the strokes cannot teach (warnings for the 'start' event)."""
+        config = self.config
+        prepare = partial(
+            prepare_slices,
+            config=config,
+            n_classes=self.n_classes,
+            in_channels=self.in_channels,
+            channel_axis=self.channel_axis,
+            weights=False,
+        )
+        slices, val = prepare(self.pairs), []
+        if val_images is not None:
+            val = prepare(as_pairs(val_images, val_labels))
+        elif config.val_fraction > 0 and len(slices) >= 2:
+            # at least one slice each way: holding out all (0.9 of 2 slices rounds to 2) left nothing to train on
+            k = min(len(slices) - 1, max(1, int(round(len(slices) * config.val_fraction))))
+            order = self.rng.permutation(len(slices))
+            slices, val = [slices[i] for i in sorted(order[k:])], [slices[i] for i in sorted(order[:k])]
+        self.slices, self.val, self.probs = slices, val, _probs(slices)
+        self.warnings = _data_warnings(config, slices, val, self.n_classes, val_given=val_images is not None)
+
+    def settle_start(self, choice: start.StartChoice | None) -> TrainEvent:
+        """keep_prior and the loss weighting by the start (core/train/start.py), the start model kept as a
+        teacher where nobody painted; returns the 'start' event."""
+        config = self.config
+        self.start = start.settle(
+            config, self.slices, self.model, built=self.built, new_head=self.new_head, choice=choice
+        )
+        keeps = self.start.kept  # a start that is kept: its loss weighting is kept too
+        self.config = replace(
+            config,
+            keep_prior=self.start.keep_prior,
+            class_balance=not keeps if config.class_balance is None else config.class_balance,
+            border_weights=not keeps if config.border_weights is None else config.border_weights,
+        )
+        sampling.weigh(self.slices, self.config)
+        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False) if keeps else None
+        warning = "; ".join(w for w in (*self.warnings, self.start.warning) if w)
+        elapsed = time.perf_counter() - self.t_start
+        return TrainEvent(
+            "start",
+            0,
+            self.config.steps,
+            float("nan"),
+            self.config.lr,
+            elapsed,
+            0.0,
+            message=self.start.message,
+            warning=warning,
+        )
+
+    def build_optimizer(self) -> None:
+        """The model (and the kept start) on the device, the optimizer, and the model file's info."""
+        config, model = self.config, self.model
+        self.dev = resolve_device(config.device)
+        self.precision = config.precision or default_precision(self.dev)
+        self.amp_dtype = autocast_dtype(self.precision, self.dev)
+        self.mem_fmt = memory_format(self.dev)
+        model.to(self.dev).to(memory_format=self.mem_fmt)
+        if self.teacher is not None:
+            self.teacher.to(self.dev).to(memory_format=self.mem_fmt)
+        if config.optimizer == "sgd":
+            self.opt = torch.optim.SGD(
+                model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+        else:
+            self.opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step0 = 0
+        if config.resume:
+            load_optimizer_state(config.resume, self.opt)
+            self.step0 = int((self.start_info.training or {}).get("steps_done", 0))
+            for g in self.opt.param_groups:
+                g["lr"] = config.lr
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16 and self.dev.type == "cuda")
+        self.info = self._model_info()
+        # a step event's snapshot copies the live weights, on the CPU, and nothing else of the run
+        self.snapshot = partial(_snapshot_model, model, self.info)
+        self.best_state = _cpu_state(model)
+        self.best_step = self.step = self.fresh = self.step0  # best weights are tracked from fresh on
+
+    def _model_info(self) -> ModelInfo:
+        config, model = self.config, self.model
+        classes = list(config.class_names) if config.class_names else _default_class_names(config, self.n_classes)
+        return ModelInfo(
+            model=model.config.to_dict(),
+            classes=classes,
+            label_mode=config.label_mode,
+            border_class=config.border_class,
+            normalization={"method": "percentile", "low": config.norm_low, "high": config.norm_high},
+            training={
+                "config": config.to_dict(),
+                "start": self.start.note,
+                "tile_in": self.t_in,
+                "tile_out": self.t_out,
+                "n_train_slices": len(self.slices),
+                "n_val_slices": len(self.val),
+                "device": str(self.dev),
+                "start_agreement": self.start.agreement,
+                "start_worst_class": self.start.worst,
+                "domain": start.domain_signature(s.image for s in self.slices),
+            },
+            name=(self.start_info.name if self.start_info is not None and config.resume else ""),
+            zoom={"input_zoom": config.zoom} if config.zoom != 1.0 else {},
+        )
+
+    # ------------------------------------------------------------------ each step
+
+    def lr_at(self, step: int) -> float:
+        config = self.config
+        if config.schedule == "cosine":
+            return config.lr * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+        return config.lr
+
+    def set_lr(self) -> float:
+        lr = self.lr_at(self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def take_live(self, updates, lr: float) -> Generator[TrainEvent, None, None]:
+        """Live training: the planes painted since the last step join the data (event 'live')."""
+        if not updates:
+            return
+        n_new, skipped = _take_strokes(
+            updates, self.pairs, self.slices, self.val, self.config, self.n_classes, self.in_channels, self.channel_axis
+        )
+        # the data changed: weights from before the strokes are no 'best' (the loss rises with them)
+        self.best_metric, self.ema, self.fresh = None, None, self.step
+        self.probs = _probs(self.slices)
+        msg = f"{n_new} painted slice(s) joined the training data" + (f"; {skipped}" if skipped else "")
+        if self.preview is not None and updates[-1][0] == self.preview[0]:  # the preview follows the painting
+            self.preview = (self.preview[0], updates[-1][1] or 0)
+        yield self.event("live", lr, 0.0, message=msg)
+
+    def train_step(self, lr: float) -> None:
+        """One optimisation step on a sampled batch, then the loss, the agreement and the best weights."""
+        config, dev, b = self.config, self.dev, self.batch
+        # through the module, so a benchmark can time (wrap) the sampler
+        x, y, w = sampling.sample_batch(self.slices, self.probs, config, self.t_in, self.t_out, self.rng)
+        b["x"] = torch.from_numpy(x).to(dev).contiguous(memory_format=self.mem_fmt)
+        b["y"], b["w"] = torch.from_numpy(y).to(dev), torch.from_numpy(w).to(dev)
+        amp = dict(dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        with torch.autocast(dev.type, **amp):
+            b["logits"] = self.model(b["x"])
+        if self.teacher is None:
+            b["loss"] = weighted_loss(b["logits"], b["y"], b["w"])
+        else:
+            with torch.no_grad(), torch.autocast(dev.type, **amp):
+                b["t_logits"] = self.teacher(b["x"])
+            b["loss"] = kept_start_loss(b["logits"], b["t_logits"], b["y"], b["w"], config.keep_prior)
+        if not torch.isfinite(b["loss"]):
+            raise FloatingPointError(
+                f"the loss became {b['loss'].item()} at step {self.step + 1}; lower the learning rate (now {lr:g})"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(b["loss"]).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.step += 1
+        self.last_loss = float(b["loss"].item())
+        self.history.append((self.step, self.last_loss))
+        with torch.no_grad():
+            pred = start.collapse(b["logits"].argmax(1).cpu().numpy(), config.label_mode)
+            acc, _ = start.balanced_accuracy(pred, start.collapse(y, config.label_mode))
+        if np.isfinite(acc):
+            self.agree = acc if self.agree is None else 0.9 * self.agree + 0.1 * acc
+        self.ema = self.last_loss if self.ema is None else 0.95 * self.ema + 0.05 * self.last_loss
+        if not self.val and self._better(-self.ema) and self.step - self.fresh >= min(20, config.steps):
+            self.best_metric, self.best_step, self.best_state = -self.ema, self.step, _cpu_state(self.model)
+
+    def _better(self, metric: float) -> bool:
+        return self.best_metric is None or metric > self.best_metric
+
+    def report(self, lr: float) -> Generator[TrainEvent, None, None]:
+        """The step's events: 'step' (every log_every), 'validation' and 'preview' when due."""
+        config, step = self.config, self.step
+        elapsed = time.perf_counter() - self.t_start
+        eta = elapsed / max(step - self.step0, 1) * (config.steps - step)
+        if step % max(config.log_every, 1) == 0 or step == config.steps:
+            yield self.event("step", lr, eta, elapsed=elapsed)
+        if self.val and (step % config.val_every == 0 or step == config.steps):
+            metric = _validate(self.model, self.val, self.n_classes, self.dev, self.precision)
+            self.model.train()
+            self.val_history.append((step, metric))
+            if self._better(metric):
+                self.best_metric, self.best_step, self.best_state = metric, step, _cpu_state(self.model)
+            yield self.event("validation", lr, eta, val_metric=metric)
+        if self.preview is not None and config.preview_every and step % config.preview_every == 0:
+            pv = _preview(
+                self.model, self.pairs[self.preview[0]][0], self.preview[1], self.dev, self.channel_axis, config
+            )
+            self.model.train()
+            yield self.event("preview", lr, eta, preview=pv, preview_where=tuple(self.preview))
+
+    def event(self, kind: str, lr: float, eta: float, *, elapsed: float | None = None, live: bool = True, **kw):
+        """A TrainEvent at the current step; ``live`` ones (the run goes on) offer a weight snapshot."""
+        if elapsed is None:
+            elapsed = time.perf_counter() - self.t_start
+        return TrainEvent(
+            kind,
+            self.step,
+            self.config.steps,
+            self.last_loss,
+            lr,
+            elapsed,
+            eta,
+            device=str(self.dev),
+            snapshot_model=self.snapshot if live else None,
+            agreement=self.agree,
+            **kw,
+        )
+
+    # ------------------------------------------------------------------ the end
+
+    def result(self, state: TrainState) -> TrainResult:
+        """CPU copies of the weights (best and last) and what the model file records."""
+        model, step = self.model, self.step
+        last_state = _cpu_state(model)
+        # no best tracked yet (too few steps, no validation): the last weights are the best there are
+        tracked = self.best_metric is not None
+        best_state, best_step = (self.best_state, self.best_step) if tracked else (last_state, step)
+        training = dict(
+            self.info.training,
+            steps_done=step,
+            best_step=best_step,
+            best_metric=self.best_metric,
+            final_loss=self.last_loss,
+            state=state.value,
+            seconds=round(time.perf_counter() - self.t_start, 1),
+        )
+        info = replace(self.info, training=training)
+        cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
+        cpu_model.info = info
+        return TrainResult(
+            model=cpu_model,
+            best_state=best_state,
+            last_state=last_state,
+            info=info,
+            state=state,
+            steps_done=step,
+            history=self.history,
+            val_history=self.val_history,
+            best_step=best_step,
+            best_metric=self.best_metric,
+            optimizer_state=_cpu_opt_state(self.opt),
+        )
+
+    def crashed(self, exc: Exception) -> TrainEvent:
+        """The 'crashed' event, with the weights trained so far (None before the first step)."""
+        # free the step's tensors and move the weights off the device first, so an out-of-memory crash
+        # can still be snapshotted and GPU memory comes back
+        self.batch.clear()
+        self.opt.zero_grad(set_to_none=True)
+        self.model.to("cpu")
+        if self.teacher is not None:
+            self.teacher.to("cpu")
+        if self.dev.type == "cuda":
+            torch.cuda.empty_cache()
+        partial_result = None
+        if self.step > self.step0:
+            try:
+                partial_result = self.result(TrainState.CRASHED)
+            except Exception:
+                partial_result = None
+        return self.event(
+            "crashed",
+            self.lr_at(self.step),
+            0.0,
+            live=False,
+            state=TrainState.CRASHED,
+            error=exc,
+            result=partial_result,
+        )
+
+    def release(self) -> None:
+        """The weights to the CPU, the optimizer state and the kept start dropped, GPU memory returned."""
+        self.model.to("cpu")
+        self.opt = self.teacher = None
+        if self.dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- the steps' parts
 
 
 def _build(config: TrainConfig, n_classes: int, in_channels: int) -> tuple[UNet, ModelInfo | None, str, bool]:
     """The network to train, its start's info, a note on the start, and whether the head is new."""
-    note = ""
     if config.resume:
         model = load_model(config.resume)
         return model, model.info, "resumed", False
@@ -72,376 +469,53 @@ def _build(config: TrainConfig, n_classes: int, in_channels: int) -> tuple[UNet,
     return model, None, "from scratch", True
 
 
-def iter_train(
-    config: TrainConfig,
-    images,
-    labels,
-    *,
-    channel_axis: int | None = None,
-    val_images=None,
-    val_labels=None,
-    preview: tuple[int, int] | None = None,
-    cancel: threading.Event | None = None,
-    feed: Callable[[], list[tuple[int, int | None, np.ndarray]]] | None = None,
-) -> Generator[TrainEvent, None, TrainResult]:
-    """Train (or fine-tune) a U-Net on painted labels; yields events, returns a TrainResult.
-
-    Parameters
-    ----------
-    config : TrainConfig
-    images, labels : array or list of arrays
-        (Y, X) or (Z, Y, X) each (lazy arrays fine: only annotated slices are read).
-        Labels follow core/labels.py: 0 = not annotated.
-    val_images, val_labels : optional
-        A separate validation set; otherwise ``config.val_fraction`` of the
-        annotated slices is held out (at least one, when two or more exist).
-    preview : (pair index, slice), optional
-        Slice to predict every ``config.preview_every`` steps (event kind 'preview').
-    cancel : threading.Event, optional
-        Set it to stop after the current step; the result is returned as usual.
-    feed : callable, optional
-        Live training: called before every step, returns the label planes painted since the last
-        call as ``(pair index, slice or None, labels plane)`` (copies: the caller keeps painting).
-        Their slices are prepared again (targets, weight maps) and join the training data without
-        a restart; an event of kind 'live' says how many, and the preview moves to the slice painted last.
-    """
-    t_start = time.perf_counter()
-    pairs = as_pairs(images, labels)
-    in_channels = 1 if channel_axis is None else int(np.shape(pairs[0][0])[channel_axis])
-    choice = None
-    if config.init == AUTO:
-        choice = _choose_start(config, pairs, in_channels, channel_axis)
-        config = replace(
-            config,
-            init=None if choice.name == start.SCRATCH else choice.name,
-            keep_prior=choice.keep_prior if config.keep_prior is None else config.keep_prior,
-            scale=choice.scale if config.scale is None else config.scale,
-        )
-    config = config.settled()
-    if config.lr is None:
-        config = replace(config, lr=FINE_TUNE_LR if (config.init or config.resume) else SCRATCH_LR)
-    n_classes = _n_classes(config, pairs)
-
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    model, start_info, start_note, new_head = _build(config, n_classes, in_channels)
-    if config.scale is None:  # a model file's own scale (a correction round keeps its zoom); scratch: 1
-        config = replace(config, scale=model_zoom(model) if start_info is not None else 1.0)
-    if config.scale != 1.0:
-        start_note += f"; images zoomed x{config.scale:.2f} to the model's object size"
-    n_classes = model.n_classes
-    depth, padding = model.depth, model.padding
-
-    t_in = int(config.tile_in)
-    if padding == "valid" and choice is not None and not is_valid_size(t_in, depth):
+def _tile(config: TrainConfig, model: UNet, *, auto: bool) -> tuple[int, int]:
+    """The training tile's input and output sides, valid for the model (its depth may differ from the config's)."""
+    t_in, depth = int(config.tile_in), model.depth
+    if model.padding == "valid" and auto and not is_valid_size(t_in, depth):
         # 'auto' chose a model of another depth than the tile was sized for: the nearest valid tile
         lo, hi = nearest_valid_sizes(t_in, depth)
         t_in = hi if lo is None or hi - t_in <= t_in - lo else lo
-    if padding == "valid":
+    if model.padding == "valid":
         check_tile_in(t_in, depth)  # the starting model's depth may differ from the config's
     else:
         step = 2**depth
         t_in = max(step, t_in // step * step)
-    t_out = model.output_size(t_in)
+    return t_in, model.output_size(t_in)
 
-    slices = prepare_slices(pairs, config, n_classes, in_channels, channel_axis, weights=False)
-    if val_images is not None:
-        val = prepare_slices(
-            as_pairs(val_images, val_labels), config, n_classes, in_channels, channel_axis, weights=False
-        )
-    elif config.val_fraction > 0 and len(slices) >= 2:
-        # at least one slice each way: holding out all (0.9 of 2 slices rounds to 2) left nothing to train on
-        k = min(len(slices) - 1, max(1, int(round(len(slices) * config.val_fraction))))
-        order = rng.permutation(len(slices))
-        val = [slices[i] for i in sorted(order[:k])]
-        slices = [slices[i] for i in sorted(order[k:])]
-    else:
-        val = []
+
+def _probs(slices: list[TrainSlice]) -> np.ndarray:
+    """How often each slice is sampled: by its annotated pixels."""
     counts = np.array([s.n_annotated for s in slices], dtype=np.float64)
-    probs = counts / counts.sum()
+    return counts / counts.sum()
 
+
+def _data_warnings(config: TrainConfig, slices, val, n_classes: int, *, val_given: bool) -> tuple[str, str]:
+    """What the strokes cannot teach: only one class painted; no validation although asked for."""
     painted = np.unique(
         np.concatenate([np.unique(start.collapse(s.target[s.target >= 0], config.label_mode)) for s in slices])
     )
-    no_val = ""
-    if config.val_fraction > 0 and val_images is None and not val:  # asked for, and silently skipped before
-        no_val = (
-            f"no validation (val_fraction {config.val_fraction:g}): only one slice is annotated, and training "
-            "needs it; annotate a second slice to validate"
-        )
     one_class = ""
     if len(painted) == 1:
         what = _default_class_names(config, n_classes)[int(painted[0])] if painted[0] < n_classes else "one class"
         one_class = f"only {what} is painted: the model can only learn to predict {what} everywhere. Paint " + (
             "objects (2, 3, ...) too" if painted[0] == 0 else "some background (1) too"
         )
-    # how well the start model already predicts the painted pixels: sets keep_prior when it is None
-    fine_tune = bool(config.init) and not config.resume
-    same_head = fine_tune and not new_head
-    start_agreement, worst, warning = None, None, ""
-    if choice is not None:
-        picked = next((c for c in choice.candidates if c.name == choice.name), None)
-        start_agreement, worst = (picked.agreement, picked.worst) if picked is not None else (None, None)
-    elif same_head:
-        start_agreement, per_class = start.agreement(
-            model, slices, config.label_mode, device=resolve_device(config.device)
+    no_val = ""
+    if config.val_fraction > 0 and not val_given and not val:  # asked for: say why there is none
+        no_val = (
+            f"no validation (val_fraction {config.val_fraction:g}): only one slice is annotated, and training "
+            "needs it; annotate a second slice to validate"
         )
-        worst = min(per_class.values()) if per_class else None
-    if start_agreement is not None:
-        start_note += f"; it agrees {start_agreement:.2f} with your strokes"
-    if config.keep_prior is None:
-        config = replace(config, keep_prior=start.prior_weight(worst) if same_head else 0.0)
-        if same_head and config.keep_prior == 0 and worst is not None:
-            warning = (
-                f"the start model contradicts your strokes (it predicts only {worst:.2f} of one painted class as "
-                "you painted it): it learns what you painted from its features, and its prediction is not kept "
-                "where you did not paint"
-            )
-    keeps = same_head and config.keep_prior > 0  # a start that is kept: its loss weighting is kept too
-    config = replace(
-        config,
-        class_balance=not keeps if config.class_balance is None else config.class_balance,
-        border_weights=not keeps if config.border_weights is None else config.border_weights,
-    )
-    sampling.weigh(slices, config)
-    teacher = None
-    if config.keep_prior > 0 and fine_tune:
-        if same_head:
-            teacher = copy.deepcopy(model).eval().requires_grad_(False)
-            start_note += f", kept where you did not paint (keep_prior {config.keep_prior:.2f})"
-        else:
-            start_note += "; keep_prior ignored: the starting model has other classes"
-    yield TrainEvent(
-        "start",
-        0,
-        config.steps,
-        float("nan"),
-        config.lr,
-        time.perf_counter() - t_start,
-        0.0,
-        message=choice.reason if choice is not None else start_note,
-        warning="; ".join(w for w in (one_class, no_val, warning) if w),
-    )
-    if choice is not None:
-        start_note = f"{start_note} (auto: {choice.reason})"
+    return one_class, no_val
 
-    dev = resolve_device(config.device)
-    precision = config.precision or default_precision(dev)
-    amp_dtype = autocast_dtype(precision, dev)
-    mem_fmt = memory_format(dev)
-    model.to(dev).to(memory_format=mem_fmt)
-    if teacher is not None:
-        teacher.to(dev).to(memory_format=mem_fmt)
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step0 = 0
-    if config.resume:
-        load_optimizer_state(config.resume, opt)
-        step0 = int((start_info.training or {}).get("steps_done", 0))
-        for g in opt.param_groups:
-            g["lr"] = config.lr
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16 and dev.type == "cuda")
-    lr0 = config.lr
 
-    def lr_at(step: int) -> float:
-        if config.schedule == "cosine":
-            return lr0 * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
-        return lr0
-
-    classes = list(config.class_names) if config.class_names else _default_class_names(config, n_classes)
-    info = ModelInfo(
-        model=model.config.to_dict(),
-        classes=classes,
-        label_mode=config.label_mode,
-        border_class=config.border_class,
-        normalization={"method": "percentile", "low": config.norm_low, "high": config.norm_high},
-        training={
-            "config": config.to_dict(),
-            "start": start_note,
-            "tile_in": t_in,
-            "tile_out": t_out,
-            "n_train_slices": len(slices),
-            "n_val_slices": len(val),
-            "device": str(dev),
-            "start_agreement": start_agreement,
-            "start_worst_class": worst,
-            "domain": start.domain_signature(s.image for s in slices),
-        },
-        name=(start_info.name if start_info is not None and config.resume else ""),
-        zoom={"input_zoom": config.scale} if config.scale != 1.0 else {},
-    )
-
-    history: list[tuple[int, float]] = []
-    val_history: list[tuple[int, float]] = []
-    best_state = _cpu_state(model)
-    best_metric: float | None = None
-    best_step = step0
-    ema = None
-    agree = None  # running balanced accuracy on the painted pixels of the batches (event.agreement)
-    state = TrainState.TRAINING
-    step = step0
-    fresh = step0  # best weights are tracked from here (live strokes move it)
-    last_loss = float("nan")
-
-    def snapshot_model() -> UNet:
-        # what a step event's snapshot() copies: the live weights, on the CPU, nothing else
-        net = build_model(model.config)
-        net.load_state_dict(_cpu_state(model))
-        net.info = info
-        return net
-
-    def event(kind: str, lr: float, eta: float, *, elapsed: float | None = None, live: bool = True, **kw):
-        """A TrainEvent at the current step; ``live`` ones (the run goes on) offer a weight snapshot."""
-        if elapsed is None:
-            elapsed = time.perf_counter() - t_start
-        snap = snapshot_model if live else None
-        return TrainEvent(
-            kind,
-            step,
-            config.steps,
-            last_loss,
-            lr,
-            elapsed,
-            eta,
-            device=str(dev),
-            snapshot_model=snap,
-            agreement=agree,
-            **kw,
-        )
-
-    def snapshot_result(st: TrainState) -> TrainResult:
-        last_state = _cpu_state(model)
-        # no best tracked yet (too few steps, no validation): the last weights are the best there are
-        b_state, b_step = (best_state, best_step) if best_metric is not None else (last_state, step)
-        training = dict(
-            info.training,
-            steps_done=step,
-            best_step=b_step,
-            best_metric=best_metric,
-            final_loss=last_loss,
-            state=st.value,
-            seconds=round(time.perf_counter() - t_start, 1),
-        )
-        res_info = replace(info, training=training)
-        cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
-        cpu_model.info = res_info
-        return TrainResult(
-            model=cpu_model,
-            best_state=b_state,
-            last_state=last_state,
-            info=res_info,
-            state=st,
-            steps_done=step,
-            history=history,
-            val_history=val_history,
-            best_step=b_step,
-            best_metric=best_metric,
-            optimizer_state=_cpu_opt_state(opt),
-        )
-
-    try:
-        model.train()
-        while step < config.steps:
-            if cancel is not None and cancel.is_set():
-                state = TrainState.STOPPED
-                break
-            lr = lr_at(step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            if feed is not None:
-                updates = feed()
-                if updates:
-                    n_new, skipped = _take_strokes(
-                        updates, pairs, slices, val, config, n_classes, in_channels, channel_axis
-                    )
-                    # the data changed: weights from before the strokes are no 'best' (the loss rises with them)
-                    best_metric, ema, fresh = None, None, step
-                    counts = np.array([s.n_annotated for s in slices], dtype=np.float64)
-                    probs = counts / counts.sum()
-                    msg = f"{n_new} painted slice(s) joined the training data" + (f"; {skipped}" if skipped else "")
-                    if preview is not None and updates[-1][0] == preview[0]:  # the preview follows the painting
-                        preview = (preview[0], updates[-1][1] or 0)
-                    yield event("live", lr, 0.0, message=msg)
-            # through the module, so a benchmark can time (wrap) the sampler
-            x, y, w = sampling.sample_batch(slices, probs, config, t_in, t_out, rng)
-            xt = torch.from_numpy(x).to(dev).contiguous(memory_format=mem_fmt)
-            yt = torch.from_numpy(y).to(dev)
-            wt = torch.from_numpy(w).to(dev)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(xt)
-            if teacher is None:
-                loss = weighted_loss(logits, yt, wt)
-            else:
-                with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    t_logits = teacher(xt)
-                loss = kept_start_loss(logits, t_logits, yt, wt, config.keep_prior)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss.item()} at step {step + 1}; lower the learning rate (now {lr:g})"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            last_loss = float(loss.item())
-            history.append((step, last_loss))
-            with torch.no_grad():
-                pred = start.collapse(logits.argmax(1).cpu().numpy(), config.label_mode)
-                acc, _ = start.balanced_accuracy(pred, start.collapse(y, config.label_mode))
-            if np.isfinite(acc):
-                agree = acc if agree is None else 0.9 * agree + 0.1 * acc
-            ema = last_loss if ema is None else 0.95 * ema + 0.05 * last_loss
-            if not val and (best_metric is None or -ema > best_metric) and step - fresh >= min(20, config.steps):
-                best_metric, best_step, best_state = -ema, step, _cpu_state(model)
-            elapsed = time.perf_counter() - t_start
-            per_step = elapsed / max(step - step0, 1)
-            eta = per_step * (config.steps - step)
-            if step % max(config.log_every, 1) == 0 or step == config.steps:
-                yield event("step", lr, eta, elapsed=elapsed)
-            if val and (step % config.val_every == 0 or step == config.steps):
-                metric = _validate(model, val, n_classes, dev, precision)
-                model.train()
-                val_history.append((step, metric))
-                if best_metric is None or metric > best_metric:
-                    best_metric, best_step, best_state = metric, step, _cpu_state(model)
-                yield event("validation", lr, eta, val_metric=metric)
-            if preview is not None and config.preview_every and step % config.preview_every == 0:
-                pv = _preview(model, pairs[preview[0]][0], preview[1], dev, channel_axis, config)
-                model.train()
-                yield event("preview", lr, eta, preview=pv, preview_where=tuple(preview))
-        else:
-            state = TrainState.DONE
-        result = snapshot_result(state)
-        yield event("finished", lr_at(step), 0.0, live=False, val_metric=best_metric if val else None, state=state)
-        return result
-    except Exception as exc:
-        # free the step's tensors (the traceback keeps this frame alive) and move the weights off the
-        # device first, so an out-of-memory crash can still be snapshotted and GPU memory comes back
-        loss = logits = t_logits = xt = yt = wt = None
-        opt.zero_grad(set_to_none=True)
-        model.to("cpu")
-        if teacher is not None:
-            teacher.to("cpu")
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-        partial = None
-        if step > step0:
-            try:
-                partial = snapshot_result(TrainState.CRASHED)
-            except Exception:
-                partial = None
-        yield event("crashed", lr_at(step), 0.0, live=False, state=TrainState.CRASHED, error=exc, result=partial)
-        raise
-    finally:
-        model.to("cpu")
-        opt = teacher = None  # drop the optimizer state and the teacher now
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+def _snapshot_model(model: UNet, info: ModelInfo) -> UNet:
+    """What a step event's snapshot() copies: the live weights, on the CPU, nothing else."""
+    net = build_model(model.config)
+    net.load_state_dict(_cpu_state(model))
+    net.info = info
+    return net
 
 
 def _take_strokes(updates, pairs, slices, val, config, n_classes, in_channels, channel_axis) -> tuple[int, str]:
@@ -499,7 +573,7 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
     # a broken file of the user's is reported before the shipped models are scored (and each file is read once)
     loaded = {name: load_model(name) for name in config.candidates}
     # agreement collapses a border class into its object; the slices as painted (each candidate zooms them)
-    quick = replace(config, border_class=False, scale=None)
+    quick = replace(config, border_class=False, zoom=None)
     n_classes = _n_classes(quick, pairs)
     slices = prepare_slices(pairs, quick, n_classes, in_channels, channel_axis, weights=False)
     signature = start.domain_signature(s.image for s in slices)
@@ -510,7 +584,7 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
             continue
         scored.append(
             start.score_candidate(
-                name, slices, config.label_mode, n_classes, signature, scale=config.scale, model=loaded.get(name)
+                name, slices, config.label_mode, n_classes, signature, zoom=config.zoom, model=loaded.get(name)
             )
         )
     return start.choose(scored)
@@ -547,7 +621,7 @@ def _validate(model: UNet, val: list[TrainSlice], n_classes: int, dev, precision
             normalize=False,
             device=dev,
             precision=precision,
-            zoom=1.0,  # the slices are at the model's scale already
+            zoom=1.0,  # the slices are zoomed for the model already
         )
         scores.append(annotated_iou(pred, s.target, n_classes))
     return float(np.nanmean(scores)) if scores else float("nan")
@@ -558,7 +632,7 @@ def _preview(model: UNet, image, z: int, dev, channel_axis, config: TrainConfig)
     is_stack = len(np.shape(image)) == (3 if channel_axis is None else 4)
     plane = plane_at(image, z if is_stack else None, channel_axis)
     lo, hi = percentiles(plane, config.norm_low, config.norm_high)
-    kw = dict(normalize=(lo, hi), device=dev, output="labels", zoom=config.scale)  # the image as the user sees it
+    kw = dict(normalize=(lo, hi), device=dev, output="labels", zoom=config.zoom)  # the image as the user sees it
     if channel_axis is None:
         return predict(model, plane[0], **kw)
     return predict(model, plane, channel_axis=0, **kw)

@@ -63,7 +63,7 @@ def prepare_slices(
 ) -> list[TrainSlice]:
     """The annotated slices, normalised, with targets and (``weights``) eq. 2 weight maps (else ones)."""
     out = []
-    zoom = config.scale or 1.0  # None (not decided yet): the images as they are
+    zoom = config.zoom or 1.0  # None (not decided yet): the images as they are
     for i, (img, lab) in enumerate(pairs):
         name = f"pair {i}" if len(pairs) > 1 else ""
         lab = np.asarray(lab)
@@ -88,7 +88,7 @@ def prepare_slices(
                 raise ValueError(f"the model expects {in_channels} channel(s), the image has {im.shape[0]}")
             # per-slice percentiles and the same mapping as tiling.iter_predict at prediction time
             im = scale_intensity(im, *percentiles(im, config.norm_low, config.norm_high))
-            if zoom != 1.0:  # at the model's object size (core/scale.py), as prediction will see it
+            if zoom != 1.0:  # at the model's object size (core/data/zoom.py), as prediction will see it
                 im, lab_z = zoom_plane(im, zoom), zoom_labels(lab_z, zoom)
                 ann = annotated_mask(lab_z, zero_is_background=config.zero_is_background)
                 if not ann.any():

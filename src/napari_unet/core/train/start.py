@@ -23,7 +23,8 @@ Measured on the strokes painted so far, in seconds, without training:
 
 From these, :func:`prior_weight` sets how strongly fine-tuning keeps the start
 model's prediction where nobody painted (``TrainConfig.keep_prior=None``), and
-:func:`choose_start` picks the start for ``init='auto'``:
+:func:`choose` picks the start for ``init='auto'``; :func:`settle` settles every run's start (which
+model, zoom, keep_prior, what the user is told):
 
 Only models trained on images like the user's count (similarity >= ``SIMILAR``,
 or unknown for a model file without a signature): a model from another domain
@@ -57,6 +58,7 @@ from ..data.labels import IGNORE
 from ..data.zoom import ZOOM_RANGE, model_zoom, zoom_plane
 from ..models.checkpoint import available_models
 from ..models.load import load_model
+from ..network.device import resolve_device
 from ..predict.tiles import predict
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "MIN_GAIN",
     "SCRATCH",
     "SIMILAR",
+    "Start",
     "StartChoice",
     "ZOOMS",
     "agreement",
@@ -79,11 +82,13 @@ __all__ = [
     "pick_zoom",
     "prior_weight",
     "score_candidate",
+    "settle",
+    "zoom_for",
 ]
 
 # the magnifications tried by the auto start: a factor 2 either way (20x <-> 40x objectives), in sqrt(2) steps
 ZOOMS = (0.5, 0.71, 1.0, 1.41, 2.0)
-# another scale is taken only when it agrees clearly better than the image as it is: by MIN_GAIN, and
+# another zoom is taken only when it agrees clearly better than the image as it is: by MIN_GAIN, and
 # with at most MAX_LEFT of the disagreement left. A model at another magnification mostly stops
 # disagreeing when zoomed (DSB nuclei 3x: 0.92 -> 0.97 at x0.5); strokes painted over a model's mistakes
 # are disagreement by construction, at every zoom, and a zoom that happens to score 0.03 better there
@@ -94,7 +99,7 @@ MAX_LEFT = 0.5
 
 
 def pick_zoom(scores: dict[float, float], default: float = 1.0) -> float:
-    """The scale with the best agreement; ``default`` (the model's own) unless another one is better by
+    """The zoom with the best agreement; ``default`` (the model's own) unless another one is better by
     :data:`MIN_GAIN` and leaves at most :data:`MAX_LEFT` of the disagreement at ``default``."""
     scores = {s: a for s, a in scores.items() if a is not None and np.isfinite(a)}
     if not scores:
@@ -193,10 +198,10 @@ def balanced_accuracy(pred: np.ndarray, target: np.ndarray) -> tuple[float, dict
 
 
 def agreement(
-    model, slices, label_mode: str, *, device="cpu", scale: float = 1.0, max_pixels: int = _MAX_PIXELS
+    model, slices, label_mode: str, *, device="cpu", zoom: float = 1.0, max_pixels: int = _MAX_PIXELS
 ) -> tuple[float, dict[int, float]]:
     """How well ``model`` already predicts the painted pixels of ``slices`` (prepared TrainSlices), with the
-    images zoomed by ``scale`` for the network (the prediction comes back to the strokes' grid)."""
+    images zoomed by ``zoom`` for the network (the prediction comes back to the strokes' grid)."""
     preds, targets = [], []
     for image, target in _painted_crops(slices, max_pixels):
         c = image.shape[0]
@@ -207,7 +212,7 @@ def agreement(
             normalize=False,
             device=device,
             output="labels",
-            zoom=scale,
+            zoom=zoom,
         )
         preds.append(collapse(np.asarray(pred, dtype=np.int64), label_mode).ravel())
         targets.append(collapse(target, label_mode).ravel())
@@ -234,7 +239,7 @@ class Candidate:
     similarity: float | None = None  # None: scratch, or a model file without a domain signature
     note: str = ""
     worst: float | None = None  # the lowest per-class fraction right (None as agreement)
-    scale: float = 1.0  # the zoom at which it agrees best (core/scale.py)
+    zoom: float = 1.0  # the zoom at which it agrees best (core/data/zoom.py)
 
     @property
     def label(self) -> str:
@@ -244,7 +249,7 @@ class Candidate:
     def describe(self) -> str:
         parts = []
         if self.agreement is not None:
-            at = f" with the images zoomed x{self.scale:.2f}" if self.scale != 1.0 else ""
+            at = f" with the images zoomed x{self.zoom:.2f}" if self.zoom != 1.0 else ""
             parts.append(f"agrees {self.agreement:.2f} with your strokes{at}")
         if self.similarity is not None:
             parts.append(f"image similarity {self.similarity:.2f}")
@@ -255,11 +260,22 @@ class Candidate:
 
 @dataclass
 class StartChoice:
+    """What :func:`choose` picked among the scored candidates, and why."""
+
     name: str  # 'scratch' or the model to start from
-    keep_prior: float
     reason: str
     candidates: list[Candidate]
-    scale: float = 1.0
+    zoom: float = 1.0
+
+    @property
+    def picked(self) -> Candidate | None:
+        """The candidate chosen (None: scratch when it was not among the candidates)."""
+        return next((c for c in self.candidates if c.name == self.name), None)
+
+    @property
+    def keep_prior(self) -> float:
+        """How strongly the pick is kept where nobody painted: :func:`prior_weight` of its worst class."""
+        return prior_weight(self.picked.worst if self.picked is not None else None)
 
 
 def choose(candidates: Sequence[Candidate]) -> StartChoice:
@@ -276,7 +292,7 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"start from {best.label}: it already agrees {best.agreement:.2f} with your strokes, so it is "
             f"fine-tuned and kept where you did not paint (keep_prior {kp:.2f}) [{listing}]"
         )
-        return StartChoice(best.name, kp, why, list(candidates), best.scale)
+        return StartChoice(best.name, why, list(candidates), best.zoom)
     similar = [c for c in eligible if c.similarity is not None]
     if similar:
         best = max(similar, key=lambda c: (c.similarity, c.agreement or 0.0))
@@ -285,9 +301,83 @@ def choose(candidates: Sequence[Candidate]) -> StartChoice:
             f"like yours (similarity {best.similarity:.2f}); its features are kept, its prediction is not "
             f"(keep_prior 0) [{listing}]"
         )
-        return StartChoice(best.name, 0.0, why, list(candidates), best.scale)
+        return StartChoice(best.name, why, list(candidates), best.zoom)
     why = f"start from scratch: no model was trained on images like yours [{listing}]"
-    return StartChoice(SCRATCH, 0.0, why, list(candidates))
+    return StartChoice(SCRATCH, why, list(candidates))
+
+
+# ----------------------------------------------------------------------------- the start of a run
+
+
+@dataclass(frozen=True)
+class Start:
+    """A run's start, settled: what it trains from, at which zoom, how much of the start model is kept,
+    and what the user is told."""
+
+    init: str | None  # the model it fine-tunes; None: from scratch, or a resumed run (config.resume)
+    zoom: float  # the images' zoom for the network (core/data/zoom.py)
+    keep_prior: float
+    kept: bool  # the start model's prediction is kept where nobody painted (keep_prior > 0, same head)
+    agreement: float | None  # how well the start model agrees with the strokes (None: none measured)
+    worst: float | None  # its worst painted class (:func:`balanced_accuracy`'s per-class fraction)
+    message: str  # the 'start' event's: the auto start's reason, else ``note``
+    note: str  # what the model file records (info.training['start'])
+    warning: str  # the start model contradicts the strokes and is not kept ('' when not)
+
+
+def zoom_for(config, choice: StartChoice | None, model) -> float:
+    """The zoom a run trains at: the config's, else the auto start's pick, else the start ``model``'s own
+    (a correction round keeps its zoom), 1 from scratch (``model`` None)."""
+    if config.zoom is not None:
+        return config.zoom
+    if choice is not None:
+        return choice.zoom
+    return model_zoom(model) if model is not None else 1.0
+
+
+def settle(config, slices, model, *, built: str, new_head: bool, choice: StartChoice | None = None) -> Start:
+    """The start of a run whose ``model`` is built (``built`` says how: 'from scratch', 'fine-tuning X', ...)
+    and whose strokes are prepared at its zoom (``slices``, the training ones; ``config.zoom`` settled by
+    :func:`zoom_for`, ``config.init`` by ``choice``, what :func:`choose` picked for init='auto').
+
+    keep_prior, unless the config gives it, is :func:`prior_weight` of the start model's worst painted class:
+    the auto start's pick as scored, an explicit start that keeps its head as measured here on ``slices``;
+    0 from scratch, for a resumed run and for an explicit start with a new head. An explicit start that
+    contradicts the strokes (prior 0) is warned about: it learns from its features, its prediction is not kept.
+    """
+    fine_tune = bool(config.init) and not config.resume
+    same_head = fine_tune and not new_head
+    agree = worst = None
+    if choice is not None and choice.picked is not None:
+        agree, worst = choice.picked.agreement, choice.picked.worst
+    elif choice is None and same_head:
+        agree, per_class = agreement(model, slices, config.label_mode, device=resolve_device(config.device))
+        worst = min(per_class.values()) if per_class else None
+    keep, warning = config.keep_prior, ""
+    if keep is None and choice is not None:
+        keep = choice.keep_prior
+    elif keep is None:
+        keep = prior_weight(worst) if same_head else 0.0
+        if same_head and keep == 0 and worst is not None:
+            warning = (
+                f"the start model contradicts your strokes (it predicts only {worst:.2f} of one painted class as "
+                "you painted it): it learns what you painted from its features, and its prediction is not kept "
+                "where you did not paint"
+            )
+    note = built + (f"; images zoomed x{config.zoom:.2f} to the model's object size" if config.zoom != 1.0 else "")
+    if agree is not None:
+        note += f"; it agrees {agree:.2f} with your strokes"
+    if keep > 0 and fine_tune:
+        note += (
+            f", kept where you did not paint (keep_prior {keep:.2f})"
+            if same_head
+            else "; keep_prior ignored: the starting model has other classes"
+        )
+    message = choice.reason if choice is not None else note
+    if choice is not None:
+        note = f"{note} (auto: {choice.reason})"
+    kept = same_head and keep > 0
+    return Start(config.init, config.zoom, keep, kept, agree, worst, message, note, warning)
 
 
 def score_candidate(
@@ -298,11 +388,11 @@ def score_candidate(
     signature: dict,
     *,
     device="cpu",
-    scale: float | None = None,
+    zoom: float | None = None,
     model=None,
 ):
-    """A :class:`Candidate` for model ``name`` on the prepared ``slices`` (``scale``: the zoom asked for, else
-    the one of :data:`.scale.ZOOMS` around the model's own at which it agrees best; ``model``: ``name``
+    """A :class:`Candidate` for model ``name`` on the prepared ``slices`` (``zoom``: the zoom asked for, else
+    the one of :data:`ZOOMS` around the model's own at which it agrees best; ``model``: ``name``
     already loaded)."""
     model = load_model(name) if model is None else model
     model_domain = (model.info.training or {}).get("domain")
@@ -313,22 +403,22 @@ def score_candidate(
     if not matches:
         return Candidate(name, None, sim, "other classes")
     # the magnification: the zoom at which the model agrees best on a small part of the strokes
-    own = model_zoom(model) if scale is None else scale
-    zoom = own
-    if scale is None:
+    own = model_zoom(model) if zoom is None else zoom
+    at = own
+    if zoom is None:
         tried = sorted({own, *(own * z for z in ZOOMS if ZOOM_RANGE[0] <= own * z <= ZOOM_RANGE[1])})
         quick = {
-            z: agreement(model, slices, label_mode, device=device, scale=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
+            z: agreement(model, slices, label_mode, device=device, zoom=z, max_pixels=_SCALE_PIXELS)[0] for z in tried
         }
-        zoom = pick_zoom(quick, default=own)
-    agree, per_class = agreement(model, slices, label_mode, device=device, scale=zoom)
-    if zoom != own and prior_weight(min(per_class.values()) if per_class else None) == 0:
+        at = pick_zoom(quick, default=own)
+    agree, per_class = agreement(model, slices, label_mode, device=device, zoom=at)
+    if at != own and prior_weight(min(per_class.values()) if per_class else None) == 0:
         # a model that contradicts the strokes at every zoom says nothing about their scale: its own
-        zoom = own
-        agree, per_class = agreement(model, slices, label_mode, device=device, scale=zoom)
-    if zoom != 1.0:
-        sim = domain_similarity(domain_signature(zoom_plane(s.image, zoom) for s in slices), model_domain)
-    return Candidate(name, agree, sim, worst=min(per_class.values()) if per_class else None, scale=zoom)
+        at = own
+        agree, per_class = agreement(model, slices, label_mode, device=device, zoom=at)
+    if at != 1.0:
+        sim = domain_similarity(domain_signature(zoom_plane(s.image, at) for s in slices), model_domain)
+    return Candidate(name, agree, sim, worst=min(per_class.values()) if per_class else None, zoom=at)
 
 
 def default_candidates(extra: Iterable[str] = ()) -> list[str]:
