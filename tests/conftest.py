@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-# Property tests (tests/core/test_properties_*.py): the same examples on every run and machine
+# Property tests (tests/core/*/test_properties_*.py): the same examples on every run and machine
 # (derandomize), no example database written into the worktree, no per-example deadline (a
 # shared 2-core CI box has slow moments). Each test sets its own modest max_examples.
 settings.register_profile("napari-unet", derandomize=True, database=None, deadline=None)

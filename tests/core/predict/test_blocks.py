@@ -70,7 +70,7 @@ def test_distributed_local_cluster_equals_single_process(net, volume, reference,
     image = _zarr_image(tmp_path, volume)
     lab_path = _output(tmp_path, "labels.zarr", labels.shape)
     prob_path = _output(tmp_path, "probs.zarr", probs.shape, "float16", (2, *ODD))
-    # threads, not processes, to keep the test fast; tests/test_zarr_cli.py runs worker processes
+    # threads, not processes, to keep the test fast; tests/cli/test_zarr_cli.py runs worker processes
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc:
         with distributed.Client(lc) as client:
             events = list(iter_predict_blocks(net, image, str(lab_path), client=client))
