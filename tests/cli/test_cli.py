@@ -19,8 +19,9 @@ def cli(line: str) -> int:
 
 
 @pytest.fixture
-def em_files(tmp_path, isbi):
-    img, lab, _ = isbi
+def em_files(tmp_path, em_sample):
+    """The bundled EM crop's first 3 slices (128 x 160 px) and its ISBI-format labels (0 membrane, 255 cell)."""
+    img, lab, _ = em_sample
     ip, lp = tmp_path / "em.tif", tmp_path / "em-labels.tif"
     tifffile.imwrite(ip, img[:3, :128, :160], photometric="minisblack")
     tifffile.imwrite(lp, lab[:3, :128, :160], photometric="minisblack")

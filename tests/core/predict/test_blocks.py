@@ -24,8 +24,8 @@ def net():
 
 
 @pytest.fixture(scope="module")
-def volume(isbi):
-    return np.ascontiguousarray(isbi[0][:3])  # ISBI-sized planes (512 x 512)
+def volume(em_planes):
+    return np.ascontiguousarray(em_planes[:3])  # ISBI-sized planes (512 x 512)
 
 
 @pytest.fixture(scope="module")
