@@ -167,10 +167,14 @@ def test_slices_subset_and_bad_input(net, em):
 
 
 def test_auto_tile_out_respects_memory_budget(net):
+    from napari_unet.core.predict.tiles import bytes_per_pixel, tile_context
+
     dev = resolve_device("cpu")
     small = auto_tile_out((5000, 5000), net, dev, memory_budget=50 << 20)
     big = auto_tile_out((5000, 5000), net, dev, memory_budget=8 << 30)
     assert small[0] < big[0] <= 5000
+    m = tile_context(net)  # the input tile, context included, fits the budget at the model's bytes per pixel
+    assert (small[0] + 2 * m) * (small[1] + 2 * m) * bytes_per_pixel(net) <= 50 << 20
     assert auto_tile_out((100, 120), net, dev, memory_budget=8 << 30) == (100, 120)  # one tile
 
 
