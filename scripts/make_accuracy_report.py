@@ -736,7 +736,7 @@ napari-unet evaluate --model nuclei --images ../shared/data/dsb2018_nuclei_256/i
 model card, with the training recipe, the data and its licence and the held-out numbers above:
 [em-membrane](../src/napari_unet/models/em-membrane.md), [nuclei](../src/napari_unet/models/nuclei.md)
 (`README.md` inside each package). bioimageio.core's own test (`bioimageio test em-membrane.zip`)
-passes on both, offline (`tests/core/test_bioimageio.py`), and a package imported back into
+passes on both, offline (`tests/core/export/test_bioimageio.py`), and a package imported back into
 napari-unet predicts the same labels as the model file.
 
 ## Training

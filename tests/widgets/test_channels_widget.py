@@ -13,9 +13,10 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def two_channel_viewer(viewer, dsb):
-    """DSB nuclei (2 slices) plus a second channel made from them, opened as napari opens a 2-channel file."""
-    images, labels = dsb
+def two_channel_viewer(viewer, nuclei_sample):
+    """DSB nuclei (2 bundled slices) plus a second channel made from them, opened as napari opens a
+    2-channel file."""
+    images, labels = nuclei_sample
     grey = images[:2, :96, :112]
     other = (255 - ndimage.gaussian_filter(grey.astype(np.float32), (0, 3, 3))).astype(np.uint8)
     viewer.add_image(np.stack([grey, other]), channel_axis=0, name=["nuclei", "other"])
@@ -66,8 +67,8 @@ def test_channel_layers_train_and_predict_a_two_channel_model(two_channel_viewer
     np.testing.assert_allclose(p.probabilities[:, z], expect, atol=1e-5)
 
 
-def test_rgb_layer_is_three_channels(viewer, dsb, qtbot, errors):
-    images, labels = dsb
+def test_rgb_layer_is_three_channels(viewer, nuclei_sample, qtbot, errors):
+    images, labels = nuclei_sample
     rgb = np.stack([images[0, :96, :112]] * 3, axis=-1)
     viewer.add_image(rgb, name="colour", rgb=True)
     lab = np.where(labels[0, :96, :112] > 0, 2, 1).astype(np.uint16)

@@ -9,9 +9,9 @@ from napari_unet.core.predict.tiles import predict
 pytestmark = pytest.mark.gui
 
 
-def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qtbot, errors):
-    images, _ = dsb
-    viewer.add_image(images[85, :128, :128], name="nuclei")
+def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, nuclei_sample, qtbot, errors):
+    images, _ = nuclei_sample
+    viewer.add_image(images[3, :128, :128], name="nuclei")
     p = dock(viewer, "Predict")
     p.model.value, p.image.value = "nuclei", viewer.layers["nuclei"]
     p.zoom.value = 0.05
@@ -22,7 +22,7 @@ def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, dsb, qt
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     from napari_unet.core.models.load import load_model
 
-    expect = predict(load_model("nuclei"), images[85, :128, :128], zoom=0.5)
+    expect = predict(load_model("nuclei"), images[3, :128, :128], zoom=0.5)
     np.testing.assert_array_equal(p.layer.data, expect)
 
 

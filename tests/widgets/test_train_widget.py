@@ -225,7 +225,9 @@ def test_export_for_bioimageio_after_training(em_viewer, qtbot, tmp_path, monkey
     assert "pip install 'napari-unet[bioimageio]'" in errors[-1]
     monkeypatch.undo()
     worker = w._on_export(tmp_path / "mine.zip")
-    qtbot.waitUntil(lambda: "written" in w.status.value or "failed" in w.status.value, timeout=60_000)
+    assert w.export_worker is worker
+    # the worker's finished signal comes after its returned one: the status is final and the thread done
+    qtbot.waitUntil(lambda: w.export_worker is None, timeout=60_000)
     assert "written" in w.status.value, w.status.value
     assert not worker.is_running
     back = load_model(tmp_path / "mine.zip")

@@ -230,6 +230,7 @@ class TrainWidget(JobWidget, Container):
         self.native.layout().addWidget(self.plot.native)
 
         self.job: Job | None = None
+        self.export_worker = None  # a bioimage.io export in progress; None again once its worker has finished
         self.result = None
         self.last_event = None
         self.last_live = ""  # live mode: what the last strokes painted during the run did
@@ -703,8 +704,14 @@ class TrainWidget(JobWidget, Container):
             authors=[getpass.getuser() or "napari-unet user"],
             _start_thread=False,
         )
+
+        def finished():
+            self.export_worker = None
+
         worker.returned.connect(done)
         worker.errored.connect(failed)
+        worker.finished.connect(finished)
+        self.export_worker = worker
         worker.start()
         return worker
 

@@ -49,13 +49,13 @@ def test_rank_regions_most_uncertain_first_and_skips_painted():
         rank_regions(np.zeros(5))
 
 
-def test_cli_uncertainty(tmp_path, isbi, capsys):
+def test_cli_uncertainty(tmp_path, em_sample, capsys):
     import tifffile
 
     from napari_unet.cli import main
 
-    img, _, _ = isbi
-    tifffile.imwrite(tmp_path / "em.tif", img[28:30, :128, :128])
+    img, _, _ = em_sample
+    tifffile.imwrite(tmp_path / "em.tif", img[:2, :128, :128])
     out = tmp_path / "unc.tif"
     assert (
         main(

@@ -14,8 +14,8 @@ from napari_unet.core.data import ngff
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
-def test_round_trip_with_metadata_and_labels_layout(tmp_path, isbi, version):
-    img = isbi[0][:3, :100, :120]
+def test_round_trip_with_metadata_and_labels_layout(tmp_path, em_sample, version):
+    img = em_sample[0][:3, :100, :120]
     path = tmp_path / "em.zarr"
     arr = ngff.create_output(
         path,

@@ -19,8 +19,9 @@ def cli(line: str) -> int:
 
 
 @pytest.fixture
-def em_files(tmp_path, isbi):
-    img, lab, _ = isbi
+def em_files(tmp_path, em_sample):
+    """The bundled EM crop's first 3 slices (128 x 160 px) and its ISBI-format labels (0 membrane, 255 cell)."""
+    img, lab, _ = em_sample
     ip, lp = tmp_path / "em.tif", tmp_path / "em-labels.tif"
     tifffile.imwrite(ip, img[:3, :128, :160], photometric="minisblack")
     tifffile.imwrite(lp, lab[:3, :128, :160], photometric="minisblack")
@@ -246,10 +247,13 @@ def _train_until_running(tmp_path, ip, lp, out, net=("2", "4", "92")):
     return proc
 
 
-def test_ctrl_c_never_replaces_the_output(tmp_path, em_files):
+def test_ctrl_c_never_replaces_the_output(tmp_path, em_files, monkeypatch, capsys):
     """First Ctrl-C: stop and save beside -o (<output>-interrupted), never over it; second: nothing written."""
+    import os
     import signal
     import time
+
+    import napari_unet.core.train.loop as core_train
 
     ip, lp = em_files
     out = tmp_path / "good.safetensors"
@@ -261,12 +265,21 @@ def test_ctrl_c_never_replaces_the_output(tmp_path, em_files):
     assert out.read_bytes() == b"a good model the user keeps"
     assert (tmp_path / "good-interrupted.safetensors").is_file()
 
+    # the second press while the stopping step still runs, as a user's would: both presses from inside
+    # the second step's loss (in this process: a press timed from outside may land after that step ended)
+    real, calls = core_train.weighted_loss, []
+
+    def pressed_twice(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here, so the two presses arrive as two
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core_train, "weighted_loss", pressed_twice)
     other = tmp_path / "other.safetensors"
-    # steps of ~0.3 s, so the second press lands while the stopping step still runs, as a user's would
-    proc = _train_until_running(tmp_path, ip, lp, other, net=("3", "32", "188"))
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.1)  # two presses (signals sent at once may arrive as one)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    argv = f"train --images {ip} --labels {lp} --labels-format isbi --steps 5 --depth 2 --channels 4 --tile-in 92"
+    assert cli(f"{argv} -o {other} -q") == 130
+    assert "stopping after this step" in capsys.readouterr().err and len(calls) == 2
     assert not other.exists() and not (tmp_path / "other-interrupted.safetensors").exists()

@@ -16,8 +16,8 @@ def net():
 
 
 @pytest.fixture(scope="module")
-def em(isbi):
-    img = isbi[0][:3].astype(np.float32) / 255.0
+def em(em_planes):
+    img = em_planes[:3].astype(np.float32) / 255.0
     return img
 
 
@@ -168,10 +168,14 @@ def test_slices_subset_and_bad_input(net, em):
 
 
 def test_auto_tile_out_respects_memory_budget(net):
+    from napari_unet.core.predict.tiles import bytes_per_pixel, tile_context
+
     dev = resolve_device("cpu")
     small = auto_tile_out((5000, 5000), net, dev, memory_budget=50 << 20)
     big = auto_tile_out((5000, 5000), net, dev, memory_budget=8 << 30)
     assert small[0] < big[0] <= 5000
+    m = tile_context(net)  # the input tile, context included, fits the budget at the model's bytes per pixel
+    assert (small[0] + 2 * m) * (small[1] + 2 * m) * bytes_per_pixel(net) <= 50 << 20
     assert auto_tile_out((100, 120), net, dev, memory_budget=8 << 30) == (100, 120)  # one tile
 
 
@@ -208,13 +212,13 @@ def test_instances_min_size_drops_specks_and_renumbers():
     assert inst3[2, 5] == inst3[5, 5] != 0 and inst3[20, 20] == 0
 
 
-def test_min_size_default_comes_from_the_model(dsb):
+def test_min_size_default_comes_from_the_model(nuclei_sample):
     """The shipped nuclei model drops specks below its own min_size; min_size=0 keeps them."""
     from napari_unet.core.models.load import load_model
 
     m = load_model("nuclei")
     assert m.info.postprocess["min_size"] == 30
-    stack = dsb[0][80:90]
+    stack = nuclei_sample[0]
     raw = predict(m, stack, output="instances", min_size=0)
     assert (np.bincount(raw.ravel())[1:] < 30).any()  # specks exist without the filter
     filtered = predict(m, stack, output="instances")

@@ -18,25 +18,20 @@ from napari_unet.core.train.augment import (
 
 
 @pytest.fixture(scope="module")
-def isbi(shared_data):
-    import tifffile
-
-    d = shared_data / "isbi2012"
-    img = tifffile.imread(d / "train-volume.tif", key=0)[:192, :160]
-    lab = tifffile.imread(d / "train-labels-instances-derived.tif", key=0)[:192, :160].astype(np.uint16) + 1
-    return img, lab
+def em(em_sample):
+    """192 x 160 px of the bundled ISBI crop's first slice and its cells (membrane 1, cells 2..)."""
+    img, _, inst = em_sample
+    return img[0, :192, :160], inst[0, :192, :160].astype(np.uint16) + 1
 
 
 @pytest.fixture(scope="module")
-def dsb(shared_data):
-    import tifffile
-
-    d = shared_data / "dsb2018_nuclei_256"
-    return tifffile.imread(d / "images.tif", key=1), tifffile.imread(d / "labels_instance.tif", key=1)
+def nuclei(nuclei_sample):
+    """One bundled DSB image (256 x 256, 16 nuclei) and its instance labels (0 background, 1..N)."""
+    return nuclei_sample[0][1], nuclei_sample[1][1]
 
 
-def test_same_seed_same_result_different_seed_different(isbi):
-    img, lab = isbi
+def test_same_seed_same_result_different_seed_different(em):
+    img, lab = em
     a = elastic_deform(img, lab, rng=np.random.default_rng(7))
     b = elastic_deform(img, lab, rng=np.random.default_rng(7))
     c = elastic_deform(img, lab, rng=np.random.default_rng(8))
@@ -49,8 +44,8 @@ def test_same_seed_same_result_different_seed_different(isbi):
     assert a.displacement.shape == (2, *img.shape) and a.displacement.dtype == np.float32
 
 
-def test_labels_gain_no_values(isbi, dsb):
-    for img, lab in (isbi, dsb):
+def test_labels_gain_no_values(em, nuclei):
+    for img, lab in (em, nuclei):
         allowed = set(np.unique(lab))
         for seed in range(4):
             d = elastic_deform(img, lab, rng=np.random.default_rng(seed), sigma=15)
@@ -59,16 +54,16 @@ def test_labels_gain_no_values(isbi, dsb):
             assert not np.array_equal(d.labels, lab)
 
 
-def test_labels_and_image_move_together(dsb):
-    img, lab = dsb
+def test_labels_and_image_move_together(nuclei):
+    img, lab = nuclei
     d = elastic_deform(img.astype(np.float32), lab, rng=np.random.default_rng(3), order=1)
     # nuclei are bright: the deformed image is still bright where the deformed labels say nucleus
     fg, bg = d.image[d.labels > 0].mean(), d.image[d.labels == 0].mean()
     assert fg > bg + 0.5 * (img[lab > 0].mean() - img[lab == 0].mean())
 
 
-def test_weights_linear_and_channels_first(isbi):
-    img, lab = isbi
+def test_weights_linear_and_channels_first(em):
+    img, lab = em
     w = np.random.default_rng(0).random(lab.shape).astype(np.float32) + 1
     multi = np.stack([img, 255 - img]).astype(np.float32)
     d = elastic_deform(multi, lab, w, rng=np.random.default_rng(1))
@@ -105,8 +100,8 @@ def test_dense_displacement_interpolates_grid_points():
     np.testing.assert_allclose(t.numpy(), dense, atol=1e-4)
 
 
-def test_identity_when_sigma_zero(isbi):
-    img, lab = isbi
+def test_identity_when_sigma_zero(em):
+    img, lab = em
     w = np.ones(lab.shape, np.float32)
     d = elastic_deform(img, lab, w, rng=np.random.default_rng(0), sigma=0)
     np.testing.assert_array_equal(d.image, img)
@@ -119,8 +114,8 @@ def test_identity_when_sigma_zero(isbi):
     np.testing.assert_array_equal(d.labels, lab)
 
 
-def test_order_and_bad_input(isbi):
-    img, lab = isbi
+def test_order_and_bad_input(em):
+    img, lab = em
     lin = elastic_deform(img, rng=np.random.default_rng(2), order=1).image
     assert lin.min() >= img.min() and lin.max() <= img.max()  # bilinear never overshoots
     with pytest.raises(ValueError, match="order must be"):
@@ -133,8 +128,8 @@ def test_order_and_bad_input(isbi):
         elastic_deform(img, rng=0)
 
 
-def test_torch_batched(isbi):
-    img, lab = isbi
+def test_torch_batched(em):
+    img, lab = em
     b = 3
     ti = torch.from_numpy(np.stack([img] * b)[:, None].astype(np.float32))
     tl = torch.from_numpy(np.stack([lab.astype(np.int64)] * b))
@@ -172,8 +167,8 @@ def test_flip_rot_applied_identically():
     assert len(seen) == 8  # all symmetries of the square appear
 
 
-def test_intensity_jitter_is_mild_and_seeded(dsb):
-    img = dsb[0].astype(np.float32)
+def test_intensity_jitter_is_mild_and_seeded(nuclei):
+    img = nuclei[0].astype(np.float32)
     a = intensity_jitter(img, np.random.default_rng(4))
     b = intensity_jitter(img, np.random.default_rng(4))
     np.testing.assert_array_equal(a, b)

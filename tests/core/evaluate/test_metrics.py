@@ -10,16 +10,16 @@ from napari_unet.core.evaluate import metrics as M
 
 
 @pytest.fixture(scope="module")
-def isbi3(isbi):
-    """First 3 ISBI slices: (cells bool, derived instances 0 = membrane / 1..N), from tests/conftest.py."""
-    _, labels, inst = isbi
+def isbi3(em_sample):
+    """First 3 slices of the bundled ISBI crop: (cells bool, derived instances 0 = membrane / 1..N)."""
+    _, labels, inst = em_sample
     return labels[:3] == 255, inst[:3].astype(np.int64)
 
 
 @pytest.fixture(scope="module")
-def dsb20(dsb):
-    """First 20 DSB 2018 instance label images (0 = background, 1..N nuclei)."""
-    return dsb[1][:20].astype(np.int64)
+def dsb6(nuclei_sample):
+    """The 6 bundled DSB 2018 instance label images (0 = background, 1..N nuclei; 318 nuclei)."""
+    return nuclei_sample[1].astype(np.int64)
 
 
 def _blocks():
@@ -186,14 +186,14 @@ def _brute_force_f1(pred, truth, thr=0.5):
     return tp, n_p - tp, n_t - tp, np.mean(ious)
 
 
-def test_instance_f1_identical(dsb20):
-    r = M.instance_f1(dsb20, dsb20)
-    n = sum(len(np.unique(x)) - 1 for x in dsb20)
+def test_instance_f1_identical(dsb6):
+    r = M.instance_f1(dsb6, dsb6)
+    n = sum(len(np.unique(x)) - 1 for x in dsb6)
     assert r == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "tp": n, "fp": 0, "fn": 0, "mean_matched_iou": 1.0}
 
 
-def test_instance_f1_eroded_and_shifted_vs_brute_force(dsb20):
-    sub = dsb20[:6]
+def test_instance_f1_eroded_and_shifted_vs_brute_force(dsb6):
+    sub = dsb6[:4]
     eroded = np.stack([np.where(ndi.binary_erosion(x > 0, iterations=2), x, 0) for x in sub])
     shifted = np.roll(sub, 3, axis=-1)
     for pred in (eroded, shifted):
@@ -207,13 +207,13 @@ def test_instance_f1_eroded_and_shifted_vs_brute_force(dsb20):
         assert 0 < r["f1"] < 1
 
 
-def test_instance_f1_many_objects_and_low_threshold(dsb20):
-    # 20 images, ~600 nuclei: the sparse overlap table handles it at once.
-    eroded = np.stack([np.where(ndi.binary_erosion(x > 0, iterations=2), x, 0) for x in dsb20])
-    strict, loose = M.instance_f1(eroded, dsb20), M.instance_f1(eroded, dsb20, iou_threshold=0.1)
+def test_instance_f1_many_objects_and_low_threshold(dsb6):
+    # 6 images, 318 nuclei: the sparse overlap table handles them at once.
+    eroded = np.stack([np.where(ndi.binary_erosion(x > 0, iterations=2), x, 0) for x in dsb6])
+    strict, loose = M.instance_f1(eroded, dsb6), M.instance_f1(eroded, dsb6, iou_threshold=0.1)
     assert loose["tp"] >= strict["tp"]
     assert loose["tp"] + loose["fn"] == strict["tp"] + strict["fn"]
-    mean = M.instance_f1(eroded, dsb20, stack="mean")
+    mean = M.instance_f1(eroded, dsb6, stack="mean")
     assert mean["tp"] == strict["tp"] and 0 < mean["f1"] <= 1
 
 

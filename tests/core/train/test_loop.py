@@ -15,15 +15,23 @@ from napari_unet.core.train.losses import annotated_iou, weighted_loss
 TINY = dict(depth=2, base_channels=8, tile_in=124, optimizer="adam", lr=3e-3, dropout=0.0)
 
 
-@pytest.fixture(scope="module")
-def nuclei(dsb):
-    """Two DSB images in instance mode (1 = background, >= 2 nuclei), cropped to 128 px
-    (images 18 and 47: ~20 nuclei each in the crop, some touching)."""
-    img, inst = dsb
-    idx = [18, 47]
+def _instance_crops(images, inst, idx):
+    """Images ``idx`` cropped to 128 px, labels in instance mode (1 = background, >= 2 nuclei)."""
     crop = inst[idx, :128, :128]
-    lab = np.where(crop > 0, crop.astype(np.int32) + 1, 1)
-    return img[idx, :128, :128], lab
+    return images[idx, :128, :128], np.where(crop > 0, crop.astype(np.int32) + 1, 1)
+
+
+@pytest.fixture(scope="module")
+def nuclei(nuclei_sample):
+    """Two bundled DSB images (DSB 18 and 61: ~20 nuclei each in the crop, some touching)."""
+    return _instance_crops(*nuclei_sample, [3, 5])
+
+
+@pytest.fixture(scope="module")
+def dsb_nuclei(dsb):
+    """DSB images 18 and 47 (~20 nuclei each in the crop, some touching): the images the learning
+    thresholds below were measured on; a few dozen tiny steps learn some image pairs far slower."""
+    return _instance_crops(*dsb, [18, 47])
 
 
 def drain(gen):
@@ -35,8 +43,8 @@ def drain(gen):
             return events, stop.value
 
 
-def test_training_learns_nuclei(nuclei):
-    img, lab = nuclei
+def test_training_learns_nuclei(dsb_nuclei):
+    img, lab = dsb_nuclei
     events, res = drain(iter_train(TrainConfig(label_mode="instance", steps=60, **TINY), img, lab))
     steps = [e for e in events if e.kind == "step"]
     assert [e.step for e in steps] == list(range(1, 61))
@@ -189,11 +197,11 @@ def test_kept_start_loss_counts_each_pixel_once():
     assert kept_start_loss(s, t, dense, w, 1.0).item() == pytest.approx(weighted_loss(s, dense, w).item(), rel=1e-6)
 
 
-def test_keep_prior_keeps_the_starting_model_where_nobody_painted(tmp_path, nuclei):
+def test_keep_prior_keeps_the_starting_model_where_nobody_painted(tmp_path, dsb_nuclei):
     """Fine-tuning on a few strokes: a user paints one 4 px stripe of background. Without keep_prior
     the model forgets every nucleus (strokes never show it one); with it, the unpainted pixels keep
     the starting model's prediction (the forgetting measured at real size in docs/accuracy.md)."""
-    img, lab = nuclei
+    img, lab = dsb_nuclei
     start = train(TrainConfig(label_mode="instance", steps=150, **TINY), img, lab).last_model()
     before = predict(start, img[1])
     truth = lab[1] > 1
@@ -261,11 +269,11 @@ def test_one_painted_class_is_warned(nuclei):
     assert not [e for e in events if e.kind == "start"][0].warning
 
 
-def test_live_feed_adds_strokes_without_a_restart(isbi):
+def test_live_feed_adds_strokes_without_a_restart(em_sample):
     """Strokes painted during a run reach the training data: new slices join, repainted ones are replaced."""
     from napari_unet.core.train.events import TrainState
 
-    img, lab, _ = isbi
+    img, lab, _ = em_sample
     image = img[:3, :128, :128]
     labels = np.zeros(image.shape, np.uint16)
     labels[0, 10:40, 10:40] = 1

@@ -15,23 +15,18 @@ from napari_unet.core.train.weights import (
 
 
 @pytest.fixture(scope="module")
-def isbi_crop(shared_data):
-    import tifffile
-
-    inst = tifffile.imread(shared_data / "isbi2012/train-labels-instances-derived.tif", key=3)
-    return inst[100:260, 200:392].astype(np.int32) + 1  # membrane -> 1 (background), cells -> 2..
+def isbi_crop(em_sample):
+    """160 x 192 px of one slice of the bundled ISBI crop, 18 cells: membrane -> 1 (background), cells -> 2.."""
+    return em_sample[2][3, 40:200, 32:224].astype(np.int32) + 1
 
 
 @pytest.fixture(scope="module")
-def dsb_touching(shared_data):
-    import tifffile
-
-    stack = tifffile.imread(shared_data / "dsb2018_nuclei_256/labels_instance.tif")
-    # the first images whose nuclei touch (two different ids 4-adjacent)
+def dsb_touching(nuclei_sample):
+    # the first bundled DSB images whose nuclei touch (two different ids 4-adjacent)
     picked = []
-    for lab in stack:
+    for lab in nuclei_sample[1]:
         touch = ((lab[:, 1:] != lab[:, :-1]) & (lab[:, 1:] > 0) & (lab[:, :-1] > 0)).any()
-        if touch and lab.max() <= 40:
+        if touch:
             picked.append(lab.astype(np.int32) + 1)
         if len(picked) == 2:
             break

@@ -205,12 +205,12 @@ def test_explicit_start_that_contradicts_the_strokes_warns(vnc, rng):
     assert steps and steps[-1].agreement is not None and 0 <= steps[-1].agreement <= 1
 
 
-def test_auto_snaps_the_tile_to_the_chosen_models_depth(isbi, rng):
-    image, _, inst = isbi
-    lab = strokes(inst[25, :256, :256], rng)
+def test_auto_snaps_the_tile_to_the_chosen_models_depth(em_sample, rng):
+    image, _, inst = em_sample
+    lab = strokes(inst[0], rng)
     # 124 is valid for the depth-2 scratch net this config would build, not for the depth-4 EM model
     cfg = TrainConfig(label_mode="instance", init="auto", keep_prior=None, steps=1, depth=2, tile_in=124)
-    res = drain(iter_train(cfg, image[25, :256, :256], lab))
+    res = drain(iter_train(cfg, image[0], lab))
     assert res.info.training["config"]["init"] == "em-membrane"
     assert res.info.training["tile_in"] == 188  # the smallest valid depth-4 tile
 
@@ -220,7 +220,7 @@ def test_auto_and_resume_do_not_mix(tmp_path):
         TrainConfig(init="auto", resume=str(tmp_path / "x.safetensors"))
 
 
-def test_auto_may_start_from_a_similar_model_of_another_label_mode(isbi, rng, tmp_path, monkeypatch):
+def test_auto_may_start_from_a_similar_model_of_another_label_mode(em_sample, rng, tmp_path, monkeypatch):
     """A semantic-mode model of the same images is 'other classes' (no agreement): chosen for its features,
     trained without its prior, and the missing agreement breaks nothing."""
     from napari_unet.core.models.checkpoint import save_model
@@ -230,8 +230,8 @@ def test_auto_may_start_from_a_similar_model_of_another_label_mode(isbi, rng, tm
     em.info.label_mode = "semantic"
     own = str(save_model(tmp_path / "semantic-em.safetensors", em))
     monkeypatch.setattr(start, "default_candidates", lambda extra=(): [own, start.SCRATCH])
-    image, _, inst = isbi
-    lab = strokes(inst[25, :256, :256], rng, n_bg=20, thin_bg=True)
-    ev, res = auto_start(image[25:26, :256, :256], lab[None])
+    image, _, inst = em_sample
+    lab = strokes(inst[0], rng, n_bg=20, thin_bg=True)
+    ev, res = auto_start(image[:1], lab[None])
     assert "start from semantic-em" in ev.message and "images like yours" in ev.message
     assert res.info.training["config"]["keep_prior"] == 0.0 and res.info.training["start_worst_class"] is None

@@ -24,12 +24,12 @@ from napari_unet.core.network.unet import UNet
 
 
 @pytest.fixture(scope="module")
-def em(tmp_path_factory, isbi):
-    """(tiny model, a 3 x 512 x 512 ISBI TIFF, the same as OME-Zarr with odd chunks, the TIFF prediction)."""
+def em(tmp_path_factory, em_planes):
+    """(tiny model, a 3 x 512 x 512 EM TIFF, the same as OME-Zarr with odd chunks, the TIFF prediction)."""
     d = tmp_path_factory.mktemp("zarr-cli")
     torch.manual_seed(0)
     model = save_model(d / "m.safetensors", UNet(depth=2, base_channels=4))
-    vol = isbi[0][:3]
+    vol = em_planes[:3]
     tif = d / "em.tif"
     tifffile.imwrite(tif, vol, photometric="minisblack")
     ref = d / "ref.tif"

@@ -25,8 +25,8 @@ def net():
 
 
 @pytest.fixture(scope="module")
-def volume(isbi):
-    return np.ascontiguousarray(isbi[0][:3])  # ISBI-sized planes (512 x 512)
+def volume(em_planes):
+    return np.ascontiguousarray(em_planes[:3])  # ISBI-sized planes (512 x 512)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_distributed_local_cluster_equals_single_process(net, volume, reference,
     image = _zarr_image(tmp_path, volume)
     lab_path = _output(tmp_path, "labels.zarr", labels.shape)
     prob_path = _output(tmp_path, "probs.zarr", probs.shape, "float16", (2, *ODD))
-    # threads, not processes, to keep the test fast; tests/test_zarr_cli.py runs worker processes
+    # threads, not processes, to keep the test fast; tests/cli/test_zarr_cli.py runs worker processes
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc:
         with distributed.Client(lc) as client:
             events = list(iter_predict_blocks(net, image, str(lab_path), client=client))

@@ -21,8 +21,8 @@ def net():
 
 
 @pytest.fixture
-def stack(isbi):
-    return isbi[0][:4]  # 4 x 512 x 512: big enough for a trial
+def stack(em_planes):
+    return em_planes  # 4 x 512 x 512: big enough for a trial
 
 
 def test_no_native_bf16_means_fp32_without_a_trial(net, stack, monkeypatch):

@@ -29,17 +29,19 @@ PREVIOUS = b"a previous result the user keeps"
 
 
 @pytest.fixture(scope="module")
-def data(isbi, dsb, tmp_path_factory):
-    """Small real crops (ISBI 2012 EM, DSB 2018 nuclei) and a tiny model's bytes, made once."""
+def data(em_sample, nuclei_sample, tmp_path_factory):
+    """Small real crops (the bundled ISBI 2012 EM and DSB 2018 nuclei samples) and a tiny model's bytes, made once."""
     from napari_unet.core.data.labels import isbi_to_instances
     from napari_unet.core.models.checkpoint import save_model
     from napari_unet.core.network.unet import UNet
 
-    img, lab, _ = isbi
-    em = np.ascontiguousarray(img[:3, :64, :80])
-    em_labels = isbi_to_instances(lab[:3, :64, :80]).astype(np.uint16)
+    img, lab, _ = em_sample
+    em_crop = np.s_[:3, 192:256, 176:256]  # 64 x 80 px holding 11-13 cells per slice
+    em = np.ascontiguousarray(img[em_crop])
+    em_labels = isbi_to_instances(lab[em_crop]).astype(np.uint16)
     em_labels[2] = 0  # slice 2 not annotated, as a user paints
-    nuclei, nuclei_truth = (np.ascontiguousarray(a[:2, :64, :64]) for a in dsb)
+    nuclei_crop = np.s_[:2, :64, 64:128]  # 64 x 64 px holding 2 and 4 nuclei
+    nuclei, nuclei_truth = (np.ascontiguousarray(a[nuclei_crop]) for a in nuclei_sample)
     torch.manual_seed(0)
     net = UNet(depth=2, base_channels=4, n_classes=2)
     model = save_model(tmp_path_factory.mktemp("model") / "tiny", net, label_mode="instance")

@@ -13,9 +13,10 @@ from napari_unet.core.models.load import load_model
 
 
 @pytest.fixture
-def nuclei(dsb):
-    """Two DSB nuclei crops and their labels; a second channel made from the first (blurred, inverted)."""
-    images, labels = dsb
+def nuclei(nuclei_sample):
+    """Two DSB nuclei crops (the bundled sample) and their labels; a second channel made from the first
+    (blurred, inverted)."""
+    images, labels = nuclei_sample
     grey = images[:2, :96, :112]
     other = (255 - ndimage.gaussian_filter(grey.astype(np.float32), (0, 3, 3))).astype(np.uint8)
     lab = labels[:2, :96, :112].astype(np.uint16)
