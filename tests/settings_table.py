@@ -1,6 +1,6 @@
 """The settings a run gets for the options nobody set, by device and start: the one table that
 core (``TrainConfig`` defaults for the device), the CLI (``napari-unet train``) and the Train widget
-resolve alike. tests/test_settings.py and tests/widgets/test_train_widget.py check each against it."""
+resolve alike. tests/core/train/test_settings.py and tests/widgets/test_train_widget.py check each against it."""
 
 from __future__ import annotations
 
