@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core import models as ck
+from napari_unet.core.models import checkpoint as ck
 from napari_unet.core.models.checkpoint import CheckpointError, save_model
 from napari_unet.core.models.load import load_model, read_info
 from napari_unet.core.network.unet import UNet

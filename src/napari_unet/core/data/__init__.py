@@ -2,83 +2,31 @@
 
 from __future__ import annotations
 
-from .files import TIFF_SUFFIXES, ImageMeta, default_lazy_threshold, is_tiff, list_tiffs, read_image, write_labels
-from .intensity import check_real, normalize, percentiles, plane_range, scale_intensity
-from .labels import (
-    ANY_OBJECT,
-    IGNORE,
-    MODES,
-    LabelMode,
-    annotated_mask,
-    check_pair,
-    check_shapes,
-    instances_from_labels,
-    instances_from_semantic,
-    isbi_to_instances,
-    n_classes_for,
-    object_boundaries,
-    shift_zero,
-    targets_from_labels,
-)
-from .ngff import (
-    AtomicLocalStore,
-    ZarrView,
-    chunk_done,
-    create_output,
-    is_ome_zarr,
-    labels_of,
-    open_output,
-    read_ome_zarr,
-)
-from .planes import as_grey, as_stack, channels_last, declared_channel_axis, pick_channel, plane_at
-from .zoom import ZOOM_RANGE, check_zoom, model_zoom, resize, shape_at, zoom_labels, zoom_plane
+from .files import ImageMeta, atomic_write, read_image, write_labels
+from .intensity import percentiles, scale_intensity
+from .labels import IGNORE, instances_from_semantic, isbi_to_instances
+from .ngff import is_ome_zarr, read_ome_zarr
+from .planes import as_stack, plane_at, spatial_shape
+from .zoom import check_zoom, model_zoom, zoom_labels, zoom_plane
 
+# the stage's main entry points; the rest is in its modules, each with its own __all__
 __all__ = [
     "ImageMeta",
-    "TIFF_SUFFIXES",
-    "default_lazy_threshold",
-    "is_tiff",
-    "list_tiffs",
     "read_image",
     "write_labels",
-    "AtomicLocalStore",
-    "ZarrView",
-    "chunk_done",
-    "create_output",
+    "atomic_write",
     "is_ome_zarr",
-    "labels_of",
-    "open_output",
     "read_ome_zarr",
-    "as_grey",
-    "as_stack",
-    "channels_last",
-    "declared_channel_axis",
-    "pick_channel",
     "plane_at",
-    "check_real",
-    "normalize",
+    "as_stack",
+    "spatial_shape",
     "percentiles",
-    "plane_range",
     "scale_intensity",
-    "ANY_OBJECT",
     "IGNORE",
-    "LabelMode",
-    "MODES",
-    "annotated_mask",
-    "check_pair",
-    "check_shapes",
-    "instances_from_labels",
     "instances_from_semantic",
     "isbi_to_instances",
-    "n_classes_for",
-    "object_boundaries",
-    "shift_zero",
-    "targets_from_labels",
-    "ZOOM_RANGE",
+    "zoom_plane",
+    "zoom_labels",
     "check_zoom",
     "model_zoom",
-    "resize",
-    "shape_at",
-    "zoom_labels",
-    "zoom_plane",
 ]

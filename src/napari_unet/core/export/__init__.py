@@ -2,28 +2,7 @@
 
 from __future__ import annotations
 
-from .bioimageio import (
-    DATA_CITATIONS,
-    UNET_PAPER,
-    cover_image,
-    expected_output,
-    export_package,
-    mirror_of,
-    mirrored,
-    model_card,
-    sample_crop,
-    valid_package_sizes,
-)
+from .bioimageio import INSTALL_HINT, available, export_package
 
-__all__ = [
-    "DATA_CITATIONS",
-    "UNET_PAPER",
-    "cover_image",
-    "expected_output",
-    "export_package",
-    "mirror_of",
-    "mirrored",
-    "model_card",
-    "sample_crop",
-    "valid_package_sizes",
-]
+# the stage's main entry points; the rest is in its modules, each with its own __all__
+__all__ = ["export_package", "available", "INSTALL_HINT"]

@@ -2,59 +2,21 @@
 
 from __future__ import annotations
 
-from .checkpoint import (
-    FORMAT,
-    META_KEY,
-    MODEL_BOUNDS,
-    MODELS_DIR,
-    SUFFIX,
-    CheckpointError,
-    ModelInfo,
-    available_models,
-    is_package,
-    load_file,
-    load_optimizer_state,
-    read_checkpoint,
-    resolve_model_path,
-    save_model,
-)
+from .checkpoint import CheckpointError, ModelInfo, available_models, load_file, resolve_model_path, save_model
 from .load import load_model, read_info
-from .packages import (
-    CONFIG_KEY,
-    INSTALL_HINT,
-    RDF_NAMES,
-    PackagedModel,
-    PackageError,
-    available,
-    load_package,
-    own_model_bytes,
-    own_model_file,
-)
+from .packages import PackagedModel, PackageError, load_package
 
+# the stage's main entry points; the rest is in its modules, each with its own __all__
 __all__ = [
-    "CheckpointError",
-    "FORMAT",
-    "META_KEY",
-    "MODELS_DIR",
-    "MODEL_BOUNDS",
     "ModelInfo",
-    "SUFFIX",
-    "available_models",
-    "is_package",
-    "load_file",
-    "load_optimizer_state",
-    "read_checkpoint",
-    "resolve_model_path",
+    "CheckpointError",
     "save_model",
-    "CONFIG_KEY",
-    "INSTALL_HINT",
+    "load_file",
+    "available_models",
+    "resolve_model_path",
     "PackageError",
     "PackagedModel",
-    "RDF_NAMES",
-    "available",
     "load_package",
-    "own_model_bytes",
-    "own_model_file",
     "load_model",
     "read_info",
 ]

@@ -2,60 +2,28 @@
 
 from __future__ import annotations
 
-from .device import (
-    DEVICE_CHOICES,
-    PRECISIONS,
-    Precision,
-    autocast_dtype,
-    available_devices,
-    available_memory,
-    cpu_bf16_native,
-    cpu_flags,
-    default_precision,
-    memory_format,
-    resolve_device,
-)
+from .device import default_precision, resolve_device
 from .unet import (
     MirroredUNet,
-    Padding,
     UNet,
     UNetConfig,
     build_model,
-    check_tile_in,
-    input_size_for_output,
-    is_valid_size,
     margin,
-    min_input_size,
-    n_parameters,
     nearest_valid_sizes,
     output_size,
     valid_input_sizes,
 )
 
+# the stage's main entry points; the rest is in its modules, each with its own __all__
 __all__ = [
-    "MirroredUNet",
-    "Padding",
     "UNet",
     "UNetConfig",
+    "MirroredUNet",
     "build_model",
-    "check_tile_in",
-    "input_size_for_output",
-    "is_valid_size",
     "margin",
-    "min_input_size",
-    "n_parameters",
-    "nearest_valid_sizes",
     "output_size",
     "valid_input_sizes",
-    "DEVICE_CHOICES",
-    "PRECISIONS",
-    "Precision",
-    "autocast_dtype",
-    "available_devices",
-    "available_memory",
-    "cpu_bf16_native",
-    "cpu_flags",
-    "default_precision",
-    "memory_format",
+    "nearest_valid_sizes",
     "resolve_device",
+    "default_precision",
 ]

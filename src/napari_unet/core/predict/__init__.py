@@ -4,88 +4,21 @@ yield."""
 
 from __future__ import annotations
 
-from .blocks import (
-    Block,
-    create_prediction,
-    default_threads,
-    iter_predict_blocks,
-    local_cluster,
-    output_chunks,
-    plan_blocks,
-    plane_ranges,
-    predict_block,
-    run_block,
-)
-from .config import BLOCK_OUTPUTS, PROB_DTYPES, PredictConfig
+from .blocks import iter_predict_blocks
+from .config import PredictConfig
 from .events import BlockEvent, TileEvent
-from .guidance import Region, rank_regions
-from .tiles import (
-    BF16_MIN_AGREEMENT,
-    BF16_MIN_SPEEDUP,
-    CPU_MAX_TILE_IN,
-    GPU_MAX_TILE_IN,
-    OUTPUTS,
-    TRIAL_MIN_TILES,
-    TRIAL_ROUNDS,
-    Output,
-    TilePlan,
-    allocate_output,
-    auto_tile_out,
-    bytes_per_pixel,
-    check_plane,
-    choose_precision,
-    entropy,
-    forward_tiles,
-    iter_predict,
-    mirror_pad,
-    output_spec,
-    plan_tiles,
-    predict,
-    predict_whole,
-    tile_context,
-)
+from .guidance import rank_regions
+from .tiles import iter_predict, predict
 from .zarr import prepare_zarr_prediction
 
+# the stage's main entry points; the rest is in its modules, each with its own __all__
 __all__ = [
-    "BLOCK_OUTPUTS",
-    "PROB_DTYPES",
     "PredictConfig",
-    "BlockEvent",
     "TileEvent",
-    "BF16_MIN_AGREEMENT",
-    "BF16_MIN_SPEEDUP",
-    "CPU_MAX_TILE_IN",
-    "GPU_MAX_TILE_IN",
-    "OUTPUTS",
-    "Output",
-    "TRIAL_MIN_TILES",
-    "TRIAL_ROUNDS",
-    "TilePlan",
-    "allocate_output",
-    "auto_tile_out",
-    "bytes_per_pixel",
-    "check_plane",
-    "choose_precision",
-    "entropy",
-    "forward_tiles",
-    "iter_predict",
-    "mirror_pad",
-    "output_spec",
-    "plan_tiles",
+    "BlockEvent",
     "predict",
-    "predict_whole",
-    "tile_context",
-    "Block",
-    "create_prediction",
-    "default_threads",
+    "iter_predict",
     "iter_predict_blocks",
-    "local_cluster",
-    "output_chunks",
-    "plan_blocks",
-    "plane_ranges",
-    "predict_block",
-    "run_block",
     "prepare_zarr_prediction",
-    "Region",
     "rank_regions",
 ]
