@@ -135,6 +135,8 @@ def _multiscale(attrs: dict, path: Path) -> dict:
     for d in datasets:
         if not isinstance(d, dict) or not isinstance(d.get("path"), str) or not d["path"].strip("/."):
             raise ValueError(f"{where}: every dataset needs a 'path' naming its array, got {_short(d)}")
+        if d["path"].startswith("/") or ".." in Path(d["path"]).parts:
+            raise ValueError(f"{where}: a dataset's path must name an array inside the image, got {d['path']!r}")
     axes = ms.get("axes")
     if axes is not None and (not isinstance(axes, list) or not all(isinstance(a, (str, dict)) for a in axes)):
         raise ValueError(f"{where}: 'axes' must be a list of names or objects, got {_short(axes)}")
