@@ -185,6 +185,14 @@ class PredictWidget(JobWidget, Container):
             return load_model(path)
         return load_model(name)
 
+    def _model_source(self):
+        """The chosen model's file or shipped name (its bytes are part of an OME-Zarr output's identity); None
+        for a model trained in this session (its weights identify it)."""
+        name = self.model.value
+        if name in _state.TRAINED_MODELS:
+            return None
+        return Path(str(self.model_file.value)) if name == MODEL_FILE else name
+
     def _on_zoom_edited(self, *_):
         if not self._showing_zoom:
             self.zoom_auto.value = False
@@ -339,6 +347,7 @@ class PredictWidget(JobWidget, Container):
                 provenance={"model": str(getattr(getattr(model, "info", None), "name", "") or self.model.value)},
                 workers=workers or None,
                 processes=self.processes,
+                model_path=self._model_source(),
             )
         except (ValueError, ImportError, RuntimeError) as e:
             show_error(f"cannot predict: {e}")

@@ -31,6 +31,7 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
             client=client,
             workers=args.workers,
             memory_limit=args.worker_memory,
+            model_path=args.model,
         )
         if args.kind == "instances":
             _drain_tiles(events, args.quiet)
@@ -50,8 +51,9 @@ def _predict_zarr(args, model, image, meta, ch, target: Path) -> int:
 
 
 def _check_zarr_request(args) -> None:
-    """SystemExit for what an OME-Zarr output cannot do: --slices, --kind uncertainty, instances on dask (a
-    zoom other than 1 is core's check: PredictConfig.check_blocks)."""
+    """SystemExit for what an OME-Zarr output cannot do: --slices, --kind uncertainty, instances on dask; a
+    ValueError for --workers outside 1 .. 4 per core (a zoom other than 1 is core's check:
+    PredictConfig.check_blocks)."""
     if args.slices:
         raise SystemExit("error: --slices writes TIFFs only; a .zarr output takes the whole volume (a rerun resumes)")
     if args.kind not in ("labels", "probabilities", "instances"):
@@ -59,6 +61,13 @@ def _check_zarr_request(args) -> None:
             f"error: --kind {args.kind} writes a TIFF (-o out.tif); an OME-Zarr output takes labels, "
             "probabilities or instances"
         )
+    if args.workers is not None:
+        from ..core.predict.blocks import check_workers
+
+        try:
+            check_workers(args.workers)
+        except ValueError as e:
+            raise ValueError(f"--workers {args.workers}: {e}") from None
     if args.kind == "instances" and (args.workers or args.scheduler):
         raise SystemExit(
             "error: --kind instances needs whole planes and runs in one process: drop --workers/--scheduler "
@@ -67,12 +76,10 @@ def _check_zarr_request(args) -> None:
 
 
 def _provenance(args) -> dict:
-    """What the output's metadata records: the model, its checksum, TTA and the source image."""
-    from ..core.models.checkpoint import resolve_model_path
-
+    """What the output's metadata records besides the prediction's identity (core): the model's name, TTA
+    and the source image."""
     return {
         "model": str(args.model),
-        "model_sha256": _sha256(resolve_model_path(args.model)),
         "tta": bool(args.tta),
         "source": str(Path(args.image).resolve()),
     }
@@ -125,22 +132,24 @@ class _BlockBar:
             self.bar.close()
 
 
+SCHEDULER_TIMEOUT = 5  # seconds to reach --scheduler: a live scheduler answers in well under one
+
+
 def _client(args):
-    """A dask.distributed Client of the cluster at --scheduler, or None (--workers: core starts its own)."""
-    if args.scheduler:
-        try:
-            from distributed import Client
-        except ImportError as err:
-            raise ImportError("--scheduler needs dask.distributed: pip install 'napari-unet[zarr]'") from err
-        return Client(args.scheduler)
-    return None
+    """A dask.distributed Client of the cluster at --scheduler, or None (--workers: core starts its own).
 
-
-def _sha256(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    Made before the output: a scheduler that does not answer within :data:`SCHEDULER_TIMEOUT` seconds is an
+    error, and nothing is written."""
+    if not args.scheduler:
+        return None
+    try:
+        from distributed import Client
+    except ImportError as err:
+        raise ImportError("--scheduler needs dask.distributed: pip install 'napari-unet[zarr]'") from err
+    try:
+        return Client(args.scheduler, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, ValueError, TypeError) as err:  # TimeoutError is an OSError
+        raise ValueError(
+            f"--scheduler {args.scheduler}: no dask scheduler answered within {SCHEDULER_TIMEOUT} s "
+            f"({type(err).__name__}: {err}); start one (dask scheduler) or check the address; nothing was written"
+        ) from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +14,10 @@ pytest.importorskip("zarr")
 from napari_unet.core.data import ngff
 from napari_unet.core.drain import drain
 from napari_unet.core.network.unet import UNet
-from napari_unet.core.predict.blocks import iter_predict_blocks, plan_blocks
+from napari_unet.core.predict.blocks import check_plan, check_workers, iter_predict_blocks, plan_blocks
 from napari_unet.core.predict.config import PredictConfig
 from napari_unet.core.predict.tiles import predict
+from napari_unet.core.predict.zarr import model_identity, prepare_zarr_prediction
 
 ODD = (1, 200, 173)  # odd blocks: off the 2**depth grid and not dividing the 512 px planes
 
@@ -133,3 +137,69 @@ def test_a_killed_worker_process_loses_nothing(net, volume, reference, tmp_path)
                     killed = True
     assert killed and ev.done == ev.total == 18
     np.testing.assert_array_equal(ngff.open_output(path)[:], labels[:2])
+
+
+# ----------------------------------------------------------------------------- bounds and identity
+
+
+@pytest.mark.parametrize(
+    ("spatial", "chunks", "expect"),
+    [
+        ((10**6, 1000, 1000), (1, 64, 64), "256,000,000 blocks"),
+        ((500_000, 500_000), (512, 512), "a plane of 250,000,000,000 px"),
+        ((2, 20_000, 20_000), (1, 20_000, 20_000), "blocks of 400,000,000 px"),
+    ],
+)
+def test_plans_beyond_the_limits_are_refused_from_the_shapes_alone(spatial, chunks, expect):
+    with pytest.raises(ValueError, match=expect):
+        plan_blocks(spatial, chunks)
+    check_plan((3, 512, 512), (1, 200, 173))  # an ordinary volume passes
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, "2", 10**6])
+def test_workers_outside_one_to_four_per_core_are_refused(n):
+    with pytest.raises(ValueError, match="workers must be a whole number from 1 to"):
+        check_workers(n)
+    assert check_workers(1) == 1
+
+
+def test_a_resume_with_another_input_or_setting_is_refused_and_the_same_one_equals_a_fresh_run(
+    net, volume, reference, tmp_path
+):
+    """prepare_zarr_prediction (the CLI's and the widget's): the output records the input's pixels and the
+    settings; a rerun that differs is refused before writing; the same rerun completes a fresh run's result."""
+    image = np.ascontiguousarray(volume[:3, :128, :96])  # 3 blocks of 1 x 128 x 96
+    out_path = tmp_path / "o.zarr"
+    config = PredictConfig(device="cpu")
+    out, events = prepare_zarr_prediction(net, image, out_path, config)
+    drain(itertools.islice(events, 2))  # a run stopped after one block: the start event and one block
+    events.close()
+    written = {p: p.read_bytes() for p in out_path.rglob("*") if p.is_file()}
+    changed = image.copy()
+    changed[1, 5, 5] ^= 1
+    for other, cfg in [
+        (changed, config),
+        (image, replace(config, tta=True)),
+        (image, replace(config, normalize=(0, 255))),
+    ]:
+        with pytest.raises(ValueError, match="already holds another prediction.*To start over, delete"):
+            prepare_zarr_prediction(net, other, out_path, cfg)
+        assert {p: p.read_bytes() for p in out_path.rglob("*") if p.is_file()} == written
+    out, events = prepare_zarr_prediction(net, image, out_path, config)
+    drain(events)
+    np.testing.assert_array_equal(out[:], predict(net, image, device="cpu"))
+
+
+def test_the_model_identity_covers_every_file_of_a_package_folder(net, tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "rdf.yaml").write_text("name: x\n")
+    (pkg / "weights.bin").write_bytes(b"1234")
+    (pkg / "attachments").mkdir()
+    (pkg / "attachments" / "note.txt").write_text("a")
+    first = model_identity(net, pkg / "rdf.yaml")
+    (pkg / "attachments" / "note.txt").write_text("b")
+    second = model_identity(net, pkg / "rdf.yaml")
+    assert first["weights_sha256"] == second["weights_sha256"] and first["files_sha256"] != second["files_sha256"]
+    other = UNet(depth=2, base_channels=4)
+    assert model_identity(other)["weights_sha256"] != first["weights_sha256"]

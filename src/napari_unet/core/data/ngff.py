@@ -25,9 +25,12 @@ imported only here and only when needed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +41,15 @@ from .files import ImageMeta
 __all__ = [
     "AtomicLocalStore",
     "ZarrView",
+    "array_fingerprint",
     "chunk_done",
+    "count_chunk_files",
     "create_output",
     "is_ome_zarr",
     "labels_of",
     "open_output",
     "read_ome_zarr",
+    "remove_output",
 ]
 
 ZARR_SUFFIXES = (".zarr", ".ome.zarr")
@@ -72,17 +78,23 @@ def _attrs(path: Path) -> tuple[dict, int] | None:
     """(attributes, zarr format) of the group at ``path``, read from its JSON (no zarr import), or None."""
     v3 = path / "zarr.json"
     if v3.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            meta = json.loads(v3.read_text())
-            return meta.get("attributes", {}) or {}, 3
-        return None
+        meta = _json_object(v3)
+        attrs = meta.get("attributes") if meta is not None else None
+        return (attrs or {}, 3) if attrs is None or isinstance(attrs, dict) else None
     v2 = path / ".zattrs"
     if v2.is_file() or (path / ".zgroup").is_file():
-        try:
-            return (json.loads(v2.read_text()) if v2.is_file() else {}), 2
-        except (OSError, ValueError):
-            return None
+        attrs = _json_object(v2) if v2.is_file() else {}
+        return None if attrs is None else (attrs, 2)
     return None
+
+
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when it is unreadable, no JSON or no object."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _ome(attrs: dict) -> dict:
@@ -110,15 +122,74 @@ def labels_of(path) -> list[str]:
     return [n for n in names if is_ome_zarr(Path(path) / "labels" / n)]
 
 
-def _scale_of(ms: dict, level: int) -> list[float] | None:
+def _multiscale(attrs: dict, path: Path) -> dict:
+    """The first multiscale of an OME-Zarr's attributes, checked: a ValueError naming ``path`` and what is wrong."""
+    found = _ome(attrs).get("multiscales")
+    where = f"cannot read {path}: its 'multiscales' metadata"
+    if not isinstance(found, list) or not found or not isinstance(found[0], dict):
+        raise ValueError(f"{where} must be a list of multiscale objects (NGFF), got {_short(found)}")
+    ms = found[0]
+    datasets = ms.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise ValueError(f"{where} has no 'datasets' list (one entry per resolution level), got {_short(datasets)}")
+    for d in datasets:
+        if not isinstance(d, dict) or not isinstance(d.get("path"), str) or not d["path"].strip("/."):
+            raise ValueError(f"{where}: every dataset needs a 'path' naming its array, got {_short(d)}")
+        if d["path"].startswith("/") or ".." in Path(d["path"]).parts:
+            raise ValueError(f"{where}: a dataset's path must name an array inside the image, got {d['path']!r}")
+    axes = ms.get("axes")
+    if axes is not None and (not isinstance(axes, list) or not all(isinstance(a, (str, dict)) for a in axes)):
+        raise ValueError(f"{where}: 'axes' must be a list of names or objects, got {_short(axes)}")
+    return ms
+
+
+def _short(value, n: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _scale_of(ms: dict, level: int) -> list | None:
+    """The level's 'scale' transform (times a multiscale-wide one), as written: :func:`_physical` checks it."""
     scale = None
-    for tr in ms["datasets"][level].get("coordinateTransformations", []) or []:
-        if tr.get("type") == "scale" and "scale" in tr:
-            scale = [float(v) for v in tr["scale"]]
-    for tr in ms.get("coordinateTransformations", []) or []:  # a multiscale-wide scale multiplies
-        if tr.get("type") == "scale" and "scale" in tr and scale is not None:
-            scale = [a * float(b) for a, b in zip(scale, tr["scale"])]
+    for tr in _transforms(ms["datasets"][level]):
+        if tr.get("type") == "scale" and isinstance(tr.get("scale"), list):
+            scale = list(tr["scale"])
+    for tr in _transforms(ms):  # a multiscale-wide scale multiplies
+        if tr.get("type") == "scale" and isinstance(tr.get("scale"), list) and scale is not None:
+            scale = [_times(a, b) for a, b in zip(scale, tr["scale"])]
     return scale
+
+
+def _transforms(node: dict) -> list[dict]:
+    found = node.get("coordinateTransformations")
+    return [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []
+
+
+def _times(a, b):
+    try:
+        return float(a) * float(b)
+    except (TypeError, ValueError):
+        return None
+
+
+def _physical(value, path: Path, axis: str) -> float | None:
+    """A scale value as a pixel size: positive and finite, else None with a warning.
+
+    A size of 0, below 0, NaN or infinite describes no pixel, and copying it into the prediction's metadata
+    would make the output unreadable for viewers; the pixels themselves are fine, so the image is still
+    predicted and the output says 1 (unknown) on that axis.
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if math.isfinite(v) and v > 0:
+        return v
+    warnings.warn(
+        f"{path}: the scale of axis {axis!r} is {value!r}, not a positive size; it is ignored (1 in outputs)",
+        stacklevel=3,
+    )
+    return None
 
 
 class ZarrView:
@@ -140,7 +211,7 @@ class ZarrView:
     @property
     def array(self):
         if self._arr is None:
-            self._arr = import_zarr().open_array(self.path, mode="r")
+            self._arr = _open_array(Path(self.path))
         return self._arr
 
     @property
@@ -167,7 +238,13 @@ class ZarrView:
         full, it = [], iter(key)
         for i in range(self.ndim + len(self.fixed)):
             full.append(self.fixed[i] if i in self.fixed else next(it))
-        return np.asarray(self.array[tuple(full)])
+        try:
+            return np.asarray(self.array[tuple(full)])
+        except (RuntimeError, ValueError, TypeError) as err:  # a codec's error, a chunk of the wrong size
+            raise ValueError(
+                f"cannot read the zarr array {self.path} (at {_short(tuple(full))}): {type(err).__name__}: {err}; "
+                "a chunk file is damaged or does not match the array's metadata (zarr.json / .zarray)"
+            ) from err
 
     def take(self, axis: int, index: int) -> ZarrView:
         """The view with one more axis fixed at ``index`` (e.g. one channel); reads nothing."""
@@ -191,7 +268,8 @@ def read_ome_zarr(path, *, level: int = 0) -> tuple[ZarrView, ImageMeta]:
 
     Singleton ``t`` and ``c`` axes are dropped (``ImageMeta.axes`` has a letter per remaining axis:
     ``C`` channels, ``Z``, ``Y``, ``X``, ``T`` time). ``pixel_size`` and ``z_spacing`` come from the
-    level's scale transform, ``unit`` from the ``x`` axis.
+    level's scale transform (a size that is not positive and finite is ignored, with a warning),
+    ``unit`` from the ``x`` axis. Metadata that is no NGFF multiscale is a ValueError naming the file.
     """
     p = Path(path)
     found = _attrs(p)
@@ -200,30 +278,45 @@ def read_ome_zarr(path, *, level: int = 0) -> tuple[ZarrView, ImageMeta]:
             f"cannot read {p}: not an OME-Zarr image (no 'multiscales' in its zarr.json or .zattrs); give the "
             "image's top folder (e.g. image.zarr), or a labels image inside it (image.zarr/labels/<name>)"
         )
-    ms = _ome(found[0])["multiscales"][0]
+    ms = _multiscale(found[0], p)
     axes = ms.get("axes") or [{"name": n} for n in "tczyx"[-len(ms["datasets"]) :]]
     axes = [{"name": a} if isinstance(a, str) else a for a in axes]
     if not 0 <= level < len(ms["datasets"]):
         raise ValueError(f"{p} has {len(ms['datasets'])} resolution levels; level {level} does not exist")
     arr_path = p / ms["datasets"][level]["path"]
-    probe = import_zarr().open_array(str(arr_path), mode="r")
+    probe = _open_array(arr_path)
     if len(axes) != probe.ndim:
         raise ValueError(f"cannot read {p}: its metadata names {len(axes)} axes, the array has {probe.ndim}")
     names = [str(a.get("name", "")).lower() for a in axes]
     fixed = {i: 0 for i, n in enumerate(names) if n in ("t", "c") and probe.shape[i] == 1}
     view = ZarrView(arr_path, fixed)
     letters = "".join(_AXIS_LETTER.get(n, "Q") for i, n in enumerate(names) if i not in fixed)
-    scale = _scale_of(ms, level)
+    pixel_size, z, unit = _calibration(_scale_of(ms, level), names, axes, p)
+    meta = ImageMeta(str(p), view.shape, str(view.dtype), letters, pixel_size, z, unit, lazy=True)
+    return view, meta
+
+
+def _calibration(scale, names: list[str], axes: list[dict], path: Path) -> tuple:
+    """(pixel size (y, x) or None, z spacing or None, unit or None) of a level's ``scale``."""
     pixel_size = z = unit = None
     if scale is not None and len(scale) == len(names):
         by = dict(zip(names, scale))
         if "y" in by and "x" in by:
-            pixel_size = (by["y"], by["x"])
-        z = by.get("z")
+            yx = (_physical(by["y"], path, "y"), _physical(by["x"], path, "x"))
+            pixel_size = yx if None not in yx else None
+        z = _physical(by["z"], path, "z") if "z" in by else None
         u = next((a.get("unit") for a in axes if str(a.get("name", "")).lower() == "x"), None)
-        unit = _UNITS_IN.get(str(u).lower(), u) if u else None
-    meta = ImageMeta(str(p), view.shape, str(view.dtype), letters, pixel_size, z, unit, lazy=True)
-    return view, meta
+        unit = _UNITS_IN.get(str(u).lower(), u) if isinstance(u, str) and u else None
+    return pixel_size, z, unit
+
+
+def _open_array(path: Path, mode: str = "r"):
+    """The zarr array at ``path``; metadata zarr cannot read is a ValueError naming the array."""
+    zarr = import_zarr()
+    try:
+        return zarr.open_array(str(path), mode=mode)
+    except (ValueError, TypeError, KeyError, AttributeError, FileNotFoundError, RecursionError) as err:
+        raise ValueError(f"cannot open the zarr array {path}: {type(err).__name__}: {err}") from err
 
 
 # ----------------------------------------------------------------------------- writing
@@ -347,11 +440,15 @@ def create_output(
         arr = open_output(path)
         found = _attrs(path)
         old = (found[0] if found else {}).get("napari-unet", {}) or {}
-        have = (tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks))
-        if have != (shape, dtype, chunks) or old != provenance:
+        have = {"shape": tuple(arr.shape), "dtype": str(np.dtype(arr.dtype)), "chunks": tuple(arr.chunks)}
+        changes = _changes(
+            {**have, **_flat(old)}, {"shape": shape, "dtype": str(dtype), "chunks": chunks, **_flat(provenance)}
+        )
+        if changes:
             raise ValueError(
-                f"{path} already holds another prediction (shape {have[0]}, {have[1]}, chunks {have[2]}, "
-                f"{old.get('kind', '?')} of model {old.get('model', '?')!r}); delete it or write somewhere else"
+                f"{path} already holds another prediction, and resuming it would mix two results: "
+                f"{'; '.join(changes)}. To start over, delete {path} (or write somewhere else, e.g. another -o); "
+                "to resume, run it with the same model, settings and input"
             )
         return arr
     if path.exists() and any(path.iterdir()):
@@ -384,10 +481,111 @@ def create_output(
     return arr
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """``{'a': {'b': 1}}`` as ``{'a.b': 1}``: each setting on its own line of a message."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _changes(have: dict, want: dict) -> list[str]:
+    """'key: recorded -> now' for each entry that differs (lists and tuples alike)."""
+    norm = json.loads(json.dumps({"have": have, "want": want}, default=str))
+    old, new = norm["have"], norm["want"]
+    return [
+        f"{k} was {_short(old.get(k, 'not recorded'), 40)}, now {_short(new.get(k, 'not recorded'), 40)}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+def remove_output(path) -> None:
+    """Delete the prediction ``path`` made by :func:`create_output` and its entry in a container's labels list."""
+    import shutil
+
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    labels = path.parent
+    found = _attrs(labels) if labels.name == "labels" else None
+    if found is None:
+        return
+    names = list(_ome(found[0]).get("labels") or [])
+    if path.name in names:
+        names.remove(path.name)
+        zarr = import_zarr()
+        lg = zarr.open_group(store=AtomicLocalStore(labels), mode="a", zarr_format=found[1])
+        lg.attrs.update(_wrap({"labels": names}, "0.5" if found[1] == 3 else "0.4"))
+
+
 def chunk_done(arr, coords: tuple[int, ...]) -> bool:
     """True when chunk ``coords`` of ``arr`` (from :func:`create_output`) is on disk (written in full)."""
     key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
     return (Path(str(arr.store.root)) / arr.path / key).is_file()
+
+
+# ----------------------------------------------------------------------------- identity
+
+INPUT_HASH_BYTES = 1 << 30  # chunk files up to this total are hashed in full, beyond it a sample
+SAMPLED_CHUNKS = 256
+_META_FILES = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+
+
+def array_fingerprint(path) -> dict:
+    """What identifies the pixels of the zarr array at ``path``, from its files (nothing is decoded).
+
+    The array's metadata file (shape, dtype, chunks, codecs: sha256 of zarr.json or .zarray), the number
+    and total size of its chunk files, a sha256 of their names and sizes, and a sha256 of their bytes: of
+    every chunk file while they total at most :data:`INPUT_HASH_BYTES` (1 GiB: ~1 s at the ~1 GB/s that
+    sha256 reads), else of :data:`SAMPLED_CHUNKS` files spread over the sorted list. A resumed prediction
+    compares it with the one recorded in its output: a changed chunk is found in full mode always, in
+    sampled mode when the change alters a compressed file's size or a sampled file.
+    """
+    root = Path(path)
+    meta = next((root / f for f in ("zarr.json", ".zarray") if (root / f).is_file()), None)
+    files = _chunk_files(root)
+    listing = hashlib.sha256()
+    for rel, size in files:
+        listing.update(f"{rel}\0{size}\n".encode())
+    total = sum(size for _, size in files)
+    chosen = files
+    if total > INPUT_HASH_BYTES and len(files) > SAMPLED_CHUNKS:
+        chosen = [files[i * len(files) // SAMPLED_CHUNKS] for i in range(SAMPLED_CHUNKS)]
+    content = hashlib.sha256()
+    for rel, _ in chosen:
+        content.update(rel.encode() + b"\0")
+        with open(root / rel, "rb") as fh:
+            for piece in iter(lambda: fh.read(1 << 20), b""):
+                content.update(piece)
+    return {
+        "metadata_sha256": hashlib.sha256(meta.read_bytes()).hexdigest() if meta is not None else None,
+        "chunk_files": len(files),
+        "chunk_bytes": total,
+        "listing_sha256": listing.hexdigest(),
+        "chunks_sha256": content.hexdigest(),
+        "chunks_hashed": "all" if chosen is files else len(chosen),
+    }
+
+
+def _chunk_files(root: Path) -> list[tuple[str, int]]:
+    """(path relative to ``root``, size) of every chunk file of the array at ``root``, sorted."""
+    out = []
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in names:
+            if name in _META_FILES or name.startswith("."):  # metadata, and unfinished atomic writes
+                continue
+            full = Path(folder) / name
+            out.append((full.relative_to(root).as_posix(), full.stat().st_size))
+    return sorted(out)
+
+
+def count_chunk_files(path) -> int:
+    """How many chunk files the zarr array at ``path`` holds on disk."""
+    return len(_chunk_files(Path(path)))
 
 
 def ome_version(path) -> str:

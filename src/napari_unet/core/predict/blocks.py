@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..data.intensity import fixed_range, model_normalization, plane_range, scale_intensity
-from ..data.ngff import chunk_done, create_output, open_output
+from ..data.ngff import chunk_done, count_chunk_files, create_output, open_output
 from ..data.planes import as_stack, plane_at
 from ..network.device import autocast_dtype, memory_format, resolve_device
 from .config import BLOCK_OUTPUTS, PROB_DTYPES, PredictConfig
@@ -57,7 +57,12 @@ from .tiles import (
 )
 
 __all__ = [
+    "MAX_BLOCKS",
+    "MAX_BLOCK_PIXELS",
+    "MAX_PLANE_PIXELS",
     "Block",
+    "check_plan",
+    "check_workers",
     "create_prediction",
     "default_threads",
     "iter_predict_blocks",
@@ -70,6 +75,13 @@ __all__ = [
 ]
 
 SCATTER_LIMIT = 2 << 30  # an in-memory image is copied to every worker up to this size
+# A plan holds one Block (~0.5 KB) per chunk: 2**22 blocks (e.g. 10000 planes of 400 chunks) is ~2 GB of plan.
+MAX_BLOCKS = 1 << 22
+# One block's image window (float32) and result are in memory at once, per worker: 2**26 px is 256 MiB each.
+MAX_BLOCK_PIXELS = 1 << 26
+# Each plane's normalisation range (and instances) reads the whole plane: 2**30 px is 4 GiB as float32.
+MAX_PLANE_PIXELS = 1 << 30
+WORKERS_PER_CORE = 4
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,7 @@ def plan_blocks(spatial: tuple[int, ...], chunks: tuple[int, ...]) -> list[Block
     """The blocks of an output of spatial shape (Z, H, W) or (H, W), one per chunk of ``chunks``."""
     if len(spatial) != len(chunks) or len(spatial) not in (2, 3):
         raise ValueError(f"chunks {chunks} do not match the spatial shape {spatial}")
-    if any(int(c) < 1 for c in chunks):
-        raise ValueError(f"chunk sizes must be >= 1, got {chunks}")
+    check_plan(spatial, chunks)
     grids = [range(math.ceil(s / c)) for s, c in zip(spatial, chunks)]
     out = []
     for idx in itertools.product(*grids):
@@ -95,6 +106,64 @@ def plan_blocks(spatial: tuple[int, ...], chunks: tuple[int, ...]) -> list[Block
         z = spans[0] if len(spatial) == 3 else (0, 1)
         out.append(Block(tuple(idx), z, spans[-2], spans[-1]))
     return out
+
+
+def check_plan(spatial: tuple[int, ...], chunks: tuple[int, ...], source=None) -> None:
+    """ValueError unless an output of ``spatial`` shape in ``chunks`` fits the limits, checked from the shapes
+    alone (nothing planned or allocated): :data:`MAX_PLANE_PIXELS` per plane, :data:`MAX_BLOCK_PIXELS` per
+    block, :data:`MAX_BLOCKS` blocks. ``source`` (a lazy zarr view) names the input and its real chunk files."""
+    if any(int(c) < 1 for c in chunks):
+        raise ValueError(f"chunk sizes must be >= 1, got {chunks}")
+    spatial, chunks = tuple(int(s) for s in spatial), tuple(int(c) for c in chunks)
+    plane = math.prod(spatial[-2:])
+    block = math.prod(min(c, s) for c, s in zip(chunks, spatial))
+    n_blocks = math.prod(math.ceil(s / c) for s, c in zip(spatial, chunks))
+    shape = " x ".join(map(str, spatial))
+    if plane > MAX_PLANE_PIXELS:
+        why = f"a plane of {plane:,} px (limit {MAX_PLANE_PIXELS:,}: {plane * 4 / 2**30:,.0f} GiB as float32)"
+    elif block > MAX_BLOCK_PIXELS:
+        why = f"blocks of {block:,} px (chunks {chunks}; limit {MAX_BLOCK_PIXELS:,} px per block)"
+    elif n_blocks > MAX_BLOCKS:
+        why = f"{n_blocks:,} blocks of {' x '.join(map(str, chunks))} (limit {MAX_BLOCKS:,})"
+    else:
+        return
+    raise ValueError(f"{_named(source)}{shape} pixels make {why}{_real_chunks(source)}: {_what_to_do()}")
+
+
+def _named(source) -> str:
+    path = getattr(source, "path", None)
+    return f"{path}: " if path else ""
+
+
+def _real_chunks(source) -> str:
+    """', and its store holds N chunk files' for a zarr input: a shape declared far beyond the data shows."""
+    path = getattr(source, "path", None)
+    if path is None or type(source).__name__ != "ZarrView":
+        return ""
+    return f", and its store holds {count_chunk_files(path):,} chunk files"
+
+
+def _what_to_do() -> str:
+    return (
+        "check the array's shape and chunks in its zarr.json / .zarray, crop the image, or rechunk it "
+        "(e.g. 1 x 512 x 512 per chunk)"
+    )
+
+
+def check_workers(n_workers) -> int:
+    """``n_workers`` as an int within 1 .. :data:`WORKERS_PER_CORE` x the cores, else a ValueError."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    most = WORKERS_PER_CORE * cores
+    try:
+        n = int(n_workers)
+    except (TypeError, ValueError):
+        n = None
+    if n is None or n != n_workers or not 1 <= n <= most:
+        raise ValueError(
+            f"workers must be a whole number from 1 to {most} ({WORKERS_PER_CORE} per core, {cores} cores here), "
+            f"got {n_workers!r}; for more, start a dask cluster and give its scheduler's address"
+        )
+    return n
 
 
 def _reflect(idx: np.ndarray, n: int, symmetric: bool) -> np.ndarray:
@@ -357,7 +426,8 @@ def iter_predict_blocks(
     """
     config = PredictConfig() if config is None else config
     config.check_blocks(model)
-    if client is None and workers:  # a cluster of our own, checked first: the same call on it
+    if client is None and workers:
+        check_workers(workers)  # a cluster of our own, checked first: the same call on it
         own = local_cluster(workers, memory_limit=memory_limit, processes=processes)
         try:
             config = replace(config, threads=config.threads or default_threads(workers))
@@ -524,12 +594,13 @@ def local_cluster(
 
     Each worker runs one block at a time with ``threads`` torch threads (default: the cores shared out).
     """
+    n_workers = check_workers(n_workers)
     try:
         from distributed import Client, LocalCluster
     except ImportError as err:
         raise ImportError("distributed prediction needs dask.distributed: pip install 'napari-unet[zarr]'") from err
     cluster = LocalCluster(
-        n_workers=int(n_workers),
+        n_workers=n_workers,
         threads_per_worker=1,
         processes=processes,
         memory_limit=memory_limit,
