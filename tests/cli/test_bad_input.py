@@ -171,6 +171,36 @@ def newer_model(f: Files) -> str:
     return f.model_file("newer", format="napari-unet/99")
 
 
+def slices(f: Files, stack=None) -> str:
+    """The EM crop (or ``stack``) as a folder of slices ``slices/s00.tif, s01.tif, ...``."""
+    return f.folder("slices", list(f.data["em"] if stack is None else stack))
+
+
+def symlink(f: Files, target: str, name: str) -> Path:
+    (f.tmp / name).symlink_to(f.tmp / target, target_is_directory=True)
+    return f.tmp / name
+
+
+def ome_zarr(f: Files) -> str:
+    """The EM crop as an OME-Zarr image ``in.zarr`` (one chunk per slice)."""
+    from napari_unet.core.data import ngff
+
+    pytest.importorskip("zarr")
+    em = f.data["em"]
+    arr = ngff.create_output(
+        f.tmp / "in.zarr", shape=em.shape, dtype="uint8", chunks=(1, *em.shape[1:]), axes="ZYX", labels=False
+    )
+    arr[:] = em
+    return f.path("in.zarr")
+
+
+def package_folder(f: Files) -> str:
+    """A model package given by its rdf.yaml, the tiny model beside it (refused before it is read)."""
+    (f.tmp / "package").mkdir()
+    (f.tmp / "package" / "weights.safetensors").write_bytes(f.data["model"])
+    return f.raw("package/rdf.yaml", b"type: model\nformat_version: 0.5.3\n")
+
+
 # ----------------------------------------------------------------------------- CLI
 
 NET = ["--depth", "2", "--channels", "4", "--tile-in", "92", "--steps", "2"]
@@ -188,9 +218,9 @@ def predict(f: Files, *extra, image=None, model=None, out=None) -> list[str]:
     return [*argv, "-o", out or f.out_tif, *extra]
 
 
-def evaluate(f: Files, *extra, image=None, labels=None, model=None) -> list[str]:
+def evaluate(f: Files, *extra, image=None, labels=None, model=None, out=None) -> list[str]:
     argv = ["evaluate", "--images", image or f.nuclei, "--labels", labels or f.nuclei_truth]
-    return [*argv, "--model", model or f.model, "--device", "cpu", "-q", "--json", f.report, *extra]
+    return [*argv, "--model", model or f.model, "--device", "cpu", "-q", "--json", out or f.report, *extra]
 
 
 CLI = {
@@ -349,6 +379,73 @@ CLI = {
         "create it first",
     ),
     "evaluate-json-onto-image": (lambda f: [*evaluate(f)[:-2], "--json", f.nuclei], "would destroy it"),
+    # outputs inside an input: a folder of slices, an OME-Zarr container, a model package
+    "predict-output-onto-a-slice": (
+        lambda f: predict(f, image=slices(f), out=f.path("slices/s00.tif")),
+        "lies inside the input image .*slices; .*a TIFF there becomes one more",
+    ),
+    "predict-output-new-file-in-slices-folder": (
+        lambda f: predict(f, image=slices(f), out=f.path("slices/result.tif")),
+        "lies inside the input image",
+    ),
+    "predict-output-in-slices-folder-through-dotdot": (
+        lambda f: predict(f, image=slices(f), out=f.path("slices/../slices/s01.tif")),
+        "lies inside the input image",
+    ),
+    "predict-output-in-slices-folder-through-symlink": (
+        lambda f: predict(f, image=slices(f), out=str(symlink(f, "slices", "link") / "s01.tif")),
+        "lies inside the input image",
+    ),
+    "predict-output-onto-a-zarr-chunk": (
+        lambda f: predict(f, image=ome_zarr(f), out=f.path("in.zarr/0/c/0/0/0")),
+        "lies inside the input image .*in.zarr; writing there would replace a chunk",
+    ),
+    "predict-zarr-output-inside-zarr-input": (
+        lambda f: predict(f, image=ome_zarr(f), out=f.path("in.zarr/0/more.zarr")),
+        r"labels group \(-o .*in.zarr/labels/NAME\)",
+    ),
+    "predict-zarr-output-onto-zarr-input": (
+        lambda f: predict(f, image=ome_zarr(f), out=f.path("in.zarr")),
+        "is the input image .*would destroy it",
+    ),
+    "predict-output-onto-labels-group": (
+        lambda f: predict(f, image=ome_zarr(f), out=f.path("in.zarr/labels")),
+        "lies inside the input image",
+    ),
+    "evaluate-json-onto-a-slice": (
+        lambda f: evaluate(f, image=slices(f, f.data["nuclei"]), out=f.path("slices/s01.tif")),
+        "--json .*lies inside the input .*slices",
+    ),
+    "predict-output-in-model-package-folder": (
+        lambda f: predict(f, model=package_folder(f), out=f.path("package/weights.safetensors")),
+        "lies inside the model package folder .*could replace a file the package uses",
+    ),
+    "predict-output-inside-model-zip": (
+        lambda f: predict(f, model=f.raw("model.zip", b"PK\x05\x06" + bytes(18)), out=f.path("model.zip/p.tif")),
+        "lies inside the model .*model.zip is a file, not a folder",
+    ),
+    "evaluate-json-onto-model": (lambda f: evaluate(f, out=f.model), "--json .*is the model"),
+    "train-output-onto-init-model": (lambda f: train(f, init=f.model, out=f.model), "is the model"),
+    "train-output-onto-resumed-run-without-suffix": (
+        lambda f: train(f, "--resume", f.model, out=f.path("tiny")),
+        "is the model .*tiny.safetensors",
+    ),
+    "train-output-onto-candidate": (
+        lambda f: train(f, "--candidates", f.model, init="auto", out=f.model),
+        "is the model",
+    ),
+    "train-output-inside-images-folder": (
+        lambda f: train(f, images=[slices(f)], out=f.path("slices/model.safetensors")),
+        "lies inside the training data",
+    ),
+    "export-output-onto-sample": (
+        lambda f: ["export", f.model, "--sample", f.em, "-o", f.em],
+        "is the sample image",
+    ),
+    "export-output-onto-model-without-suffix": (
+        lambda f: ["export", f.raw("m.zip", b"PK\x05\x06" + bytes(18)), "-o", f.path("m")],
+        "is the model",
+    ),
 }
 
 # inputs that look wrong but are valid: they must work (or warn) without a traceback

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ._images import _read, _read_image
 from ._options import LABEL_HELP, _TileSize, add_channels, add_common, add_scale
-from ._outputs import _check_output, _refuse_overwrite
+from ._outputs import _check_output, _model_inputs, _refuse_inputs
 from ._progress import _bar
 from ._slices import _n_slices, _parse_slices, _select
 
@@ -180,7 +180,7 @@ def cmd_train(args) -> int:
     """Train on ``args.images`` / ``args.labels`` and save the model to ``args.output``."""
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
-    _refuse_overwrite(args.output, [*args.images, *args.labels], "training data")
+    _refuse_inputs(args.output, _train_inputs(args), suffix=".safetensors")
     _check_output(args.output, ".safetensors")
     images, labels, channel_axis = _read_pairs(args)
     _fill_settings(args)
@@ -188,6 +188,14 @@ def cmd_train(args) -> int:
     result, out = _train_and_save(args, cfg, images, labels, channel_axis)
     _print_summary(result, out)
     return 0
+
+
+def _train_inputs(args) -> list[tuple[object, str]]:
+    """What ``train`` reads, for :func:`_refuse_inputs`: the images, labels and the model files it starts from."""
+    models = [m for m in (args.init, args.resume, *(args.candidates or ())) if m not in (None, "auto", "scratch")]
+    return [(p, "training data") for p in (*args.images, *args.labels)] + [
+        found for m in models for found in _model_inputs(m)
+    ]
 
 
 def _read_pairs(args):
