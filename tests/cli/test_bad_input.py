@@ -479,13 +479,14 @@ CLI_OK = {
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """main() in-process as the console script runs it: SystemExit(message) prints it and exits 1."""
+    """main() in-process as the console script runs it: SystemExit(message) prints it and exits 2 (bad input;
+    cli/_errors.py run_process)."""
     try:
         rc = main(argv)
     except SystemExit as e:  # argparse errors (code 2) and the up-front checks (a message)
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
-            rc = 1
+            rc = 2
         else:
             rc = e.code
     out, err = capsys.readouterr()
@@ -515,7 +516,7 @@ def test_cli_bad_input(make, expect, ok, tmp_path, data, capsys):
         }
         assert written == {Path(argv[argv.index("-o") + 1]).name}  # the output, and nothing else
     else:
-        assert rc not in (0, None), (rc, err, out)
+        assert rc == 2, (rc, err, out)  # bad input
         assert "error:" in err, err
         assert re.search(expect, err), err
         assert snapshot(tmp_path) == before  # inputs and earlier outputs untouched, no stray files
