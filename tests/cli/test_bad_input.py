@@ -11,6 +11,7 @@ The widgets' matrix is in tests/widgets/test_bad_input_widget.py.
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import sys
 import warnings
@@ -499,8 +500,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     + [pytest.param(m, e, True, id=k) for k, (m, e) in CLI_OK.items()],
 )
 def test_cli_bad_input(make, expect, ok, tmp_path, data, capsys):
-    import re
-
     f = Files(tmp_path, data)
     argv = make(f)
     before = snapshot(tmp_path)
@@ -523,6 +522,82 @@ def test_cli_bad_input(make, expect, ok, tmp_path, data, capsys):
     assert signal.getsignal(signal.SIGINT) is handler
     assert main(["models"]) == 0  # the process goes on
     capsys.readouterr()
+
+
+def _disk_with(monkeypatch, free: int) -> None:
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+
+
+def test_train_refuses_a_disk_too_full_for_its_model(tmp_path, data, capsys, monkeypatch):
+    """Free space for the model file (parameters x bytes + header) is checked before any step, with the numbers."""
+    import napari_unet.core.train.loop as core_train
+
+    f = Files(tmp_path, data)
+    steps = []
+    monkeypatch.setattr(core_train._Run, "train_step", lambda run, lr: steps.append(lr))
+    _disk_with(monkeypatch, 1000)
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(train(f, "--save-last", "--optimizer", "adam"), capsys)
+    assert rc == 2 and "Traceback" not in err + out
+    assert re.search(r"the model file needs about 1\.\d MiB \([\d,]+ parameters x 4 bytes \+ the adam optimizer's", err)
+    assert "has 0.0 MiB free; free some space or choose another folder" in err, err
+    assert not steps and snapshot(tmp_path) == before
+
+
+def test_train_free_space_estimate_is_the_model_file_size(tmp_path, data, capsys, monkeypatch):
+    """The estimate is the file's size plus at most the header margin (adam's state saved with --save-last)."""
+    from napari_unet.cli import train as cli_train
+
+    f = Files(tmp_path, data)
+    needs = []
+    real = cli_train._check_free_space
+    monkeypatch.setattr(
+        cli_train,
+        "_check_free_space",
+        lambda args, cfg, ch: needs.append(cli_train._n_parameters(cfg, ch)) or real(args, cfg, ch),
+    )
+    out = f.path("fresh.safetensors")
+    rc, _, err = run_cli(train(f, "--save-last", "--optimizer", "adam", out=out), capsys)
+    assert rc == 0, err
+    size = Path(out).stat().st_size
+    estimate = needs[0] * 4 * 3  # the weights, adam's two moments
+    assert estimate <= size <= estimate + cli_train._HEADER_MARGIN
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3])
+def test_train_failed_save_keeps_the_weights(failing, tmp_path, data, capsys, monkeypatch):
+    """Saving -o fails (a full disk: OSError 28): the weights go beside it, or to the temp dir when that fails
+    too, and the message says where (exit 1); when every place fails, the message says so, no traceback."""
+    import errno
+
+    import napari_unet.core.train.events as events
+    from napari_unet.core.models.load import read_info
+
+    f = Files(tmp_path, data)
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temp"))
+    real, tried = events.save_model, []
+
+    def full_disk(path, *args, **kwargs):
+        tried.append(Path(path))
+        if len(tried) <= failing:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(events, "save_model", full_disk)
+    rc, out, err = run_cli(train(f, out=f.path("new.safetensors")), capsys)
+    assert rc == 1 and "Traceback" not in err + out and "No space left on device" in err
+    assert tried[0] == Path(f.path("new.safetensors")) and not Path(tried[0]).exists()
+    assert Path(f.out_model).read_bytes() == PREVIOUS  # another file the user keeps
+    if failing == 3:
+        assert "so did saving its weights beside it and in the temp folder" in err, err
+        return
+    kept = tried[failing]
+    assert kept.parent == (tmp_path if failing == 1 else tmp_path / "temp") and kept.name == "new-rescued.safetensors"
+    assert f"the trained weights are in {kept} instead" in err and read_info(kept).training["steps_done"] == 2
 
 
 # ----------------------------------------------------------------------------- API (napari_unet.core)
