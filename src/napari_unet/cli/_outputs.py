@@ -54,9 +54,9 @@ def _inside(output: Path, container: Path) -> tuple[str, ...] | None:
     inside: the first existing folder on ``output``'s real path that is the same file as ``container``."""
     try:
         target = os.stat(container)
-    except OSError:
+        out = output.resolve()  # symlinks and '..' of the part that exists
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, which _check_output refuses
         return None
-    out = output.resolve()  # symlinks and '..' of the part that exists
     for up, a in enumerate((out, *out.parents)):
         try:
             if os.path.samestat(os.stat(a), target):
