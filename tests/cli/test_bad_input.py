@@ -588,10 +588,12 @@ def test_train_failed_save_keeps_the_weights(failing, tmp_path, data, capsys, mo
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(events, "save_model", full_disk)
+    before = snapshot(tmp_path)
     rc, out, err = run_cli(train(f, out=f.path("new.safetensors")), capsys)
     assert rc == 1 and "Traceback" not in err + out and "No space left on device" in err
     assert tried[0] == Path(f.path("new.safetensors")) and not Path(tried[0]).exists()
-    assert Path(f.out_model).read_bytes() == PREVIOUS  # another file the user keeps
+    after = snapshot(tmp_path)
+    assert {k: after.get(k) for k in before} == before  # the inputs and the files the user keeps
     if failing == 3:
         assert "so did saving its weights beside it and in the temp folder" in err, err
         return
