@@ -396,6 +396,8 @@ def _check_free_space(args, cfg, in_channels: int) -> None:
     per_value = 2 if args.half else 4
     need = n * per_value + _HEADER_MARGIN
     what = f"{n:,} parameters x {per_value} bytes"
+    if cfg.init == "auto" and not cfg.resume:
+        what = f"the largest start --init auto may choose: {what}"
     if args.save_last:
         need += n * 4 * _OPTIMIZER_COPIES.get(cfg.optimizer, 2)
         what += f" + the {cfg.optimizer} optimizer's state"
