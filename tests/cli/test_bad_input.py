@@ -11,6 +11,7 @@ The widgets' matrix is in tests/widgets/test_bad_input_widget.py.
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import sys
 import warnings
@@ -171,6 +172,36 @@ def newer_model(f: Files) -> str:
     return f.model_file("newer", format="napari-unet/99")
 
 
+def slices(f: Files, stack=None) -> str:
+    """The EM crop (or ``stack``) as a folder of slices ``slices/s00.tif, s01.tif, ...``."""
+    return f.folder("slices", list(f.data["em"] if stack is None else stack))
+
+
+def symlink(f: Files, target: str, name: str) -> Path:
+    (f.tmp / name).symlink_to(f.tmp / target, target_is_directory=True)
+    return f.tmp / name
+
+
+def ome_zarr(f: Files) -> str:
+    """The EM crop as an OME-Zarr image ``in.zarr`` (one chunk per slice)."""
+    from napari_unet.core.data import ngff
+
+    pytest.importorskip("zarr")
+    em = f.data["em"]
+    arr = ngff.create_output(
+        f.tmp / "in.zarr", shape=em.shape, dtype="uint8", chunks=(1, *em.shape[1:]), axes="ZYX", labels=False
+    )
+    arr[:] = em
+    return f.path("in.zarr")
+
+
+def package_folder(f: Files) -> str:
+    """A model package given by its rdf.yaml, the tiny model beside it (refused before it is read)."""
+    (f.tmp / "package").mkdir()
+    (f.tmp / "package" / "weights.safetensors").write_bytes(f.data["model"])
+    return f.raw("package/rdf.yaml", b"type: model\nformat_version: 0.5.3\n")
+
+
 # ----------------------------------------------------------------------------- CLI
 
 NET = ["--depth", "2", "--channels", "4", "--tile-in", "92", "--steps", "2"]
@@ -188,9 +219,9 @@ def predict(f: Files, *extra, image=None, model=None, out=None) -> list[str]:
     return [*argv, "-o", out or f.out_tif, *extra]
 
 
-def evaluate(f: Files, *extra, image=None, labels=None, model=None) -> list[str]:
+def evaluate(f: Files, *extra, image=None, labels=None, model=None, out=None) -> list[str]:
     argv = ["evaluate", "--images", image or f.nuclei, "--labels", labels or f.nuclei_truth]
-    return [*argv, "--model", model or f.model, "--device", "cpu", "-q", "--json", f.report, *extra]
+    return [*argv, "--model", model or f.model, "--device", "cpu", "-q", "--json", out or f.report, *extra]
 
 
 CLI = {
@@ -349,6 +380,73 @@ CLI = {
         "create it first",
     ),
     "evaluate-json-onto-image": (lambda f: [*evaluate(f)[:-2], "--json", f.nuclei], "would destroy it"),
+    # outputs inside an input: a folder of slices, an OME-Zarr container, a model package
+    "predict-output-onto-a-slice": (
+        lambda f: predict(f, image=slices(f), out=f.path("slices/s00.tif")),
+        "lies inside the input image .*slices; .*a TIFF there becomes one more",
+    ),
+    "predict-output-new-file-in-slices-folder": (
+        lambda f: predict(f, image=slices(f), out=f.path("slices/result.tif")),
+        "lies inside the input image",
+    ),
+    "predict-output-in-slices-folder-through-dotdot": (
+        lambda f: predict(f, image=slices(f), out=f.path("slices/../slices/s01.tif")),
+        "lies inside the input image",
+    ),
+    "predict-output-in-slices-folder-through-symlink": (
+        lambda f: predict(f, image=slices(f), out=str(symlink(f, "slices", "link") / "s01.tif")),
+        "lies inside the input image",
+    ),
+    "predict-output-onto-a-zarr-chunk": (
+        lambda f: predict(f, image=ome_zarr(f), out=f.path("in.zarr/0/c/0/0/0")),
+        "lies inside the input image .*in.zarr; writing there would replace a chunk",
+    ),
+    "predict-zarr-output-inside-zarr-input": (
+        lambda f: predict(f, image=ome_zarr(f), out=f.path("in.zarr/0/more.zarr")),
+        r"labels group \(-o .*in.zarr/labels/NAME\)",
+    ),
+    "predict-zarr-output-onto-zarr-input": (
+        lambda f: predict(f, image=ome_zarr(f), out=f.path("in.zarr")),
+        "is the input image .*would destroy it",
+    ),
+    "predict-output-onto-labels-group": (
+        lambda f: predict(f, image=ome_zarr(f), out=f.path("in.zarr/labels")),
+        "lies inside the input image",
+    ),
+    "evaluate-json-onto-a-slice": (
+        lambda f: evaluate(f, image=slices(f, f.data["nuclei"]), out=f.path("slices/s01.tif")),
+        "--json .*lies inside the input .*slices",
+    ),
+    "predict-output-in-model-package-folder": (
+        lambda f: predict(f, model=package_folder(f), out=f.path("package/weights.safetensors")),
+        "lies inside the model package folder .*could replace a file the package uses",
+    ),
+    "predict-output-inside-model-zip": (
+        lambda f: predict(f, model=f.raw("model.zip", b"PK\x05\x06" + bytes(18)), out=f.path("model.zip/p.tif")),
+        "lies inside the model .*model.zip is a file, not a folder",
+    ),
+    "evaluate-json-onto-model": (lambda f: evaluate(f, out=f.model), "--json .*is the model"),
+    "train-output-onto-init-model": (lambda f: train(f, init=f.model, out=f.model), "is the model"),
+    "train-output-onto-resumed-run-without-suffix": (
+        lambda f: train(f, "--resume", f.model, out=f.path("tiny")),
+        "is the model .*tiny.safetensors",
+    ),
+    "train-output-onto-candidate": (
+        lambda f: train(f, "--candidates", f.model, init="auto", out=f.model),
+        "is the model",
+    ),
+    "train-output-inside-images-folder": (
+        lambda f: train(f, images=[slices(f)], out=f.path("slices/model.safetensors")),
+        "lies inside the training data",
+    ),
+    "export-output-onto-sample": (
+        lambda f: ["export", f.model, "--sample", f.em, "-o", f.em],
+        "is the sample image",
+    ),
+    "export-output-onto-model-without-suffix": (
+        lambda f: ["export", f.raw("m.zip", b"PK\x05\x06" + bytes(18)), "-o", f.path("m")],
+        "is the model",
+    ),
 }
 
 # inputs that look wrong but are valid: they must work (or warn) without a traceback
@@ -382,13 +480,14 @@ CLI_OK = {
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """main() in-process as the console script runs it: SystemExit(message) prints it and exits 1."""
+    """main() in-process as the console script runs it: SystemExit(message) prints it and exits 2 (bad input;
+    cli/_errors.py run_process)."""
     try:
         rc = main(argv)
     except SystemExit as e:  # argparse errors (code 2) and the up-front checks (a message)
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
-            rc = 1
+            rc = 2
         else:
             rc = e.code
     out, err = capsys.readouterr()
@@ -401,8 +500,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     + [pytest.param(m, e, True, id=k) for k, (m, e) in CLI_OK.items()],
 )
 def test_cli_bad_input(make, expect, ok, tmp_path, data, capsys):
-    import re
-
     f = Files(tmp_path, data)
     argv = make(f)
     before = snapshot(tmp_path)
@@ -418,13 +515,91 @@ def test_cli_bad_input(make, expect, ok, tmp_path, data, capsys):
         }
         assert written == {Path(argv[argv.index("-o") + 1]).name}  # the output, and nothing else
     else:
-        assert rc not in (0, None), (rc, err, out)
+        assert rc == 2, (rc, err, out)  # bad input
         assert "error:" in err, err
         assert re.search(expect, err), err
         assert snapshot(tmp_path) == before  # inputs and earlier outputs untouched, no stray files
     assert signal.getsignal(signal.SIGINT) is handler
     assert main(["models"]) == 0  # the process goes on
     capsys.readouterr()
+
+
+def _disk_with(monkeypatch, free: int) -> None:
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+
+
+def test_train_refuses_a_disk_too_full_for_its_model(tmp_path, data, capsys, monkeypatch):
+    """Free space for the model file (parameters x bytes + header) is checked before any step, with the numbers."""
+    import napari_unet.core.train.loop as core_train
+
+    f = Files(tmp_path, data)
+    steps = []
+    monkeypatch.setattr(core_train._Run, "train_step", lambda run, lr: steps.append(lr))
+    _disk_with(monkeypatch, 1000)
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(train(f, "--save-last", "--optimizer", "adam"), capsys)
+    assert rc == 2 and "Traceback" not in err + out
+    assert re.search(r"the model file needs about 1\.\d MiB \([\d,]+ parameters x 4 bytes \+ the adam optimizer's", err)
+    assert "has 0.0 MiB free; free some space or choose another folder" in err, err
+    assert not steps and snapshot(tmp_path) == before
+
+
+def test_train_free_space_estimate_is_the_model_file_size(tmp_path, data, capsys, monkeypatch):
+    """The estimate is the file's size plus at most the header margin (adam's state saved with --save-last)."""
+    from napari_unet.cli import train as cli_train
+
+    f = Files(tmp_path, data)
+    needs = []
+    real = cli_train._check_free_space
+    monkeypatch.setattr(
+        cli_train,
+        "_check_free_space",
+        lambda args, cfg, ch: needs.append(cli_train._n_parameters(cfg, ch)) or real(args, cfg, ch),
+    )
+    out = f.path("fresh.safetensors")
+    rc, _, err = run_cli(train(f, "--save-last", "--optimizer", "adam", out=out), capsys)
+    assert rc == 0, err
+    size = Path(out).stat().st_size
+    estimate = needs[0] * 4 * 3  # the weights, adam's two moments
+    assert estimate <= size <= estimate + cli_train._HEADER_MARGIN
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3])
+def test_train_failed_save_keeps_the_weights(failing, tmp_path, data, capsys, monkeypatch):
+    """Saving -o fails (a full disk: OSError 28): the weights go beside it, or to the temp dir when that fails
+    too, and the message says where (exit 1); when every place fails, the message says so, no traceback."""
+    import errno
+
+    import napari_unet.core.train.events as events
+    from napari_unet.core.models.load import read_info
+
+    f = Files(tmp_path, data)
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temp"))
+    real, tried = events.save_model, []
+
+    def full_disk(path, *args, **kwargs):
+        tried.append(Path(path))
+        if len(tried) <= failing:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(events, "save_model", full_disk)
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(train(f, out=f.path("new.safetensors")), capsys)
+    assert rc == 1 and "Traceback" not in err + out and "No space left on device" in err
+    assert tried[0] == Path(f.path("new.safetensors")) and not Path(tried[0]).exists()
+    after = snapshot(tmp_path)
+    assert {k: after.get(k) for k in before} == before  # the inputs and the files the user keeps
+    if failing == 3:
+        assert "so did saving its weights beside it and in the temp folder" in err, err
+        return
+    kept = tried[failing]
+    assert kept.parent == (tmp_path if failing == 1 else tmp_path / "temp") and kept.name == "new-rescued.safetensors"
+    assert f"the trained weights are in {kept} instead" in err and read_info(kept).training["steps_done"] == 2
 
 
 # ----------------------------------------------------------------------------- API (napari_unet.core)

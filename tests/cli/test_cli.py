@@ -283,3 +283,54 @@ def test_ctrl_c_never_replaces_the_output(tmp_path, em_files, monkeypatch, capsy
     assert cli(f"{argv} -o {other} -q") == 130
     assert "stopping after this step" in capsys.readouterr().err and len(calls) == 2
     assert not other.exists() and not (tmp_path / "other-interrupted.safetensors").exists()
+
+
+_LATE_PRESS = """
+import atexit, os, signal, sys, time
+
+import napari_unet.core.train.loop as core_train
+
+real, calls = core_train.weighted_loss, []
+
+
+def press():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)  # the handler runs here
+
+
+def first_press(*args, **kwargs):  # inside the second step: stop after it and save
+    calls.append(1)
+    if len(calls) == 2:
+        press()
+    return real(*args, **kwargs)
+
+
+core_train.weighted_loss = first_press
+atexit.register(press)  # the second press, registered first so it runs last: the run has ended and saved
+from napari_unet.cli import main
+
+main()
+"""
+
+
+def test_a_late_second_ctrl_c_exits_130(tmp_path, em_files):
+    """A second Ctrl-C that lands after the stopped run was saved, while the process ends: exit 130 and no
+    traceback (the default handler killed the process, exit -2, or printed a traceback from an exit callback)."""
+    ip, lp = em_files
+    out = tmp_path / "m.safetensors"
+    argv = ["train", "--images", str(ip), "--labels", str(lp), "--labels-format", "isbi", "--steps", "5"]
+    argv += ["--depth", "2", "--channels", "4", "--tile-in", "92", "--init", "scratch", "-q", "-o", str(out)]
+    r = subprocess.run([sys.executable, "-c", _LATE_PRESS, *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stderr
+    assert "Traceback" not in r.stderr and "stopping after this step" in r.stderr
+    assert "stopped early: 2 steps" in r.stdout and (tmp_path / "m-interrupted.safetensors").is_file()
+
+
+def test_a_refusal_exits_2_from_the_console(tmp_path, em_files):
+    """The console script: a refusal made before any work (here -o onto the input) is a message and exit 2."""
+    ip, _ = em_files
+    before = ip.read_bytes()
+    argv = ["predict", str(ip), "-o", str(ip), "--model", "em-membrane"]
+    r = subprocess.run([sys.executable, "-m", "napari_unet.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "would destroy it" in r.stderr and "Traceback" not in r.stderr
+    assert ip.read_bytes() == before

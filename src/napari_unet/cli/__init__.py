@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 
 from . import evaluate, export, models, predict, train
-from ._errors import run_command
+from ._errors import run_command, run_process
 from ._options import LABEL_HELP
 from ._slices import _n_slices as _n_slices
 from ._slices import _parse_slices as _parse_slices
@@ -50,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run ``napari-unet`` with ``argv`` (default: the command line); the exit code: 0 done, 1 a device or disk
-    failure, 2 bad input, 130 Ctrl-C (cli/_errors.py)."""
+    """Run ``napari-unet`` with ``argv``; the exit code: 0 done, 1 a device or disk failure, 2 bad input, 130
+    Ctrl-C (cli/_errors.py). Without ``argv`` (the process's own command line: the console script, ``python -m
+    napari_unet.cli``) it ends the process itself, so that a refusal exits 2 and a late Ctrl-C 130
+    (``run_process``); with ``argv`` (a caller in Python) it returns, and refusals raise SystemExit."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:
+        run_process(args)
     return run_command(args)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ._images import _read, _read_image
 from ._options import add_channels, add_common, add_scale
-from ._outputs import _check_output, _refuse_overwrite
+from ._outputs import _check_output, _model_inputs, _refuse_inputs
 from ._progress import _TileBar
 from ._slices import _n_slices, _parse_slices, _select
 
@@ -48,7 +48,8 @@ def cmd_evaluate(args) -> int:
     from ..core.models.load import load_model
 
     if args.json:  # found after the evaluation, a bad --json cost its run (or overwrote an input)
-        _refuse_overwrite(args.json, [args.images, args.labels, args.model], "input", opt="--json")
+        inputs = [(args.images, "input"), (args.labels, "input"), *_model_inputs(args.model)]
+        _refuse_inputs(args.json, inputs, opt="--json")
         _check_output(args.json, opt="--json")
     model = load_model(args.model)
     image, ch, _ = _read_image(args.images, args)

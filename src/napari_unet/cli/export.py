@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ._images import _read
-from ._outputs import _check_output, _refuse_overwrite
+from ._outputs import _check_output, _model_inputs, _refuse_inputs
 
 # the real data that goes into a shipped model's package (test input, cover): the plugin's sample crops
 _SHIPPED_SAMPLES = {"em-membrane": "load_em_sample", "nuclei": "load_nuclei_sample"}
@@ -69,7 +69,8 @@ def cmd_export(args) -> int:
             f"error: exporting a bioimage.io package needs the bioimageio extra: {bioimageio.INSTALL_HINT}"
         )
     src = resolve_model_path(args.model)
-    _refuse_overwrite(args.output, [src], "model")
+    inputs = [*_model_inputs(src), (args.sample, "sample image"), (args.card, "model card")]
+    _refuse_inputs(args.output, inputs, suffix=".zip")
     _check_output(args.output, ".zip")
     model = load_model(src)
     shipped = src in available_models().values()

@@ -9,7 +9,7 @@ from pathlib import Path
 from ._errors import INTERRUPTED
 from ._images import _read_image
 from ._options import _TileSize, add_channels, add_common, add_scale
-from ._outputs import _check_output, _refuse_overwrite
+from ._outputs import _check_output, _model_inputs, _refuse_inputs
 from ._slices import _n_slices, _parse_slices, _select
 from ._tiles import _predict_tiles
 from .predict_zarr import _predict_zarr
@@ -181,23 +181,15 @@ def cmd_predict(args) -> int:
 
 def _output_target(args, image_is_zarr: bool) -> Path | None:
     """Check -o before any work; the OME-Zarr to write into, or None for a TIFF (-o)."""
-    from ..core.models.checkpoint import resolve_model_path
-
     target = _zarr_target(args, image_is_zarr)
+    # onto or inside the image or the model: a slice, a chunk or a package file replaced (labels/ takes labels)
+    _refuse_inputs(args.output if target is None else target, [(args.image, "input image"), *_model_inputs(args.model)])
     if target is None:
-        _refuse_overwrite(args.output, [args.image], "input image")
         _check_output(args.output)
     else:
-        if target.resolve() == Path(args.image).resolve():
-            raise SystemExit(f"error: -o {target} is the input image; writing there would destroy it")
         parent = target.parent if target.parent.name != "labels" else target.parent.parent
         if not parent.is_dir():
             raise SystemExit(f"error: -o {target}: the folder {parent} does not exist; create it first")
-    try:
-        if args.output is not None:
-            _refuse_overwrite(args.output, [resolve_model_path(args.model)], "model")
-    except FileNotFoundError:
-        pass  # load_model says what is missing
     if target is None:
         from ..core.data.files import TIFF_SUFFIXES
 

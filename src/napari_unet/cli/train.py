@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from functools import partial
 from pathlib import Path
 
+from ._errors import FAILED
 from ._images import _read, _read_image
 from ._options import LABEL_HELP, _TileSize, add_channels, add_common, add_scale
-from ._outputs import _check_output, _refuse_overwrite
+from ._outputs import _check_output, _model_inputs, _refuse_inputs
 from ._progress import _bar
 from ._slices import _n_slices, _parse_slices, _select
 
@@ -180,14 +183,30 @@ def cmd_train(args) -> int:
     """Train on ``args.images`` / ``args.labels`` and save the model to ``args.output``."""
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one labels file per image")
-    _refuse_overwrite(args.output, [*args.images, *args.labels], "training data")
+    _refuse_inputs(args.output, _train_inputs(args), suffix=".safetensors")
     _check_output(args.output, ".safetensors")
     images, labels, channel_axis = _read_pairs(args)
     _fill_settings(args)
     cfg = _train_config(args)
-    result, out = _train_and_save(args, cfg, images, labels, channel_axis)
+    _check_free_space(args, cfg, 1 if channel_axis is None else int(images[0].shape[channel_axis]))
+    result, out, save_error = _train_and_save(args, cfg, images, labels, channel_axis)
     _print_summary(result, out)
+    if save_error is not None:
+        print(
+            f"error: saving the model failed ({save_error}); the trained weights are in {out} instead: move "
+            "them where you want them",
+            file=sys.stderr,
+        )
+        return FAILED
     return 0
+
+
+def _train_inputs(args) -> list[tuple[object, str]]:
+    """What ``train`` reads, for :func:`_refuse_inputs`: the images, labels and the model files it starts from."""
+    models = [m for m in (args.init, args.resume, *(args.candidates or ())) if m not in (None, "auto", "scratch")]
+    return [(p, "training data") for p in (*args.images, *args.labels)] + [
+        found for m in models for found in _model_inputs(m)
+    ]
 
 
 def _read_pairs(args):
@@ -325,10 +344,114 @@ def _train_and_save(args, cfg, images, labels, channel_axis):
         if ctrl_c.abort.is_set():
             raise KeyboardInterrupt
         target = interrupted if result.state is TrainState.STOPPED else out_path
-        out = result.save(target, which="last" if args.save_last else "best", half=args.half)
+        out, save_error = _save(args, result, target)
     finally:
         signal.signal(signal.SIGINT, old)
-    return result, out
+    return result, out, save_error
+
+
+def _save(args, result, target: Path) -> tuple[Path, OSError | None]:
+    """Save the trained model to ``target``: (the file written, None). When writing it fails (a full disk, a
+    folder made read-only during the run) the weights go beside it, or failing that to the temp dir: (that
+    file, the error). OSError when no place takes them."""
+    save = partial(result.save, which="last" if args.save_last else "best", half=args.half)
+    try:
+        return save(target), None
+    except OSError as err:
+        error = err
+    stem = target.name.removesuffix(".safetensors")
+    for folder in (target.parent, Path(tempfile.gettempdir())):
+        try:
+            return save(_free_name(folder, f"{stem}-rescued")), error
+        except OSError as err:
+            last = err
+    raise OSError(
+        f"saving {target} failed ({error}), and so did saving its weights beside it and in the temp folder "
+        f"{tempfile.gettempdir()} ({last}); free some disk space"
+    )
+
+
+def _free_name(folder: Path, stem: str) -> Path:
+    """``folder/stem.safetensors``, or ``stem-2``, ``stem-3``, ... when taken: a rescue never replaces a file."""
+    path, n = folder / f"{stem}.safetensors", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}.safetensors"
+    return path
+
+
+# the model file beyond its tensors: the JSON header (model info, tensor names and offsets) holds a few KB
+_HEADER_MARGIN = 1 << 20
+# optimizer state saved with --save-last, in float32 values per parameter
+_OPTIMIZER_COPIES = {"adam": 2, "sgd": 1}  # Adam's two moments; SGD's momentum buffer
+
+
+def _check_free_space(args, cfg, in_channels: int) -> None:
+    """SystemExit before training when the folder of -o has less free space than the model file needs (its
+    parameters x bytes per value, the optimizer state with --save-last, and a header margin): found at the
+    end, it cost the trained weights."""
+    n = _n_parameters(cfg, in_channels)
+    if n is None:
+        return  # a start whose architecture is read when training starts (its loader says what is wrong)
+    per_value = 2 if args.half else 4
+    need = n * per_value + _HEADER_MARGIN
+    what = f"{n:,} parameters x {per_value} bytes"
+    if cfg.init == "auto" and not cfg.resume:
+        what = f"the largest start --init auto may choose: {what}"
+    if args.save_last:
+        need += n * 4 * _OPTIMIZER_COPIES.get(cfg.optimizer, 2)
+        what += f" + the {cfg.optimizer} optimizer's state"
+    out = Path(args.output).expanduser()
+    folder = out.parent if str(out.parent) else Path(".")
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise SystemExit(
+            f"error: -o {args.output}: the model file needs about {need / 2**20:.1f} MiB ({what} + header), and "
+            f"the folder {folder} has {free / 2**20:.1f} MiB free; free some space or choose another folder"
+        )
+
+
+def _n_parameters(cfg, in_channels: int) -> int | None:
+    """The number of parameters of the network ``cfg`` trains (the largest start --init auto may choose);
+    None when the start model's architecture cannot be read."""
+    from ..core.models.checkpoint import available_models
+    from ..core.network.unet import UNetConfig
+    from ..core.train.config import AUTO
+
+    if cfg.resume or (cfg.init and cfg.init != AUTO):
+        return _count(_architecture(cfg.resume or cfg.init))
+    # a new network (its head, a few values per class, is in the header margin), or a start --init auto picks
+    counts = [_count(UNetConfig(in_channels, 2, cfg.depth, cfg.base_channels, cfg.padding).to_dict())]
+    if cfg.init == AUTO:
+        counts += [_count(_architecture(m)) for m in (*available_models().values(), *cfg.candidates)]
+    return max((n for n in counts if n is not None), default=None)
+
+
+def _architecture(model) -> dict | None:
+    """The network of model file or package ``model`` (its UNetConfig as a dict), read from its header; None
+    when it cannot be read (loading it at the start of training says why)."""
+    from ..core.models.checkpoint import resolve_model_path
+    from ..core.models.load import read_info
+
+    try:
+        return dict(read_info(resolve_model_path(model)).model)
+    except (ValueError, TypeError, OSError):
+        return None
+
+
+def _count(architecture: dict | None) -> int | None:
+    """The parameters of the U-Net ``architecture``, built on torch's meta device (shapes, no memory)."""
+    import torch
+
+    from ..core.network.unet import build_model, n_parameters
+
+    if architecture is None:
+        return None
+    try:
+        with torch.device("meta"):
+            return n_parameters(build_model(architecture))
+    except (ValueError, TypeError, KeyError, RuntimeError):
+        return None  # a damaged header: loading the model says what is wrong
 
 
 class _CtrlC:
