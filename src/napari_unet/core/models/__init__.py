@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from .checkpoint import (
     FORMAT,
+    MAX_PARAMETERS,
     META_KEY,
     MODEL_BOUNDS,
     MODELS_DIR,
     SUFFIX,
+    WEIGHT_DTYPES,
     CheckpointError,
     ModelInfo,
     available_models,
@@ -34,11 +36,13 @@ from .packages import (
 __all__ = [
     "CheckpointError",
     "FORMAT",
+    "MAX_PARAMETERS",
     "META_KEY",
     "MODELS_DIR",
     "MODEL_BOUNDS",
     "ModelInfo",
     "SUFFIX",
+    "WEIGHT_DTYPES",
     "available_models",
     "is_package",
     "load_file",

@@ -29,6 +29,7 @@ from .unet import (
     n_parameters,
     nearest_valid_sizes,
     output_size,
+    parameter_shapes,
     valid_input_sizes,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "n_parameters",
     "nearest_valid_sizes",
     "output_size",
+    "parameter_shapes",
     "valid_input_sizes",
     "DEVICE_CHOICES",
     "PRECISIONS",
