@@ -358,6 +358,7 @@ CLI = {
     "train-seed-negative": (lambda f: train(f, "--seed", "-1"), "seed must be >= 0"),
     "train-steps-not-a-number": (lambda f: train(f, "--steps", "ten"), "invalid int value"),
     "train-slices-out-of-range": (lambda f: train(f, "--slices", "0-7"), "out of range"),
+    "predict-slices-comma": (lambda f: predict(f, "--slices", ","), r"names no slice; use e\.g\. 3, 0-24"),
     "train-slices-garbage": (lambda f: train(f, "--slices", "first"), "not a slice number"),
     "predict-slices-on-2d": (
         lambda f: predict(f, "--slices", "0", image=f.image("2d.tif", f.data["em"][0])),
