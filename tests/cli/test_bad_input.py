@@ -130,6 +130,18 @@ def png(f: Files, name="image.png") -> str:
     return f.raw(name, b"\x89PNG\r\n\x1a\n" + bytes(64))
 
 
+def strip_of_wrong_size(f: Files, name="strip.tif") -> str:
+    """A zlib TIFF whose header says 64 px wide over strips of 32 px rows: the strip decodes to the wrong size."""
+    import struct
+
+    tifffile.imwrite(f.tmp / name, np.zeros((16, 32), np.uint8), photometric="minisblack", compression="zlib")
+    with tifffile.TiffFile(f.tmp / name) as t:
+        offset = t.pages[0].tags["ImageWidth"].valueoffset
+    raw = bytearray((f.tmp / name).read_bytes())
+    raw[offset : offset + 2] = struct.pack("<H", 64)
+    return f.raw(name, bytes(raw))
+
+
 def damaged_slice(f: Files) -> str:
     """A folder of slices whose second slice is a copy cut short."""
     folder = f.folder("cut", [f.data["em"][0]])
@@ -270,6 +282,10 @@ CLI = {
     # files
     "predict-corrupt-16-bytes": (lambda f: predict(f, image=corrupt16(f)), "damaged or truncated"),
     "predict-truncated-tiff": (lambda f: predict(f, image=truncated(f)), "damaged or truncated"),
+    "predict-tiff-strip-wrong-size": (
+        lambda f: predict(f, image=strip_of_wrong_size(f)),
+        r"cannot read .*strip\.tif: the file is damaged or truncated \(.*reshape",
+    ),
     "predict-random-bytes-tif": (lambda f: predict(f, image=random_bytes(f)), "not a TIFF"),
     "predict-png": (lambda f: predict(f, image=png(f)), "convert other formats to TIFF"),
     "predict-missing-image": (lambda f: predict(f, image=f.path("missing.tif")), "does not exist"),
