@@ -11,6 +11,7 @@ The widgets' matrix is in tests/widgets/test_bad_input_widget.py.
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import sys
 import warnings
@@ -483,6 +484,40 @@ def test_cli_bad_input(make, expect, ok, tmp_path, data, capsys, request):
     assert signal.getsignal(signal.SIGINT) is handler
     assert main(["models"]) == 0  # the process goes on
     capsys.readouterr()
+
+
+# bioimageio.spec leaves the readers of package files open, and torch deprecates the TorchScript it writes:
+# theirs, not ours (as in tests/core/export/test_bioimageio.py)
+@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    ("shape", "photometric"), [((128, 44, 3), "rgb"), ((3, 128, 44), "rgb"), ((128, 44, 3), "minisblack")]
+)
+def test_export_reads_an_rgb_sample_as_predict_does(shape, photometric, tmp_path, data, capsys):
+    """An RGB (or channels-last) --sample for a grey model is refused as predict refuses the image, naming the
+    file and --channel; with --channel K the package's test input is that channel, one plane."""
+    pytest.importorskip("bioimageio.spec")
+    import zipfile
+
+    f = Files(tmp_path, data)
+    rgb = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric=photometric)
+    argv = ["export", f.model, "-o", f.path("pkg.zip"), "--sample", f.path("rgb.tif"), "--author", "A"]
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(argv, capsys)
+    assert rc == 2 and "Traceback" not in err + out, err
+    assert re.search(r"--sample .*rgb\.tif: .*(3 channels|channels last)", err), err
+    assert snapshot(tmp_path) == before
+    if photometric != "rgb":  # the --channel-axis the message asks for: the same as the rgb files
+        return
+    rc, out, err = run_cli([*argv, "--channel", "1"], capsys)
+    assert rc == 0, err
+    with zipfile.ZipFile(tmp_path / "pkg.zip") as z, z.open("test_input.npy") as fh:
+        crop = np.load(fh)
+    green = rgb[..., 1] if shape[-1] == 3 else rgb[1]
+    assert crop.shape[:2] == (1, 1) and crop.shape[2] <= 128 and crop.shape[3] <= 44 + 2 * 92
+    assert np.isin(crop, green).all()  # values of the green channel, not a slice of a 'stack'
 
 
 # ----------------------------------------------------------------------------- API (napari_unet.core)
