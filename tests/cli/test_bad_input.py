@@ -131,6 +131,18 @@ def png(f: Files, name="image.png") -> str:
     return f.raw(name, b"\x89PNG\r\n\x1a\n" + bytes(64))
 
 
+def strip_of_wrong_size(f: Files, name="strip.tif") -> str:
+    """A zlib TIFF whose header says 64 px wide over strips of 32 px rows: the strip decodes to the wrong size."""
+    import struct
+
+    tifffile.imwrite(f.tmp / name, np.zeros((16, 32), np.uint8), photometric="minisblack", compression="zlib")
+    with tifffile.TiffFile(f.tmp / name) as t:
+        offset = t.pages[0].tags["ImageWidth"].valueoffset
+    raw = bytearray((f.tmp / name).read_bytes())
+    raw[offset : offset + 2] = struct.pack("<H", 64)
+    return f.raw(name, bytes(raw))
+
+
 def damaged_slice(f: Files) -> str:
     """A folder of slices whose second slice is a copy cut short."""
     folder = f.folder("cut", [f.data["em"][0]])
@@ -162,6 +174,14 @@ def foreign_safetensors(f: Files) -> str:
 
     save_file({"weight": torch.zeros(3)}, f.tmp / "other.safetensors")
     return f.path("other.safetensors")
+
+
+def crafted(f: Files, name: str, **kw) -> str:
+    """A model file written by hand (tests/model_files.py): a tiny network's tensors under a header ``kw``
+    bends (a 7.3 GiB network in 32 KB with depth=3, base_channels=1024; dtype='I8' for integer weights)."""
+    from model_files import crafted_model
+
+    return str(crafted_model(f.tmp / f"{name}.safetensors", **kw))
 
 
 def truncated_model(f: Files) -> str:
@@ -293,6 +313,10 @@ CLI = {
     # files
     "predict-corrupt-16-bytes": (lambda f: predict(f, image=corrupt16(f)), "damaged or truncated"),
     "predict-truncated-tiff": (lambda f: predict(f, image=truncated(f)), "damaged or truncated"),
+    "predict-tiff-strip-wrong-size": (
+        lambda f: predict(f, image=strip_of_wrong_size(f)),
+        r"cannot read .*strip\.tif: the file is damaged or truncated \(.*reshape",
+    ),
     "predict-random-bytes-tif": (lambda f: predict(f, image=random_bytes(f)), "not a TIFF"),
     "predict-png": (lambda f: predict(f, image=png(f)), "convert other formats to TIFF"),
     "predict-missing-image": (lambda f: predict(f, image=f.path("missing.tif")), "does not exist"),
@@ -335,6 +359,34 @@ CLI = {
         lambda f: train(f, init="em-membrane"),
         "depth 4; nearest valid sizes are 188",
     ),
+    "predict-model-huge-network": (
+        lambda f: predict(f, model=crafted(f, "huge", depth=3, base_channels=1024)),
+        r"huge\.safetensors: its header describes a network of 1,969 M parameters \(7\.3 GiB\)",
+    ),
+    "train-init-huge-network": (
+        lambda f: train(f, init=crafted(f, "huge", depth=3, base_channels=1024)),
+        r"huge\.safetensors: .*7\.3 GiB",
+    ),
+    "train-candidate-huge-network": (
+        lambda f: train(f, "--candidates", crafted(f, "huge", depth=3, base_channels=1024), init="auto"),
+        r"huge\.safetensors: .*7\.3 GiB",
+    ),
+    "evaluate-model-huge-network": (
+        lambda f: evaluate(f, model=crafted(f, "huge", depth=3, base_channels=1024)),
+        r"huge\.safetensors: .*7\.3 GiB",
+    ),
+    "predict-model-int8-weights": (
+        lambda f: predict(f, model=crafted(f, "int8", dtype="I8")),
+        r"int8\.safetensors: tensors .*\(I8\).* not floating-point",
+    ),
+    "train-init-bool-weights": (
+        lambda f: train(f, init=crafted(f, "bool", dtype="BOOL", fill=b"\x01")),
+        r"bool\.safetensors: tensors .*\(BOOL\).* not floating-point",
+    ),
+    "predict-model-other-shapes": (
+        lambda f: predict(f, model=crafted(f, "shapes", depth=2, base_channels=8)),
+        r"shapes\.safetensors: weights do not match",
+    ),
     "train-resume-missing": (lambda f: train(f, "--resume", f.path("run.safetensors")), "no model file"),
     "evaluate-model-truncated": (lambda f: evaluate(f, model=truncated_model(f)), "damaged, truncated"),
     # numbers
@@ -353,6 +405,7 @@ CLI = {
     "train-seed-negative": (lambda f: train(f, "--seed", "-1"), "seed must be >= 0"),
     "train-steps-not-a-number": (lambda f: train(f, "--steps", "ten"), "invalid int value"),
     "train-slices-out-of-range": (lambda f: train(f, "--slices", "0-7"), "out of range"),
+    "predict-slices-comma": (lambda f: predict(f, "--slices", ","), r"names no slice; use e\.g\. 3, 0-24"),
     "train-slices-garbage": (lambda f: train(f, "--slices", "first"), "not a slice number"),
     "predict-slices-on-2d": (
         lambda f: predict(f, "--slices", "0", image=f.image("2d.tif", f.data["em"][0])),

@@ -70,12 +70,18 @@ def _end(code: int) -> NoReturn:
 
 
 def _memory_hint(args, e: BaseException) -> str:
-    """For an out-of-memory error: the options that need less memory (a smaller tile than the one used)."""
-    if not (isinstance(e, MemoryError) or "out of memory" in str(e).lower()):
+    """For the network running out of memory: the options that need less (a smaller tile than the one used).
+
+    Only torch's allocators say so ("CUDA out of memory", the CPU allocator's "can't allocate memory"): the tile
+    and batch are then the likely cause. An array numpy cannot allocate (MemoryError: the image or its result)
+    is not a tile's doing, and gets no hint about tiles.
+    """
+    text = str(e).lower()
+    if isinstance(e, MemoryError) or not ("out of memory" in text or "can't allocate memory" in text):
         return ""
     train = args.command == "train"
     given = getattr(args, "tile_out", None) if not train else getattr(args, "tile_in", None)
     flag = "--tile-in" if train else "--tile-out"
     smaller = f"a {flag} below the {given} used" if given else f"a smaller {flag}"
     hint = f" (give {smaller}" + (" or a smaller --batch-size" if train else "")
-    return hint + ", or use --device cpu)"
+    return hint + (")" if getattr(args, "device", None) == "cpu" else ", or use --device cpu)")

@@ -25,6 +25,8 @@ def _parse_slices(text: str | None, n: int) -> list[int] | None:
                 f"--slices {text}: {part!r} is not a slice number or range; use e.g. 3, 0-24 or 0,2,5-7 "
                 "(slices count from 0)"
             ) from None
+    if not out:  # ',' or ' ': nothing to stack
+        raise ValueError(f"--slices {text!r} names no slice; use e.g. 3, 0-24 or 0,2,5-7 (slices count from 0)")
     bad = [i for i in out if not 0 <= i < n]
     if bad:
         raise ValueError(f"--slices {text}: slice(s) {sorted(bad)[:5]} out of range for a stack of {n} slice(s)")

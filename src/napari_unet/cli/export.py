@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._images import _read
+from ._images import _read_image
+from ._options import add_channels
 from ._outputs import _check_output, _model_inputs, _refuse_inputs
 
 # the real data that goes into a shipped model's package (test input, cover): the plugin's sample crops
@@ -39,6 +40,7 @@ def add_parser(subparsers) -> None:
         "sample data). It ships inside the package: use data you may share",
     )
     ex.add_argument("--sample-slice", type=int, default=0, help="slice of a --sample stack (default 0)")
+    add_channels(ex)  # which channel of a multichannel --sample, as predict reads it
     ex.add_argument("--card", help="model card (markdown) for the documentation (default: the model's own .md)")
     ex.add_argument("--author", action="append", help="an author's name (repeat for more; default: your user name)")
     ex.add_argument(
@@ -101,16 +103,22 @@ def cmd_export(args) -> int:
 
 def _sample(args, model, shipped: bool):
     """The 2D image a crop of which becomes the package's test input and cover: --sample (slice --sample-slice
-    of a stack), or a shipped model's sample data."""
-    import numpy as np
+    of a stack), or a shipped model's sample data.
+
+    --sample is read as predict reads an image (the file's channel axis, --channel-axis, --channel) and checked
+    as predict checks it: an RGB or multichannel sample for a grey model is refused with what to pick.
+    """
+    from ..core.data.planes import as_stack
 
     if args.sample:
-        sample = np.asarray(_read(args.sample, "sample image"))
-        if sample.ndim == 3:
-            if not 0 <= args.sample_slice < sample.shape[0]:
-                raise ValueError(f"--sample-slice {args.sample_slice} is out of range for {sample.shape[0]} slices")
-            sample = sample[args.sample_slice]
-        return sample
+        image, ch, _ = _read_image(args.sample, args)
+        try:
+            get, n, _, is_stack = as_stack(image, ch, model.config.in_channels)
+        except ValueError as e:
+            raise ValueError(f"--sample {args.sample}: {e}") from None
+        if is_stack and not 0 <= args.sample_slice < n:
+            raise ValueError(f"--sample-slice {args.sample_slice} is out of range for {n} slices")
+        return get(args.sample_slice if is_stack else 0)[0]
     if shipped and model.info.name in _SHIPPED_SAMPLES:
         from .. import _sample_data
 

@@ -1,3 +1,4 @@
+import math
 import os
 import pickle
 
@@ -207,3 +208,103 @@ def test_non_finite_weights_are_refused_at_save(tmp_path):
     with pytest.raises(CheckpointError, match="too large for float16"):
         save_model(good, huge, half=True)
     assert good.read_bytes() == before and not list(tmp_path.glob(".*"))
+
+
+def _crafted(tmp_path, name: str):
+    """The crafted model files of the bad-input matrix, each written by hand (tests/model_files.py)."""
+    import json
+    import struct
+
+    from model_files import crafted_model, model_header, write_safetensors
+
+    from napari_unet.core.network.unet import UNetConfig, parameter_shapes
+
+    p = tmp_path / f"{name}.safetensors"
+    tiny = {
+        f"model.{k}": ("F32", s, bytes(4 * math.prod(s)))
+        for k, s in parameter_shapes(UNetConfig(depth=2, base_channels=4)).items()
+    }
+    make = {
+        "huge-network": lambda: crafted_model(p, depth=3, base_channels=1024),
+        "int8-weights": lambda: crafted_model(p, dtype="I8"),
+        "bool-weights": lambda: crafted_model(p, dtype="BOOL", fill=b"\x01"),
+        "nan-weights": lambda: crafted_model(p, fill=b"\x00\x00\xc0\x7f"),
+        "inf-weights": lambda: crafted_model(p, dtype="F16", fill=b"\x00\x7c"),
+        "other-shapes": lambda: crafted_model(p, shapes_of=parameter_shapes(UNetConfig(depth=2, base_channels=2))),
+        "missing-tensor": lambda: write_safetensors(p, dict(list(tiny.items())[1:]), model_header()),
+        "extra-tensor": lambda: write_safetensors(p, {**tiny, "model.evil": ("F32", [1], bytes(4))}, model_header()),
+        "unknown-field": lambda: crafted_model(p, kernel=7),
+        "padding-list": lambda: crafted_model(p, padding=["valid"]),
+        "dropout-nan": lambda: write_safetensors(p, tiny, model_header(dropout=0.5) | {"napari_unet": "{}"}),
+        "classes-not-names": lambda: write_safetensors(p, tiny, model_header({"classes": [1, 2]})),
+        "label-mode-unknown": lambda: write_safetensors(p, tiny, model_header({"label_mode": "panoptic"})),
+        "format-not-a-number": lambda: write_safetensors(p, tiny, model_header({"format": "napari-unet/x"})),
+        "metadata-nested-deep": lambda: write_safetensors(p, tiny, {"napari_unet": "[" * 100_000}),
+        "optimizer-damaged": lambda: write_safetensors(p, tiny, model_header() | {"optimizer": "[1]"}),
+        "offsets-past-the-end": lambda: write_safetensors(
+            p, {"model.head.bias": ("F32", [2**40], (0, 2**42))}, model_header()
+        ),
+        "header-length-2-63": lambda: p.write_bytes(struct.pack("<Q", 2**63) + b"{" + bytes(64)) and p,
+        "header-length-past-the-end": lambda: p.write_bytes(struct.pack("<Q", 10**6) + json.dumps({}).encode()) and p,
+    }
+    return make[name]()
+
+
+CRAFTED = {
+    "huge-network": "1,969 M parameters",
+    "int8-weights": r"not floating-point numbers",
+    "bool-weights": r"not floating-point numbers",
+    "nan-weights": "NaN or inf",
+    "inf-weights": "NaN or inf",
+    "other-shapes": "do not match the stored architecture",
+    "missing-tensor": "do not match the stored architecture",
+    "extra-tensor": "do not match the stored architecture",
+    "unknown-field": "unknown fields",
+    "padding-list": "padding",
+    "dropout-nan": "metadata is damaged",
+    "classes-not-names": "classes",
+    "label-mode-unknown": "label_mode",
+    "format-not-a-number": "incompatible version",
+    "metadata-nested-deep": "metadata is damaged",
+    "optimizer-damaged": "optimizer state is damaged",
+    "offsets-past-the-end": "damaged, truncated",
+    "header-length-2-63": "damaged, truncated",
+    "header-length-past-the-end": "damaged, truncated",
+}
+
+
+@pytest.mark.parametrize(("name", "expect"), list(CRAFTED.items()), ids=list(CRAFTED))
+def test_crafted_model_files_are_refused_naming_the_file(tmp_path, name, expect):
+    """Every crafted header or tensor table: a CheckpointError that names the file, from the header alone
+    where it can (read_info), and nothing built."""
+    path = _crafted(tmp_path, name)
+    with pytest.raises(CheckpointError, match=expect) as e:
+        load_model(path)
+    assert path.name in str(e.value)
+
+
+def test_a_crafted_huge_network_is_refused_in_little_memory(tmp_path):
+    """A 32 KB file whose header describes a 7.3 GiB network (depth 3, 1024 base channels): refused by
+    predict, train --init and --candidates alike (all load through load_model), in a process that stays
+    under 1 GB RSS. The time is reported, not asserted."""
+    import subprocess
+    import sys
+
+    path = _crafted(tmp_path, "huge-network")
+    assert path.stat().st_size < 64 * 1024
+    script = (
+        "import resource, sys, time\n"
+        "from napari_unet.core.models import CheckpointError, load_model\n"
+        "t = time.perf_counter()\n"
+        "try:\n"
+        "    load_model(sys.argv[1])\n"
+        "except CheckpointError as e:\n"
+        "    print('refused', e)\n"
+        "print('seconds', time.perf_counter() - t)\n"
+        "print('rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines())
+    print(run.stdout)
+    assert "huge-network.safetensors" in lines["refused"] and "7.3 GiB" in lines["refused"], run.stderr
+    assert float(lines["rss_mb"]) < 1024

@@ -107,3 +107,14 @@ def test_he_init_counts_the_inputs_each_unit_sees():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.weight.numel() > 2000:
             n = m.in_channels * (1 if isinstance(m, torch.nn.ConvTranspose2d) else m.kernel_size[0] ** 2)
             assert abs(m.weight.std().item() / math.sqrt(2 / n) - 1) < 0.1, m
+
+
+@pytest.mark.parametrize(("in_channels", "n_classes", "depth", "base"), [(1, 2, 4, 64), (2, 3, 2, 4), (3, 5, 1, 2)])
+def test_parameter_shapes_are_the_built_networks(in_channels, n_classes, depth, base):
+    """The arithmetic a model file's header is sized by gives the state dict of the network built."""
+    from napari_unet.core.network.unet import n_parameters, parameter_shapes
+
+    net = UNet(in_channels, n_classes, depth=depth, base_channels=base)
+    shapes = parameter_shapes(net.config)
+    assert shapes == {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert sum(math.prod(s) for s in shapes.values()) == n_parameters(net)

@@ -121,6 +121,17 @@ def _damaged(path, err: BaseException | None = None) -> ValueError:
     return ValueError(f"cannot read {path}: the file is damaged or truncated{detail}")
 
 
+def _raise_named(path, err: Exception):
+    """Raise ``err``, met while reading ``path``: this module's own messages (they start "cannot read <path>")
+    and a file gone missing as they are, anything else (tifffile's, numpy's, a codec's) as a damaged file
+    that names ``path``."""
+    if isinstance(err, FileNotFoundError) or (
+        isinstance(err, ValueError) and str(err).startswith(f"cannot read {path}")
+    ):
+        raise err
+    raise _damaged(path, err) from err
+
+
 def _check_tiff_file(path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -291,20 +302,16 @@ def _probe(path: Path):
             pixel_size, z, unit = _pixel_meta(tif, page)
             contiguous = series.dataoffset is not None
             return tuple(series.shape), np.dtype(series.dtype), series.axes, pixel_size, z, unit, contiguous
-    except ValueError:
-        raise
     except Exception as err:  # tifffile raises many kinds for broken headers
-        raise _damaged(path, err) from err
+        _raise_named(path, err)
 
 
 def _load(path, **kwargs):
     try:
         with _catch_tifffile_damage(path):
             return tifffile.imread(path, **kwargs)
-    except ValueError:
-        raise
-    except Exception as err:
-        raise _damaged(path, err) from err
+    except Exception as err:  # a strip that decodes to the wrong size ('cannot reshape ...'), a codec's error
+        _raise_named(path, err)
 
 
 def _read_file(path: Path, lazy: bool | None, threshold: int):

@@ -13,23 +13,28 @@ name, e.g. ``load_model('em-membrane')``.
 from __future__ import annotations
 
 import json
+import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..data.files import atomic_write
+from ..data.labels import MODES
 from ..data.zoom import check_zoom
-from ..network.unet import UNet, UNetConfig, build_model
+from ..network.unet import UNet, UNetConfig, build_model, parameter_shapes
 
 __all__ = [
     "CheckpointError",
     "FORMAT",
     "META_KEY",
     "MODELS_DIR",
+    "MAX_PARAMETERS",
     "MODEL_BOUNDS",
     "ModelInfo",
+    "WEIGHT_DTYPES",
     "SUFFIX",
     "available_models",
     "is_package",
@@ -181,8 +186,25 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
 
 
 def read_checkpoint(path: Path, weights: bool = True):
-    from safetensors import SafetensorError, safe_open
+    """``(info, tensors, optimizer metadata)`` of napari-unet model file ``path`` (no tensors unless ``weights``).
 
+    Everything the header says is checked before a tensor is read: the network it describes is within
+    :data:`MODEL_BOUNDS` and :data:`MAX_PARAMETERS`, and the file holds exactly that network's tensors, in
+    its shapes, as floating-point numbers. Raises :class:`CheckpointError` naming the file otherwise.
+    """
+    _refuse_other_files(path)
+    with _opened(path) as f:
+        meta = f.metadata() or {}
+        info = _read_info(path, meta)
+        layout = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+        _check_layout(path, _header_network(path, info.model), layout)
+        opt = _read_optimizer(path, meta)
+        tensors = {k: f.get_tensor(k) for k in layout if k.startswith(("model.", "optim."))} if weights else {}
+    return info, tensors, opt
+
+
+def _refuse_other_files(path: Path) -> None:
+    """A folder, a missing file or a pickle: refused with what to choose instead."""
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; choose the model file (.safetensors) inside it")
     if not path.is_file():
@@ -197,60 +219,84 @@ def read_checkpoint(path: Path, weights: bool = True):
             f"{path.name} is a PyTorch pickle file; napari-unet only loads .safetensors model files, because "
             "unpickling can run arbitrary code. Re-save it with napari_unet.core.models.checkpoint.save_model"
         )
+
+
+@contextmanager
+def _opened(path: Path):
+    """The safetensors file ``path``, open; what the safetensors reader refuses becomes a CheckpointError."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            yield f
+    except CheckpointError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(
             f"cannot read {path.name}: the file is damaged, truncated or not a model file ({e})"
         ) from e
+
+
+def _json(path: Path, text: str, what: str):
+    """``text`` parsed as JSON; a CheckpointError naming the file and ``what`` when it is not JSON."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: brackets nested thousands deep
+        raise CheckpointError(f"{path.name}: its {what} is damaged ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def _read_info(path: Path, meta: dict) -> ModelInfo:
+    """The :class:`ModelInfo` of the file's string metadata ``meta``, its format and fields checked."""
     if META_KEY not in meta:
         raise CheckpointError(
             f"{path.name} is a safetensors file but not a napari-unet model (no '{META_KEY}' metadata)"
         )
-    try:
-        raw = json.loads(meta[META_KEY])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path.name}: its napari-unet metadata is damaged ({e})") from e
-    if not isinstance(raw, dict) or not isinstance(raw.get("model", {}), dict):
-        raise CheckpointError(f"{path.name}: its napari-unet metadata is damaged (not a JSON object)")
+    raw = _json(path, meta[META_KEY], "napari-unet metadata")
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise CheckpointError(f"{path.name}: its napari-unet metadata is damaged (not a JSON object with a model)")
     fmt = str(raw.get("format", ""))
-    if fmt.split("/")[0] != FORMAT.split("/")[0] or int(fmt.split("/")[-1] or 0) > int(FORMAT.split("/")[-1]):
+    name, _, version = fmt.rpartition("/")
+    if name != FORMAT.split("/")[0] or not version.isdigit() or int(version) > int(FORMAT.split("/")[-1]):
         raise CheckpointError(
-            f"{path.name} was written by an incompatible version ({fmt!r}); this napari-unet reads {FORMAT!r}"
+            f"{path.name} was written by an incompatible version ({fmt[:40]!r}); this napari-unet reads {FORMAT!r}"
         )
     info = ModelInfo.from_dict(raw)
+    _check_fields(path, info)
     _check_zoom_record(path, info.zoom)
-    opt = json.loads(meta["optimizer"]) if "optimizer" in meta else None
-    return info, tensors, opt
+    return info
+
+
+def _read_optimizer(path: Path, meta: dict) -> dict | None:
+    """The optimizer state's metadata (None when the file has none), as :func:`_flatten_optimizer` wrote it."""
+    if "optimizer" not in meta:
+        return None
+    opt = _json(path, meta["optimizer"], "optimizer state")
+    if not (
+        isinstance(opt, dict)
+        and isinstance(opt.get("param_groups"), list)
+        and isinstance(opt.get("state"), dict)
+        and all(isinstance(v, dict) for v in opt["state"].values())
+    ):
+        raise CheckpointError(f"{path.name}: its optimizer state is damaged (not what napari-unet writes)")
+    return opt
 
 
 def load_file(path: Path, *, device: str | torch.device = "cpu") -> UNet:
-    """The U-Net in napari-unet model file ``path`` (``.safetensors``), with ``model.info``; see :func:`load_model`."""
+    """The U-Net in napari-unet model file ``path`` (``.safetensors``), with ``model.info``; see :func:`load_model`.
+
+    :func:`read_checkpoint` checks the header and the tensors' shapes and types before anything is read;
+    only then are the weights checked for NaN and inf and the network built.
+    """
     info, tensors, _ = read_checkpoint(path)
-    _check_bounds(path, info.model)
-    bad = [
-        k
-        for k, v in tensors.items()
-        if k.startswith("model.") and v.is_floating_point() and not torch.isfinite(v).all()
-    ]
+    sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    bad = [f"model.{k}" for k, v in sd.items() if not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(
             f"{path.name}: weights {bad[:3]} hold NaN or inf values (a diverged run?); it would predict "
             "nothing. Use an earlier save of this model"
         )
-    try:
-        cfg = UNetConfig(**info.model)
-        model = build_model(cfg)
-        sd = {
-            k[len("model.") :]: v.float() if v.is_floating_point() else v
-            for k, v in tensors.items()
-            if k.startswith("model.")
-        }
-        model.load_state_dict(sd, strict=True)
-    except (TypeError, RuntimeError) as e:
-        raise CheckpointError(f"{path.name}: weights do not match the stored architecture ({e})") from e
+    model = build_model(UNetConfig(**info.model))
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     model.info = info
     if not info.name:
         info.name = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
@@ -260,16 +306,103 @@ def load_file(path: Path, *, device: str | torch.device = "cpu") -> UNet:
 # what a real network of this package can have; a header beyond them is refused before anything is allocated,
 # and training refuses to make a network beyond them (it could not be loaded again)
 MODEL_BOUNDS = {"depth": (1, 8), "base_channels": (1, 1024), "in_channels": (1, 64), "n_classes": (2, 1024)}
+# ... and the whole network: 2**29 parameters, 2 GiB as float32. The paper's U-Net has 31 M (0.12 GiB); depth 5
+# with 128 base channels, 497 M (1.85 GiB), fits; depth 3 with 1024 base channels (1969 M, 7.3 GiB) does not
+MAX_PARAMETERS = 2**29
+# the tensor types a model file's weights may have (save_model writes F32, or F16 with half=True); integer or
+# bool weights are no trained network
+WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")
+_OPTIMIZER_DTYPES = (*WEIGHT_DTYPES, "I64", "I32")  # an optimizer's step counts may be integers
 
 
-def _check_bounds(path: Path, model: dict) -> None:
+def _header_network(path: Path, model: dict) -> UNetConfig:
+    """The network header ``model`` describes (file ``path``), within :data:`MODEL_BOUNDS` and
+    :data:`MAX_PARAMETERS`, sized by arithmetic (:func:`parameter_shapes`): nothing is built."""
+    unknown = sorted(str(k)[:40] for k in model if k not in UNetConfig.__dataclass_fields__)
+    if unknown:
+        raise CheckpointError(
+            f"{path.name}: its header's network has unknown fields {unknown[:3]}; the file is damaged"
+        )
     for key, (lo, hi) in MODEL_BOUNDS.items():
-        v = model.get(key)
-        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+        v = model.get(key, lo)
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
             raise CheckpointError(
-                f"{path.name}: its header says {key}={v!r}, outside {lo}..{hi}; the file is damaged or not a "
-                "napari-unet model"
+                f"{path.name}: its header says {key}={repr(v)[:40]}, outside {lo}..{hi}; the file is damaged or "
+                "not a napari-unet model"
             )
+    dropout = model.get("dropout", 0.0)
+    ok_dropout = isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout < 1.0
+    if model.get("padding", "valid") not in ("valid", "same") or not ok_dropout:
+        raise CheckpointError(
+            f"{path.name}: its header's padding ({repr(model.get('padding'))[:20]}, 'valid' or 'same') or dropout "
+            f"({repr(dropout)[:20]}, in [0, 1)) is unusable; the file is damaged"
+        )
+    config = UNetConfig(**model)
+    n = sum(math.prod(s) for s in parameter_shapes(config).values())
+    if n > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{path.name}: its header describes a network of {n / 1e6:,.0f} M parameters ({n * 4 / 2**30:.1f} GiB), "
+            f"more than a model file may hold ({MAX_PARAMETERS * 4 / 2**30:.0f} GiB); the file is damaged or not a "
+            "napari-unet model. Nothing was loaded"
+        )
+    return config
+
+
+def _check_layout(path: Path, config: UNetConfig, layout: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+    """The file's tensors (``layout``: name -> (safetensors dtype, shape), from its header) are exactly the
+    weights of network ``config``, in its shapes and a floating-point type, plus optimizer state."""
+    want = {f"model.{k}": s for k, s in parameter_shapes(config).items()}
+    missing = sorted(set(want) - set(layout))
+    extra = sorted(k[:60] for k in layout if k.startswith("model.") and k not in want)
+    wrong = [
+        f"{k} {str(list(layout[k][1]))[:60]} where the header's network has {list(s)}"
+        for k, s in want.items()
+        if k in layout and layout[k][1] != s
+    ]
+    if missing or extra or wrong:
+        found = (("missing", missing), ("unexpected", extra), ("shaped", wrong))
+        what = "; ".join(f"{label} {', '.join(names[:3])}" for label, names in found if names)
+        raise CheckpointError(
+            f"{path.name}: weights do not match the stored architecture ({what}); the file is damaged"
+        )
+    odd = [
+        f"{k[:60]} ({dtype})"
+        for k, (dtype, _) in layout.items()
+        if (k.startswith("model.") and dtype not in WEIGHT_DTYPES)
+        or (k.startswith("optim.") and dtype not in _OPTIMIZER_DTYPES)
+    ]
+    if odd:
+        raise CheckpointError(
+            f"{path.name}: tensors {odd[:3]} are not floating-point numbers, as a model's weights are (float32 "
+            "or float16); the file is damaged or not a napari-unet model"
+        )
+
+
+# the type of each field of a header (the model and the zoom are checked on their own)
+_FIELD_TYPES = {
+    "classes": list,
+    "label_mode": str,
+    "border_class": bool,
+    "normalization": dict,
+    "training": dict,
+    "name": str,
+    "description": str,
+    "postprocess": dict,
+}
+
+
+def _check_fields(path: Path, info: ModelInfo) -> None:
+    """Each field of the header as napari-unet writes it (class names, a known label mode, mappings)."""
+    odd = [name for name, kind in _FIELD_TYPES.items() if not isinstance(getattr(info, name), kind)]
+    if not odd and not all(isinstance(c, str) for c in info.classes):
+        odd.append("classes")
+    if not odd and info.label_mode not in MODES:
+        odd.append("label_mode")
+    if odd:
+        raise CheckpointError(
+            f"{path.name}: its header's {', '.join(odd)} {'is' if len(odd) == 1 else 'are'} not what napari-unet "
+            "writes (class names, 'semantic' or 'instance', mappings); the file is damaged"
+        )
 
 
 def _check_zoom_record(path: Path, zoom) -> None:
@@ -303,6 +436,6 @@ def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimiz
         state[int(pid)] = st
     try:
         optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"optimizer state in {Path(path).name} does not fit this optimizer ({e})") from e
     return True

@@ -11,6 +11,7 @@ from .unet import (
     margin,
     nearest_valid_sizes,
     output_size,
+    parameter_shapes,
     valid_input_sizes,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "build_model",
     "margin",
     "output_size",
+    "parameter_shapes",
     "valid_input_sizes",
     "nearest_valid_sizes",
     "resolve_device",

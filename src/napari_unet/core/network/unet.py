@@ -28,6 +28,7 @@ __all__ = [
     "n_parameters",
     "nearest_valid_sizes",
     "output_size",
+    "parameter_shapes",
     "valid_input_sizes",
 ]
 
@@ -203,6 +204,34 @@ class MirroredUNet(nn.Module):
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the state dict of :class:`UNet` ``config``, by arithmetic: nothing is
+    built, so a model file's header can be sized (and its tensors checked) before anything is allocated.
+
+    The sum of their products is :func:`n_parameters` of the network (the U-Net has no buffers).
+    """
+    ch = [config.base_channels * 2**i for i in range(config.depth + 1)]
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(name: str, c_in: int, c_out: int, k: int) -> None:
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (c_out, c_in, k, k), (c_out,)
+
+    def double(name: str, c_in: int, c_out: int) -> None:
+        conv(f"{name}.0", c_in, c_out, 3)
+        conv(f"{name}.2", c_out, c_out, 3)
+
+    for i in range(config.depth):
+        double(f"down.{i}", config.in_channels if i == 0 else ch[i - 1], ch[i])
+    double("bottom", ch[config.depth - 1], ch[config.depth])
+    for j, i in enumerate(reversed(range(config.depth))):
+        # a transposed convolution's weight is (C_in, C_out, k, k)
+        shapes[f"upconv.{j}.weight"], shapes[f"upconv.{j}.bias"] = (ch[i + 1], ch[i], 2, 2), (ch[i],)
+    for j, i in enumerate(reversed(range(config.depth))):
+        double(f"up.{j}", 2 * ch[i], ch[i])
+    conv("head", ch[0], config.n_classes, 1)
+    return shapes
 
 
 # ----------------------------------------------------------------------------- size arithmetic

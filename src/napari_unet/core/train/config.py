@@ -13,10 +13,10 @@ from typing import Literal
 
 from ..data.labels import MODES
 from ..data.zoom import check_zoom
-from ..models.checkpoint import MODEL_BOUNDS, resolve_model_path
+from ..models.checkpoint import MAX_PARAMETERS, MODEL_BOUNDS, resolve_model_path
 from ..models.load import read_info
 from ..network.device import PRECISIONS
-from ..network.unet import check_tile_in
+from ..network.unet import UNetConfig, check_tile_in, parameter_shapes
 from .weights import SIGMA, W0
 
 __all__ = [
@@ -255,6 +255,19 @@ class TrainConfig:
             raise ValueError("init='auto' chooses a start for a new run; resume continues a saved one: give one")
         if self.init in (None, AUTO) and self.resume is None:  # scratch possible: the architecture is this config's
             check_tile_in(self.tile_in, self.depth, self.padding)
+            self._check_network_size()
+
+    def _check_network_size(self) -> None:
+        """A network from scratch within what a model file may hold (:data:`MAX_PARAMETERS`): it could not be
+        loaded again otherwise."""
+        net = UNetConfig(n_classes=self.n_classes or 2, depth=self.depth, base_channels=self.base_channels)
+        n = sum(math.prod(s) for s in parameter_shapes(net).values())
+        if n > MAX_PARAMETERS:
+            raise ValueError(
+                f"depth {self.depth} with {self.base_channels} base channels makes a network of {n / 1e6:,.0f} M "
+                f"parameters ({n * 4 / 2**30:.1f} GiB), more than a model file may hold "
+                f"({MAX_PARAMETERS * 4 / 2**30:.0f} GiB): give fewer base channels or a smaller depth"
+            )
 
     def settled(self) -> TrainConfig:
         """This config with ``border_class`` decided (reads the starting model's file when it is None)."""
