@@ -131,7 +131,8 @@ def test_own_package_round_trip_same_labels(em_package, em_sample):
     back = load_model(em_package)
     assert back.info.name == "em-membrane" and read_info(em_package).training == load_model("em-membrane").info.training
     np.testing.assert_array_equal(predict(back, img), ref)
-    generic = PackagedModel.from_descr(load_model_description(em_package, perform_io_checks=False), name="em")
+    descr = load_model_description(em_package, perform_io_checks=False)
+    generic = PackagedModel.from_descr(descr, name="em", source=em_package)
     # tiled in 4 (one slice, to stay fast): the declared halo keeps the tiles seamless
     # batch_size 4: the tiles go through together, as on a GPU
     np.testing.assert_array_equal(predict(generic, img[1], tile_out=96, batch_size=4), ref[1])
@@ -276,7 +277,9 @@ def test_foreign_package_predicts_through_cli(tmp_path, offline, capsys):
     img = load_nuclei_sample()[0][2, :150, :130]
     ip, out = tmp_path / "img.tif", tmp_path / "labels.tif"
     tifffile.imwrite(ip, img)
-    assert main(["predict", str(ip), "-o", str(out), "--model", str(pkg), "--tile-out", "32", "-q"]) == 0
+    assert (
+        main(["predict", str(ip), "-o", str(out), "--model", str(pkg), "--tile-out", "32", "-q", "--trust-code"]) == 0
+    )
     labels = tifffile.imread(out)
     # the reference: the package's recipe by hand, one pass over the image mirrored by the halo
     x = img.astype(np.float64)
@@ -289,7 +292,7 @@ def test_foreign_package_predicts_through_cli(tmp_path, offline, capsys):
     ref = (p > 0.5).astype(labels.dtype)
     assert 0.05 < ref.mean() < 0.95  # a real two-class answer, not a constant
     assert (labels == ref).mean() > 0.999
-    assert main(["evaluate", "--model", str(pkg), "--images", str(ip), "--labels", str(out), "-q"]) == 0
+    assert main(["evaluate", "--model", str(pkg), "--images", str(ip), "--labels", str(out), "-q", "--trust-code"]) == 0
     # fine-tuning needs a napari-unet U-Net: said before any work
     assert main(f"train --images {ip} --labels {out} --steps 1 --init {pkg} -o {tmp_path / 'x'} -q".split()) == 2
     assert "did not write" in capsys.readouterr().err
@@ -408,7 +411,7 @@ def test_foreign_valid_channel_last_package(tmp_path, offline):
             ),
         )
     pkg = save_bioimageio_package(descr, output_path=tmp_path / "valid.zip")
-    model = load_model(pkg)
+    model = load_model(pkg, trust_code=True)
     assert isinstance(model, PackagedModel) and model.context == lost
     ref = predict(net.unet, img, normalize=(-off / gain, -off / gain + 1 / gain))
     np.testing.assert_array_equal(predict(model, img, tile_out=40, batch_size=3), ref)
