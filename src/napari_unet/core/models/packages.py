@@ -757,7 +757,8 @@ def _load_net(package: _Package, what: str, trust_code: bool) -> nn.Module:
             errors.append(f"torchscript: {e}")
         else:
             tensors = [*net.named_parameters(), *net.named_buffers()]
-            _check_tensors(tensors, {k: torch.zeros(()) for k, _ in net.named_parameters()}, what)
+            floats = {k: torch.zeros(()) for k, _ in net.named_parameters()}
+            _check_tensors(tensors, floats, f"{package.name}: {_source(ts)}")
             return net
     if w.get("pytorch_state_dict") is not None:
         sd = w["pytorch_state_dict"]
@@ -769,10 +770,11 @@ def _load_net(package: _Package, what: str, trust_code: bool) -> nn.Module:
             raise PackageError(f"{what}: its pytorch_state_dict weights are not a torch state dict ({e})") from e
         if not isinstance(state, dict):
             raise PackageError(f"{what}: its pytorch_state_dict weights are not a mapping of tensors")
-        _check_tensors(state.items(), {}, what)  # NaN / inf: refused before the code runs
+        label = f"{package.name}: {_source(sd)}"
+        _check_tensors(state.items(), {}, label)  # NaN / inf: refused before the code runs
         try:
             net = _import_callable(code, rel, name)(**kwargs)
-            _check_tensors(state.items(), net.state_dict(), what)
+            _check_tensors(state.items(), net.state_dict(), label)
             net.load_state_dict(state, strict=bool(sd.get("strict", True)))
             return net.eval()
         except PackageError:
