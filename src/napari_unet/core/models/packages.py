@@ -205,8 +205,9 @@ class _Package:
         if self.zip:
             self._entries = self._zip_directory()
             rdf = next((n for n in RDF_NAMES if n in self._entries), None)
-            if rdf is None:
-                raise PackageError(f"{self.name}: no rdf.yaml in this zip; not a bioimage.io package")
+            if rdf is None:  # not a package: load_package says so (after the extra's install hint)
+                self.rdf = None
+                return
             text = self._read_entry(rdf, MAX_RDF_BYTES, "rdf.yaml")
         else:
             text = self._read_path(source, MAX_RDF_BYTES, source.name)
@@ -350,6 +351,8 @@ def load_package(
     if own is not None:
         return own
     _require()
+    if package.rdf is None:
+        raise PackageError(f"{source.name}: no rdf.yaml in this zip; not a bioimage.io package")
     from bioimageio.spec import InvalidDescr, load_model_description
     from bioimageio.spec.model import v0_4, v0_5
 
