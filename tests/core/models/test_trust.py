@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -232,8 +233,30 @@ def crafted(tmp_path_factory, honest):
         r = json.loads(json.dumps(rdf))
         r["weights"]["pytorch_state_dict"]["sha256"] = sha(buf.getvalue())
         out[f"{name} weights"] = write_zip(d / f"{name}.zip", {**files, w: buf.getvalue()}, r)
+    out["nan torchscript"] = nan_torchscript(d, files, rdf)
     assert all(p.stat().st_size < 10 * 2**20 for p in out.values())
     return out
+
+
+def nan_torchscript(d: Path, files: dict, rdf: dict) -> Path:
+    """The package with torchscript weights only (no code needed), one of whose tensors is NaN."""
+    import importlib.util
+
+    src = d / "ts_net.py"  # the test's own copy of the package's net (torch.jit.script reads its source)
+    src.write_text(FOREIGN_NET)
+    spec = importlib.util.spec_from_file_location("ts_net", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net = mod.TinyPaddedUNet().eval()
+    with torch.no_grad():
+        net.out.bias.fill_(float("nan"))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(net), buf)
+    r = json.loads(json.dumps(rdf))
+    r["weights"] = {"torchscript": {"source": "w.ts", "sha256": sha(buf.getvalue()), "pytorch_version": "2.1"}}
+    return write_zip(d / "nan-torchscript.zip", {**files, "w.ts": buf.getvalue()}, r)
 
 
 @pytest.mark.parametrize(
@@ -243,6 +266,7 @@ def crafted(tmp_path_factory, honest):
         ("rdf.yaml bomb", "rdf.yaml unpacks to 2048 MiB"),
         ("billion laughs", "billion laughs"),
         ("nan weights", "NaN or inf"),
+        ("nan torchscript", "w.ts: out.bias holds NaN or inf"),
         ("int8 weights", "int8 values where the network needs floats"),
     ],
 )
