@@ -145,3 +145,52 @@ def test_model_file_can_be_a_bioimageio_package(em_viewer, qtbot, tiny_model, tm
     layer = em_viewer.layers["EM (ISBI 2012) prediction"]
     z = em_viewer.dims.current_step[0]
     np.testing.assert_array_equal(layer.data[z], predict(tiny_model, image.data[z], device="cpu"))
+
+
+@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_code_carrying_package_asks_before_loading(em_viewer, qtbot, tmp_path, monkeypatch):
+    """A package whose weights need its model.py: the dialog shows the package, the code file and its
+    sha256; Cancel loads nothing (no code runs), 'Trust and load' loads and predicts."""
+    pytest.importorskip("bioimageio.core")
+    import hashlib
+    import zipfile
+
+    import yaml
+    from package_files import FOREIGN_NET, foreign_package
+
+    from napari_unet._widgets import _trust
+
+    pkg, _ = foreign_package(tmp_path)
+    marker = tmp_path / "MARKER"
+    code = f"open({str(marker)!r}, 'w').write('ran')\n{FOREIGN_NET}".encode()
+    with zipfile.ZipFile(pkg) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    rdf = yaml.safe_load(files["rdf.yaml"])
+    rdf["weights"]["pytorch_state_dict"]["architecture"]["sha256"] = hashlib.sha256(code).hexdigest()
+    files.update({"tiny_unet.py": code, "rdf.yaml": yaml.safe_dump(rdf).encode()})
+    colleague = tmp_path / "colleague.zip"
+    with zipfile.ZipFile(colleague, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    asked = []
+
+    def answer(reply):
+        def confirm(error, parent=None):
+            asked.append((error.package.name, error.code_file, error.sha256))
+            return reply
+
+        return confirm
+
+    w = dock(em_viewer, "Predict")
+    w.model.value = "model file…"
+    w.model_file.value = colleague
+    w.image.value = em_viewer.layers["EM (ISBI 2012)"]
+    w.device.value = "cpu"
+    monkeypatch.setattr(_trust, "confirm_trust", answer(False))
+    assert w._on_predict() is None and not marker.exists()
+    assert asked == [("colleague.zip", "tiny_unet.py", hashlib.sha256(code).hexdigest())]
+    monkeypatch.setattr(_trust, "confirm_trust", answer(True))
+    job = w._on_predict()
+    assert job is not None and marker.exists() and len(asked) == 2
+    qtbot.waitUntil(lambda: not job.running, timeout=120_000)

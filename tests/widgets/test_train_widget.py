@@ -300,3 +300,40 @@ def test_settings_follow_the_device_and_the_start_as_the_table_says(em_viewer, m
         w.keep_prior.value = True
         w.lr.value = 0.02  # a rate typed in is the rate, under 'auto' too
         assert w.config().lr == pytest.approx(0.02)
+
+
+@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_code_carrying_package_is_no_start_and_runs_nothing(em_viewer, tmp_path, monkeypatch):
+    """Training starts only from napari-unet models, which carry no code: a package whose weights need its
+    model.py, as the checkpoint file or an 'auto' candidate, is refused from its header, before anything
+    of it loads; no dialog is needed, and its code never runs."""
+    pytest.importorskip("bioimageio.core")
+    import hashlib
+    import zipfile
+
+    import yaml
+    from package_files import FOREIGN_NET, foreign_package
+
+    from napari_unet._widgets import _trust
+
+    pkg, _ = foreign_package(tmp_path)
+    marker = tmp_path / "MARKER"
+    code = f"open({str(marker)!r}, 'w').write('ran')\n{FOREIGN_NET}".encode()
+    with zipfile.ZipFile(pkg) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    rdf = yaml.safe_load(files["rdf.yaml"])
+    rdf["weights"]["pytorch_state_dict"]["architecture"]["sha256"] = hashlib.sha256(code).hexdigest()
+    files.update({"tiny_unet.py": code, "rdf.yaml": yaml.safe_dump(rdf).encode()})
+    colleague = tmp_path / "colleague.zip"
+    with zipfile.ZipFile(colleague, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    monkeypatch.setattr(_trust, "confirm_trust", lambda *a: pytest.fail("no dialog: nothing of it may load"))
+    w = dock(em_viewer, "Train")
+    w.checkpoint.value = colleague
+    for start in ("auto", "checkpoint file"):
+        w.start.value = start
+        with pytest.raises(ValueError, match="did not write"):
+            w.config()
+    assert not marker.exists()

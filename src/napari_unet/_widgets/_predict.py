@@ -182,7 +182,9 @@ class PredictWidget(JobWidget, Container):
                     f"choose a model file (.safetensors) or a bioimage.io package (.zip, rdf.yaml); {str(path)!r} is "
                     "not a file"
                 )
-            return load_model(path)
+            from ._trust import load_asking
+
+            return load_asking(load_model, path, self.native)  # a package's code runs only on 'Trust and load'
         return load_model(name)
 
     def _model_source(self):

@@ -79,3 +79,14 @@ def add_channels(sp) -> None:
         metavar="K",
         help="use only channel K of a multichannel image (e.g. the nuclei channel for a grey model)",
     )
+
+
+def add_trust(sp, note: str = "") -> None:
+    """--trust-code: run the Python code a bioimage.io package's weights need (core/models/packages.py)."""
+    sp.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="run the Python code (e.g. model.py) that a bioimage.io package's pytorch_state_dict weights need: "
+        "only for a package from someone you trust; without it such a package is refused, naming the file and "
+        "its sha256 (napari-unet models and torchscript weights need no code)" + note,
+    )

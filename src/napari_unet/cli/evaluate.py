@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ._images import _read, _read_image
-from ._options import add_channels, add_common, add_scale
+from ._options import add_channels, add_common, add_scale, add_trust
 from ._outputs import _check_output, _model_inputs, _refuse_inputs
 from ._progress import _TileBar
 from ._slices import _n_slices, _parse_slices, _select
@@ -34,6 +34,7 @@ def add_parser(subparsers) -> None:
     )
     ev.add_argument("--json", help="also write the report to this file")
     add_common(ev)
+    add_trust(ev)
     add_channels(ev)
     add_scale(ev, "the model's own")
     ev.set_defaults(func=cmd_evaluate)
@@ -51,7 +52,7 @@ def cmd_evaluate(args) -> int:
         inputs = [(args.images, "input"), (args.labels, "input"), *_model_inputs(args.model)]
         _refuse_inputs(args.json, inputs, opt="--json")
         _check_output(args.json, opt="--json")
-    model = load_model(args.model)
+    model = load_model(args.model, trust_code=args.trust_code)
     image, ch, _ = _read_image(args.images, args)
     truth = np.asarray(_read(args.labels, "labels"))
     # before --slices, which would hide a mismatch

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ._images import _read_image
-from ._options import add_channels
+from ._options import add_channels, add_trust
 from ._outputs import _check_output, _model_inputs, _refuse_inputs
 
 # the real data that goes into a shipped model's package (test input, cover): the plugin's sample crops
@@ -55,6 +55,9 @@ def add_parser(subparsers) -> None:
         "--data",
         help="what the model was trained on and its licence, for the card's Data section (models without a card)",
     )
+    add_trust(
+        ex, "; export writes napari-unet models only: a package napari-unet did not write is refused before loading"
+    )
     ex.set_defaults(func=cmd_export)
 
 
@@ -74,7 +77,7 @@ def cmd_export(args) -> int:
     inputs = [*_model_inputs(src), (args.sample, "sample image"), (args.card, "model card")]
     _refuse_inputs(args.output, inputs, suffix=".zip")
     _check_output(args.output, ".zip")
-    model = load_model(src)
+    model = load_model(src, trust_code=args.trust_code)
     shipped = src in available_models().values()
     sample = _sample(args, model, shipped)
     card = Path(args.card).read_text(encoding="utf-8") if args.card else None  # default: the model's own .md

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ._errors import INTERRUPTED
 from ._images import _read_image
-from ._options import _TileSize, add_channels, add_common, add_scale
+from ._options import _TileSize, add_channels, add_common, add_scale, add_trust
 from ._outputs import _check_output, _model_inputs, _refuse_inputs
 from ._slices import _n_slices, _parse_slices, _select
 from ._tiles import _predict_tiles
@@ -40,6 +40,7 @@ def add_parser(subparsers) -> None:
     _add_tiling(pr)
     _add_zarr_and_dask(pr)
     add_common(pr)
+    add_trust(pr)
     add_channels(pr)
     add_scale(pr, "the model's own (recorded when it was trained; 1 for the shipped models)")
     pr.set_defaults(func=cmd_predict)
@@ -157,7 +158,7 @@ def cmd_predict(args) -> int:
     from ..core.models.load import load_model
 
     target = _output_target(args, is_ome_zarr(args.image))
-    model = load_model(args.model)
+    model = load_model(args.model, trust_code=args.trust_code)
     image, ch, meta = _read_image(args.image, args)
     if target is not None:
         return _predict_zarr(args, model, image, meta, ch, target)

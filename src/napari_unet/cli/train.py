@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ._errors import FAILED
 from ._images import _read, _read_image
-from ._options import LABEL_HELP, _TileSize, add_channels, add_common, add_scale
+from ._options import LABEL_HELP, _TileSize, add_channels, add_common, add_scale, add_trust
 from ._outputs import _check_output, _model_inputs, _refuse_inputs
 from ._progress import _bar
 from ._slices import _n_slices, _parse_slices, _select
@@ -42,6 +42,10 @@ def add_parser(subparsers) -> None:
     _add_loss_and_augmentation(t)
     _add_run(t)
     add_common(t)
+    add_trust(
+        t,
+        "; training starts only from napari-unet models: --init / --candidates packages napari-unet did not write are refused before loading",
+    )
     add_channels(t)
     add_scale(t, "'auto': the zoom at which the start model agrees best with your labels (1 from scratch)")
     t.set_defaults(func=cmd_train)

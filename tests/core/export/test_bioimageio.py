@@ -13,6 +13,9 @@ import torch
 
 pytest.importorskip("bioimageio.core")  # a guard for users' machines; CI installs the extra (.[testing])
 
+from package_files import HALO
+from package_files import foreign_package as _foreign_package
+
 from napari_unet._sample_data import load_em_sample, load_nuclei_sample  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
 from napari_unet.core.export import bioimageio as bio
@@ -131,7 +134,8 @@ def test_own_package_round_trip_same_labels(em_package, em_sample):
     back = load_model(em_package)
     assert back.info.name == "em-membrane" and read_info(em_package).training == load_model("em-membrane").info.training
     np.testing.assert_array_equal(predict(back, img), ref)
-    generic = PackagedModel.from_descr(load_model_description(em_package, perform_io_checks=False), name="em")
+    descr = load_model_description(em_package, perform_io_checks=False)
+    generic = PackagedModel.from_descr(descr, name="em", source=em_package)
     # tiled in 4 (one slice, to stay fast): the declared halo keeps the tiles seamless
     # batch_size 4: the tiles go through together, as on a GPU
     np.testing.assert_array_equal(predict(generic, img[1], tile_out=96, batch_size=4), ref[1])
@@ -171,103 +175,6 @@ def test_freshly_trained_model_exports_and_passes(tmp_path, offline):
 
 # ----------------------------------------------------------------------------- a foreign package
 
-FOREIGN_NET = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-
-    def block(a, b):
-        return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.Conv2d(b, b, 3, padding=1), nn.ReLU())
-
-
-    class TinyPaddedUNet(nn.Module):
-        # another layout: zero-padded convs, two levels, one output channel (a logit)
-        def __init__(self, c=4):
-            super().__init__()
-            self.enc1, self.enc2, self.bottom = block(1, c), block(c, 2 * c), block(2 * c, 4 * c)
-            self.up2, self.dec2 = nn.ConvTranspose2d(4 * c, 2 * c, 2, 2), block(4 * c, 2 * c)
-            self.up1, self.dec1 = nn.ConvTranspose2d(2 * c, c, 2, 2), block(2 * c, c)
-            self.out = nn.Conv2d(c, 1, 1)
-
-        def forward(self, x):
-            e1 = self.enc1(x)
-            e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
-            b = self.bottom(nn.functional.max_pool2d(e2, 2))
-            d2 = self.dec2(torch.cat([e2, self.up2(b)], 1))
-            return self.out(self.dec1(torch.cat([e1, self.up1(d2)], 1)))
-    """
-)
-HALO = 24  # > the receptive field radius of the net above (~22 px)
-
-
-def _foreign_package(tmp_path):
-    """A bioimage.io package napari-unet did not write, built with bioimageio.spec."""
-    import importlib.util
-
-    from bioimageio.spec import ValidationContext, save_bioimageio_package
-    from bioimageio.spec.model import v0_5 as b
-
-    src = tmp_path / "tiny_unet.py"
-    src.write_text(FOREIGN_NET)
-    spec = importlib.util.spec_from_file_location("tiny_unet", src)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    torch.manual_seed(0)
-    net = mod.TinyPaddedUNet().eval()
-    with torch.no_grad():  # random weights; centre the logits so the labels have two classes
-        x = load_nuclei_sample()[0][2].astype(np.float32)
-        net.out.bias -= net(torch.from_numpy((x - x.mean()) / x.std())[None, None]).median()
-    torch.save(net.state_dict(), tmp_path / "w.pt")
-    x = load_nuclei_sample()[0][1, :64, :64].astype(np.float32)
-    xn = (x - x.mean()) / (x.std() + 1e-6)
-    with torch.no_grad():
-        y = torch.sigmoid(net(torch.from_numpy(xn)[None, None])).numpy()
-    np.save(tmp_path / "in.npy", x[None, None])
-    np.save(tmp_path / "out.npy", y)
-    (tmp_path / "README.md").write_text("# tiny padded U-Net\n\n## Validation\n\nnone: a test fixture\n")
-    ax = [b.AxisId("y"), b.AxisId("x")]
-    with ValidationContext(root=tmp_path):
-        descr = b.ModelDescr(
-            name="tiny padded unet",
-            description="a foreign package for the tests",
-            authors=[b.Author(name="someone else")],
-            cite=[b.CiteEntry(text="test", doi="10.1007/978-3-319-24574-4_28")],
-            license=b.LicenseId("MIT"),
-            documentation=b.FileDescr(source=tmp_path / "README.md"),
-            inputs=[
-                b.InputTensorDescr(
-                    id=b.TensorId("input0"),
-                    axes=[b.BatchAxis(), b.ChannelAxis(channel_names=[b.Identifier("c0")])]
-                    + [b.SpaceInputAxis(id=a, size=b.ParameterizedSize(min=64, step=4)) for a in ax],
-                    test_tensor=b.FileDescr(source=tmp_path / "in.npy"),
-                    preprocessing=[b.ZeroMeanUnitVarianceDescr(kwargs=b.ZeroMeanUnitVarianceKwargs(axes=ax))],
-                )
-            ],
-            outputs=[
-                b.OutputTensorDescr(
-                    id=b.TensorId("output0"),
-                    axes=[b.BatchAxis(), b.ChannelAxis(channel_names=[b.Identifier("cells")])]
-                    + [
-                        b.SpaceOutputAxisWithHalo(
-                            id=a, size=b.SizeReference(tensor_id=b.TensorId("input0"), axis_id=a), halo=HALO
-                        )
-                        for a in ax
-                    ],
-                    test_tensor=b.FileDescr(source=tmp_path / "out.npy"),
-                    postprocessing=[b.SigmoidDescr()],
-                )
-            ],
-            weights=b.WeightsDescr(
-                pytorch_state_dict=b.PytorchStateDictWeightsDescr(
-                    source=tmp_path / "w.pt",
-                    architecture=b.ArchitectureFromFileDescr(source=src, callable="TinyPaddedUNet", kwargs={"c": 4}),
-                    pytorch_version=b.Version("2.1"),
-                )
-            ),
-        )
-    return save_bioimageio_package(descr, output_path=tmp_path / "foreign.zip"), net
-
 
 def test_foreign_package_predicts_through_cli(tmp_path, offline, capsys):
     """predict --model foreign.zip tiles the package's net with its halo, preprocessing and sigmoid:
@@ -276,7 +183,9 @@ def test_foreign_package_predicts_through_cli(tmp_path, offline, capsys):
     img = load_nuclei_sample()[0][2, :150, :130]
     ip, out = tmp_path / "img.tif", tmp_path / "labels.tif"
     tifffile.imwrite(ip, img)
-    assert main(["predict", str(ip), "-o", str(out), "--model", str(pkg), "--tile-out", "32", "-q"]) == 0
+    assert (
+        main(["predict", str(ip), "-o", str(out), "--model", str(pkg), "--tile-out", "32", "-q", "--trust-code"]) == 0
+    )
     labels = tifffile.imread(out)
     # the reference: the package's recipe by hand, one pass over the image mirrored by the halo
     x = img.astype(np.float64)
@@ -289,7 +198,7 @@ def test_foreign_package_predicts_through_cli(tmp_path, offline, capsys):
     ref = (p > 0.5).astype(labels.dtype)
     assert 0.05 < ref.mean() < 0.95  # a real two-class answer, not a constant
     assert (labels == ref).mean() > 0.999
-    assert main(["evaluate", "--model", str(pkg), "--images", str(ip), "--labels", str(out), "-q"]) == 0
+    assert main(["evaluate", "--model", str(pkg), "--images", str(ip), "--labels", str(out), "-q", "--trust-code"]) == 0
     # fine-tuning needs a napari-unet U-Net: said before any work
     assert main(f"train --images {ip} --labels {out} --steps 1 --init {pkg} -o {tmp_path / 'x'} -q".split()) == 2
     assert "did not write" in capsys.readouterr().err
@@ -408,7 +317,7 @@ def test_foreign_valid_channel_last_package(tmp_path, offline):
             ),
         )
     pkg = save_bioimageio_package(descr, output_path=tmp_path / "valid.zip")
-    model = load_model(pkg)
+    model = load_model(pkg, trust_code=True)
     assert isinstance(model, PackagedModel) and model.context == lost
     ref = predict(net.unet, img, normalize=(-off / gain, -off / gain + 1 / gain))
     np.testing.assert_array_equal(predict(model, img, tile_out=40, batch_size=3), ref)

@@ -43,9 +43,17 @@ from torch import nn
 
 from ..data.intensity import DEFAULT_HIGH, DEFAULT_LOW, plane_range
 from ..data.zoom import model_zoom
-from ..models.checkpoint import SUFFIX, ModelInfo, resolve_model_path, save_model
+from ..models.checkpoint import SUFFIX, ModelInfo, is_package, resolve_model_path, save_model
 from ..models.load import load_model
-from ..models.packages import CONFIG_KEY, INSTALL_HINT, PackageError, _require, _torchscript_ok, available
+from ..models.packages import (
+    CONFIG_KEY,
+    INSTALL_HINT,
+    PackageError,
+    _require,
+    _torchscript_ok,
+    available,
+    own_model_bytes,
+)
 from ..network.unet import MirroredUNet, UNet, nearest_valid_sizes
 from ..predict.tiles import mirror_pad, predict_whole, tile_context
 
@@ -332,6 +340,11 @@ def _exportable(model: UNet | str | os.PathLike) -> tuple[UNet, Path | None]:
     src_path = None
     if not isinstance(model, nn.Module):
         src_path = resolve_model_path(model)
+        if is_package(src_path) and own_model_bytes(src_path) is None:  # refused before any of it loads
+            raise PackageError(
+                f"{src_path.name} is a bioimage.io package napari-unet did not write; only napari-unet U-Nets "
+                "can be exported"
+            )
         model = load_model(src_path)
     if not isinstance(model, UNet):
         raise PackageError("only napari-unet U-Nets can be exported (this model came from another package)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .checkpoint import CheckpointError, ModelInfo, available_models, load_file, resolve_model_path, save_model
 from .load import load_model, read_info
-from .packages import PackagedModel, PackageError, load_package
+from .packages import CodeNotTrusted, PackagedModel, PackageError, load_package
 
 # the stage's main entry points; the rest is in its modules, each with its own __all__
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "available_models",
     "resolve_model_path",
     "PackageError",
+    "CodeNotTrusted",
     "PackagedModel",
     "load_package",
     "load_model",

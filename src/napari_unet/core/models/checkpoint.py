@@ -263,6 +263,7 @@ def _read_info(path: Path, meta: dict) -> ModelInfo:
     info = ModelInfo.from_dict(raw)
     _check_fields(path, info)
     _check_zoom_record(path, info.zoom)
+    _check_normalization(path, info.normalization)
     return info
 
 
@@ -416,6 +417,31 @@ def _check_zoom_record(path: Path, zoom) -> None:
             raise CheckpointError(
                 f"{path.name}: its header's input scale is unusable ({e}); the file is damaged"
             ) from None
+
+
+# the normalisations core/data/intensity.py applies, and the numbers each needs
+_NORMALIZATIONS = {"percentile": ("low", "high"), "mean_std": (), "affine": ("lo", "scale"), "none": ()}
+
+
+def _check_normalization(path: Path, norm) -> None:
+    """CheckpointError for a header normalisation intensity.py cannot apply (not a mapping, an unknown
+    method, a missing or non-finite number)."""
+    if not isinstance(norm, dict):
+        raise CheckpointError(
+            f"{path.name}: its normalisation is {norm!r}, not a mapping like {{'method': 'percentile', 'low': 1, "
+            "'high': 99.8}; the file is damaged"
+        )
+    method = norm.get("method", "percentile")
+    if not isinstance(method, str) or method not in _NORMALIZATIONS:
+        raise CheckpointError(
+            f"{path.name}: unknown normalisation {method!r}; napari-unet applies {', '.join(_NORMALIZATIONS)}"
+        )
+    for key in (*_NORMALIZATIONS[method], "eps"):
+        value = norm.get(key, 0.0 if key == "eps" else None)
+        if method == "percentile" and value is None:
+            continue  # the defaults (1, 99.8)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(f"{path.name}: its {method} normalisation has {key} = {value!r}, not a number")
 
 
 def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> bool:

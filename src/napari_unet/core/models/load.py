@@ -1,6 +1,8 @@
 """One way in for every model: a shipped model's name, a napari-unet model file, or a bioimage.io package.
 
-Loading never executes code (see :mod:`.checkpoint` and :mod:`.packages`).
+Loading executes no code unless the caller trusts it: a napari-unet model file holds tensors and JSON
+only (:mod:`.checkpoint`); a bioimage.io package whose weights need its Python code is refused without
+``trust_code`` (:mod:`.packages`, :class:`~.packages.CodeNotTrusted`).
 """
 
 from __future__ import annotations
@@ -37,11 +39,15 @@ def _read_package_info(path: Path) -> ModelInfo:
         return read_checkpoint(f, weights=False)[0]
 
 
-def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:
+def load_model(
+    name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", trust_code: bool = False
+) -> UNet:
     """Load a model file (or a shipped model by name). The model carries ``model.info``.
 
-    A bioimage.io package (``.zip`` / ``rdf.yaml``, core/bioimageio.py) loads too: a package napari-unet
-    exported gives back its U-Net exactly; another package is wrapped for prediction.
+    A bioimage.io package (``.zip`` / ``rdf.yaml``, core/models/packages.py) loads too: a package
+    napari-unet exported gives back its U-Net exactly; another package is wrapped for prediction.
+    ``trust_code``: run a package's own Python code when its weights need it (see the trust rule in
+    :mod:`.packages`); without it such a package raises :class:`~.packages.CodeNotTrusted`.
 
     Raises
     ------
@@ -49,8 +55,11 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
         No such file or shipped model.
     CheckpointError
         A damaged, foreign (not napari-unet) or incompatible file.
+    PackageError
+        A package napari-unet cannot run, or whose files do not match its rdf.yaml (CodeNotTrusted: its
+        code was not trusted).
     """
     path = resolve_model_path(name_or_path)
     if is_package(path):
-        return load_package(path, device=device)
+        return load_package(path, device=device, trust_code=trust_code)
     return load_file(path, device=device)

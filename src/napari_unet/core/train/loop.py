@@ -571,7 +571,7 @@ def _n_classes(config: TrainConfig, pairs) -> int:
 def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) -> start.StartChoice:
     """init='auto': score every candidate start on the painted pixels (no training) and pick one."""
     # a broken file of the user's is reported before the shipped models are scored (and each file is read once)
-    loaded = {name: load_model(name) for name in config.candidates}
+    loaded = {name: _load_candidate(name) for name in config.candidates}
     # agreement collapses a border class into its object; the slices as painted (each candidate zooms them)
     quick = replace(config, border_class=False, zoom=None)
     n_classes = _n_classes(quick, pairs)
@@ -588,6 +588,13 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
             )
         )
     return start.choose(scored)
+
+
+def _load_candidate(name: str) -> UNet:
+    """A --candidates model: its header first, so a package napari-unet did not write is refused before any
+    of it loads (training starts only from napari-unet U-Nets, which carry no code)."""
+    read_info(resolve_model_path(name))
+    return load_model(name)
 
 
 def _default_class_names(config: TrainConfig, n_classes: int) -> list[str]:
