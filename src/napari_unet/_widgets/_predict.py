@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 
 from . import _state
+from ._dock import fit_dock
 from ._layers import (
     channel_select,
     check_image_layer,
@@ -147,6 +148,7 @@ class PredictWidget(JobWidget, Container):
         self.go_button.changed.connect(self._on_go)
         _state.events.models_changed.connect(self._on_models_changed)
         follow_layers(viewer, self)
+        fit_dock(self)  # scrolls in its dock, tabs with the plugin's other docks
         self._stop_on_close()
         self.model_file.visible = self.model.value == MODEL_FILE
 

@@ -1,0 +1,38 @@
+"""Docking: each widget scrolls in its dock, the plugin's docks share one tab group whatever path opened
+them, and a widget does not outlive its dock."""
+
+import gc
+import weakref
+
+import pytest
+from widget_helpers import close_dock, dock
+
+pytestmark = pytest.mark.gui
+
+WIDGETS = ("Annotate", "Weight map preview", "Deformation preview", "Train", "Predict")
+
+
+def test_menu_path_docks_scroll_and_share_one_tab_group(em_viewer, qtbot):
+    from qtpy.QtWidgets import QScrollArea
+
+    window = em_viewer.window._qt_window
+    docks = [em_viewer.window.add_plugin_dock_widget("napari-unet", name)[0] for name in WIDGETS]
+    assert all(isinstance(d.widget(), QScrollArea) for d in docks)
+    for d in docks:  # one tab group: each dock is tabbed with the four others
+        assert set(window.tabifiedDockWidgets(d)) == set(docks) - {d}
+    # napari's own look-ups still find the magicgui widgets
+    again = em_viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    assert again[0] is docks[3] and again[1] is em_viewer.window.dock_widgets["Train (napari-unet)"]
+    assert again[1].train_button.native.window() is window
+
+
+@pytest.mark.parametrize("name", WIDGETS)
+def test_widget_is_collected_after_its_dock_closes(em_viewer, qtbot, name):
+    widget = dock(em_viewer, name)
+    destroyed = []
+    widget.native.destroyed.connect(lambda *_: destroyed.append(True))
+    ref = weakref.ref(widget)
+    close_dock(em_viewer, widget)
+    del widget
+    qtbot.waitUntil(lambda: bool(destroyed), timeout=10000)
+    qtbot.waitUntil(lambda: gc.collect() >= 0 and ref() is None, timeout=10000)
