@@ -36,3 +36,20 @@ def test_widget_is_collected_after_its_dock_closes(em_viewer, qtbot, name):
     del widget
     qtbot.waitUntil(lambda: bool(destroyed), timeout=10000)
     qtbot.waitUntil(lambda: gc.collect() >= 0 and ref() is None, timeout=10000)
+
+
+def test_weight_map_preview_leaves_with_its_dock(em_viewer, qtbot):
+    from napari_unet._widgets._weights_preview import LAYER_NAME
+
+    labels = em_viewer.layers["EM labels"]
+    em_viewer.layers.selection.active = labels
+    w = dock(em_viewer, "Weight map preview")
+    w.labels.value = labels
+    qtbot.waitUntil(lambda: LAYER_NAME in em_viewer.layers, timeout=10000)
+    assert em_viewer.layers.selection.active is labels
+    close_dock(em_viewer, w)
+    del w
+    qtbot.waitUntil(lambda: LAYER_NAME not in em_viewer.layers, timeout=10000)
+    labels.events.paint(value=[])  # a stroke after the close brings nothing back
+    qtbot.wait(500)
+    assert LAYER_NAME not in em_viewer.layers

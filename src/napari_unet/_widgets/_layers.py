@@ -281,7 +281,8 @@ class Debounce:
         def cleanup(*_):
             try:
                 timer.stop()
-            except RuntimeError:  # Qt deleted the timer first (napari closing)
+                timer.timeout.disconnect()  # a late schedule() (a stroke, a slider) then updates nothing
+            except (RuntimeError, TypeError):  # Qt deleted the timer first (napari closing)
                 pass
             try:
                 viewer.dims.events.current_step.disconnect(slot)
