@@ -165,6 +165,7 @@ class TrainWidget(JobWidget, Container):
         self._on_depth_changed()
         self.advanced = Container(
             widgets=[
+                self.device,
                 self.optimizer,
                 self.batch_size,
                 self.w0,
@@ -216,7 +217,6 @@ class TrainWidget(JobWidget, Container):
                 self.lr,
                 self.tile_in,
                 self.augment,
-                self.device,
                 self.live,
                 self.show_advanced,
                 self.advanced,
