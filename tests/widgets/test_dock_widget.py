@@ -25,6 +25,14 @@ def test_menu_path_docks_scroll_and_share_one_tab_group(em_viewer, qtbot):
     assert again[0] is docks[3] and again[1] is em_viewer.window.dock_widgets["Train (napari-unet)"]
     assert again[1].train_button.native.window() is window
 
+    # closed and opened again from the menu: a new widget, tabbed with the open docks only
+    close_dock(em_viewer, again[1])
+    qtbot.waitUntil(lambda: "Train (napari-unet)" not in em_viewer.window.dock_widgets, timeout=10000)
+    reopened, widget = em_viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    assert widget is not again[1] and isinstance(reopened.widget(), QScrollArea)
+    others = [d for i, d in enumerate(docks) if i != 3]
+    assert set(window.tabifiedDockWidgets(reopened)) == set(others)
+
 
 @pytest.mark.parametrize("name", WIDGETS)
 def test_widget_is_collected_after_its_dock_closes(em_viewer, qtbot, name):

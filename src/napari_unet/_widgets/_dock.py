@@ -98,12 +98,15 @@ def _join_tabs(dock) -> None:
     if window is None or not hasattr(window, "dockWidgetArea"):
         return
     area = window.dockWidgetArea(dock)
-    ours = [
+    ours = [  # hidden: closed (deleted later) or hidden from the Window menu
         d
         for d in window.findChildren(QDockWidget)
-        if d is not dock and d.property(OURS) and not d.isFloating() and window.dockWidgetArea(d) == area
+        if d is not dock
+        and d.property(OURS)
+        and not d.isHidden()
+        and not d.isFloating()
+        and window.dockWidgetArea(d) == area
     ]
-    ours = [d for d in ours if not d.isHidden()] or ours
     if ours:
         window.tabifyDockWidget(ours[-1], dock)
         dock.show()
