@@ -85,6 +85,9 @@ def test_first_hour_on_a_1280x800_screen(make_napari_viewer, qtbot):
     assert set(widgets) == {"Annotate", "Weight map preview", "Deformation preview", "Train", "Predict"}
     qtbot.waitUntil(lambda: window.isVisible(), timeout=10_000)
     qtbot.wait(200)
+    docks = [_dock_of(w) for w in widgets.values()]
+    for d in docks:  # one tab group on the shown window
+        assert set(window.tabifiedDockWidgets(d)) == set(docks) - {d}
     assert screen.contains(window.frameGeometry()), f"window {window.frameGeometry().getRect()} outgrew the screen"
     image = viewer.layers["EM (ISBI 2012)"]
 

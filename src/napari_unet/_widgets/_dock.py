@@ -98,12 +98,12 @@ def _join_tabs(dock) -> None:
     if window is None or not hasattr(window, "dockWidgetArea"):
         return
     area = window.dockWidgetArea(dock)
-    ours = [  # hidden: closed (deleted later) or hidden from the Window menu
+    ours = [
         d
         for d in window.findChildren(QDockWidget)
         if d is not dock
         and d.property(OURS)
-        and not d.isHidden()
+        and not _closed(d)
         and not d.isFloating()
         and window.dockWidgetArea(d) == area
     ]
@@ -111,6 +111,12 @@ def _join_tabs(dock) -> None:
         window.tabifyDockWidget(ours[-1], dock)
         dock.show()
         dock.raise_()
+
+
+def _closed(dock) -> bool:
+    """Hidden on purpose: closed (deleted later) or hidden from the Window menu. A dock just added to a
+    shown window is hidden too until Qt shows it on the next event-loop pass: that one counts as open."""
+    return dock.isHidden() and dock.testAttribute(Qt.WidgetAttribute.WA_WState_ExplicitShowHide)
 
 
 def scroll_area(container):
