@@ -37,8 +37,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# a 1280 x 800 screen, a small laptop's: tests/widgets/test_first_hour.py checks every button it presses is on it
 test: $(STAMP) xvfb
-	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest -p no:cacheprovider
+	xvfb-run -a -s "-screen 0 1280x800x24" $(BIN)/python -m pytest -p no:cacheprovider
 
 test-core: $(STAMP)
 	$(BIN)/python -m pytest tests/core -p no:cacheprovider

@@ -1,8 +1,10 @@
-"""Screenshots for docs/user-guide.md: run `xvfb-run -a .venv/bin/python docs/make_screenshots.py`.
+"""Screenshots for docs/user-guide.md, on a 1280 x 800 laptop screen:
+run `xvfb-run -a -s "-screen 0 1280x800x24" .venv/bin/python docs/make_screenshots.py`.
 
 Every picture shows the plugin's own sample data (ISBI 2012 EM crop) going
-through the loop the guide describes: paint -> weight map -> deformation ->
-train -> predict -> uncertainty + live training. Images are palette-quantised to stay well under 300 KB.
+through the loop the guide describes: the widgets opened as the Plugins menu opens them (one tab
+group, each scrolling in its dock) -> paint -> weight map -> deformation -> train -> predict ->
+uncertainty + live training. Images are palette-quantised to stay well under 300 KB.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "images"
-SIZE = (1280, 760)
+SIZE = (1280, 800)  # the whole screen of a small laptop
 
 
 def wait(app, cond, timeout=600.0):
@@ -55,14 +57,20 @@ def main():
     viewer.dims.set_current_step(0, 2)
 
     # 1. annotate + live weight map: sparse painting copied from the sample labels
-    dock_a, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
+    # the Plugins menu path: each widget docks on the right, in one tab group with the others
+    docks = {
+        name: viewer.window.add_plugin_dock_widget("napari-unet", name)
+        for name in ("Annotate", "Weight map preview", "Deformation preview", "Train", "Predict")
+    }
+    dock_a, annotate = docks["Annotate"]
+    shot(viewer, app, "first-hour.png", dock_a)
     annotate.image.value = image
     labels = annotate._on_new_labels()
     sl = (2, slice(60, 190), slice(50, 200))
     labels.data[sl] = truth.data[sl]
     labels.events.paint(value=[])
     labels.refresh()
-    dock_w, wmap = viewer.window.add_plugin_dock_widget("napari-unet", "Weight map preview", tabify=True)
+    dock_w, wmap = docks["Weight map preview"]
     wmap.labels.value = labels
     wmap._update()
     viewer.camera.zoom = 2.2
@@ -71,21 +79,22 @@ def main():
     viewer.layers["weight map"].visible = False
 
     # 2. elastic deformation preview
-    dock_d, deform = viewer.window.add_plugin_dock_widget("napari-unet", "Deformation preview", tabify=True)
+    dock_d, deform = docks["Deformation preview"]
     deform.image.value, deform.labels.value = image, labels
     deform.sigma.value = 15.0
     deform.seed.value = 3
     deform._update()
     viewer.layers["deformed labels"].visible = False
-    viewer.camera.zoom = 2.0
+    viewer.reset_view()  # the image and its deformed copy beside it
     shot(viewer, app, "deformation-preview.png", dock_d)
-    for name in ("deformed image", "deformed labels", "deformed weights", "displacement vectors", "deformation grid"):
-        viewer.layers.remove(name)
-    deform.live.value = False
+    viewer.window.remove_dock_widget(dock_d)  # closing the dock takes its layers away
+    wait(app, lambda: "deformed image" not in viewer.layers)
+    viewer.camera.zoom = 2.2
+    viewer.camera.center = (0, 125, 125)
 
     # 3. fine-tune the shipped EM model on the painted labels (a short CPU run; the widget's defaults
     #    for a pretrained start: Adam 1e-4, keep what the model knows where nothing was painted)
-    dock_t, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train", tabify=False)
+    dock_t, train = docks["Train"]
     train.pairs[0].image.value, train.pairs[0].labels.value = image, labels
     train.start.value = "pretrained"
     train.pretrained.value = "em-membrane"
@@ -97,7 +106,7 @@ def main():
     shot(viewer, app, "train.png", dock_t)
 
     # 4. predict the whole stack with the model just trained
-    dock_p, pred = viewer.window.add_plugin_dock_widget("napari-unet", "Predict", tabify=True)
+    dock_p, pred = docks["Predict"]
     pred.image.value = image
     pred.where.value = "whole stack"
     pred.device.value = "cpu"

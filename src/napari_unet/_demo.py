@@ -15,9 +15,8 @@ def launch(block: bool = True):
     viewer = napari.Viewer(title="U-Net Segment demo")
     viewer.open_sample("napari-unet", "em")
     widgets = {}
-    for i, name in enumerate(WIDGETS):
-        # the previews and the annotate widget share one tab group, train/predict another
-        _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=i not in (0, 3))
+    for name in WIDGETS:  # as the Plugins menu docks them: one tab group, each scrolling (_widgets/_dock.py)
+        _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-unet", name)
     train = widgets["Train"]
     train.pairs[0].image.value = viewer.layers["EM (ISBI 2012)"]
     train.pairs[0].labels.value = viewer.layers["EM labels"]

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from widget_helpers import dock
+from widget_helpers import close_dock, dock
 
 pytestmark = pytest.mark.gui
 
@@ -43,3 +43,33 @@ def test_slider_moves_update_the_deformation_preview(em_viewer, qtbot):
         em_viewer.layers["deformed image"].data[0], em_viewer.layers["EM (ISBI 2012)"].data[1], atol=1e-3
     )
     print(f"\ndeformation preview of a 256x256 slice: {w.last_ms:.1f} ms")
+
+
+def test_preview_sits_beside_the_work_and_leaves_with_its_dock(em_viewer, qtbot):
+    from napari_unet._widgets import _state
+    from napari_unet._widgets._deform_preview import PREVIEW_LAYERS
+
+    labels = em_viewer.layers["EM labels"]
+    em_viewer.layers.selection.active = labels  # the user paints on the labels
+    w = dock(em_viewer, "Deformation preview")
+    w.image.value = em_viewer.layers["EM (ISBI 2012)"]
+    w.labels.value = labels
+    qtbot.waitUntil(lambda: all(n in em_viewer.layers for n in PREVIEW_LAYERS), timeout=10000)
+    assert em_viewer.layers.selection.active is labels  # the brush stays on the user's layer
+    width = em_viewer.layers["EM (ISBI 2012)"].data.shape[-1]
+    for name in PREVIEW_LAYERS:  # beside the image, never over it
+        layer = em_viewer.layers[name]
+        left = layer.translate[-1] + (layer.extent.data[0][-1] if name in ("deformed image", "deformed labels") else 0)
+        assert left >= width, name
+        assert layer.extent.world[0][-1] >= width, name
+
+    close_dock(em_viewer, w)
+    del w
+    qtbot.waitUntil(lambda: not any(n in em_viewer.layers for n in PREVIEW_LAYERS), timeout=10000)
+    # and they stay gone: slice changes, new layers and Train's shared settings bring nothing back
+    em_viewer.dims.set_current_step(0, 3)
+    em_viewer.add_labels(np.zeros((8, 256, 256), np.uint8), name="more labels")
+    _state.events.weights_changed.emit(5.0, 3.0)
+    qtbot.wait(500)
+    assert not any(n in em_viewer.layers for n in PREVIEW_LAYERS)
+    assert em_viewer.layers.selection.active is not None

@@ -85,3 +85,13 @@ def paint(layer, idx, value, box):
     data[idx, y0:y1, x0:x1] = value
     layer.events.paint(value=[])
     layer.refresh()
+
+
+def close_dock(viewer, widget) -> None:
+    """Close a docked widget's dock with its title bar's close button, as a user would."""
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.native.parent()
+    while not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    parent.title.close_button.click()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
+from ._dock import fit_dock
 from ._layers import check_image_layer, follow_layers, layer_choices
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class AnnotateWidget(Container):
         self.extend([self.image, self.new_labels, self.help])
         self.new_labels.changed.connect(self._on_new_labels)
         follow_layers(viewer, self)
+        fit_dock(self)  # scrolls in its dock, tabs with the plugin's other docks
 
     def _on_new_labels(self, *_):
         """Add '<image> labels' (all 0 = not annotated), select it, and pick the brush."""

@@ -8,13 +8,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Slider
 
-from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane, show_weight_map, status_label
+from ._dock import fit_dock
+from ._layers import (
+    Debounce,
+    beside,
+    current_plane,
+    follow_layers,
+    keep_selection,
+    layer_choices,
+    remove_on_close,
+    show_plane,
+    show_weight_map,
+    status_label,
+)
 
 if TYPE_CHECKING:
     import napari
 
 IMAGE_LAYER, LABELS_LAYER, WEIGHTS_LAYER = "deformed image", "deformed labels", "deformed weights"
 GRID_LAYER, VECTORS_LAYER = "deformation grid", "displacement vectors"
+PREVIEW_LAYERS = (IMAGE_LAYER, LABELS_LAYER, WEIGHTS_LAYER, GRID_LAYER, VECTORS_LAYER)
 GRID_LINES = 9  # lines of the warped grid overlay per direction
 
 
@@ -22,7 +35,9 @@ class DeformationWidget(Container):
     """Seeded elastic deformation (paper section 3.1) of the slice on screen, updated as sliders move.
 
     Shows the deformed image, labels and weight map as three layers (updated in
-    place), the coarse control-point displacements as vectors and a warped grid.
+    place), the coarse control-point displacements as vectors and a warped grid, all
+    beside the image (never over it: the image and the strokes stay in view, and the
+    brush stays on the layer the user chose). Closing the dock removes them.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
@@ -50,6 +65,8 @@ class DeformationWidget(Container):
         for w in (self.image, self.labels, self.grid, self.sigma, self.seed, self.mode, self.live):
             w.changed.connect(self._schedule)
         follow_layers(viewer, self)
+        fit_dock(self)  # scrolls in its dock, tabs with the plugin's other docks
+        remove_on_close(viewer, self, PREVIEW_LAYERS)
         self._schedule()
 
     def _update(self):
@@ -101,11 +118,18 @@ class DeformationWidget(Container):
         self.last_ms = 1000 * (time.perf_counter() - t0)
 
         lo, hi = (float(v) for v in img_layer.contrast_limits)
-        show_plane(self.viewer, IMAGE_LAYER, d.image, img_layer, idx, colormap="gray", contrast_limits=(lo, hi))
+        first = IMAGE_LAYER not in self.viewer.layers
+        dx = beside(img_layer)
+        show_plane(self.viewer, IMAGE_LAYER, d.image, img_layer, idx, shift_x=dx, colormap="gray",
+                   contrast_limits=(lo, hi))  # fmt: skip
         if d.labels is not None:
-            show_plane(self.viewer, LABELS_LAYER, np.asarray(d.labels), img_layer, idx, kind="labels", opacity=0.4)
-            show_weight_map(self.viewer, WEIGHTS_LAYER, d.weights, img_layer, idx, opacity=0.6, visible=False)
-        self._show_grid(coarse, dense, plane.shape, img_layer, idx)
+            show_plane(self.viewer, LABELS_LAYER, np.asarray(d.labels), img_layer, idx, kind="labels", shift_x=dx,
+                       opacity=0.4)  # fmt: skip
+            show_weight_map(self.viewer, WEIGHTS_LAYER, d.weights, img_layer, idx, shift_x=dx, opacity=0.6,
+                            visible=False)  # fmt: skip
+        self._show_grid(coarse, dense, plane.shape, img_layer, idx, dx)
+        if first:
+            self.viewer.reset_view()  # the image and its deformed copy both in view
         where = f"slice {idx[0]}" if idx else "image"
         self.status.value = (
             f"{where}: seed {self.seed.value}, max shift {np.abs(dense).max():.1f} px, {self.last_ms:.0f} ms"
@@ -113,7 +137,7 @@ class DeformationWidget(Container):
         self.n_updates += 1
         return d
 
-    def _show_grid(self, coarse, dense, shape, like, idx):
+    def _show_grid(self, coarse, dense, shape, like, idx, dx: float = 0.0):
         """Control-point vectors and a warped grid (straight input lines as they appear deformed)."""
         H, W = shape
         gy, gx = coarse.shape[1:]
@@ -138,10 +162,15 @@ class DeformationWidget(Container):
                 warped = pts - np.stack([dense[0][iy, ix], dense[1][iy, ix]], 1)
                 paths.append(pad(warped))
         active = self.viewer.layers.selection.active
-        kw = dict(scale=like.scale, translate=like.translate)
+        translate = np.asarray(like.translate, dtype=float).copy()
+        translate[-1] += dx * float(like.scale[-1])
+        kw = dict(scale=like.scale, translate=translate, metadata={"output": "preview"})
         for name in (VECTORS_LAYER, GRID_LAYER):
             if name in self.viewer.layers and self.viewer.layers[name].ndim != len(idx) + 2:
                 self.viewer.layers.remove(name)
+        for name in (VECTORS_LAYER, GRID_LAYER):  # the image moved or changed size: place them again
+            if name in self.viewer.layers and not np.array_equal(self.viewer.layers[name].translate, translate):
+                self.viewer.layers[name].translate = translate
         if VECTORS_LAYER in self.viewer.layers:
             self.viewer.layers[VECTORS_LAYER].data = vectors
         else:
@@ -154,5 +183,4 @@ class DeformationWidget(Container):
             self.viewer.add_shapes(
                 paths, shape_type="path", name=GRID_LAYER, edge_color="yellow", edge_width=1, opacity=0.6, **kw
             )
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
+        keep_selection(self.viewer, active)

@@ -6,6 +6,7 @@ Everything here runs on the GUI thread; workers never see a layer (see :mod:`._w
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -80,23 +81,48 @@ def channel_select(viewer, label: str = ""):
 
 
 def follow_layers(viewer, container) -> None:
-    """Refresh the container's layer pickers when layers are added, removed or renamed."""
+    """Refresh the container's layer pickers when layers are added, removed or renamed.
+
+    The viewer's events hold only a weak reference to the container, so a closed widget is not
+    kept alive by them (its ``destroyed`` clean-ups run, and it is garbage-collected).
+    """
+    ref = weakref.ref(container)
 
     def reset(event=None):
+        c = ref()
+        if c is None:
+            return
         try:
-            container.reset_choices()
+            c.reset_choices()
         except RuntimeError:  # the Qt widget is gone
             pass
 
-    viewer.layers.events.inserted.connect(reset)
-    viewer.layers.events.removed.connect(reset)
-    viewer.layers.events.moved.connect(reset)
+    events = (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved)
+    for ev in events:
+        ev.connect(reset)
 
-    def disconnect():
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+    def disconnect(*_):
+        for ev in events:
             ev.disconnect(reset)
 
-    container.native.destroyed.connect(lambda *_: disconnect())
+    container.native.destroyed.connect(disconnect)
+
+
+def remove_on_close(viewer, container, names) -> None:
+    """Remove a preview's layers ``names`` when the container's Qt widget is destroyed (its dock closed).
+
+    Only layers the plugin made (``metadata['output']``) are removed: never a user's layer of the same name.
+    """
+
+    def remove(*_):
+        for name in names:
+            try:
+                if name in viewer.layers and (viewer.layers[name].metadata or {}).get("output"):
+                    viewer.layers.remove(name)
+            except Exception:  # the viewer is closing or closed
+                pass
+
+    container.native.destroyed.connect(remove)
 
 
 def check_image_layer(layer, what: str = "image") -> None:
@@ -163,16 +189,28 @@ def current_plane(viewer, layer) -> tuple[np.ndarray, tuple[int, ...]]:
     return np.array(layer.data[idx] if idx else layer.data), idx
 
 
-def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...], kind: str = "image", **kwargs):
+def show_plane(
+    viewer,
+    name: str,
+    plane: np.ndarray,
+    like,
+    idx: tuple[int, ...],
+    kind: str = "image",
+    shift_x: float = 0.0,
+    **kwargs,
+):
     """Show one 2D plane as layer ``name`` placed at slice ``idx`` of layer ``like``; update in place if it exists.
 
     The layer holds (1, ..., 1, Y, X) data translated to the slice, so a preview of
     one slice shows on that slice only and costs one plane of memory, not a stack.
+    ``shift_x``: pixels (of ``like``) to move it right, e.g. beside the image (:func:`beside`).
+    The layer never becomes the selected one: the brush stays on the layer the user chose.
     """
     data = plane.reshape((1,) * len(idx) + plane.shape)
     scale = np.asarray(like.scale, dtype=float)
     translate = np.asarray(like.translate, dtype=float).copy()
     translate[: len(idx)] += np.asarray(idx, dtype=float) * scale[: len(idx)]
+    translate[-1] += shift_x * scale[-1]
     from napari.layers import Labels
 
     active = viewer.layers.selection.active
@@ -198,9 +236,22 @@ def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...],
         add = viewer.add_labels if kind == "labels" else viewer.add_image
         kwargs.setdefault("metadata", {"output": "preview"})  # a plugin output: never offered as an input channel
         layer = add(data, name=name, scale=scale, translate=translate, **kwargs)
+    keep_selection(viewer, active)
+    return layer
+
+
+def keep_selection(viewer, active) -> None:
+    """Select ``active`` again (or nothing) after adding a preview layer, which napari selects."""
     if active is not None and active in viewer.layers:
         viewer.layers.selection.active = active  # keep painting on the labels layer
-    return layer
+    elif active is None:
+        viewer.layers.selection.clear()
+
+
+def beside(like) -> float:
+    """How far right (in pixels of ``like``) a preview goes to sit beside ``like`` with a small gap."""
+    width = like.data.shape[-2] if getattr(like, "rgb", False) else like.data.shape[-1]
+    return float(width + max(8, width // 20))
 
 
 def show_weight_map(viewer, name: str, weights: np.ndarray, like, idx: tuple[int, ...], **kwargs):
@@ -228,7 +279,11 @@ class Debounce:
         timer, slot = self.timer, self.schedule
 
         def cleanup(*_):
-            timer.stop()
+            try:
+                timer.stop()
+                timer.timeout.disconnect()  # a late schedule() (a stroke, a slider) then updates nothing
+            except (RuntimeError, TypeError):  # Qt deleted the timer first (napari closing)
+                pass
             try:
                 viewer.dims.events.current_step.disconnect(slot)
             except Exception:  # the viewer is already closed

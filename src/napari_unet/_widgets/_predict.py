@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 
 from . import _state
+from ._dock import fit_dock
 from ._layers import (
     channel_select,
     check_image_layer,
@@ -92,6 +93,10 @@ class PredictWidget(JobWidget, Container):
             tooltip="0: predict in napari's process. N: a dask LocalCluster of N worker processes writes the whole "
             "stack into the OME-Zarr output (or, for an image opened from an OME-Zarr, into its labels/ group)",
         )
+        # rarely changed: folded away so the Predict button stays on a small screen
+        self.show_advanced = CheckBox(text="advanced settings", value=False)
+        self.advanced = Container(widgets=[zoom_row, self.device, self.zarr_out, self.workers], visible=False)
+        self.advanced.margins = (0, 0, 0, 0)
         self.processes = True  # LocalCluster worker processes (tests use threads: faster to start)
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -116,11 +121,9 @@ class PredictWidget(JobWidget, Container):
                 self.channels,
                 self.output,
                 self.where,
-                zoom_row,
                 self.tta,
-                self.device,
-                self.zarr_out,
-                self.workers,
+                self.show_advanced,
+                self.advanced,
                 row,
                 self.paint_next,
                 self.go_button,
@@ -138,6 +141,7 @@ class PredictWidget(JobWidget, Container):
         self._zoom_note = ""  # the zoom of the running prediction, e.g. 'zoom auto (x0.50)'
         self._refresh = Throttle(0.1)  # at most 10 layer refreshes per second
 
+        self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
         self.model.changed.connect(lambda v: setattr(self.model_file, "visible", v == MODEL_FILE))
         self.zoom.changed.connect(self._on_zoom_edited)
         self.zoom_auto.changed.connect(lambda auto: setattr(self.zoom, "enabled", not auto))
@@ -147,6 +151,7 @@ class PredictWidget(JobWidget, Container):
         self.go_button.changed.connect(self._on_go)
         _state.events.models_changed.connect(self._on_models_changed)
         follow_layers(viewer, self)
+        fit_dock(self)  # scrolls in its dock, tabs with the plugin's other docks
         self._stop_on_close()
         self.model_file.visible = self.model.value == MODEL_FILE
 

@@ -19,6 +19,7 @@ from magicgui.widgets import (
 )
 
 from . import _state
+from ._dock import fit_dock
 from ._layers import (
     channel_select,
     check_image_layer,
@@ -164,6 +165,7 @@ class TrainWidget(JobWidget, Container):
         self._on_depth_changed()
         self.advanced = Container(
             widgets=[
+                self.device,
                 self.optimizer,
                 self.batch_size,
                 self.w0,
@@ -215,7 +217,6 @@ class TrainWidget(JobWidget, Container):
                 self.lr,
                 self.tile_in,
                 self.augment,
-                self.device,
                 self.live,
                 self.show_advanced,
                 self.advanced,
@@ -250,6 +251,7 @@ class TrainWidget(JobWidget, Container):
         self.save_button.changed.connect(lambda *_: self._on_save())
         self.export_button.changed.connect(lambda *_: self._on_export())
         follow_layers(viewer, self)
+        fit_dock(self)  # scrolls in its dock, tabs with the plugin's other docks
         self._stop_on_close()
         self._on_start_changed(self.start.value)
 

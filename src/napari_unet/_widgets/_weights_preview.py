@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider
 
 from . import _state
-from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_weight_map, status_label
+from ._dock import fit_dock
+from ._layers import (
+    Debounce,
+    current_plane,
+    follow_layers,
+    layer_choices,
+    remove_on_close,
+    show_weight_map,
+    status_label,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -53,6 +62,8 @@ class WeightMapWidget(Container):
         for w in (self.w0, self.sigma):
             w.changed.connect(self._share_weights)
         follow_layers(viewer, self)
+        fit_dock(self)  # scrolls in its dock, tabs with the plugin's other docks
+        remove_on_close(viewer, self, (LAYER_NAME,))
         self._on_labels_changed(self.labels.value)
 
     # ------------------------------------------------------------------ events
