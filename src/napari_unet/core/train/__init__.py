@@ -15,7 +15,7 @@ from .config import AUTO, CHOICES, FINE_TUNE_LR, LIMITS, RECOMMENDED, SCRATCH_LR
 from .events import TrainEvent, TrainResult, TrainState
 from .loop import iter_train, train
 from .losses import annotated_iou, kept_start_loss, prior_loss, weighted_loss
-from .sampling import DENSE, TrainSlice, as_pairs, crop_tile, prepare_slices, sample_batch, weigh
+from .sampling import DENSE, TrainSlice, as_pairs, crop_tile, prepare_slices, sample_batch, slice_weights, weigh
 from .start import (
     CONTRADICT,
     KEEP_FULL,
@@ -93,6 +93,7 @@ __all__ = [
     "crop_tile",
     "prepare_slices",
     "sample_batch",
+    "slice_weights",
     "weigh",
     "SIGMA",
     "W0",
