@@ -7,12 +7,16 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _fresh_state():
+def _fresh_state(tmp_path):
+    """Forget the session's models; trained runs are saved to a folder of the test's, never the user's
+    (its own MonkeyPatch: a test's ``monkeypatch.undo()`` leaves it set)."""
     from napari_unet._widgets import _state
 
-    _state.clear()
-    yield
-    _state.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(_state.MODELS_ENV, str(tmp_path / "unet-models"))
+        _state.clear()
+        yield
+        _state.clear()
 
 
 @pytest.fixture

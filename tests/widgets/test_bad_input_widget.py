@@ -140,7 +140,7 @@ def test_train_crash_mid_run_keeps_the_weights(em_viewer, qtbot, monkeypatch, me
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     assert "went away" in messages["error"][-1] and "2 steps before the crash are kept" in messages["error"][-1]
     assert w.result is not None and w.result.steps_done == 2 and w.save_button.enabled
-    assert _state.JUST_TRAINED in _state.TRAINED_MODELS
+    assert _state.latest() in _state.TRAINED_MODELS
 
 
 def test_predict_without_model_file_or_image(viewer, messages):

@@ -49,8 +49,8 @@ def test_channel_layers_train_and_predict_a_two_channel_model(two_channel_viewer
     assert w.result.model.config.in_channels == 2
 
     p = dock(viewer, "Predict")
-    qtbot.waitUntil(lambda: _state.JUST_TRAINED in _state.TRAINED_MODELS, timeout=10_000)
-    p.model.value = _state.JUST_TRAINED
+    qtbot.waitUntil(lambda: _state.latest() is not None, timeout=10_000)
+    p.model.value = _state.latest()
     p.image.value = viewer.layers["nuclei"]
     p.channels.value = []
     assert p._on_predict() is None  # one channel for a two-channel model: says what to add

@@ -34,9 +34,9 @@ def test_prediction_fills_labels_layer_equal_to_core(em_viewer, qtbot, tiny_mode
     from napari_unet._widgets import _state
     from napari_unet.core.predict.tiles import predict
 
-    _state.register_model(_state.JUST_TRAINED, tiny_model)
+    _state.register_model("run 1", tiny_model)
     w = dock(em_viewer, "Predict")
-    assert w.model.value == _state.JUST_TRAINED
+    assert w.model.value == "run 1"
     image = em_viewer.layers["EM (ISBI 2012)"]
     w.image.value = image
     w.where.value = "whole stack"
@@ -105,7 +105,7 @@ def test_cancel_keeps_finished_tiles_and_says_so(em_viewer, qtbot, tiny_model, m
     slow = copy.deepcopy(tiny_model)
     fast_forward = slow.forward
     slow.forward = lambda x: (time.sleep(0.2), fast_forward(x))[1]  # 8 tiles of 0.2 s: time to cancel
-    _state.register_model(_state.JUST_TRAINED, slow)
+    _state.register_model("run 1", slow)
     msgs = []
     monkeypatch.setattr("napari.utils.notifications.show_info", msgs.append)
     w = dock(em_viewer, "Predict")

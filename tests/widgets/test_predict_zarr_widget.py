@@ -42,7 +42,7 @@ def test_predict_widget_fills_a_zarr_backed_layer_and_resumes(viewer, qtbot, em_
     path, vol = em_zarr
     [layer] = viewer.open(str(path), plugin="napari-unet")  # drag and drop of the folder
     assert layer.scale[-1] == pytest.approx(0.004) and layer.data.shape == vol.shape
-    _state.register_model(_state.JUST_TRAINED, tiny)
+    _state.register_model("run 1", tiny)
     w = dock(viewer, "Predict")
     w.image.value = layer
     w.device.value = "cpu"
@@ -69,7 +69,7 @@ def test_predict_widget_workers_write_into_the_container(viewer, qtbot, em_zarr,
 
     path, vol = em_zarr
     [layer] = viewer.open(str(path), plugin="napari-unet")
-    _state.register_model(_state.JUST_TRAINED, tiny)
+    _state.register_model("run 1", tiny)
     w = dock(viewer, "Predict")
     w.image.value = layer
     w.device.value = "cpu"
@@ -90,7 +90,7 @@ def test_workers_without_a_zarr_target_say_what_to_do(em_viewer, tiny, monkeypat
 
     errors = []
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
-    _state.register_model(_state.JUST_TRAINED, tiny)
+    _state.register_model("run 1", tiny)
     w = dock(em_viewer, "Predict")
     w.image.value = em_viewer.layers["EM (ISBI 2012)"]
     w.workers.value = 2

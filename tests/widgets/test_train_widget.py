@@ -57,7 +57,7 @@ def test_train_plots_loss_previews_and_keeps_gui_alive(em_viewer, qtbot, tmp_pat
     pv = em_viewer.layers["prediction preview"]
     assert pv.data.shape == (1, 256, 256) and pv.translate[0] == 2
     assert set(np.unique(pv.data)) <= {0, 1}
-    assert _state.JUST_TRAINED in _state.TRAINED_MODELS
+    assert _state.latest() in _state.TRAINED_MODELS
     assert "train" not in _state.RUNNING
     assert w.train_button.enabled and w.save_button.enabled
     saved = w._on_save(tmp_path / "em-tiny")
@@ -153,7 +153,7 @@ def test_widget_and_cli_train_the_same_model(em_viewer, qtbot, tmp_path):
     assert "start from em-membrane" in w.result.info.training["start"]
     from_widget = load_model(w._on_save(tmp_path / "widget"))
     # the next run (a correction round) weighs the model just trained against the shipped ones
-    assert any(c.endswith("just-trained.safetensors") for c in w.config().candidates)
+    assert any(c.endswith("run-1.safetensors") for c in w.config().candidates)
 
     image, labels = tmp_path / "image.tif", tmp_path / "labels.tif"
     tifffile.imwrite(image, em_viewer.layers["EM (ISBI 2012)"].data)
@@ -224,7 +224,7 @@ def test_export_for_bioimageio_after_training(em_viewer, qtbot, tmp_path, monkey
     assert w._on_export(tmp_path / "none.zip") is None
     assert "pip install 'napari-unet[bioimageio]'" in errors[-1]
     monkeypatch.undo()
-    worker = w._on_export(tmp_path / "mine.zip")
+    worker = w._on_export(tmp_path / "mine.zip", details={**w._export_defaults(), "authors": "A. Biologist"})
     assert w.export_worker is worker
     # the worker's finished signal comes after its returned one: the status is final and the thread done
     qtbot.waitUntil(lambda: w.export_worker is None, timeout=60_000)

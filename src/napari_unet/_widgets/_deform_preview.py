@@ -50,7 +50,7 @@ class DeformationWidget(Container):
         grid_lo, grid_hi = LIMITS["elastic_grid"]
         self.grid = Slider(label="grid points", min=grid_lo, max=grid_hi, value=TrainConfig.default("elastic_grid"))
         self.sigma = FloatSlider(
-            label="sigma (px)", min=0.0, max=40.0, step=0.5, value=TrainConfig.default("elastic_sigma")
+            label="deformation strength σ (px)", min=0.0, max=40.0, step=0.5, value=TrainConfig.default("elastic_sigma")
         )
         self.seed = Slider(label="seed", min=0, max=999, value=0)
         self.mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")

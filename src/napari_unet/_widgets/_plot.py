@@ -63,7 +63,9 @@ class LossPlot:
         self.val_steps: list[int] = []
         self.vals: list[float] = []
         self._throttle = Throttle(interval)
+        self.total: int | None = None  # the run's steps: the x axis ends there (None: a nice number past the last)
         self.painted = 0  # paints done (tests)
+        self.x_max = 1.0  # the x axis end of the last paint (tests)
         self.last_polyline: np.ndarray = np.zeros((0, 2))  # the loss points of the last paint, in pixels
 
     @property
@@ -72,6 +74,11 @@ class LossPlot:
 
     def clear(self) -> None:
         self.steps.clear(), self.losses.clear(), self.val_steps.clear(), self.vals.clear()
+        self.redraw(force=True)
+
+    def set_total(self, total: int | None) -> None:
+        """The coming run's length: the x axis runs 0..total (None: a live run, until Stop)."""
+        self.total = total
         self.redraw(force=True)
 
     def add_loss(self, step: int, loss: float) -> None:
@@ -90,7 +97,8 @@ class LossPlot:
 
     def _limits(self, finite: np.ndarray) -> tuple[float, tuple[float, float]]:
         """x: 0 to a nice number past the last step; y: the range of the ``finite`` losses, padded."""
-        x_max = nice_ceiling(max([*self.steps[-1:], *self.val_steps[-1:], 1]))
+        last = max([*self.steps[-1:], *self.val_steps[-1:], 1])
+        x_max = float(self.total) if self.total and self.total >= last else nice_ceiling(last)
         if not len(finite):
             return x_max, (0.0, 1.0)
         lo, hi = float(finite.min()), float(finite.max())
@@ -106,6 +114,8 @@ class LossPlot:
         ok = np.isfinite(ys)
         xs, ys = xs[ok], ys[ok]
         x_max, (y_lo, y_hi) = self._limits(ys)
+        self.x_max = x_max
+        validation = bool(self.vals)  # the right-hand 0-1 axis only once there is a validation IoU to read
         p = QPainter(widget)
         try:
             p.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -115,8 +125,10 @@ class LossPlot:
             fm = p.fontMetrics()
             text = widget.palette().windowText().color()
             w, h = widget.width(), widget.height()
-            left = fm.horizontalAdvance("0.0000") + 6
-            right = fm.horizontalAdvance("1.0") + 6
+            # the left margin fits the longest y label (a fixed width clipped "0.00123")
+            y_labels = (f"{y_hi:.3g}", f"{y_lo:.3g}")
+            left = max(fm.horizontalAdvance(t) for t in (*y_labels, "0.00")) + 6
+            right = fm.horizontalAdvance("1.0") + 6 if validation else 6
             top, bottom = fm.height() // 2 + 2, fm.height() + 6
             box = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
             p.setPen(QPen(text, 1))
@@ -125,24 +137,25 @@ class LossPlot:
             p.drawText(
                 QRectF(0, box.top() - fm.height() / 2, left - 3, fm.height()),
                 Qt.AlignmentFlag.AlignRight,
-                f"{y_hi:.3g}",
+                y_labels[0],
             )
             p.drawText(
                 QRectF(0, box.bottom() - fm.height() / 2, left - 3, fm.height()),
                 Qt.AlignmentFlag.AlignRight,
-                f"{y_lo:.3g}",
+                y_labels[1],
             )
             p.drawText(QRectF(box.left(), box.bottom() + 2, 60, fm.height()), Qt.AlignmentFlag.AlignLeft, "0")
             p.drawText(
                 QRectF(box.right() - 120, box.bottom() + 2, 120, fm.height()),
                 Qt.AlignmentFlag.AlignRight,
-                f"step {int(x_max)}",
+                f"step {x_max:g}",
             )
             p.drawText(QRectF(box.left() + 4, box.top() + 1, 60, fm.height()), Qt.AlignmentFlag.AlignLeft, "loss")
             orange = QColor(*VAL_COLOUR)
             p.setPen(QPen(orange, 1))
-            p.drawText(QRectF(box.right() + 3, box.top() - fm.height() / 2, right, fm.height()), 0, "1")
-            p.drawText(QRectF(box.right() + 3, box.bottom() - fm.height() / 2, right, fm.height()), 0, "0")
+            if validation:  # the validation IoU's 0-1 axis, only for a run that validates
+                p.drawText(QRectF(box.right() + 3, box.top() - fm.height() / 2, right, fm.height()), 0, "1")
+                p.drawText(QRectF(box.right() + 3, box.bottom() - fm.height() / 2, right, fm.height()), 0, "0")
             if self.vals:
                 p.drawText(
                     QRectF(box.right() - 84, box.top() + 1, 80, fm.height()), Qt.AlignmentFlag.AlignRight, "val IoU"

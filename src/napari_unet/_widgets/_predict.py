@@ -158,7 +158,9 @@ class PredictWidget(JobWidget, Container):
     def _model_choices(self, *_):
         from napari_unet.core.models.checkpoint import available_models
 
-        return [*_state.TRAINED_MODELS, *available_models(), MODEL_FILE]
+        # (label, value) pairs: this session's runs ("run 2 · 60 steps · ..."), shipped, earlier sessions' runs
+        shipped = [(name, name) for name in available_models()]
+        return [*_state.choices(True), *shipped, *_state.choices(False), (MODEL_FILE, MODEL_FILE)]
 
     def _on_close(self):
         _state.events.models_changed.disconnect(self._on_models_changed)
@@ -168,8 +170,8 @@ class PredictWidget(JobWidget, Container):
             return
         try:
             self.model.reset_choices()
-            if _state.JUST_TRAINED in _state.TRAINED_MODELS:
-                self.model.value = _state.JUST_TRAINED
+            if _state.latest() is not None:  # the run this session trained last
+                self.model.value = _state.latest()
         except RuntimeError:
             pass
 

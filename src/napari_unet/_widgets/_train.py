@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,16 @@ from ._layers import (
     show_plane,
     status_label,
 )
+from ._weights_preview import (
+    BALANCE_TEXT,
+    BALANCE_TIP,
+    BORDER_TEXT,
+    BORDER_TIP,
+    SIGMA_LABEL,
+    SIGMA_TIP,
+    W0_TIP,
+    weight_fields,
+)
 from ._workers import Job, JobWidget, error_text, warm_up_torch
 
 if TYPE_CHECKING:
@@ -50,6 +61,105 @@ def _recommended(device: str | None, start: str | None, given: dict | None = Non
     return resolve_settings(resolve_device(device or "auto").type, start, given)
 
 
+class StepClock:
+    """A steady ETA: the median time per step over the last ``window`` steps, none before ``first`` steps.
+
+    The first steps pay for warm-up (the first tiles, allocator, caches): a mean from step 1 once
+    promised 22 min for an 85 s run."""
+
+    def __init__(self, first: int = 5, window: int = 30):
+        self.first, self.window = first, window
+        self.times: list[tuple[int, float]] = []
+
+    def tick(self, step: int, elapsed: float) -> None:
+        self.times.append((step, elapsed))
+        del self.times[: -self.window - 1]
+
+    def per_step(self) -> float | None:
+        if len(self.times) <= self.first:
+            return None
+        (s0, t0), *rest = self.times
+        dts = [(t - tp) / max(s - sp, 1) for (sp, tp), (s, t) in zip(self.times, rest)]
+        return float(np.median(dts))
+
+    def eta(self, steps_left: int) -> str:
+        per = self.per_step()
+        if per is None:
+            return "…"
+        left = per * steps_left
+        return f"{left / 60:.1f} min" if left >= 60 else f"{left:.0f} s"
+
+
+def best_text(result) -> str:
+    """What "best" means for this run: the top validation IoU, else the lowest smoothed training loss."""
+    if result.val_history:
+        return f"best: step {result.best_step} (highest validation IoU, {result.best_metric:.3f})"
+    if result.best_step == result.steps_done:
+        return "kept: the last step's weights"
+    return f"best: step {result.best_step} (lowest smoothed training loss; no validation data)"
+
+
+# the ISBI 2012 EM sample's data citation (the plugin's EM sample): prefilled when exporting a model trained on it
+ISBI_CITATION = (
+    "Arganda-Carreras et al. (2015) Crowdsourcing the creation of image segmentation algorithms for "
+    "connectomics. doi:10.3389/fnana.2015.00142"
+)
+EXPORT_FIELDS = (
+    ("name", "name", "the package's name, as bioimage.io lists it"),
+    ("authors", "authors", "who made the model: names, comma-separated (required)"),
+    ("license", "licence", "SPDX id, e.g. CC-BY-4.0, MIT, BSD-3-Clause"),
+    ("cite", "data citation", "the training data's citation ending in doi:10... or a https:// address "
+     "(optional; the U-Net paper, Ronneberger et al. 2015, is always cited)"),
+    ("description", "description", "what the model segments, in one or two sentences (optional)"),
+)  # fmt: skip
+
+
+def export_arguments(model, details: dict) -> dict:
+    """export_package's keyword arguments (the CLI's too) from the export dialog's answers; ValueError
+    with what to fix."""
+    from dataclasses import replace as replace_info
+
+    from napari_unet.core.export.bioimageio import parse_citation
+
+    authors = [a.strip() for a in str(details.get("authors", "")).split(",") if a.strip()]
+    if not authors:
+        raise ValueError("export: give at least one author (your name; several separated by commas)")
+    cite = str(details.get("cite", "")).strip()
+    description = str(details.get("description", "")).strip()
+    if description and getattr(model, "info", None) is not None:
+        model = copy.copy(model)  # the kept run's own info stays as trained
+        model.info = replace_info(model.info, description=description)
+    return dict(
+        model=model,
+        authors=authors,
+        license=str(details.get("license") or "CC-BY-4.0").strip(),
+        name=str(details.get("name") or "").strip() or None,
+        cite=[parse_citation(cite)] if cite else None,
+    )
+
+
+def ask_export_details(parent, defaults: dict) -> dict | None:
+    """A small form for the package's name, authors, licence, citation and description (None: cancelled)."""
+    from qtpy.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLineEdit
+
+    dialog = QDialog(parent)
+    dialog.setWindowTitle("Export for bioimage.io")
+    form = QFormLayout(dialog)
+    edits = {}
+    for key, label, tip in EXPORT_FIELDS:
+        edits[key] = QLineEdit(str(defaults.get(key, "")))
+        edits[key].setToolTip(tip)
+        edits[key].setPlaceholderText(tip)
+        form.addRow(label, edits[key])
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    form.addRow(buttons)
+    if dialog.exec() != QDialog.DialogCode.Accepted:
+        return None
+    return {key: edit.text() for key, edit in edits.items()}
+
+
 class PairRow(Container):
     """One (image, labels) training pair."""
 
@@ -66,6 +176,7 @@ class TrainWidget(JobWidget, Container):
     """Pick image/labels pairs, a starting model and a few settings; train; watch; stop; save."""
 
     _unhook_strokes = None  # live mode: disconnects the stroke hooks (set by _watch_strokes)
+    run_name: str | None = None  # the name this widget's last run is kept under ("run 2")
 
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__()
@@ -108,7 +219,8 @@ class TrainWidget(JobWidget, Container):
             "all when it gets 30% or less of one class right (then it contradicts them). Off: plain "
             "fine-tuning (the paper's)",
         )
-        self.label_mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
+        shared = _state.weights()  # eq. 2's settings, shown (and edited) by the Weight map preview too
+        self.label_mode = ComboBox(label="label mode", choices=["instance", "semantic"], value=shared.label_mode)
 
         d = {k: setting.shown for k, setting in _recommended("auto", AUTO).items()}
 
@@ -130,23 +242,17 @@ class TrainWidget(JobWidget, Container):
         self.show_advanced = CheckBox(text="advanced settings", value=False)
         self.optimizer = ComboBox(label="optimizer", choices=["adam", "sgd"], value=d["optimizer"])
         self.batch_size = SpinBox(label="batch size", **limits("batch_size"))
-        self.w0 = FloatSpinBox(
-            label="border w0",
-            **limits("w0"),
-            tooltip="eq. 2: weight of the gaps between touching objects (paper 10); follows the Weight map preview",
-        )
-        self.sigma = FloatSpinBox(
-            label="border sigma (px)",
-            **limits("sigma"),
-            tooltip="eq. 2: width of the border weight (paper 5 px); follows the Weight map preview",
-        )
+        self.w0 = FloatSpinBox(label="border w0", **{**limits("w0"), "value": shared.w0}, tooltip=W0_TIP)
+        self.sigma = FloatSpinBox(label=SIGMA_LABEL, **{**limits("sigma"), "value": shared.sigma}, tooltip=SIGMA_TIP)
+        self.class_balance = CheckBox(text=BALANCE_TEXT, value=shared.class_balance, tooltip=BALANCE_TIP)
+        self.border = CheckBox(text=BORDER_TEXT, value=shared.border, tooltip=BORDER_TIP)
         self.elastic_grid = SpinBox(
             label="deformation grid",
             **limits("elastic_grid"),
             tooltip="elastic deformation: control points per side (paper 3 x 3)",
         )
         self.elastic_sigma = FloatSpinBox(
-            label="deformation sigma (px)",
+            label="deformation strength σ (px)",
             **limits("elastic_sigma"),
             tooltip="elastic deformation: std of the control-point displacements "
             "(paper 10 px); lower it if the Deformation preview tears labels",
@@ -170,6 +276,8 @@ class TrainWidget(JobWidget, Container):
                 self.batch_size,
                 self.w0,
                 self.sigma,
+                self.class_balance,
+                self.border,
                 self.elastic_grid,
                 self.elastic_sigma,
                 self.depth,
@@ -192,6 +300,14 @@ class TrainWidget(JobWidget, Container):
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.save_button = PushButton(text="Save model…", enabled=False)
+        # every run is kept (and saved to the user folder, _state.models_dir); Save / Export act on this one
+        self.saved_model = ComboBox(
+            label="model",
+            choices=self._model_choices,
+            nullable=True,
+            tooltip="the runs of this session and the earlier ones (each saved as it ends to "
+            f"{_state.models_dir()}); Save model… and Export act on this one",
+        )
         self.export_button = PushButton(
             text="Export for bioimage.io…",
             enabled=False,
@@ -204,6 +320,9 @@ class TrainWidget(JobWidget, Container):
         run_row.margins = (0, 0, 0, 0)
         self.status = status_label("idle")
         self.status.native.setWordWrap(True)
+        # where this run starts from and why (auto start): stays until the next run
+        self.start_reason = status_label("")
+        self.start_reason.native.setWordWrap(True)
 
         self.extend(
             [
@@ -221,8 +340,10 @@ class TrainWidget(JobWidget, Container):
                 self.show_advanced,
                 self.advanced,
                 run_row,
+                self.saved_model,
                 self.export_button,
                 self.status,
+                self.start_reason,
             ]
         )
         from ._plot import LossPlot
@@ -235,6 +356,8 @@ class TrainWidget(JobWidget, Container):
         self.result = None
         self.last_event = None
         self.last_live = ""  # live mode: what the last strokes painted during the run did
+        self.clock = StepClock()
+        self.export_details: dict | None = None  # what the last export was asked (author...), offered again
         self._on_add_pair()
 
         self.add_pair.changed.connect(self._on_add_pair)
@@ -246,14 +369,19 @@ class TrainWidget(JobWidget, Container):
         self.pretrained.changed.connect(self._follow_start_depth)
         self.checkpoint.changed.connect(self._follow_start_depth)
         _state.events.weights_changed.connect(self._on_weights_changed)
+        for w in (self.label_mode, self.w0, self.sigma, self.class_balance, self.border):
+            w.changed.connect(self._share_weights)
         self.train_button.changed.connect(self._on_train)
         self.stop_button.changed.connect(self._on_stop)
         self.save_button.changed.connect(lambda *_: self._on_save())
         self.export_button.changed.connect(lambda *_: self._on_export())
+        self.saved_model.changed.connect(lambda *_: self._enable_model_buttons())
+        _state.events.models_changed.connect(self._on_models_changed)
         follow_layers(viewer, self)
         fit_dock(self)  # scrolls in its dock, tabs with the plugin's other docks
         self._stop_on_close()
         self._on_start_changed(self.start.value)
+        self._enable_model_buttons(False)  # runs saved by earlier sessions can be saved / exported at once
 
     # ------------------------------------------------------------------ settings
 
@@ -285,11 +413,53 @@ class TrainWidget(JobWidget, Container):
     def _on_close(self):
         self._stop_watching()
         _state.events.weights_changed.disconnect(self._on_weights_changed)
+        _state.events.models_changed.disconnect(self._on_models_changed)
 
-    def _on_weights_changed(self, w0: float, sigma: float):
-        """The Weight map preview's w0 / sigma: what the user looked at is what training uses."""
-        if not self._closed:
-            self.w0.value, self.sigma.value = w0, sigma
+    def _model_choices(self, *_):
+        return _state.choices()
+
+    def _on_models_changed(self):
+        """A run was kept: list it, and choose the newest run of this session."""
+        if self._closed:
+            return
+        try:
+            self.saved_model.reset_choices()
+            if _state.latest() is not None:
+                self.saved_model.value = _state.latest()
+        except RuntimeError:  # the dock's Qt widgets are gone
+            pass
+        self._enable_model_buttons()
+
+    def _enable_model_buttons(self, running: bool | None = None):
+        """Save / Export act on the chosen run, once no run is training."""
+        if running is None:
+            running = not self.train_button.enabled  # the run's state as _set_running last showed it
+        ok = not running and self.saved_model.value is not None
+        self.save_button.enabled = self.export_button.enabled = ok
+
+    def _on_weights_changed(self):
+        """The Weight map preview changed a shared setting: what the user looked at is what training uses."""
+        if self._closed:
+            return
+        shared, self._following = _state.weights(), True  # not shared back half-updated
+        try:
+            self.w0.value, self.sigma.value, self.label_mode.value = shared.w0, shared.sigma, shared.label_mode
+            self.class_balance.value, self.border.value = shared.class_balance, shared.border
+        finally:
+            self._following = False
+
+    _following = False  # showing the shared settings, not editing them
+
+    def _share_weights(self, *_):
+        if self._following:
+            return
+        _state.set_weights(
+            w0=float(self.w0.value),
+            sigma=float(self.sigma.value),
+            class_balance=bool(self.class_balance.value),
+            border=bool(self.border.value),
+            label_mode=self.label_mode.value,
+        )
 
     def _on_depth_changed(self, *_):
         """Valid input tiles of a depth-d net are ``2**d`` apart: the tile box steps by that."""
@@ -344,12 +514,13 @@ class TrainWidget(JobWidget, Container):
         if self.start.value == AUTO:
             init = AUTO_START
             # besides the shipped models: the checkpoint file, if chosen, and the models trained in this
-            # session (a correction round starts from the model it corrects when that agrees best)
+            # session (a correction round starts from the model it corrects when that agrees best; earlier
+            # sessions' runs are not scored: each candidate costs seconds)
             path = Path(str(self.checkpoint.value))
             if path.is_file():
                 read_info(path)  # a damaged file is refused now, not after the shipped models were scored
             candidates = ((str(path),) if path.is_file() else ()) + tuple(
-                str(_state.model_file(name)) for name in _state.TRAINED_MODELS
+                str(_state.model_file(name)) for _, name in _state.choices(session=True)
             )
         elif self.start.value == PRETRAINED:
             init = self.pretrained.value or None
@@ -366,9 +537,7 @@ class TrainWidget(JobWidget, Container):
         return TrainConfig(
             depth=int(self.depth.value),
             base_channels=int(self.base_channels.value),
-            label_mode=self.label_mode.value,
-            w0=float(self.w0.value),
-            sigma=float(self.sigma.value),
+            **weight_fields(_state.weights()),
             optimizer=self.optimizer.value,
             elastic_grid=int(self.elastic_grid.value),
             elastic_sigma=float(self.elastic_sigma.value),
@@ -460,6 +629,9 @@ class TrainWidget(JobWidget, Container):
         job = Job("train")
         self.result = None
         self.plot.clear()
+        self.plot.set_total(None if self.live.value else config.steps)
+        self.clock = StepClock()
+        self.start_reason.value = ""
         feed = None
         if self.live.value:
             config = replace(config, steps=LIVE_STEPS)  # until Stop
@@ -485,17 +657,26 @@ class TrainWidget(JobWidget, Container):
             return
         if ev.kind != "crashed":  # a crashed event's traceback holds the whole training frame
             self.last_event = ev
-        if ev.kind == "start":
+        if ev.kind == "scoring":
+            # the auto start scores each candidate model on the strokes (seconds each): say which
+            self.status.value = f"{ev.message}…"
+            if self.progress is not None:
+                self.progress.set_description(f"U-Net training: {ev.message}")
+        elif ev.kind == "start":
             from napari.utils.notifications import show_info, show_warning
 
-            self.status.value = ev.message
+            self.status.value = "training…"
+            self.start_reason.value = ev.message
+            if self.progress is not None:
+                self.progress.set_description("U-Net training")
             show_info(ev.message)
             if ev.warning:
                 show_warning(ev.warning)
         elif ev.kind == "step":
             self.plot.add_loss(ev.step, ev.loss)
-            eta = f"{ev.eta / 60:.1f} min" if ev.eta >= 60 else f"{ev.eta:.0f} s"
+            self.clock.tick(ev.step, ev.elapsed)
             ok = f" · painted px right {ev.agreement:.2f}" if ev.agreement is not None else ""
+            eta = self.clock.eta(ev.total - ev.step)
             self.status.value = f"step {ev.step}/{ev.total} · loss {ev.loss:.4f}{ok} · ETA {eta} · {ev.device}"
             # last: napari's progress bar may process queued events (even our finished slot)
             if self.progress is not None and ev.step > self.progress.n:
@@ -509,8 +690,7 @@ class TrainWidget(JobWidget, Container):
         elif ev.kind == "crashed" and ev.result is not None:
             # the error itself arrives next (errored); keep the weights trained until now
             self.result = ev.result
-            _state.register_model(_state.JUST_TRAINED, ev.result.best_model())
-            self.save_button.enabled = self.export_button.enabled = True
+            self.run_name = self._keep_run(ev.result, ev.agreement)
         elif ev.kind == "preview" and ev.preview is not None:
             self._show_preview(np.asarray(ev.preview), ev.preview_where[1])
 
@@ -526,18 +706,26 @@ class TrainWidget(JobWidget, Container):
         if self._closed:
             return
         self.result = result
-        _state.register_model(_state.JUST_TRAINED, result.best_model())
-        self.save_button.enabled = self.export_button.enabled = True
+        agreement = self.last_event.agreement if self.last_event is not None else None
+        self.run_name = name = self._keep_run(result, agreement)
         self.plot.redraw(force=True)
-        best = f"best step {result.best_step}" + (f" (val IoU {result.best_metric:.3f})" if result.val_history else "")
         self.status.value = (
-            f"{result.state.value} after {result.steps_done} steps; {best}. "
-            f"Use it in Predict ('{_state.JUST_TRAINED}') or Save model."
+            f"{result.state.value} after {result.steps_done} steps; {best_text(result)}. Kept as '{name}' "
+            f"(saved in {_state.models_dir()}): choose it in Predict, or Save model…"
         )
-        show_info(
-            f"training {result.state.value} after {result.steps_done} steps; the model is available in "
-            f"Predict as '{_state.JUST_TRAINED}'"
-        )
+        show_info(f"training {result.state.value} after {result.steps_done} steps; kept as '{name}' (Predict lists it)")
+
+    def _keep_run(self, result, agreement: float | None) -> str:
+        """Keep the run's best weights as "run N" (listed in Predict and here, and saved to the user folder)."""
+        from napari.utils.notifications import show_warning
+
+        val = result.best_metric if result.val_history else None
+        summary = _state.describe(result.steps_done, val_iou=val, agreement=agreement)
+        try:
+            return _state.register_run(result.best_model(), summary, result)
+        except OSError as e:
+            show_warning(f"the run is kept for this session only: could not save it to {_state.models_dir()}: {e}")
+            return _state.latest()
 
     def _on_error(self, exc):
         from napari.utils.notifications import show_error
@@ -548,8 +736,8 @@ class TrainWidget(JobWidget, Container):
         kept = ""
         if self.result is not None and self.result.state.value == "crashed":
             kept = (
-                f" The weights of the {self.result.steps_done} steps before the crash are kept: "
-                f"Save model, or use '{_state.JUST_TRAINED}' in Predict."
+                f" The weights of the {self.result.steps_done} steps before the crash are kept as "
+                f"'{self.run_name}': Save model, or choose it in Predict."
             )
         self.status.value = f"crashed: {error_text(exc)}.{kept}"
         show_error(f"training failed: {error_text(exc)}.{kept}")
@@ -560,18 +748,35 @@ class TrainWidget(JobWidget, Container):
             self.job.stop()
             self.status.value = "stopping after the current step…"
 
-    def _on_save(self, path=None):
-        """Save the trained model (best weights); asks for a file when ``path`` is None."""
-        from napari.utils.notifications import show_error, show_info, show_warning
+    def _chosen_model(self):
+        """The run chosen in the model box (its best weights), or None with a warning."""
+        from napari.utils.notifications import show_error, show_warning
 
-        if self.result is None:
+        name = self.saved_model.value
+        if name is None or name not in _state.TRAINED_MODELS:
             show_warning("no trained model yet: train first (or wait for training to stop)")
+            return None
+        try:
+            return _state.TRAINED_MODELS[name]
+        except (OSError, ValueError) as e:  # a saved run's file went missing or was damaged
+            show_error(f"could not load {name!r}: {e}")
+            return None
+
+    def _on_save(self, path=None):
+        """Save the chosen run (best weights); asks for a file when ``path`` is None."""
+        from napari.utils.notifications import show_error, show_info
+
+        from napari_unet.core.models.checkpoint import save_model
+
+        model = self._chosen_model()
+        if model is None:
             return None
         if path is None:
             from qtpy.QtWidgets import QFileDialog
 
+            default = f"unet-{str(self.saved_model.value).replace(' ', '-')}.safetensors"
             path, _ = QFileDialog.getSaveFileName(
-                self.native, "Save U-Net model", "unet.safetensors", "U-Net model (*.safetensors)"
+                self.native, "Save U-Net model", default, "U-Net model (*.safetensors)"
             )
             if not path:
                 return None
@@ -579,7 +784,7 @@ class TrainWidget(JobWidget, Container):
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         try:
-            out = self.result.save(path)
+            out = save_model(path, model)
         except OSError as e:
             show_error(f"could not save the model to {path}: {e}; choose another folder")
             return None
@@ -648,15 +853,16 @@ class TrainWidget(JobWidget, Container):
 
         return feed
 
-    def _on_export(self, path=None):
-        """Export the trained model (best weights) as a bioimage.io package; asks for a file when ``path`` is
-        None. The export runs in a thread (a few seconds); returns the worker, or None."""
+    def _on_export(self, path=None, details: dict | None = None):
+        """Export the chosen run (best weights) as a bioimage.io package; asks for a file when ``path`` is
+        None and for its details (name, authors, licence, citation, description: :func:`ask_export_details`)
+        when ``details`` is None. The export runs in a thread (a few seconds); returns the worker, or None."""
         from napari.utils.notifications import show_error, show_info, show_warning
 
         from napari_unet.core.export import bioimageio
 
-        if self.result is None:
-            show_warning("no trained model yet: train first (or wait for training to stop)")
+        model = self._chosen_model()
+        if model is None:
             return None
         if not bioimageio.available():
             show_error(f"Export for bioimage.io needs the bioimageio extra; install it with: {bioimageio.INSTALL_HINT}")
@@ -680,31 +886,33 @@ class TrainWidget(JobWidget, Container):
             )
             if not path:
                 return None
+        if details is None:
+            details = ask_export_details(self.native, self._export_defaults())
+            if details is None:
+                return None
+        try:
+            kwargs = export_arguments(model, details)
+        except ValueError as e:
+            show_error(str(e))
+            return None
+        self.export_details = details
         from napari.qt.threading import create_worker
 
-        model = self.result.best_model()
         self.status.value = "exporting for bioimage.io…"
         self.export_button.enabled = False
 
         def done(out):
-            self.export_button.enabled = self.result is not None
+            self._enable_model_buttons()
             self.status.value = f"bioimage.io package written: {out}"
             show_info(f"bioimage.io package written to {out}")
 
         def failed(exc):
-            self.export_button.enabled = self.result is not None
+            self._enable_model_buttons()
             self.status.value = f"export failed: {error_text(exc)}"
             show_error(f"export failed: {error_text(exc)}")
 
-        import getpass
-
         worker = create_worker(
-            bioimageio.export_package,
-            model,
-            Path(path),
-            sample=data,
-            authors=[getpass.getuser() or "napari-unet user"],
-            _start_thread=False,
+            bioimageio.export_package, kwargs.pop("model"), Path(path), sample=data, _start_thread=False, **kwargs
         )
 
         def finished():
@@ -717,10 +925,20 @@ class TrainWidget(JobWidget, Container):
         worker.start()
         return worker
 
+    def _export_defaults(self) -> dict:
+        """What the export dialog starts with: the last export's answers, else the run's name, no author
+        (the login name is not an author's name), CC-BY-4.0 and the data citation of a shipped sample."""
+        if self.export_details is not None:
+            return {**self.export_details, "name": f"U-Net {self.saved_model.value}"}
+        image = self.pairs[0].image.value if self.pairs else None
+        cite = ""
+        if image is not None and image.name.startswith("EM (ISBI 2012)"):
+            cite = ISBI_CITATION
+        return dict(name=f"U-Net {self.saved_model.value}", authors="", license="CC-BY-4.0", cite=cite, description="")
+
     def _set_running(self, running: bool):
         if not running:
             self._stop_watching()
         self.train_button.enabled = not running
         self.stop_button.enabled = running
-        self.save_button.enabled = (not running) and self.result is not None
-        self.export_button.enabled = self.save_button.enabled
+        self._enable_model_buttons(running)

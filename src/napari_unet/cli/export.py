@@ -14,16 +14,10 @@ _SHIPPED_SAMPLES = {"em-membrane": "load_em_sample", "nuclei": "load_nuclei_samp
 
 
 def _parse_cite(text: str) -> dict:
-    """'Author et al. (2020) Title. doi:10.1/x' or '... https://...' -> a bioimage.io citation."""
-    import re
+    """A --cite value as a bioimage.io citation (core's parser, which the Train widget uses too)."""
+    from ..core.export.bioimageio import parse_citation
 
-    m = re.search(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)(10\.\S+)\s*$", text)
-    if m:
-        return {"text": text[: m.start()].strip().rstrip(".,;") or text, "doi": m.group(1).rstrip(".")}
-    m = re.search(r"(https?://\S+)\s*$", text)
-    if m:
-        return {"text": text[: m.start()].strip().rstrip(".,;") or text, "url": m.group(1)}
-    raise ValueError(f"--cite {text!r}: end it with doi:10.xxx/... or a https:// address (bioimage.io needs one)")
+    return parse_citation(text, what="--cite")
 
 
 def add_parser(subparsers) -> None:

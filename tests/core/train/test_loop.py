@@ -304,3 +304,20 @@ def test_live_feed_adds_strokes_without_a_restart(em_sample):
     assert len(live) == 1 and live[0].message.startswith("1 painted slice(s) joined")
     assert live[0].step >= 2 and result.state is TrainState.DONE and result.steps_done == 6
     assert result.info.training["n_train_slices"] == 1  # counted at the start; the live slice joined later
+
+
+def test_auto_start_yields_a_scoring_event_per_candidate_before_start(nuclei):
+    """init='auto' scores every candidate for seconds: each one is announced, then 'start' says the pick."""
+    from napari_unet.core.train import start
+
+    img, lab = nuclei
+    cfg = TrainConfig(
+        label_mode="instance", init="auto", keep_prior=None, lr=None, steps=1, tile_in=316, base_channels=8
+    )
+    events, _ = drain(iter_train(cfg, img[0], lab[0]))
+    kinds = [e.kind for e in events]
+    n = len(start.default_candidates())
+    assert kinds[:n] == ["scoring"] * n and kinds[n] == "start"
+    scoring = events[:n]
+    assert [e.step for e in scoring] == list(range(n)) and {e.total for e in scoring} == {n}
+    assert scoring[0].message.startswith(f"scoring start 1/{n}: ") and scoring[-1].message.endswith("scratch")

@@ -193,3 +193,22 @@ def test_training_config_chooses_how_partly_painted_objects_teach():
         [(image, lab)], TrainConfig(border_class=True, partial_objects=False), 3, 1, None, weights=False
     )
     assert (new.target[4:6, 12:18] == ANY_OBJECT).all() and (old.target[4:6, 12:18] == 1).all()
+
+
+def test_slice_weights_is_what_training_weighs_sparse_and_dense_slices_with():
+    """The Weight map preview's function: class balance on densely painted slices only, as weigh() does."""
+    from napari_unet.core.train.config import TrainConfig
+    from napari_unet.core.train.sampling import DENSE, prepare_slices, slice_weights
+
+    sparse = np.zeros((64, 64), np.int32)
+    sparse[10:13, 5:60], sparse[30:33, 5:60] = 1, 2
+    dense = np.ones((64, 64), np.int32)
+    dense[20:40, 20:40] = 2
+    cfg = TrainConfig(label_mode="instance")
+    image = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    slices = prepare_slices([(image, np.stack([sparse, dense]))], cfg, 2, 1, None)
+    assert slices[0].n_annotated < DENSE * sparse.size <= slices[1].n_annotated
+    for s, lab in zip(slices, (sparse, dense)):
+        np.testing.assert_array_equal(slice_weights(lab, cfg), s.weights)
+    np.testing.assert_array_equal(slice_weights(sparse, cfg), weight_map(sparse, class_balance=False))
+    np.testing.assert_array_equal(slice_weights(dense, cfg), weight_map(dense, class_balance=True).astype(np.float32))

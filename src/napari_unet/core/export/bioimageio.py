@@ -62,6 +62,7 @@ __all__ = [
     "available",
     "DATA_CITATIONS",
     "UNET_PAPER",
+    "parse_citation",
     "cover_image",
     "expected_output",
     "export_package",
@@ -280,6 +281,20 @@ def _zoom_note(model: UNet) -> str:
         f"you; in other tools, resample your images by x{z:.3g} before the model and the result back by "
         f"x{1 / z:.3g}, else objects are at the wrong size for it\n"
     )
+
+
+def parse_citation(text: str, what: str = "citation") -> dict:
+    """'Author et al. (2020) Title. doi:10.1/x' or '... https://...' -> a bioimage.io citation
+    (the CLI's --cite and the Train widget's export citation)."""
+    import re
+
+    m = re.search(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)(10\.\S+)\s*$", text)
+    if m:
+        return {"text": text[: m.start()].strip().rstrip(".,;") or text, "doi": m.group(1).rstrip(".")}
+    m = re.search(r"(https?://\S+)\s*$", text)
+    if m:
+        return {"text": text[: m.start()].strip().rstrip(".,;") or text, "url": m.group(1)}
+    raise ValueError(f"{what} {text!r}: end it with doi:10.xxx/... or a https:// address (bioimage.io needs one)")
 
 
 def export_package(

@@ -31,8 +31,9 @@ class TrainEvent:
     """One step (or validation / preview pass) of :func:`~napari_unet.core.train.loop.iter_train`."""
 
     # 'start': init='auto' chose where to start (``message`` says which and why), before any step
+    # 'scoring': init='auto' is scoring candidate ``step + 1`` of ``total`` (``message`` names it), before 'start'
     # 'live': strokes painted during the run reached the training data (``message`` says how many slices)
-    kind: Literal["start", "step", "validation", "preview", "live", "finished", "crashed"]
+    kind: Literal["scoring", "start", "step", "validation", "preview", "live", "finished", "crashed"]
     step: int
     total: int
     loss: float

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ def iter_train(
         a restart; an event of kind 'live' says how many, and the preview moves to the slice painted last.
     """
     run = _Run(time.perf_counter(), preview)
-    choice = run.choose_start(config, as_pairs(images, labels), channel_axis)
+    choice = yield from run.choose_start(config, as_pairs(images, labels), channel_axis)
     run.build_model(choice)
     run.prepare_data(val_images, val_labels)
     yield run.settle_start(choice)
@@ -130,12 +131,16 @@ class _Run:
 
     # ------------------------------------------------------------------ before the first step
 
-    def choose_start(self, config: TrainConfig, pairs, channel_axis) -> start.StartChoice | None:
-        """init='auto': the start that fits the strokes (scored before the run is seeded); the config with
-        its start model, border class and rate decided."""
+    def choose_start(
+        self, config: TrainConfig, pairs, channel_axis
+    ) -> Generator[TrainEvent, None, start.StartChoice | None]:
+        """init='auto': the start that fits the strokes (scored before the run is seeded, a 'scoring' event
+        per candidate); the config with its start model, border class and rate decided."""
         self.pairs, self.channel_axis = pairs, channel_axis
         self.in_channels = 1 if channel_axis is None else int(np.shape(pairs[0][0])[channel_axis])
-        choice = _choose_start(config, pairs, self.in_channels, channel_axis) if config.init == AUTO else None
+        choice = None
+        if config.init == AUTO:
+            choice = yield from _choose_start(config, pairs, self.in_channels, channel_axis, self.t_start)
         if choice is not None:
             config = replace(config, init=None if choice.name == start.SCRATCH else choice.name)
         config = config.settled()
@@ -568,8 +573,14 @@ def _n_classes(config: TrainConfig, pairs) -> int:
     return n_classes_for("instance", border_class=config.border_class)
 
 
-def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) -> start.StartChoice:
-    """init='auto': score every candidate start on the painted pixels (no training) and pick one."""
+def _choose_start(
+    config: TrainConfig, pairs, in_channels: int, channel_axis, t_start: float
+) -> Generator[TrainEvent, None, start.StartChoice]:
+    """init='auto': score every candidate start on the painted pixels (no training) and pick one.
+
+    Scoring takes 5-20 s on a CPU (each candidate predicts the painted crops): a 'scoring' event before
+    each candidate says which one (``step`` = candidates scored, ``total`` = candidates) so a GUI can show
+    progress."""
     # a broken file of the user's is reported before the shipped models are scored (and each file is read once)
     loaded = {name: _load_candidate(name) for name in config.candidates}
     # agreement collapses a border class into its object; the slices as painted (each candidate zooms them)
@@ -578,7 +589,12 @@ def _choose_start(config: TrainConfig, pairs, in_channels: int, channel_axis) ->
     slices = prepare_slices(pairs, quick, n_classes, in_channels, channel_axis, weights=False)
     signature = start.domain_signature(s.image for s in slices)
     scored = []
-    for name in start.default_candidates(config.candidates):
+    names = start.default_candidates(config.candidates)
+    for i, name in enumerate(names):
+        message = f"scoring start {i + 1}/{len(names)}: {Path(name).stem if name != start.SCRATCH else name}"
+        yield TrainEvent(
+            "scoring", i, len(names), float("nan"), float("nan"), time.perf_counter() - t_start, 0.0, message=message
+        )
         if name == start.SCRATCH:
             scored.append(start.Candidate(name))
             continue

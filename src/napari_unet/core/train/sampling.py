@@ -21,7 +21,7 @@ from ..data.zoom import zoom_labels, zoom_plane
 from . import augment as aug
 from .weights import weight_map
 
-__all__ = ["DENSE", "TrainSlice", "as_pairs", "crop_tile", "prepare_slices", "sample_batch", "weigh"]
+__all__ = ["DENSE", "TrainSlice", "as_pairs", "crop_tile", "prepare_slices", "sample_batch", "slice_weights", "weigh"]
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -114,19 +114,38 @@ def prepare_slices(
 def weigh(slices: list[TrainSlice], config: TrainConfig) -> None:
     """Each slice's eq. 2 weight map, in place (``config.class_balance`` / ``border_weights`` decided)."""
     for s in slices:
-        dense = config.zero_is_background or s.n_annotated >= DENSE * s.labels.size
-        # class balance over background / object, border-class pixels counting as object: the recipe
-        # the shipped nuclei model was trained with (balancing the 1 px border on its own would weigh
-        # it ~10x; not measured, so not changed)
-        s.weights = weight_map(
-            s.labels,
-            w0=config.w0,
-            sigma=config.sigma,
+        s.weights = slice_weights(s.labels, config, n_annotated=s.n_annotated)
+
+
+def slice_weights(labels: np.ndarray, config: TrainConfig, *, n_annotated: int | None = None) -> np.ndarray:
+    """The eq. 2 weight map (float32) training uses for one painted slice ``labels`` under ``config``.
+
+    Class balance applies only to densely painted slices (:data:`DENSE`) and when ``config.class_balance``
+    is not False (None, not decided by a start yet, counts as the paper's: on); the border term unless
+    ``config.border_weights`` is False. ``n_annotated``: the slice's annotated pixels (its targets'), counted
+    here when not given. The Weight map preview calls this, so it shows what training weighs."""
+    if n_annotated is None:
+        target = targets_from_labels(
+            labels,
             mode=config.label_mode,
             zero_is_background=config.zero_is_background,
-            class_balance=config.class_balance is not False and dense,  # None (unresolved): the paper
-            border=config.border_weights is not False,
-        ).astype(np.float32)
+            border_class=config.border_class,
+            partial_objects=config.partial_objects,
+        )
+        n_annotated = int(np.count_nonzero(target != IGNORE))
+    dense = config.zero_is_background or n_annotated >= DENSE * labels.size
+    # class balance over background / object, border-class pixels counting as object: the recipe
+    # the shipped nuclei model was trained with (balancing the 1 px border on its own would weigh
+    # it ~10x; not measured, so not changed)
+    return weight_map(
+        labels,
+        w0=config.w0,
+        sigma=config.sigma,
+        mode=config.label_mode,
+        zero_is_background=config.zero_is_background,
+        class_balance=config.class_balance is not False and dense,  # None (unresolved): the paper
+        border=config.border_weights is not False,
+    ).astype(np.float32)
 
 
 def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
