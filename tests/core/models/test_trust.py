@@ -9,6 +9,7 @@ subprocess loading every crafted file stays under 1 GB of memory. With trust the
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -41,6 +42,15 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _collect_package_readers():
+    """bioimageio.spec leaves package readers open; collect them inside this module's warning filters, not later
+    in an unrelated test."""
+    yield
+    gc.collect()
+
 
 CODE = "tiny_unet.py"  # the foreign package's architecture source
 
@@ -276,7 +286,8 @@ def test_crafted_files_are_refused(crafted, case, match):
 
 
 def test_crafted_files_stay_within_memory(crafted, tmp_path):
-    """One process loads every crafted file: each refused, and the process stays under 1 GB (ru_maxrss).
+    """One process loads every crafted file: each refused, and the process stays under 1 GB (its own VmHWM: its
+    ru_maxrss also counts this pytest process's RSS at the fork).
     The times are printed (`pytest -s`), not asserted."""
     script = (
         "import resource, sys, time\n"
@@ -289,7 +300,8 @@ def test_crafted_files_stay_within_memory(crafted, tmp_path):
         "        print('LOADED', path)\n"
         "    except PackageError as e:\n"
         "        print(f'{time.perf_counter() - t:.2f} s', path, str(e)[:80])\n"
-        "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "import re\n"
+        "print('MAXRSS_KB', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     run = subprocess.run(
@@ -307,7 +319,10 @@ def test_own_normalisation_damaged_is_refused(tmp_path):
     from napari_unet.core.network.unet import UNet
 
     net = UNet(depth=2, base_channels=4, n_classes=2)
-    for norm, match in (("percentile", "not a mapping"), ({"method": "zscore"}, "unknown normalisation 'zscore'")):
+    for norm, match in (
+        ("percentile", "normalization is not what napari-unet writes|not a mapping"),
+        ({"method": "zscore"}, "unknown normalisation 'zscore'"),
+    ):
         f = save_model(tmp_path / "m", net)
         from safetensors.torch import load_file, save_file
 
