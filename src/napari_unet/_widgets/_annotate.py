@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton
+from magicgui.widgets import Container, Label, PushButton
 
-from ._layers import check_image_layer, follow_layers, layer_choices
+from ._layers import check_image_layer, follow_layers, layer_picker
 
 if TYPE_CHECKING:
     import napari
@@ -30,7 +30,7 @@ class AnnotateWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__(labels=False)
         self.viewer = viewer
-        self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"))
+        self.image = layer_picker(viewer, "image", inputs=True, label="image")
         self.new_labels = PushButton(text="New training labels")
         self.help = Label(value=CONVENTION)
         self.help.native.setWordWrap(True)

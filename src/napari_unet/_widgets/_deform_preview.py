@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Slider
 
-from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_plane, show_weight_map, status_label
+from ._layers import Debounce, current_plane, follow_layers, layer_picker, show_plane, show_weight_map, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -30,8 +30,8 @@ class DeformationWidget(Container):
         from napari_unet.core.train.config import LIMITS, TrainConfig
 
         self.viewer = viewer
-        self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
-        self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
+        self.image = layer_picker(viewer, "image", inputs=True, label="image")
+        self.labels = layer_picker(viewer, "labels", inputs=True, label="labels")
         grid_lo, grid_hi = LIMITS["elastic_grid"]
         self.grid = Slider(label="grid points", min=grid_lo, max=grid_hi, value=TrainConfig.default("elastic_grid"))
         self.sigma = FloatSlider(

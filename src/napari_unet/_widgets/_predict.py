@@ -20,7 +20,7 @@ from ._layers import (
     check_image_layer,
     current_index,
     follow_layers,
-    layer_choices,
+    layer_picker,
     layer_pixels,
     n_channels,
     status_label,
@@ -53,7 +53,7 @@ class PredictWidget(JobWidget, Container):
         self.model_file = FileEdit(
             label="model file", mode="r", filter="*.safetensors *.zip rdf.yaml *.bioimageio.yaml", visible=False
         )
-        self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
+        self.image = layer_picker(viewer, "image", inputs=True, label="image")
         self.channels = channel_select(viewer, label="+ channels")
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="semantic labels")
         self.where = ComboBox(label="predict", choices=[CURRENT, STACK], value=CURRENT)
@@ -496,7 +496,13 @@ class PredictWidget(JobWidget, Container):
         where = (slice(None),) if self.predicted_slices is None else (self.predicted_slices,)
         lab[where] = pred[where].astype(np.uint32) + 1
         # a second press makes another layer (napari numbers the name): earlier corrections are never replaced
-        new = self.viewer.add_labels(lab, name=f"{layer.name} to correct", scale=layer.scale, translate=layer.translate)
+        new = self.viewer.add_labels(
+            lab,
+            name=f"{layer.name} to correct",
+            scale=layer.scale,
+            translate=layer.translate,
+            metadata={"training_labels_for": layer.metadata.get("image", "")},
+        )
         layer.visible = False
         self.viewer.layers.selection.active = new
         new.mode = "paint"

@@ -22,10 +22,12 @@ from . import _state
 from ._layers import (
     channel_select,
     check_image_layer,
+    check_training_labels,
     current_index,
     current_plane,
     follow_layers,
     layer_choices,
+    layer_picker,
     layer_pixels,
     show_plane,
     status_label,
@@ -55,7 +57,7 @@ class PairRow(Container):
     def __init__(self, viewer):
         super().__init__(layout="horizontal", labels=False)
         self.image = ComboBox(choices=layer_choices(viewer, "image"), nullable=True, tooltip="image")
-        self.labels = ComboBox(choices=layer_choices(viewer, "labels"), nullable=True, tooltip="painted labels")
+        self.labels = layer_picker(viewer, "labels", inputs=True, tooltip="painted labels")
         self.channels = channel_select(viewer)
         self.extend([self.image, self.labels, self.channels])
         self.margins = (0, 0, 0, 0)
@@ -261,7 +263,7 @@ class TrainWidget(JobWidget, Container):
         self.pairs_box.insert(len(self.pairs_box) - 1, row)
         # a new row proposes the next image and a labels layer not used yet
         imgs = [v for _, v in layer_choices(self.viewer, "image")()]
-        labs = [v for _, v in layer_choices(self.viewer, "labels")()]
+        labs = [v for _, v in layer_choices(self.viewer, "labels", inputs=True)()]
         k = len(self.pairs) - 1
         if imgs:
             row.image.value = imgs[min(k, len(imgs) - 1)]
@@ -405,6 +407,7 @@ class TrainWidget(JobWidget, Container):
             if img is None or lab is None:
                 raise ValueError(f"{where}: choose an image and its painted labels (Annotate > New training labels)")
             check_image_layer(img)
+            check_training_labels(lab, where)
             # copies: the user keeps painting while the worker reads them
             image, ch = layer_pixels(img, row.channels.value, copy=True)
             label = np.array(lab.data)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider
 
 from . import _state
-from ._layers import Debounce, current_plane, follow_layers, layer_choices, show_weight_map, status_label
+from ._layers import Debounce, current_plane, follow_layers, layer_picker, show_weight_map, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -29,7 +29,7 @@ class WeightMapWidget(Container):
         from napari_unet.core.train.weights import SIGMA, W0
 
         self.viewer = viewer
-        self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
+        self.labels = layer_picker(viewer, "labels", inputs=True, label="labels")
         self.mode = ComboBox(label="label mode", choices=["instance", "semantic"], value="instance")
         self.w0 = FloatSlider(label="w0", min=0.0, max=30.0, step=0.5, value=W0)
         self.sigma = FloatSlider(label="sigma (px)", min=1.0, max=20.0, step=0.5, value=SIGMA)
