@@ -48,3 +48,25 @@ def test_train_labels_never_offer_plugin_outputs_and_refuse_a_prediction(viewer)
     with pytest.raises(ValueError, match="Correct it"):
         check_training_labels(pred)
     check_training_labels(painted)
+
+
+def test_predict_chooses_the_model_that_suits_the_image_and_its_output(viewer):
+    """The nuclei sample gets the nuclei model and instances (an instance model); a model the user chooses
+    stays when the image changes; a poor match says so."""
+    viewer.open_sample("napari-unet", "nuclei")
+    w = dock(viewer, "Predict")
+    assert w.model.value == "nuclei" and w.output.value == "instances"
+    assert "image similarity" in w.status.value and w.match is not None and not w.match.poor
+    w.zarr_out.value = "out.zarr"  # block-wise: semantic labels (instances need whole planes)
+    assert w.output.value == "semantic labels"
+    w.zarr_out.value = ""
+    viewer.open_sample("napari-unet", "em")
+    w.image.value = viewer.layers["EM (ISBI 2012)"]
+    assert w.model.value == "em-membrane" and w.match.similarity > 0.9
+    w.model.value = "nuclei"  # the user's choice: kept, and no claim about the match
+    w.image.value = viewer.layers["Nuclei (DSB 2018)"]
+    assert w.model.value == "nuclei" and w.match is None
+    from napari_unet.core.train.start import rank_models
+
+    em = viewer.layers["EM (ISBI 2012)"].data
+    assert rank_models(em, ["nuclei"])[0].poor

@@ -469,17 +469,28 @@ class ModelMatch:
 
 
 def image_signature(
-    image, *, channel_axis: int | None = None, zoom: float = 1.0, max_planes: int = 4, low=1.0, high=99.8
+    image,
+    *,
+    channel_axis: int | None = None,
+    zoom: float = 1.0,
+    max_planes: int = 4,
+    max_side: int = 1024,
+    low=1.0,
+    high=99.8,
 ) -> dict:
-    """:func:`domain_signature` of ``image`` (a plane or a (Z, Y, X) stack, channels at ``channel_axis``):
-    up to ``max_planes`` evenly spaced planes, normalised per plane as training does (percentiles ``low``
-    / ``high``) and zoomed by ``zoom``; only those planes are read from a lazy stack."""
-    ndim = len(np.shape(image)) - (channel_axis is not None)
-    n = int(np.shape(image)[0]) if ndim == 3 else 1
-    picks = np.unique(np.linspace(0, n - 1, min(n, max_planes)).round().astype(int)) if ndim == 3 else [None]
+    """:func:`domain_signature` of ``image`` (a plane or a (Z, Y, X) stack, channels at ``channel_axis``).
+
+    Up to ``max_planes`` evenly spaced planes (their central ``max_side`` px box, the only pixels read from
+    a lazy stack), normalised per plane as training does (percentiles ``low`` / ``high``), zoomed by ``zoom``.
+    """
+    shape = [s for i, s in enumerate(np.shape(image)) if channel_axis is None or i != channel_axis % np.ndim(image)]
+    n = int(shape[0]) if len(shape) == 3 else 1
+    picks = np.unique(np.linspace(0, n - 1, min(n, max_planes)).round().astype(int)) if len(shape) == 3 else [None]
+    # a central box of at most max_side px a side: the statistics of a large plane, read in a fraction of the time
+    box = [slice(max(0, (s - max_side) // 2), max(0, (s - max_side) // 2) + max_side) for s in shape[-2:]]
     planes = []
     for z in picks:
-        im = plane_at(image, None if z is None else int(z), channel_axis)[0].astype(np.float32)
+        im = plane_at(image, None if z is None else int(z), channel_axis, *box)[0].astype(np.float32)
         im = scale_intensity(im, *percentiles(im, low, high))
         planes.append(zoom_plane(im, zoom) if zoom != 1.0 else im)
     return domain_signature(planes)
