@@ -15,6 +15,8 @@ import tifffile
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 EM_FILES = ("em_isbi2012.tif", "em_isbi2012_labels.tif")
+# the full ground truth, named apart from the labels a user paints ('EM (ISBI 2012) labels' from Annotate)
+EM_TRUTH, NUCLEI_TRUTH = "EM ground truth (do not paint)", "Nuclei ground truth (do not paint)"
 NUCLEI_FILES = ("nuclei_dsb2018.tif", "nuclei_dsb2018_labels.tif")
 
 
@@ -33,19 +35,31 @@ def load_nuclei_sample() -> tuple[np.ndarray, np.ndarray]:
     return _load(NUCLEI_FILES)
 
 
+def _truth_kwargs(name: str, meanings: list[str]) -> dict:
+    """Layer kwargs of a sample's ground truth: its name, the training colours, what 0 and 1 mean on hover."""
+    from napari_unet._colors import training_colormap
+
+    return {
+        "name": name,
+        "colormap": training_colormap(),
+        "features": {"index": [0, 1], "meaning": meanings},
+        "metadata": {"ground_truth": True},
+    }
+
+
 def make_em_sample():
-    """npe2 sample data: the EM crop with its instance-mode training labels."""
+    """npe2 sample data: the EM crop with its instance-mode ground truth (1 = membrane, >= 2 = cells)."""
     image, labels = load_em_sample()
     return [
         (image, {"name": "EM (ISBI 2012)"}, "image"),
-        (labels, {"name": "EM labels"}, "labels"),
+        (labels, _truth_kwargs(EM_TRUTH, ["not annotated", "membrane (background)"]), "labels"),
     ]
 
 
 def make_nuclei_sample():
-    """npe2 sample data: six DSB 2018 nuclei images with instance-mode training labels."""
+    """npe2 sample data: six DSB 2018 nuclei images with instance-mode ground truth (1 = background)."""
     image, labels = load_nuclei_sample()
     return [
         (image, {"name": "Nuclei (DSB 2018)"}, "image"),
-        (labels, {"name": "Nuclei labels"}, "labels"),
+        (labels, _truth_kwargs(NUCLEI_TRUTH, ["not annotated", "background"]), "labels"),
     ]

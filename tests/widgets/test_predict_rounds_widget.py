@@ -54,3 +54,22 @@ def test_a_new_round_keeps_the_last_and_the_status_counts_objects(viewer, em_cro
     _run(p, qtbot, errors)
     assert p.layer.name == "em instances 2" and first.name == "em instances" and first in viewer.layers
     assert not first.visible and p.layer.visible
+
+
+def test_one_colour_per_meaning_across_outputs_and_training_labels(viewer, qtbot, errors):
+    """Training labels: 1 = background in grey; predictions: 0 = background, transparent, and value v in the
+    colour of training value v + 1, so 'Correct it' keeps every colour; the sample's truth is named apart."""
+    from napari_unet._colors import BACKGROUND
+
+    viewer.open_sample("napari-unet", "em")
+    truth = viewer.layers["EM ground truth (do not paint)"]
+    np.testing.assert_allclose(truth.colormap.map(1), BACKGROUND)
+    p = dock(viewer, "Predict")
+    _run(p, qtbot, errors)
+    pred = p.layer
+    values = np.arange(1, 300)
+    np.testing.assert_allclose(pred.colormap.map(0)[..., 3], 0.0)
+    fix = p._on_to_labels()
+    np.testing.assert_allclose(pred.colormap.map(values), fix.colormap.map(values + 1))
+    np.testing.assert_allclose(fix.colormap.map(1), BACKGROUND)
+    assert fix.metadata["training_labels_for"] == "EM (ISBI 2012)"

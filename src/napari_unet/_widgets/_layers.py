@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .._colors import training_colormap
+
 DEBOUNCE_MS = 200  # paint -> preview delay: long enough to skip mid-stroke updates, short enough to feel live
 
 
@@ -286,6 +288,8 @@ def show_plane(viewer, name: str, plane: np.ndarray, like, idx: tuple[int, ...],
         if name in viewer.layers:
             viewer.layers.remove(name)
         add = viewer.add_labels if kind == "labels" else viewer.add_image
+        if kind == "labels":  # previews of labels are in the training convention unless told (_colors.py)
+            kwargs.setdefault("colormap", training_colormap())
         kwargs.setdefault("metadata", {"output": "preview"})  # a plugin output: never offered as an input channel
         layer = add(data, name=name, scale=scale, translate=translate, **kwargs)
     if active is not None and active in viewer.layers:

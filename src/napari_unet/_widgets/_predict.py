@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 
+from .._colors import output_colormap, training_colormap
 from . import _state
 from ._layers import (
     channel_select,
@@ -241,7 +242,7 @@ class PredictWidget(JobWidget, Container):
 
         name = self.model.value
         if name in _state.TRAINED_MODELS:
-            return getattr(_state.TRAINED_MODELS[name].info, "label_mode", "") or ""
+            return getattr(getattr(_state.TRAINED_MODELS[name], "info", None), "label_mode", "") or ""
         try:
             path = Path(str(self.model_file.value)) if name == MODEL_FILE else resolve_model_path(name)
             return read_info(path).label_mode or "" if path.is_file() else ""
@@ -511,7 +512,7 @@ class PredictWidget(JobWidget, Container):
             return self.viewer.add_image(
                 out[fg], colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive", **kw
             )
-        return self.viewer.add_labels(out, opacity=0.6, **kw)
+        return self.viewer.add_labels(out, opacity=0.6, colormap=output_colormap(), **kw)
 
     def _on_progress(self, ev):
         """A TileEvent or a BlockEvent (GUI thread): status, progress bar, and a throttled layer refresh."""
@@ -601,7 +602,8 @@ class PredictWidget(JobWidget, Container):
         lead = () if region.z is None else (float(region.z),)
         y0, x0 = float(region.y), float(region.x)
         h, w = np.asarray(self.layer.data.shape[-2:], dtype=float)
-        rect = np.array([(*lead, y0, x0), (*lead, min(y0 + region.size, h), min(x0 + region.size, w))])
+        y1, x1 = min(y0 + region.size, h), min(x0 + region.size, w)
+        rect = np.array([(*lead, y0, x0), (*lead, y0, x1), (*lead, y1, x1), (*lead, y1, x0)])  # 4 corners: 3D too
         active = self.viewer.layers.selection.active
         if OUTLINE_LAYER in self.viewer.layers and self.viewer.layers[OUTLINE_LAYER].ndim == rect.shape[1]:
             shapes = self.viewer.layers[OUTLINE_LAYER]
@@ -647,6 +649,7 @@ class PredictWidget(JobWidget, Container):
             scale=layer.scale,
             translate=layer.translate,
             metadata={"training_labels_for": layer.metadata.get("image", "")},
+            colormap=training_colormap(),
         )
         layer.visible = False
         self.viewer.layers.selection.active = new

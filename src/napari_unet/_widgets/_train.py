@@ -18,6 +18,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from .._colors import output_colormap
 from . import _state
 from ._layers import (
     channel_select,
@@ -519,7 +520,16 @@ class TrainWidget(JobWidget, Container):
         """The prediction preview: ``plane`` on slice ``z`` of the first pair's labels layer."""
         like, idx = self._preview_like
         if like in self.viewer.layers:
-            show_plane(self.viewer, PREVIEW_LAYER, plane, like, (z,) if idx else (), kind="labels", opacity=0.5)
+            show_plane(
+                self.viewer,
+                PREVIEW_LAYER,
+                plane,
+                like,
+                (z,) if idx else (),
+                kind="labels",
+                opacity=0.5,
+                colormap=output_colormap(),  # a prediction: 0 = background (_colors.py)
+            )
 
     def _on_result(self, result):
         from napari.utils.notifications import show_info

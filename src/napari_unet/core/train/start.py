@@ -497,10 +497,11 @@ def image_signature(
 
 
 def _model_info(model):
-    """The ModelInfo of a loaded model, or of a model name / file (read without its weights)."""
+    """The ModelInfo of a loaded model (None for a bare UNet), or of a model name / file (read without its
+    weights)."""
     if isinstance(model, (str, Path)):
         return read_info(resolve_model_path(model))
-    return model.info
+    return getattr(model, "info", None)  # None: a bare UNet, neither loaded nor trained
 
 
 def rank_models(image, models=None, *, channel_axis: int | None = None) -> list[ModelMatch]:
@@ -522,6 +523,10 @@ def rank_models(image, models=None, *, channel_axis: int | None = None) -> list[
             info = _model_info(model)
         except (OSError, CheckpointError) as e:
             out.append(ModelMatch(name, None, fits=False, note=f"unreadable: {e}"))
+            continue
+        if info is None:
+            want = int(getattr(getattr(model, "config", None), "in_channels", channels))
+            out.append(ModelMatch(name, None, fits=want == channels, note="no signature stored"))
             continue
         kw = dict(label_mode=info.label_mode or "", classes=tuple(info.classes or ()))
         want = int((info.model or {}).get("in_channels", 1))
