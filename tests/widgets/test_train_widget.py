@@ -90,7 +90,7 @@ def test_validation_metric_is_plotted(em_viewer, qtbot):
 
 
 def test_two_pairs_train(em_viewer, qtbot):
-    from napari_unet._sample_data import make_nuclei_sample
+    from napari_unet._sample_layers import make_nuclei_sample
 
     for data, kw, kind in make_nuclei_sample():
         getattr(em_viewer, f"add_{kind}")(data, **kw)
