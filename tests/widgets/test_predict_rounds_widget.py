@@ -73,3 +73,6 @@ def test_one_colour_per_meaning_across_outputs_and_training_labels(viewer, qtbot
     np.testing.assert_allclose(pred.colormap.map(values), fix.colormap.map(values + 1))
     np.testing.assert_allclose(fix.colormap.map(1), BACKGROUND)
     assert fix.metadata["training_labels_for"] == "EM (ISBI 2012)"
+    p.output.value = "semantic labels"
+    _run(p, qtbot, errors)
+    assert list(p.layer.features["class"]) == ["membrane", "cell"]  # the model's class names, on hover

@@ -512,6 +512,9 @@ class PredictWidget(JobWidget, Container):
             return self.viewer.add_image(
                 out[fg], colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive", **kw
             )
+        classes = list(getattr(info, "classes", None) or ())
+        if output == "labels" and len(classes) == model.n_classes:  # the model's class names, shown on hover
+            kw["features"] = {"index": list(range(len(classes))), "class": classes}
         return self.viewer.add_labels(out, opacity=0.6, colormap=output_colormap(), **kw)
 
     def _on_progress(self, ev):
