@@ -42,6 +42,7 @@ def test_train_labels_never_offer_plugin_outputs_and_refuse_a_prediction(viewer)
     row = w.pairs[0]
     assert [c.name for c in row.labels.choices if c is not None] == [painted.name]
     assert row.image.value.name == image.name
+    assert "img labels" in row.labels.native.toolTip()  # the pair boxes elide long names: whole in the tooltip
     # the check behind Train's refusal (a prediction can reach it from code; the picker never offers one)
     from napari_unet._widgets._layers import check_training_labels
 

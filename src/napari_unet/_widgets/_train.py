@@ -57,7 +57,7 @@ class PairRow(Container):
 
     def __init__(self, viewer):
         super().__init__(layout="horizontal", labels=False)
-        self.image = ComboBox(choices=layer_choices(viewer, "image"), nullable=True, tooltip="image")
+        self.image = layer_picker(viewer, "image", tooltip="image")
         self.labels = layer_picker(viewer, "labels", inputs=True, tooltip="painted labels")
         self.channels = channel_select(viewer)
         self.extend([self.image, self.labels, self.channels])
