@@ -155,7 +155,8 @@ class PredictWidget(JobWidget, Container):
 
         self.match = None  # how the suggested model suits the image (core.train.rank_models)
         self._suggesting = False  # the widget, not the user, sets the model
-        self._model_chosen = False  # the user chose a model: a new image no longer changes it
+        # the user chose a model, or one was trained in this session: a new image no longer changes it
+        self._model_chosen = _state.JUST_TRAINED in _state.TRAINED_MODELS
         self.model.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._follow_model_kind)
         self.image.changed.connect(self._suggest_model)
@@ -191,7 +192,7 @@ class PredictWidget(JobWidget, Container):
             self.model.reset_choices()
             if _state.JUST_TRAINED in _state.TRAINED_MODELS:
                 self.model.value = _state.JUST_TRAINED
-                self.match = None
+                self.match, self._model_chosen = None, True
         except RuntimeError:
             pass
         finally:
@@ -205,8 +206,8 @@ class PredictWidget(JobWidget, Container):
         self._follow_model_kind()
 
     def _suggest_model(self, *_):
-        """Choose the model whose training images look most like the image (core.train.rank_models), unless
-        the user chose one; a model trained in this session comes first when it suits. Says how well it suits."""
+        """Choose the shipped model whose training images look most like the image (core.train.rank_models),
+        unless the user chose one or one was trained in this session. Says how well it suits."""
         from napari_unet.core.models.checkpoint import available_models
         from napari_unet.core.train.start import rank_models
 
@@ -215,14 +216,12 @@ class PredictWidget(JobWidget, Container):
             return
         try:
             check_image_layer(layer)
-            candidates = {**_state.TRAINED_MODELS, **{n: n for n in available_models()}}
-            ranked = rank_models(layer.data, candidates, channel_axis=-1 if layer.rgb else None)
+            ranked = rank_models(layer.data, list(available_models()), channel_axis=-1 if layer.rgb else None)
         except (ValueError, OSError, TypeError):
             return  # the image cannot be scored (NaN, a pyramid, ...): Predict says why when pressed
         if not ranked:
             return
-        session = [m for m in ranked if m.name in _state.TRAINED_MODELS and not m.poor]
-        self.match = match = (session or ranked)[0]
+        self.match = match = ranked[0]
         self._suggesting = True
         try:
             self.model.value = match.name
