@@ -52,7 +52,7 @@ def main():
     viewer.window.resize(*SIZE)
     app = QApplication.instance()
     viewer.open_sample("napari-unet", "em")
-    image, truth = viewer.layers["EM (ISBI 2012)"], viewer.layers["EM labels"]
+    image, truth = viewer.layers["EM (ISBI 2012)"], viewer.layers["EM ground truth (do not paint)"]
     truth.visible = False
     viewer.dims.set_current_step(0, 2)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet import _reader, _sample_data, _writer
+from napari_unet import _reader, _sample_data, _sample_layers, _writer
 from napari_unet.core.data import files
 from napari_unet.core.data.labels import instances_from_labels, targets_from_labels
 
@@ -162,8 +162,8 @@ def test_nuclei_sample_follows_the_label_convention():
 
 def test_sample_layer_tuples():
     for make, names in [
-        (_sample_data.make_em_sample, ("EM (ISBI 2012)", "EM labels")),
-        (_sample_data.make_nuclei_sample, ("Nuclei (DSB 2018)", "Nuclei labels")),
+        (_sample_layers.make_em_sample, ("EM (ISBI 2012)", "EM ground truth (do not paint)")),
+        (_sample_layers.make_nuclei_sample, ("Nuclei (DSB 2018)", "Nuclei ground truth (do not paint)")),
     ]:
         (img, img_kw, img_kind), (lab, lab_kw, lab_kind) = make()
         assert (img_kind, lab_kind) == ("image", "labels")

@@ -19,8 +19,8 @@ def launch(block: bool = True):
         _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-unet", name)
     train = widgets["Train"]
     train.pairs[0].image.value = viewer.layers["EM (ISBI 2012)"]
-    train.pairs[0].labels.value = viewer.layers["EM labels"]
-    widgets["Weight map preview"].labels.value = viewer.layers["EM labels"]
+    train.pairs[0].labels.value = viewer.layers["EM ground truth (do not paint)"]
+    widgets["Weight map preview"].labels.value = viewer.layers["EM ground truth (do not paint)"]
     if block:
         napari.run()
     return viewer

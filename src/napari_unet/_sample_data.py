@@ -1,7 +1,7 @@
 """Real sample data shipped in the package (see ``sample_data/README.md``).
 
-``load_*`` return plain numpy arrays and work without napari; ``make_*`` are the
-npe2 sample-data contributions (lists of layer data tuples). Labels use the
+``load_*`` return plain numpy arrays and work without napari (the CLI uses them); the npe2 sample-data
+contributions, lists of layer data tuples, are in :mod:`napari_unet._sample_layers`. Labels use the
 training convention of :mod:`napari_unet.core.labels` in instance mode:
 1 = background, each value >= 2 = one object; slices are independent 2D images.
 """
@@ -31,21 +31,3 @@ def load_em_sample() -> tuple[np.ndarray, np.ndarray]:
 def load_nuclei_sample() -> tuple[np.ndarray, np.ndarray]:
     """DSB 2018 nuclei: (6, 256, 256) uint8 image and uint16 labels (1 = background, >= 2 = nuclei)."""
     return _load(NUCLEI_FILES)
-
-
-def make_em_sample():
-    """npe2 sample data: the EM crop with its instance-mode training labels."""
-    image, labels = load_em_sample()
-    return [
-        (image, {"name": "EM (ISBI 2012)"}, "image"),
-        (labels, {"name": "EM labels"}, "labels"),
-    ]
-
-
-def make_nuclei_sample():
-    """npe2 sample data: six DSB 2018 nuclei images with instance-mode training labels."""
-    image, labels = load_nuclei_sample()
-    return [
-        (image, {"name": "Nuclei (DSB 2018)"}, "image"),
-        (labels, {"name": "Nuclei labels"}, "labels"),
-    ]

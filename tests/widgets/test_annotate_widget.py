@@ -14,7 +14,12 @@ def test_new_training_labels_matches_image(em_viewer):
     assert labels.data.shape == image.data.shape
     assert tuple(labels.scale) == tuple(image.scale)
     assert not labels.data.any()  # 0 = not annotated
-    assert labels.mode == "paint" and labels.selected_label in (1, 2) and labels.brush_size == 10
+    # the brush fits the image (5 px on 256 px EM: a membrane's width), 1 = background in grey, named on hover
+    assert labels.mode == "paint" and labels.selected_label in (1, 2) and labels.brush_size == 5
+    from napari_unet._colors import BACKGROUND
+
+    np.testing.assert_allclose(labels.colormap.map(1), BACKGROUND)
+    assert list(labels.features["meaning"]) == ["not annotated", "background"]
     assert em_viewer.layers.selection.active.name == labels.name
     assert "0 = not annotated" in w.help.value and "1 = background" in w.help.value
     # a second click never overwrites the first layer
@@ -81,9 +86,10 @@ def test_weight_map_of_a_fully_painted_sample_slice_lifts_membranes_between_cell
     """Every pixel weighs, cells by their class alone, membranes between cells more (eq. 2's border term).
     Its time is printed, not asserted: numbers live in benchmarks, not in timed tests."""
     prev = dock(em_viewer, "Weight map preview")
-    prev.labels.value = em_viewer.layers["EM labels"]
+    prev.labels.value = em_viewer.layers["EM ground truth (do not paint)"]
     prev._update()
-    labels = em_viewer.layers["EM labels"].data[em_viewer.dims.current_step[0]]  # 1 = membrane, >= 2 = cells
+    truth = em_viewer.layers["EM ground truth (do not paint)"]
+    labels = truth.data[em_viewer.dims.current_step[0]]  # 1 = membrane, >= 2 = cells
     wm = em_viewer.layers["weight map"].data[0]
     assert wm.shape == labels.shape and (wm > 0).all()  # every pixel is painted: every pixel counts
     cells, membranes = wm[labels >= 2], wm[labels == 1]

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gui
 def test_slider_moves_update_the_deformation_preview(em_viewer, qtbot):
     w = dock(em_viewer, "Deformation preview")
     w.image.value = em_viewer.layers["EM (ISBI 2012)"]
-    w.labels.value = em_viewer.layers["EM labels"]
+    w.labels.value = em_viewer.layers["EM ground truth (do not paint)"]
     em_viewer.dims.set_current_step(0, 1)
     qtbot.waitUntil(lambda: "deformed image" in em_viewer.layers, timeout=5000)
     names = ("deformed image", "deformed labels", "deformed weights", "displacement vectors", "deformation grid")
@@ -18,7 +18,7 @@ def test_slider_moves_update_the_deformation_preview(em_viewer, qtbot):
     img = em_viewer.layers["deformed image"]
     assert img.data.shape == (1, 256, 256) and img.translate[0] == 1
     first = img.data.copy()
-    labels0 = em_viewer.layers["EM labels"].data[1]
+    labels0 = em_viewer.layers["EM ground truth (do not paint)"].data[1]
     deformed_labels = em_viewer.layers["deformed labels"].data[0]
     assert set(np.unique(deformed_labels)) <= set(np.unique(labels0))  # nearest neighbour: no new values
     vec = em_viewer.layers["displacement vectors"].data

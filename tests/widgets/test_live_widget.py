@@ -13,7 +13,7 @@ def test_strokes_painted_during_a_live_run_join_it(em_viewer, qtbot):
     w.depth.value, w.base_channels.value, w.tile_in.value = 2, 4, 124
     w.preview_every.value = 5
     w.live.value = True
-    labels = em_viewer.layers["EM labels"]
+    labels = em_viewer.layers["EM ground truth (do not paint)"]
     z = labels.data.shape[0] - 1
     labels.data[z] = 0  # a slice nobody painted yet
     with GapMeter() as gap:
@@ -48,7 +48,7 @@ def test_strokes_painted_during_a_live_run_join_it(em_viewer, qtbot):
 def test_closing_napari_mid_live_run(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-unet", "em")
-    labels = viewer.layers["EM labels"]
+    labels = viewer.layers["EM ground truth (do not paint)"]
     w = dock(viewer, "Train")
     w.start.value, w.device.value = "scratch", "cpu"
     w.depth.value, w.base_channels.value, w.tile_in.value = 2, 4, 124
@@ -79,7 +79,7 @@ def test_live_training_with_the_default_settings(make_napari_viewer, qtbot, show
     w = dock(em_viewer, "Train")
     qtbot.waitUntil(TORCH_WARM.is_set, timeout=60_000)
     w.live.value = True
-    labels = em_viewer.layers["EM labels"]
+    labels = em_viewer.layers["EM ground truth (do not paint)"]
     z = labels.data.shape[0] - 1
     labels.data[z] = 0
     em_viewer.dims.set_current_step(0, 0)
@@ -122,7 +122,7 @@ def test_painting_without_training_in_a_shown_window(make_napari_viewer, qtbot):
     Qt cost on their own here (software OpenGL composes the whole window on every repaint)."""
     em_viewer = make_napari_viewer(show=True)
     em_viewer.open_sample("napari-unet", "em")
-    labels = em_viewer.layers["EM labels"]
+    labels = em_viewer.layers["EM ground truth (do not paint)"]
     z = labels.data.shape[0] - 1
     labels.data[z] = 0
     dock(em_viewer, "Train")

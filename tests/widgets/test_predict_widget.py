@@ -36,6 +36,7 @@ def test_prediction_fills_labels_layer_equal_to_core(em_viewer, qtbot, tiny_mode
 
     _state.register_model("run 1", tiny_model)
     w = dock(em_viewer, "Predict")
+    w.output.value = "semantic labels"  # an instance model predicts instances unless told
     assert w.model.value == "run 1"
     image = em_viewer.layers["EM (ISBI 2012)"]
     w.image.value = image
@@ -109,6 +110,7 @@ def test_cancel_keeps_finished_tiles_and_says_so(em_viewer, qtbot, tiny_model, m
     msgs = []
     monkeypatch.setattr("napari.utils.notifications.show_info", msgs.append)
     w = dock(em_viewer, "Predict")
+    w.output.value = "semantic labels"  # an instance model predicts instances unless told
     w.image.value = em_viewer.layers["EM (ISBI 2012)"]
     w.where.value = "whole stack"
     w.device.value = "cpu"
@@ -137,6 +139,7 @@ def test_model_file_can_be_a_bioimageio_package(em_viewer, qtbot, tiny_model, tm
     w = dock(em_viewer, "Predict")
     w.model.value = "model file…"
     w.model_file.value = pkg
+    w.output.value = "semantic labels"  # an instance model predicts instances unless told
     w.image.value = image
     w.device.value = "cpu"
     job = w._on_predict()

@@ -14,6 +14,7 @@ def test_predict_zoom_uses_the_given_scale_and_refuses_a_bad_one(viewer, nuclei_
     viewer.add_image(images[3, :128, :128], name="nuclei")
     p = dock(viewer, "Predict")
     p.model.value, p.image.value = "nuclei", viewer.layers["nuclei"]
+    p.output.value = "semantic labels"  # an instance model predicts instances unless told
     p.zoom.value = 0.05
     assert p._on_predict() is None and "scale must be between" in errors[-1]
     p.zoom.value = 0.5
@@ -44,6 +45,7 @@ def test_uncertainty_ranks_where_to_paint_and_go_jumps_there(em_viewer, qtbot, e
     assert p.paint_next.value == p.regions[0]
     p._on_go()
     assert em_viewer.dims.current_step[0] == p.regions[0].z
+    assert em_viewer.layers["paint next"].data[0][0, 0] == p.regions[0].z  # the square outlined on its slice
 
 
 def test_zoom_auto_is_the_models_own_and_editing_the_box_turns_it_off(viewer, dsb, qtbot, errors):

@@ -34,7 +34,7 @@ def test_train_plots_loss_previews_and_keeps_gui_alive(em_viewer, qtbot, tmp_pat
     if dock_gap.ticks >= 2:  # 0 when an earlier test already did the one-time imports
         record_gap("docking Train (one-time torch imports)", dock_gap.longest, dock_gap.ticks)
     assert w.pairs[0].image.value.name == "EM (ISBI 2012)"
-    assert w.pairs[0].labels.value.name == "EM labels"
+    assert w.pairs[0].labels.value.name == "EM ground truth (do not paint)"
     tiny(w)
     em_viewer.dims.set_current_step(0, 2)
     with GapMeter() as gap:
@@ -90,14 +90,14 @@ def test_validation_metric_is_plotted(em_viewer, qtbot):
 
 
 def test_two_pairs_train(em_viewer, qtbot):
-    from napari_unet._sample_data import make_nuclei_sample
+    from napari_unet._sample_layers import make_nuclei_sample
 
     for data, kw, kind in make_nuclei_sample():
         getattr(em_viewer, f"add_{kind}")(data, **kw)
     w = dock(em_viewer, "Train")
     row = w._on_add_pair()
     row.image.value = em_viewer.layers["Nuclei (DSB 2018)"]
-    row.labels.value = em_viewer.layers["Nuclei labels"]
+    row.labels.value = em_viewer.layers["Nuclei ground truth (do not paint)"]
     assert len(w.pairs) == 2
     tiny(w, steps=4, preview_every=0)
     job = w._on_train()
@@ -157,7 +157,7 @@ def test_widget_and_cli_train_the_same_model(em_viewer, qtbot, tmp_path):
 
     image, labels = tmp_path / "image.tif", tmp_path / "labels.tif"
     tifffile.imwrite(image, em_viewer.layers["EM (ISBI 2012)"].data)
-    tifffile.imwrite(labels, em_viewer.layers["EM labels"].data)
+    tifffile.imwrite(labels, em_viewer.layers["EM ground truth (do not paint)"].data)
     out = tmp_path / "cli.safetensors"
     argv = ["train", "--images", str(image), "--labels", str(labels), "--steps", "3", "--device", "cpu"]
     assert main([*argv, "-o", str(out), "-q"]) == 0

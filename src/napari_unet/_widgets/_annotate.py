@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton
+from magicgui.widgets import Container, Label, PushButton
 
+from .._colors import training_colormap
 from ._dock import fit_dock
-from ._layers import check_image_layer, follow_layers, layer_choices
+from ._layers import check_image_layer, follow_layers, layer_picker
 
 if TYPE_CHECKING:
     import napari
@@ -22,7 +23,20 @@ CONVENTION = (
     "Paint on any slice: every painted slice is training data."
 )
 
-BRUSH_SIZE = 10
+BRUSH_SIZE = 10  # the largest brush Annotate picks (px)
+
+
+def brush_size(shape) -> int:
+    """A brush for planes of ``shape``: 1/50 of the shorter side, 2 to :data:`BRUSH_SIZE` px.
+
+    5 px on the 256 px EM sample, about a membrane's width there: strokes stay on the membrane and
+    inside cells, and a thin structure is painted without covering its neighbours.
+    """
+    return int(np.clip(round(min(int(v) for v in shape[-2:]) / 50), 2, BRUSH_SIZE))
+
+
+# what the values of a training labels layer mean, shown on hover (napari's status bar reads 'features')
+MEANINGS = {"index": [0, 1], "meaning": ["not annotated", "background"]}
 
 
 class AnnotateWidget(Container):
@@ -31,7 +45,7 @@ class AnnotateWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):  # npe2 injects the viewer
         super().__init__(labels=False)
         self.viewer = viewer
-        self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"))
+        self.image = layer_picker(viewer, "image", inputs=True, label="image")
         self.new_labels = PushButton(text="New training labels")
         self.help = Label(value=CONVENTION)
         self.help.native.setWordWrap(True)
@@ -63,8 +77,10 @@ class AnnotateWidget(Container):
             scale=layer.scale,
             translate=layer.translate,
             metadata={"training_labels_for": layer.name},
+            colormap=training_colormap(),
+            features=MEANINGS,
         )
-        labels.brush_size = BRUSH_SIZE
+        labels.brush_size = brush_size(labels.data.shape)
         labels.selected_label = 1  # background first: cheap to paint, and needed by every loss
         labels.mode = "paint"
         self.viewer.layers.selection.active = labels

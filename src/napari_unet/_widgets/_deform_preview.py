@@ -15,7 +15,7 @@ from ._layers import (
     current_plane,
     follow_layers,
     keep_selection,
-    layer_choices,
+    layer_picker,
     remove_on_close,
     show_plane,
     show_weight_map,
@@ -45,8 +45,8 @@ class DeformationWidget(Container):
         from napari_unet.core.train.config import LIMITS, TrainConfig
 
         self.viewer = viewer
-        self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
-        self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
+        self.image = layer_picker(viewer, "image", inputs=True, label="image")
+        self.labels = layer_picker(viewer, "labels", inputs=True, label="labels")
         grid_lo, grid_hi = LIMITS["elastic_grid"]
         self.grid = Slider(label="grid points", min=grid_lo, max=grid_hi, value=TrainConfig.default("elastic_grid"))
         self.sigma = FloatSlider(

@@ -6,10 +6,13 @@ Everything here runs on the GUI thread; workers never see a layer (see :mod:`._w
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 
 import numpy as np
+
+from .._colors import training_colormap
 
 DEBOUNCE_MS = 200  # paint -> preview delay: long enough to skip mid-stroke updates, short enough to feel live
 
@@ -33,16 +36,84 @@ def status_label(value: str = ""):
     return label
 
 
-def layer_choices(viewer, kind: str) -> Callable:
-    """A magicgui ``choices`` callable listing the viewer's layers of one kind ('image' or 'labels')."""
+def is_plugin_output(layer) -> bool:
+    """A layer this plugin made (a prediction, a preview, the uncertainty): its metadata carries 'output'."""
+    return bool((getattr(layer, "metadata", None) or {}).get("output"))
+
+
+def layer_choices(viewer, kind: str, *, inputs: bool = False) -> Callable:
+    """A magicgui ``choices`` callable listing the viewer's layers of one kind ('image' or 'labels').
+
+    ``inputs``: only the user's layers, never the plugin's own outputs (:func:`is_plugin_output`): a
+    prediction's 0 is background where training labels' 0 is 'not annotated'.
+    """
 
     def choices(widget=None):
         from napari.layers import Image, Labels
 
         cls = Image if kind == "image" else Labels
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, cls)]
+        return [
+            (layer.name, layer)
+            for layer in viewer.layers
+            if isinstance(layer, cls) and not (inputs and is_plugin_output(layer))
+        ]
 
     return choices
+
+
+def layer_picker(viewer, kind: str, *, inputs: bool = False, **kwargs):
+    """A layer ComboBox (:func:`layer_choices`) that starts on the active layer, or on the only one that fits.
+
+    Whenever its choices are refreshed (:func:`follow_layers`) and nothing is chosen, it takes the
+    active layer if that fits, else the only fitting layer; a choice already made is kept. Long layer
+    names are elided in the box and shown whole in its tooltip.
+    """
+    kwargs.setdefault("nullable", True)
+    return _picker_class()(viewer, choices=layer_choices(viewer, kind, inputs=inputs), **kwargs)
+
+
+def _start_value(viewer, layers: list):
+    """The layer a picker starts on: the active one when it fits, else the only one, else None."""
+    active = viewer.layers.selection.active  # through npe2's viewer proxy: a proxy, so matched by (unique) name
+    for layer in layers:
+        if active is not None and layer.name == active.name:
+            return layer
+    return layers[0] if len(layers) == 1 else None
+
+
+@functools.cache
+def _picker_class():
+    """The picker class, built on first use (Qt and magicgui are imported only by the widgets)."""
+    from magicgui.widgets import ComboBox
+    from qtpy.QtWidgets import QComboBox
+
+    class LayerPicker(ComboBox):
+        def __init__(self, viewer, **kwargs):
+            self._viewer = viewer
+            self._tooltip = kwargs.get("tooltip") or ""
+            super().__init__(**kwargs)
+            native = self.native
+            native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            native.setMinimumContentsLength(8)  # a long name never widens the dock: elided, whole in the tooltip
+            self.changed.connect(self._show_name)
+            self._preselect()
+
+        def reset_choices(self, *_):
+            super().reset_choices()
+            self._preselect()
+
+        def _preselect(self):
+            if self.value is None:
+                value = _start_value(self._viewer, [layer for _, layer in self._default_choices()])
+                if value is not None:
+                    self.value = value
+            self._show_name()
+
+        def _show_name(self, *_):
+            name = getattr(self.value, "name", "")
+            self.native.setToolTip(f"{self._tooltip}: {name}" if self._tooltip and name else name or self._tooltip)
+
+    return LayerPicker
 
 
 def channel_select(viewer, label: str = ""):
@@ -141,6 +212,27 @@ def check_image_layer(layer, what: str = "image") -> None:
         )
 
 
+def check_training_labels(layer, where: str = "training pair") -> None:
+    """Raise ValueError (user-facing, with what to do) when ``layer`` is one of this plugin's outputs.
+
+    A prediction's 0 is background where training labels' 0 is 'not annotated', and its 1 an object
+    where theirs is background: trained on as it is, it teaches the wrong thing without a warning.
+    """
+    if not is_plugin_output(layer):
+        return
+    kind = (layer.metadata or {}).get("output")
+    if kind in ("labels", "instances"):
+        raise ValueError(
+            f"{where}: {layer.name!r} is a prediction, not training labels (0 is background there, 'not annotated' "
+            "in training): in Predict press 'Correct it: to training labels', paint over its mistakes, and choose "
+            "that layer as the labels"
+        )
+    raise ValueError(
+        f"{where}: {layer.name!r} is a layer this plugin shows ({kind}), not training labels: choose the labels you "
+        "painted (Annotate > New training labels), or a prediction turned into labels by Predict's 'Correct it'"
+    )
+
+
 def layer_pixels(layer, extra=(), *, copy: bool = False) -> tuple:
     """The pixels of image ``layer`` for a model, and their channel axis (-1, channels last, or None).
 
@@ -234,6 +326,8 @@ def show_plane(
         if name in viewer.layers:
             viewer.layers.remove(name)
         add = viewer.add_labels if kind == "labels" else viewer.add_image
+        if kind == "labels":  # previews of labels are in the training convention unless told (_colors.py)
+            kwargs.setdefault("colormap", training_colormap())
         kwargs.setdefault("metadata", {"output": "preview"})  # a plugin output: never offered as an input channel
         layer = add(data, name=name, scale=scale, translate=translate, **kwargs)
     keep_selection(viewer, active)

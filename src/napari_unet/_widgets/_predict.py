@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 
+from .._colors import output_colormap, training_colormap
 from . import _state
 from ._dock import fit_dock
 from ._layers import (
@@ -21,7 +22,7 @@ from ._layers import (
     check_image_layer,
     current_index,
     follow_layers,
-    layer_choices,
+    layer_picker,
     layer_pixels,
     n_channels,
     status_label,
@@ -39,6 +40,20 @@ OUTPUTS = {
     "uncertainty (where to paint next)": "uncertainty",
 }
 CURRENT, STACK = "current slice", "whole stack"
+OUTLINE_LAYER = "paint next"  # the Shapes layer outlining the square Go jumps to
+
+
+def region_size(shape) -> int:
+    """The side of the 'paint next' squares for planes of ``shape``: a quarter of the shorter side (64 px on a
+    256 px slice: a patch to check and correct in a minute), 16 to 128 px."""
+    return int(np.clip(min(int(v) for v in shape) // 4, 16, 128))
+
+
+def _show_colorbar(layer) -> None:
+    """The layer's colorbar on the canvas, where napari has one (0.5+)."""
+    colorbar = getattr(layer, "colorbar", None)
+    if colorbar is not None and hasattr(colorbar, "visible"):
+        colorbar.visible = True
 
 
 class PredictWidget(JobWidget, Container):
@@ -54,7 +69,7 @@ class PredictWidget(JobWidget, Container):
         self.model_file = FileEdit(
             label="model file", mode="r", filter="*.safetensors *.zip rdf.yaml *.bioimageio.yaml", visible=False
         )
-        self.image = ComboBox(label="image", choices=layer_choices(viewer, "image"), nullable=True)
+        self.image = layer_picker(viewer, "image", inputs=True, label="image")
         self.channels = channel_select(viewer, label="+ channels")
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="semantic labels")
         self.where = ComboBox(label="predict", choices=[CURRENT, STACK], value=CURRENT)
@@ -142,7 +157,15 @@ class PredictWidget(JobWidget, Container):
         self._refresh = Throttle(0.1)  # at most 10 layer refreshes per second
 
         self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
-        self.model.changed.connect(lambda v: setattr(self.model_file, "visible", v == MODEL_FILE))
+        self.match = None  # how the suggested model suits the image (core.train.rank_models)
+        self._suggesting = False  # the widget, not the user, sets the model
+        # the user chose a model, or one was trained in this session: a new image no longer changes it
+        self._model_chosen = _state.latest() is not None
+        self.model.changed.connect(self._on_model_changed)
+        self.model_file.changed.connect(self._follow_model_kind)
+        self.image.changed.connect(self._suggest_model)
+        self.zarr_out.changed.connect(self._follow_model_kind)
+        self.workers.changed.connect(self._follow_model_kind)
         self.zoom.changed.connect(self._on_zoom_edited)
         self.zoom_auto.changed.connect(lambda auto: setattr(self.zoom, "enabled", not auto))
         self.predict_button.changed.connect(self._on_predict)
@@ -154,6 +177,9 @@ class PredictWidget(JobWidget, Container):
         fit_dock(self)  # scrolls in its dock, tabs with the plugin's other docks
         self._stop_on_close()
         self.model_file.visible = self.model.value == MODEL_FILE
+        self._suggest_model()
+        self._follow_model_kind()
+        self._explain_buttons(False)
 
     def _model_choices(self, *_):
         from napari_unet.core.models.checkpoint import available_models
@@ -169,11 +195,76 @@ class PredictWidget(JobWidget, Container):
         if self._closed:
             return
         try:
+            self._suggesting = True
             self.model.reset_choices()
             if _state.latest() is not None:  # the run this session trained last
                 self.model.value = _state.latest()
+                self.match, self._model_chosen = None, True
         except RuntimeError:
             pass
+        finally:
+            self._suggesting = False
+
+    def _on_model_changed(self, value=None, *_):
+        self.model_file.visible = value == MODEL_FILE
+        if not self._suggesting:
+            self._model_chosen = True
+            self.match = None
+        self._follow_model_kind()
+
+    def _suggest_model(self, *_):
+        """Choose the shipped model whose training images look most like the image (core.train.rank_models),
+        unless the user chose one or one was trained in this session. Says how well it suits."""
+        from napari_unet.core.models.checkpoint import available_models
+        from napari_unet.core.train.start import rank_models
+
+        layer = self.image.value
+        if self._model_chosen or self._closed or layer is None or self.channels.value:
+            return
+        try:
+            check_image_layer(layer)
+            ranked = rank_models(layer.data, list(available_models()), channel_axis=-1 if layer.rgb else None)
+        except (ValueError, OSError, TypeError):
+            return  # the image cannot be scored (NaN, a pyramid, ...): Predict says why when pressed
+        if not ranked:
+            return
+        self.match = match = ranked[0]
+        self._suggesting = True
+        try:
+            self.model.value = match.name
+        finally:
+            self._suggesting = False
+        self.status.value = (
+            f"no model here was trained on images like {layer.name!r}: best {match.describe()}. Expect mistakes, or "
+            "train one on this image (Annotate, then Train)"
+            if match.poor
+            else f"model chosen for {layer.name!r}: {match.describe()}"
+        )
+
+    def _model_label_mode(self) -> str:
+        """'instance' or 'semantic' for the chosen model ('' when unknown), read without its weights."""
+        from napari_unet.core.models.checkpoint import resolve_model_path
+        from napari_unet.core.models.load import read_info
+
+        name = self.model.value
+        if name in _state.TRAINED_MODELS:
+            return getattr(getattr(_state.TRAINED_MODELS[name], "info", None), "label_mode", "") or ""
+        try:
+            path = Path(str(self.model_file.value)) if name == MODEL_FILE else resolve_model_path(name)
+            return read_info(path).label_mode or "" if path.is_file() else ""
+        except (OSError, ValueError):
+            return ""
+
+    def _follow_model_kind(self, *_):
+        """Labels output follows the model: instances for an instance model (whole planes: not block-wise into
+        an OME-Zarr), semantic labels otherwise. A probability or uncertainty output stays."""
+        if self.output.value not in ("semantic labels", "instances"):
+            return
+        mode = self._model_label_mode()
+        if not mode:
+            return
+        blockwise = str(self.zarr_out.value or "") not in ("", ".") or bool(self.workers.value)
+        self.output.value = "instances" if mode == "instance" and not blockwise else "semantic labels"
 
     def load(self):
         """The chosen UNet (raises FileNotFoundError / CheckpointError / ValueError with a user message)."""
@@ -280,6 +371,11 @@ class PredictWidget(JobWidget, Container):
             show_error(f"cannot predict: {e}")
             return None
         self._show_model_zoom(model)
+        if self.match is not None and self.match.poor and self.match.name == self.model.value:
+            show_warning(
+                f"{self.match.describe()}: this model was trained on images unlike {layer.name!r}; expect mistakes, "
+                "or train one on this image (Annotate, then Train)"
+            )
         if target is not None:
             return self._predict_blocks(layer, model, config, target)
         spatial = tuple(data.shape[:-1] if channel_axis is not None else data.shape)
@@ -396,8 +492,12 @@ class PredictWidget(JobWidget, Container):
                 "uncertainty": "uncertainty",
             }[output]
         )
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
+        # each round is a new layer ('... prediction 2'): the previous round stays, hidden, to compare
+        base, k = name, 1
+        while name in self.viewer.layers:
+            self.viewer.layers[name].visible = False
+            k += 1
+            name = f"{base} {k}"
         info = getattr(model, "info", None)
         kw = dict(
             name=name,
@@ -417,14 +517,22 @@ class PredictWidget(JobWidget, Container):
                     out, colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive", **kw
                 )
         if output == "uncertainty":
-            return self.viewer.add_image(out, colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.6, **kw)
+            # from black, added to the image: certain pixels leave it as it is, uncertain ones glow
+            layer = self.viewer.add_image(
+                out, colormap="hot", contrast_limits=(0.0, 1.0), opacity=0.8, blending="additive", **kw
+            )
+            _show_colorbar(layer)
+            return layer
         if output == "probabilities":
             fg = 1 if out.shape[0] > 1 else 0  # class axis first: show the foreground channel
             kw["metadata"]["probabilities"] = out
             return self.viewer.add_image(
                 out[fg], colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive", **kw
             )
-        return self.viewer.add_labels(out, opacity=0.6, **kw)
+        classes = list(getattr(info, "classes", None) or ())
+        if output == "labels" and len(classes) == model.n_classes:  # the model's class names, shown on hover
+            kw["features"] = {"index": list(range(len(classes))), "class": classes}
+        return self.viewer.add_labels(out, opacity=0.6, colormap=output_colormap(), **kw)
 
     def _on_progress(self, ev):
         """A TileEvent or a BlockEvent (GUI thread): status, progress bar, and a throttled layer refresh."""
@@ -451,9 +559,20 @@ class PredictWidget(JobWidget, Container):
         if self.layer in self.viewer.layers:
             self.layer.refresh()
         self.complete = True
-        self.status.value = f"done: {self.total} {self._unit}" + (f" at {self._zoom_note}" if self._zoom_note else "")
+        self.status.value = f"done: {_count(self.total, self._unit)}{self._objects()}" + (
+            f" at {self._zoom_note}" if self._zoom_note else ""
+        )
         if self.layer.metadata.get("output") == "uncertainty":
             self._rank_regions()
+
+    def _objects(self) -> str:
+        """', 37 objects' for an instances output (counted on the slices predicted), else ''."""
+        if self.layer.metadata.get("output") != "instances":
+            return ""
+        data = np.asarray(self.layer.data)
+        planes = [data] if data.ndim == 2 else [data[z] for z in (self.predicted_slices or range(len(data)))]
+        n = sum(len(np.unique(p)) - int(not p.all()) for p in planes)
+        return f", {_count(n, 'objects')}"
 
     def _rank_regions(self):
         """Fill 'paint next' with the most uncertain regions of the slices predicted (unpainted ones first)."""
@@ -465,7 +584,7 @@ class PredictWidget(JobWidget, Container):
             keep[self.predicted_slices] = True
             unc = np.where(keep[:, None, None], unc, 0.0)
         painted = self._painted_like(unc.shape)
-        self.regions = rank_regions(unc, painted=painted, k=8)
+        self.regions = rank_regions(unc, painted=painted, k=8, size=region_size(unc.shape[-2:]))
         self.paint_next.choices = [(r.describe(), r) for r in self.regions]
         self.paint_next.visible = self.go_button.visible = bool(self.regions)
         if self.regions:
@@ -496,6 +615,36 @@ class PredictWidget(JobWidget, Container):
         camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9 moved it to viewer.scene
         camera.center = tuple(world[-2:])
         camera.zoom = max(camera.zoom, 2.0)
+        self._outline(region)
+
+    def _outline(self, region):
+        """Outline ``region`` in the 'paint next' Shapes layer (one rectangle), keeping the active layer."""
+        lead = () if region.z is None else (float(region.z),)
+        y0, x0 = float(region.y), float(region.x)
+        h, w = np.asarray(self.layer.data.shape[-2:], dtype=float)
+        y1, x1 = min(y0 + region.size, h), min(x0 + region.size, w)
+        rect = np.array([(*lead, y0, x0), (*lead, y0, x1), (*lead, y1, x1), (*lead, y1, x0)])  # 4 corners: 3D too
+        active = self.viewer.layers.selection.active
+        if OUTLINE_LAYER in self.viewer.layers and self.viewer.layers[OUTLINE_LAYER].ndim == rect.shape[1]:
+            shapes = self.viewer.layers[OUTLINE_LAYER]
+            shapes.data = [rect]
+            shapes.visible = True
+        else:
+            if OUTLINE_LAYER in self.viewer.layers:
+                self.viewer.layers.remove(OUTLINE_LAYER)
+            self.viewer.add_shapes(
+                [rect],
+                shape_type="rectangle",
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=2,
+                name=OUTLINE_LAYER,
+                scale=self.layer.scale,
+                translate=self.layer.translate,
+                metadata={"output": "guidance"},
+            )
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
 
     def _on_to_labels(self, *_):
         """The finished prediction as training labels (+1: 0 stays 'not annotated'); returns the layer."""
@@ -514,7 +663,14 @@ class PredictWidget(JobWidget, Container):
         where = (slice(None),) if self.predicted_slices is None else (self.predicted_slices,)
         lab[where] = pred[where].astype(np.uint32) + 1
         # a second press makes another layer (napari numbers the name): earlier corrections are never replaced
-        new = self.viewer.add_labels(lab, name=f"{layer.name} to correct", scale=layer.scale, translate=layer.translate)
+        new = self.viewer.add_labels(
+            lab,
+            name=f"{layer.name} to correct",
+            scale=layer.scale,
+            translate=layer.translate,
+            metadata={"training_labels_for": layer.metadata.get("image", "")},
+            colormap=training_colormap(),
+        )
         layer.visible = False
         self.viewer.layers.selection.active = new
         new.mode = "paint"
@@ -565,6 +721,36 @@ class PredictWidget(JobWidget, Container):
         from napari.layers import Labels
 
         self.to_labels_button.enabled = not running and self.complete and isinstance(self.layer, Labels)
+        self._explain_buttons(running)
+
+    def _explain_buttons(self, running: bool):
+        """Every button says what it does, and a greyed-out one why it is off."""
+        self.predict_button.tooltip = (
+            "a prediction is running: Cancel stops it after the current tile"
+            if running
+            else "predict the chosen image with the chosen model"
+        )
+        self.cancel_button.tooltip = "stop after the current tile" if running else "nothing is running"
+        why = ""
+        if running:
+            why = "wait for the prediction to finish"
+        elif self.layer is None or self.layer not in self.viewer.layers:
+            why = "predict 'semantic labels' or 'instances' first"
+        elif self.layer.metadata.get("output") not in ("labels", "instances"):
+            why = f"the {self.layer.metadata.get('output')} output is not labels: predict 'semantic labels' or 'instances'"
+        elif not self.complete:
+            why = "the last prediction stopped early: run it to the end"
+        self.to_labels_button.tooltip = (
+            f"off: {why}"
+            if why
+            else "copy the finished prediction into a new Labels layer in the training convention "
+            "(1 = background, 2.. = objects or classes), ready to paint over the mistakes and retrain"
+        )
+
+
+def _count(n: int, unit: str) -> str:
+    """'1 tile', '8 tiles'."""
+    return f"{n} {unit[:-1] if n == 1 and unit.endswith('s') else unit}"
 
 
 def _block_image(layer):

@@ -19,15 +19,18 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from .._colors import output_colormap
 from . import _state
 from ._dock import fit_dock
 from ._layers import (
     channel_select,
     check_image_layer,
+    check_training_labels,
     current_index,
     current_plane,
     follow_layers,
     layer_choices,
+    layer_picker,
     layer_pixels,
     show_plane,
     status_label,
@@ -165,8 +168,8 @@ class PairRow(Container):
 
     def __init__(self, viewer):
         super().__init__(layout="horizontal", labels=False)
-        self.image = ComboBox(choices=layer_choices(viewer, "image"), nullable=True, tooltip="image")
-        self.labels = ComboBox(choices=layer_choices(viewer, "labels"), nullable=True, tooltip="painted labels")
+        self.image = layer_picker(viewer, "image", tooltip="image")
+        self.labels = layer_picker(viewer, "labels", inputs=True, tooltip="painted labels")
         self.channels = channel_select(viewer)
         self.extend([self.image, self.labels, self.channels])
         self.margins = (0, 0, 0, 0)
@@ -391,7 +394,7 @@ class TrainWidget(JobWidget, Container):
         self.pairs_box.insert(len(self.pairs_box) - 1, row)
         # a new row proposes the next image and a labels layer not used yet
         imgs = [v for _, v in layer_choices(self.viewer, "image")()]
-        labs = [v for _, v in layer_choices(self.viewer, "labels")()]
+        labs = [v for _, v in layer_choices(self.viewer, "labels", inputs=True)()]
         k = len(self.pairs) - 1
         if imgs:
             row.image.value = imgs[min(k, len(imgs) - 1)]
@@ -576,6 +579,7 @@ class TrainWidget(JobWidget, Container):
             if img is None or lab is None:
                 raise ValueError(f"{where}: choose an image and its painted labels (Annotate > New training labels)")
             check_image_layer(img)
+            check_training_labels(lab, where)
             # copies: the user keeps painting while the worker reads them
             image, ch = layer_pixels(img, row.channels.value, copy=True)
             label = np.array(lab.data)
@@ -698,7 +702,16 @@ class TrainWidget(JobWidget, Container):
         """The prediction preview: ``plane`` on slice ``z`` of the first pair's labels layer."""
         like, idx = self._preview_like
         if like in self.viewer.layers:
-            show_plane(self.viewer, PREVIEW_LAYER, plane, like, (z,) if idx else (), kind="labels", opacity=0.5)
+            show_plane(
+                self.viewer,
+                PREVIEW_LAYER,
+                plane,
+                like,
+                (z,) if idx else (),
+                kind="labels",
+                opacity=0.5,
+                colormap=output_colormap(),  # a prediction: 0 = background (_colors.py)
+            )
 
     def _on_result(self, result):
         from napari.utils.notifications import show_info

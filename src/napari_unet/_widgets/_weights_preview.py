@@ -19,7 +19,7 @@ from ._layers import (
     Debounce,
     current_plane,
     follow_layers,
-    layer_choices,
+    layer_picker,
     remove_on_close,
     show_weight_map,
     status_label,
@@ -55,7 +55,7 @@ class WeightMapWidget(Container):
         super().__init__()
         shared = _state.weights()
         self.viewer = viewer
-        self.labels = ComboBox(label="labels", choices=layer_choices(viewer, "labels"), nullable=True)
+        self.labels = layer_picker(viewer, "labels", inputs=True, label="labels")
         self.mode = ComboBox(label="label mode", choices=["instance", "semantic"], value=shared.label_mode)
         self.w0 = FloatSlider(label="border w0", min=0.0, max=30.0, step=0.5, value=shared.w0, tooltip=W0_TIP)
         self.sigma = FloatSlider(label=SIGMA_LABEL, min=1.0, max=20.0, step=0.5, value=shared.sigma, tooltip=SIGMA_TIP)

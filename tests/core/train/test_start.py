@@ -235,3 +235,24 @@ def test_auto_may_start_from_a_similar_model_of_another_label_mode(em_sample, rn
     ev, res = auto_start(image[:1], lab[None])
     assert "start from semantic-em" in ev.message and "images like yours" in ev.message
     assert res.info.training["config"]["keep_prior"] == 0.0 and res.info.training["start_worst_class"] is None
+
+
+def test_rank_models_puts_the_model_of_the_images_domain_first():
+    """The bundled samples: each ranks its own domain's shipped model first; EM is a poor match for nuclei
+    images and the other way round."""
+    from napari_unet._sample_data import load_em_sample, load_nuclei_sample
+
+    em, nuclei = load_em_sample()[0], load_nuclei_sample()[0]
+    first, second = start.rank_models(em)
+    assert (first.name, second.name) == ("em-membrane", "nuclei")
+    assert not first.poor and second.poor and first.similarity > 0.9
+    first, second = start.rank_models(nuclei[:2])
+    assert (first.name, second.name) == ("nuclei", "em-membrane") and not first.poor and second.poor
+    assert first.label_mode == "instance" and "nucleus" in first.classes
+    assert "image similarity" in first.describe()
+
+
+def test_rank_models_puts_models_that_cannot_take_the_image_last():
+    rgb = np.random.default_rng(0).random((48, 48, 3)).astype(np.float32)
+    ranked = start.rank_models(rgb, channel_axis=-1)
+    assert ranked and all(not m.fits and m.poor and "3" in m.describe() for m in ranked)
