@@ -49,7 +49,7 @@ def test_preview_sits_beside_the_work_and_leaves_with_its_dock(em_viewer, qtbot)
     from napari_unet._widgets import _state
     from napari_unet._widgets._deform_preview import PREVIEW_LAYERS
 
-    labels = em_viewer.layers["EM labels"]
+    labels = em_viewer.layers["EM ground truth (do not paint)"]
     em_viewer.layers.selection.active = labels  # the user paints on the labels
     w = dock(em_viewer, "Deformation preview")
     w.image.value = em_viewer.layers["EM (ISBI 2012)"]

@@ -49,7 +49,7 @@ def test_widget_is_collected_after_its_dock_closes(em_viewer, qtbot, name):
 def test_weight_map_preview_leaves_with_its_dock(em_viewer, qtbot):
     from napari_unet._widgets._weights_preview import LAYER_NAME
 
-    labels = em_viewer.layers["EM labels"]
+    labels = em_viewer.layers["EM ground truth (do not paint)"]
     em_viewer.layers.selection.active = labels
     w = dock(em_viewer, "Weight map preview")
     w.labels.value = labels

@@ -122,11 +122,11 @@ def test_first_hour_on_a_1280x800_screen(make_napari_viewer, qtbot):
     press(qtbot, window, train, train.train_button)
     qtbot.waitUntil(lambda: train.job is not None and not train.job.running, timeout=180_000)
     assert train.result is not None and train.result.steps_done == 8
-    assert _state.JUST_TRAINED in _state.TRAINED_MODELS
+    assert _state.latest() in _state.TRAINED_MODELS
 
     # 3. Predict the slice on screen into a Labels layer with the model just trained
     predict = widgets["Predict"]
-    predict.model.value = _state.JUST_TRAINED
+    predict.model.value = _state.latest()
     predict.image.value = image
     predict.output.value = "semantic labels"
     predict.where.value = "current slice"

@@ -119,7 +119,7 @@ def test_weight_preview_shows_the_training_weights_and_shares_every_setting(em_v
     assert train.config().class_balance is None and train.config().border_weights is None
 
     # strokes: a few % painted, so training does not class-balance this slice; neither does the preview
-    strokes = np.zeros(em_viewer.layers["EM labels"].data.shape, np.int32)
+    strokes = np.zeros(em_viewer.layers["EM ground truth (do not paint)"].data.shape, np.int32)
     strokes[0, 40:43, 20:200] = 1
     strokes[0, 100:103, 20:200] = 2
     strokes[0, 150:153, 20:200] = 3
@@ -133,7 +133,7 @@ def test_weight_preview_shows_the_training_weights_and_shares_every_setting(em_v
     balanced = weight_map(strokes[0], w0=8.0, sigma=7.0, mode="instance", class_balance=True)
     assert not np.allclose(shown, balanced)  # the old preview's class-balanced map is not what training uses
     # a densely painted slice is class-balanced, in training and here
-    dense = em_viewer.layers["EM labels"]
+    dense = em_viewer.layers["EM ground truth (do not paint)"]
     preview.labels.value = dense
     out = preview._update()
     np.testing.assert_allclose(

@@ -167,11 +167,13 @@ def register_model(name: str, model) -> None:
     """Keep ``model`` under ``name`` for this session only (not saved)."""
     TRAINED_MODELS[name] = model
     LABELS.setdefault(name, name)
+    if name not in SESSION:
+        SESSION.append(name)
     events.models_changed.emit()
 
 
 def latest() -> str | None:
-    """The run trained last in this session (None before the first)."""
+    """The model kept last in this session: its last run, or one registered (None before the first)."""
     return SESSION[-1] if SESSION else None
 
 
