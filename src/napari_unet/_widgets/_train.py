@@ -43,6 +43,7 @@ from ._weights_preview import (
     SIGMA_LABEL,
     SIGMA_TIP,
     W0_TIP,
+    SharedWeights,
     weight_fields,
 )
 from ._workers import Job, JobWidget, error_text, warm_up_torch
@@ -175,7 +176,7 @@ class PairRow(Container):
         self.margins = (0, 0, 0, 0)
 
 
-class TrainWidget(JobWidget, Container):
+class TrainWidget(SharedWeights, JobWidget, Container):
     """Pick image/labels pairs, a starting model and a few settings; train; watch; stop; save."""
 
     _unhook_strokes = None  # live mode: disconnects the stroke hooks (set by _watch_strokes)
@@ -444,25 +445,7 @@ class TrainWidget(JobWidget, Container):
         """The Weight map preview changed a shared setting: what the user looked at is what training uses."""
         if self._closed:
             return
-        shared, self._following = _state.weights(), True  # not shared back half-updated
-        try:
-            self.w0.value, self.sigma.value, self.label_mode.value = shared.w0, shared.sigma, shared.label_mode
-            self.class_balance.value, self.border.value = shared.class_balance, shared.border
-        finally:
-            self._following = False
-
-    _following = False  # showing the shared settings, not editing them
-
-    def _share_weights(self, *_):
-        if self._following:
-            return
-        _state.set_weights(
-            w0=float(self.w0.value),
-            sigma=float(self.sigma.value),
-            class_balance=bool(self.class_balance.value),
-            border=bool(self.border.value),
-            label_mode=self.label_mode.value,
-        )
+        self._show_weights()
 
     def _on_depth_changed(self, *_):
         """Valid input tiles of a depth-d net are ``2**d`` apart: the tile box steps by that."""

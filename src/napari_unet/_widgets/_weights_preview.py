@@ -42,7 +42,36 @@ BORDER_TEXT = "border term"
 BORDER_TIP = "eq. 2's w0 · exp(-(d1 + d2)^2 / 2σ^2): weigh the thin gaps between touching objects up"
 
 
-class WeightMapWidget(Container):
+class SharedWeights:
+    """The eq. 2 boxes (``w0``, ``sigma``, ``class_balance``, ``border`` and the label-mode box named by
+    ``_mode_attr``) of a widget that shares them through :func:`_state.weights`: what the Weight map preview
+    sets, Train uses, and the other way round."""
+
+    _mode_attr = "label_mode"
+    _following = False  # showing the shared settings, not editing them
+
+    def _share_weights(self, *_):
+        if self._following:
+            return
+        _state.set_weights(
+            w0=float(self.w0.value),
+            sigma=float(self.sigma.value),
+            class_balance=bool(self.class_balance.value),
+            border=bool(self.border.value),
+            label_mode=getattr(self, self._mode_attr).value,
+        )
+
+    def _show_weights(self):
+        shared, self._following = _state.weights(), True  # not shared back half-updated
+        try:
+            self.w0.value, self.sigma.value = shared.w0, shared.sigma
+            getattr(self, self._mode_attr).value = shared.label_mode
+            self.class_balance.value, self.border.value = shared.class_balance, shared.border
+        finally:
+            self._following = False
+
+
+class WeightMapWidget(SharedWeights, Container):
     """Shows the loss weights (class balance + border term) of the painted labels as an Image layer,
     with a colorbar.
 
@@ -96,29 +125,14 @@ class WeightMapWidget(Container):
                 ev.connect(self._schedule)
         self._schedule()
 
-    _following = False  # showing the shared settings, not editing them
-
-    def _share_weights(self, *_):
-        if self._following:
-            return
-        _state.set_weights(
-            w0=float(self.w0.value),
-            sigma=float(self.sigma.value),
-            class_balance=bool(self.class_balance.value),
-            border=bool(self.border.value),
-            label_mode=self.mode.value,
-        )
+    _mode_attr = "mode"
 
     def _follow_weights(self):
         """Train changed a shared setting: show it (each box's change signal schedules a new map)."""
-        shared, self._following = _state.weights(), True  # not shared back half-updated
         try:
-            self.w0.value, self.sigma.value, self.mode.value = shared.w0, shared.sigma, shared.label_mode
-            self.class_balance.value, self.border.value = shared.class_balance, shared.border
+            self._show_weights()
         except RuntimeError:  # the dock's Qt widgets are gone
             pass
-        finally:
-            self._following = False
 
     def train_config(self):
         """The TrainConfig part that decides the weights: the shared settings, as Train passes them."""
