@@ -1,25 +1,11 @@
-"""bioimage.io model packages (spec 0.5): export our models, import ours and other 2D U-Nets.
+"""bioimage.io model packages (spec 0.5) read back: ours exactly, other 2D U-Nets wrapped.
 
-Export (:func:`export_package`) writes a zip that bioimageio.core, deepImageJ, ilastik and the
-BioImage Model Zoo run without napari-unet:
+Packages are written by :mod:`napari_unet.core.export.bioimageio` (``export_package``).
 
-* the network is :class:`~.model.MirroredUNet` (the U-Net that mirrors its margin of context in,
-  so its output is as large as its input), as ``pytorch_state_dict`` with ``model.py`` itself as the
-  architecture source (it imports only torch) and as ``torchscript``;
-* input axes ``batch, channel, y, x`` with the valid sizes (minimum + step of the ``2**depth`` grid);
-  output axes with ``halo`` = the mirrored context, the part of a tile a tiling tool crops;
-* preprocessing ``scale_range`` at the model's percentiles per 2D plane (core/intensity.py),
-  postprocessing ``softmax`` over the classes;
-* a test input cropped from real data and the output napari-unet predicts for it (the reference
-  ``bioimageio test`` checks), a cover (image | prediction overlay), the model card with the training
-  recipe, the U-Net paper and the data's citations;
-* the model's own ``.safetensors`` file as an attachment: importing our own package loads it, so the
-  round trip is exact (same weights, same header, same labels).
-
-Import (:func:`load_package`): our own packages give back the :class:`~.model.UNet` of that
-attachment. Other packages with ``pytorch_state_dict`` or ``torchscript`` weights, one 2D input of
+Import (:func:`load_package`): our own packages give back the :class:`~napari_unet.core.network.unet.UNet` of
+their attached ``.safetensors`` file. Other packages with ``pytorch_state_dict`` or ``torchscript`` weights, one 2D input of
 one channel and one output of class scores are wrapped as a :class:`PackagedModel` that
-:func:`~.tiling.iter_predict` tiles with the package's declared halo and pre/post-processing.
+:func:`~napari_unet.core.predict.tiles.iter_predict` tiles with the package's declared halo and pre/post-processing.
 Anything else raises :class:`PackageError` saying what is not supported.
 
 The trust rule: weights that carry no Python code load freely (our attached ``.safetensors``, and
