@@ -106,3 +106,26 @@ def foreign_package(tmp_path):
             ),
         )
     return save_bioimageio_package(descr, output_path=tmp_path / "foreign.zip"), net
+
+
+def colleague_package(tmp_path):
+    """(package, marker, code): :func:`foreign_package` whose architecture source also writes ``marker`` when it is
+    imported, its sha256 in rdf.yaml updated, so only the trust rule stands between it and running."""
+    import hashlib
+    import zipfile
+
+    import yaml
+
+    pkg, _ = foreign_package(tmp_path)
+    marker = tmp_path / "MARKER"
+    code = f"open({str(marker)!r}, 'w').write('ran')\n{FOREIGN_NET}".encode()
+    with zipfile.ZipFile(pkg) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    rdf = yaml.safe_load(files["rdf.yaml"])
+    rdf["weights"]["pytorch_state_dict"]["architecture"]["sha256"] = hashlib.sha256(code).hexdigest()
+    files.update({"tiny_unet.py": code, "rdf.yaml": yaml.safe_dump(rdf).encode()})
+    colleague = tmp_path / "colleague.zip"
+    with zipfile.ZipFile(colleague, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    return colleague, marker, code

@@ -157,25 +157,12 @@ def test_code_carrying_package_asks_before_loading(em_viewer, qtbot, tmp_path, m
     sha256; Cancel loads nothing (no code runs), 'Trust and load' loads and predicts."""
     pytest.importorskip("bioimageio.core")
     import hashlib
-    import zipfile
 
-    import yaml
-    from package_files import FOREIGN_NET, foreign_package
+    from package_files import colleague_package
 
     from napari_unet._widgets import _trust
 
-    pkg, _ = foreign_package(tmp_path)
-    marker = tmp_path / "MARKER"
-    code = f"open({str(marker)!r}, 'w').write('ran')\n{FOREIGN_NET}".encode()
-    with zipfile.ZipFile(pkg) as z:
-        files = {n: z.read(n) for n in z.namelist()}
-    rdf = yaml.safe_load(files["rdf.yaml"])
-    rdf["weights"]["pytorch_state_dict"]["architecture"]["sha256"] = hashlib.sha256(code).hexdigest()
-    files.update({"tiny_unet.py": code, "rdf.yaml": yaml.safe_dump(rdf).encode()})
-    colleague = tmp_path / "colleague.zip"
-    with zipfile.ZipFile(colleague, "w") as z:
-        for n, data in files.items():
-            z.writestr(n, data)
+    colleague, marker, code = colleague_package(tmp_path)
     asked = []
 
     def answer(reply):

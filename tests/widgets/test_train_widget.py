@@ -309,26 +309,11 @@ def test_code_carrying_package_is_no_start_and_runs_nothing(em_viewer, tmp_path,
     model.py, as the checkpoint file or an 'auto' candidate, is refused from its header, before anything
     of it loads; no dialog is needed, and its code never runs."""
     pytest.importorskip("bioimageio.core")
-    import hashlib
-    import zipfile
-
-    import yaml
-    from package_files import FOREIGN_NET, foreign_package
+    from package_files import colleague_package
 
     from napari_unet._widgets import _trust
 
-    pkg, _ = foreign_package(tmp_path)
-    marker = tmp_path / "MARKER"
-    code = f"open({str(marker)!r}, 'w').write('ran')\n{FOREIGN_NET}".encode()
-    with zipfile.ZipFile(pkg) as z:
-        files = {n: z.read(n) for n in z.namelist()}
-    rdf = yaml.safe_load(files["rdf.yaml"])
-    rdf["weights"]["pytorch_state_dict"]["architecture"]["sha256"] = hashlib.sha256(code).hexdigest()
-    files.update({"tiny_unet.py": code, "rdf.yaml": yaml.safe_dump(rdf).encode()})
-    colleague = tmp_path / "colleague.zip"
-    with zipfile.ZipFile(colleague, "w") as z:
-        for n, data in files.items():
-            z.writestr(n, data)
+    colleague, marker, _ = colleague_package(tmp_path)
     monkeypatch.setattr(_trust, "confirm_trust", lambda *a: pytest.fail("no dialog: nothing of it may load"))
     w = dock(em_viewer, "Train")
     w.checkpoint.value = colleague
