@@ -47,7 +47,7 @@ HISTORY = re.compile(r"\b[Ss]top[ -]?[0-9]")
 
 
 def test_no_project_history_in_code_or_docs():
-    """Comments and docs describe the code as it is: no "stop 18" a reader cannot look up."""
+    """Comments and docs describe the code as it is: no numbered stop of our work, which a reader cannot look up."""
     try:
         files = subprocess.run(
             ["git", "ls-files", "src", "tests", "docs"], cwd=REPO, capture_output=True, text=True, check=True

@@ -444,16 +444,13 @@ def _architecture(model) -> dict | None:
 
 
 def _count(architecture: dict | None) -> int | None:
-    """The parameters of the U-Net ``architecture``, built on torch's meta device (shapes, no memory)."""
-    import torch
-
-    from ..core.network.unet import build_model, n_parameters
+    """The parameters of the U-Net ``architecture``, by arithmetic (nothing is built)."""
+    from ..core.network.unet import UNetConfig, count_parameters
 
     if architecture is None:
         return None
     try:
-        with torch.device("meta"):
-            return n_parameters(build_model(architecture))
+        return count_parameters(UNetConfig(**architecture))
     except (ValueError, TypeError, KeyError, RuntimeError):
         return None  # a damaged header: loading the model says what is wrong
 

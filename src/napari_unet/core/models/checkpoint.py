@@ -24,7 +24,7 @@ import torch
 from ..data.files import atomic_write
 from ..data.labels import MODES
 from ..data.zoom import check_zoom
-from ..network.unet import UNet, UNetConfig, build_model, parameter_shapes
+from ..network.unet import UNet, UNetConfig, build_model, count_parameters, parameter_shapes
 
 __all__ = [
     "CheckpointError",
@@ -339,7 +339,7 @@ def _header_network(path: Path, model: dict) -> UNetConfig:
             f"({repr(dropout)[:20]}, in [0, 1)) is unusable; the file is damaged"
         )
     config = UNetConfig(**model)
-    n = sum(math.prod(s) for s in parameter_shapes(config).values())
+    n = count_parameters(config)
     if n > MAX_PARAMETERS:
         raise CheckpointError(
             f"{path.name}: its header describes a network of {n / 1e6:,.0f} M parameters ({n * 4 / 2**30:.1f} GiB), "

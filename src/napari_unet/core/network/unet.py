@@ -25,6 +25,7 @@ __all__ = [
     "is_valid_size",
     "margin",
     "min_input_size",
+    "count_parameters",
     "n_parameters",
     "nearest_valid_sizes",
     "output_size",
@@ -204,6 +205,11 @@ class MirroredUNet(nn.Module):
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_parameters(config: UNetConfig) -> int:
+    """The parameters of :class:`UNet` ``config``, from :func:`parameter_shapes` (nothing is built)."""
+    return sum(math.prod(s) for s in parameter_shapes(config).values())
 
 
 def parameter_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:

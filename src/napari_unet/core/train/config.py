@@ -16,7 +16,7 @@ from ..data.zoom import check_zoom
 from ..models.checkpoint import MAX_PARAMETERS, MODEL_BOUNDS, resolve_model_path
 from ..models.load import read_info
 from ..network.device import PRECISIONS
-from ..network.unet import UNetConfig, check_tile_in, parameter_shapes
+from ..network.unet import UNetConfig, check_tile_in, count_parameters
 from .weights import SIGMA, W0
 
 __all__ = [
@@ -261,7 +261,7 @@ class TrainConfig:
         """A network from scratch within what a model file may hold (:data:`MAX_PARAMETERS`): it could not be
         loaded again otherwise."""
         net = UNetConfig(n_classes=self.n_classes or 2, depth=self.depth, base_channels=self.base_channels)
-        n = sum(math.prod(s) for s in parameter_shapes(net).values())
+        n = count_parameters(net)
         if n > MAX_PARAMETERS:
             raise ValueError(
                 f"depth {self.depth} with {self.base_channels} base channels makes a network of {n / 1e6:,.0f} M "
